@@ -1,0 +1,16 @@
+//! The `sluice.dev/v1alpha1` API: `Topic`, `Connector` and `Pipeline`, shared by the
+//! operator and the processor, and the generator of their CRD YAML.
+#![forbid(unsafe_code)]
+
+pub mod common;
+pub mod connector;
+pub mod generate;
+pub mod pipeline;
+pub mod topic;
+
+pub use connector::{Connector, ConnectorSpec, ConnectorStatus};
+pub use pipeline::{Pipeline, PipelineSpec, PipelineStatus};
+pub use topic::{Topic, TopicSpec, TopicStatus};
+
+/// API group of every Sluice kind.
+pub const GROUP: &str = "sluice.dev";
