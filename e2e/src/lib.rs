@@ -1,1 +1,3 @@
 //! Helpers shared by the end-to-end tests and the test process runner.
+
+pub mod env;

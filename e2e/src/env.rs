@@ -1,0 +1,101 @@
+//! The environment file `e2e/up` writes (`e2e/.state/env`): KEY=VALUE lines.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Why the environment cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    /// The file is not there: the environment is not up.
+    #[error(
+        "the e2e environment is not running ({path} not found): start it with `e2e/up` (or run `make test`, which starts it)"
+    )]
+    NotUp {
+        /// Where the file was looked for.
+        path: PathBuf,
+    },
+    /// The file is there but lacks a key.
+    #[error("{key} is missing from {path}: run `e2e/up` again")]
+    Missing {
+        /// The key.
+        key: String,
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// The values `e2e/up` wrote.
+#[derive(Debug, Clone)]
+pub struct TestEnv {
+    path: PathBuf,
+    values: BTreeMap<String, String>,
+}
+
+impl TestEnv {
+    /// The directory `e2e/up` keeps its state in.
+    pub fn state_dir() -> PathBuf {
+        std::env::var_os("SLUICE_E2E_STATE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".state"))
+    }
+
+    /// Reads `e2e/.state/env`.
+    pub fn load() -> Result<Self, EnvError> {
+        let path = Self::state_dir().join("env");
+        let text =
+            std::fs::read_to_string(&path).map_err(|_| EnvError::NotUp { path: path.clone() })?;
+        Ok(Self {
+            values: parse(&text),
+            path,
+        })
+    }
+
+    /// Reads the environment, panicking with how to start it when it is not up. For tests.
+    pub fn require() -> Self {
+        match Self::load() {
+            Ok(env) => env,
+            Err(err) => panic!("{err}"),
+        }
+    }
+
+    /// One value.
+    pub fn get(&self, key: &str) -> Result<&str, EnvError> {
+        self.values
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| EnvError::Missing {
+                key: key.to_string(),
+                path: self.path.clone(),
+            })
+    }
+
+    /// One value, panicking with a clear message when missing. For tests.
+    pub fn var(&self, key: &str) -> String {
+        match self.get(key) {
+            Ok(v) => v.to_string(),
+            Err(err) => panic!("{err}"),
+        }
+    }
+}
+
+fn parse(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix("export ").unwrap_or(l).split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_key_value_lines() {
+        let v = parse("# comment\nKAFKA_BOOTSTRAP=127.0.0.1:9092\nexport KUBECONFIG=\"/x/kc\"\n\n");
+        assert_eq!(v["KAFKA_BOOTSTRAP"], "127.0.0.1:9092");
+        assert_eq!(v["KUBECONFIG"], "/x/kc");
+        assert_eq!(v.len(), 2);
+    }
+}
