@@ -11,7 +11,7 @@ use crate::common::SecretRef;
 
 /// Rule shared by every free-form config map: credentials only through `secretRef` or a
 /// config provider placeholder such as `${secrets:...}`, never as plain values.
-const NO_INLINE_SECRETS: &str = "self.all(k, !k.lowerAscii().matches('password|secret|jaas|token|credentials|key$') || self[k].startsWith('${'))";
+const NO_INLINE_SECRETS: &str = "self.all(k, !k.lowerAscii().matches('password|passwd|secret|jaas|token|credential|api.?key|access.?key|private.?key') || self[k].startsWith('${'))";
 const NO_INLINE_SECRETS_MESSAGE: &str = "credentials must come from spec.secretRef (or a ${provider:...} placeholder), never inline in config";
 
 /// A source that brings data into Kafka topics, or a sink that loads topics into another
@@ -23,6 +23,7 @@ const NO_INLINE_SECRETS_MESSAGE: &str = "credentials must come from spec.secretR
     version = "v1alpha1",
     kind = "Connector",
     namespaced,
+    doc = "A Sluice connector: a source into Kafka or a sink out of it.",
     status = "ConnectorStatus",
     shortname = "sconn",
     category = "sluice",

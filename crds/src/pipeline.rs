@@ -18,6 +18,7 @@ use crate::common::SecretRef;
     version = "v1alpha1",
     kind = "Pipeline",
     namespaced,
+    doc = "A Sluice pipeline: input topics, steps, output topics.",
     status = "PipelineStatus",
     shortname = "spl",
     category = "sluice",

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
     version = "v1alpha1",
     kind = "Topic",
     namespaced,
+    doc = "A Kafka topic managed by Sluice.",
     status = "TopicStatus",
     shortname = "stopic",
     category = "sluice",
