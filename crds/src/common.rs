@@ -85,10 +85,20 @@ mod tests {
     #[test]
     fn transition_time_kept_while_status_unchanged() {
         let first = condition(READY, false, "Pending", "waiting", Some(1), &[]);
-        let again = condition(READY, false, "Other", "still waiting", Some(2), &[first.clone()]);
+        let again = condition(
+            READY,
+            false,
+            "Other",
+            "still waiting",
+            Some(2),
+            std::slice::from_ref(&first),
+        );
         assert_eq!(first.last_transition_time, again.last_transition_time);
-        assert!(!same_conditions(&[first.clone()], &[again]));
-        assert!(same_conditions(&[first.clone()], &[first.clone()]));
+        assert!(!same_conditions(std::slice::from_ref(&first), &[again]));
+        assert!(same_conditions(
+            std::slice::from_ref(&first),
+            std::slice::from_ref(&first)
+        ));
         assert!(!is_true(&[first], READY));
     }
 }

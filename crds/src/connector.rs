@@ -31,8 +31,16 @@ const NO_INLINE_SECRETS_MESSAGE: &str = "credentials must come from spec.secretR
     printcolumn(name = "Type", type_ = "string", json_path = ".spec.type"),
     printcolumn(name = "Plugin", type_ = "string", json_path = ".spec.plugin"),
     printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("self.type != 'sink' || size(self.topics) > 0").message("a sink needs at least one topic in spec.topics"))]
 #[x_kube(validation = Rule::new("has(self.kafkaConnect) || has(self.plugin)").message("set spec.plugin for a native connector, or spec.kafkaConnect for a Kafka Connect one"))]

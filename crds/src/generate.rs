@@ -102,7 +102,9 @@ pub fn write_all(root: &Path) -> Result<Vec<PathBuf>, GenerateError> {
 pub fn stale(root: &Path) -> Result<Vec<PathBuf>, GenerateError> {
     Ok(files()?
         .into_iter()
-        .filter(|f| std::fs::read_to_string(root.join(&f.path)).ok().as_deref() != Some(&f.contents))
+        .filter(|f| {
+            std::fs::read_to_string(root.join(&f.path)).ok().as_deref() != Some(&f.contents)
+        })
         .map(|f| f.path)
         .collect())
 }

@@ -1,6 +1,8 @@
 //! The `sluice.dev/v1alpha1` API: `Topic`, `Connector` and `Pipeline`, shared by the
 //! operator and the processor, and the generator of their CRD YAML.
 #![forbid(unsafe_code)]
+// kube-derive takes one `type_ = ...` per printcolumn; clippy reads them as duplicates.
+#![allow(clippy::duplicated_attributes)]
 
 pub mod common;
 pub mod connector;

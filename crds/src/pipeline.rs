@@ -28,14 +28,45 @@ use crate::common::SecretRef;
         status_replicas_path = ".status.replicas",
         label_selector_path = ".status.selector"
     ),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredReplicas"),
-    printcolumn(name = "Available", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".status.desiredReplicas"
+    ),
+    printcolumn(
+        name = "Available",
+        type_ = "integer",
+        json_path = ".status.readyReplicas"
+    ),
     printcolumn(name = "Lag", type_ = "integer", json_path = ".status.lag"),
-    printcolumn(name = "Rate", type_ = "number", json_path = ".status.recordsPerSecond", description = "records consumed per second"),
-    printcolumn(name = "Delivery", type_ = "string", json_path = ".spec.delivery", priority = "1"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = "1"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Rate",
+        type_ = "number",
+        json_path = ".status.recordsPerSecond",
+        description = "records consumed per second"
+    ),
+    printcolumn(
+        name = "Delivery",
+        type_ = "string",
+        json_path = ".spec.delivery",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("self.format != 'avro' || has(self.schemaRegistry)").message("format avro needs spec.schemaRegistry"))]
 #[x_kube(validation = Rule::new("self.steps.all(s, self.steps.exists_one(t, t.name == s.name))").message("step names must be unique"))]
@@ -139,7 +170,10 @@ pub struct SchemaRegistry {
 #[serde(rename_all = "camelCase")]
 pub struct Step {
     /// Name of the step, used in metrics and dead-letter headers.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Keep records for which this CEL expression is true; drop the others (counted).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -58,7 +58,10 @@ fn every_example_parses_and_passes_cel() {
             }
         }
     }
-    assert!(checked >= 7, "only {checked} Sluice resources in the examples");
+    assert!(
+        checked >= 7,
+        "only {checked} Sluice resources in the examples"
+    );
 }
 
 #[test]
@@ -66,14 +69,20 @@ fn seed_pipeline_reads_as_written() {
     let docs = documents(&repo().join("manifests/examples/orders-pipeline.yaml"));
     let pipeline: Pipeline = serde_json::from_value(docs[0].clone()).unwrap();
     assert_eq!(pipeline.spec.inputs, vec!["orders"]);
-    assert_eq!(pipeline.spec.delivery, sluice_crds::pipeline::Delivery::ExactlyOnce);
+    assert_eq!(
+        pipeline.spec.delivery,
+        sluice_crds::pipeline::Delivery::ExactlyOnce
+    );
     let agg = pipeline.spec.steps[1].aggregate.as_ref().unwrap();
     assert_eq!(agg.group_by["region"], "value.region");
     assert_eq!(pipeline.spec.outputs[0].topic, "region-order-totals");
     assert_eq!(pipeline.spec.dead_letter.unwrap().topic, "orders-dlq");
     let topics = documents(&repo().join("manifests/examples/orders-topics.yaml"));
     let orders: Topic = serde_json::from_value(topics[0].clone()).unwrap();
-    assert_eq!((orders.kafka_name().as_str(), orders.spec.partitions), ("orders", 6));
+    assert_eq!(
+        (orders.kafka_name().as_str(), orders.spec.partitions),
+        ("orders", 6)
+    );
 }
 
 #[test]
@@ -87,7 +96,11 @@ fn every_invalid_manifest_is_refused_with_its_message() {
         let doc = &documents(&path)[0];
         match check_any(doc).expect("a Sluice kind") {
             Ok(()) => panic!("{} passed but should fail with {expect:?}", path.display()),
-            Err(e) => assert!(e.contains(expect), "{}: {e} lacks {expect:?}", path.display()),
+            Err(e) => assert!(
+                e.contains(expect),
+                "{}: {e} lacks {expect:?}",
+                path.display()
+            ),
         }
     }
 }
@@ -102,7 +115,10 @@ fn topic_name_cannot_change() {
     let mut new = old.clone();
     new.spec.topic_name = Some("b".into());
     let err = kube::core::cel::validate_cel_update(&new, &old).unwrap_err();
-    assert!(err.to_string().contains("topicName cannot be changed"), "{err}");
+    assert!(
+        err.to_string().contains("topicName cannot be changed"),
+        "{err}"
+    );
     assert!(kube::core::cel::validate_cel_update(&old, &old).is_ok());
 }
 

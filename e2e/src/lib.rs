@@ -1,3 +1,4 @@
 //! Helpers shared by the end-to-end tests and the test process runner.
 
+pub mod cluster;
 pub mod env;
