@@ -1,4 +1,4 @@
-//! The Sluice processor (not yet written).
+//! The Sluice processor binary.
 fn main() {
     eprintln!("sluice-processor: not implemented yet");
     std::process::exit(2);

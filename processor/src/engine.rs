@@ -1,0 +1,506 @@
+//! The compiled pipeline: runs one record through the steps and says what to write.
+//! No Kafka here, so every path is unit-tested.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cel::{Context, Value};
+use sluice_crds::pipeline::PipelineSpec;
+
+use crate::expr::{Expr, Needs, root_context, scope};
+use crate::format::RecordFormat;
+use crate::metrics::{PipelineMetrics, StepMetrics};
+use crate::record::{Payload, Record};
+use crate::steps::{Aggregate, ConfigError, Kind, Outcome, Step, StepError};
+
+/// Measure step latency on one record in this many.
+const LATENCY_SAMPLE: u64 = 16;
+
+/// A record to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Emit {
+    /// Target topic.
+    pub topic: String,
+    /// Why it is written.
+    pub kind: EmitKind,
+    /// The record (its key, value, headers and timestamp are written).
+    pub record: Record,
+}
+
+/// What an emitted record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmitKind {
+    /// An output or route topic.
+    Output,
+    /// The internal topic that brings records with the same group key together.
+    Repartition,
+}
+
+/// Why a record could not be processed: it goes to the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("step {step}: {error}")]
+pub struct Failure {
+    /// The step (or `decode`, `output`, `produce`).
+    pub step: String,
+    /// What went wrong.
+    pub error: String,
+}
+
+impl Failure {
+    /// A failure outside the steps.
+    pub fn new(step: &str, error: impl ToString) -> Self {
+        Self {
+            step: step.to_string(),
+            error: error.to_string(),
+        }
+    }
+}
+
+/// A pipeline ready to process records.
+pub struct Engine {
+    name: String,
+    format: RecordFormat,
+    steps: Vec<Step>,
+    step_metrics: Vec<Arc<StepMetrics>>,
+    outputs: Vec<(String, Option<Expr>)>,
+    output_needs: Needs,
+    aggregate: Option<usize>,
+    repartition: Option<String>,
+    root: Context<'static, 'static>,
+    metrics: PipelineMetrics,
+    seen: u64,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("name", &self.name).field("steps", &self.steps).finish()
+    }
+}
+
+impl Engine {
+    /// Compiles every step and expression of `spec` (once).
+    pub fn new(name: &str, spec: &PipelineSpec, metrics: PipelineMetrics) -> Result<Self, ConfigError> {
+        let format = RecordFormat::from_spec(spec.format).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if spec.inputs.is_empty() {
+            return Err(ConfigError::Invalid("spec.inputs is empty".to_string()));
+        }
+        let steps = spec.steps.iter().map(Step::compile).collect::<Result<Vec<_>, _>>()?;
+        let aggregates: Vec<usize> = steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s.kind, Kind::Aggregate(_)))
+            .map(|(i, _)| i)
+            .collect();
+        if aggregates.len() > 1 {
+            return Err(ConfigError::Unsupported {
+                step: steps[aggregates[1]].name.clone(),
+                what: "more than one aggregate step in a pipeline".to_string(),
+            });
+        }
+        if aggregates.first().is_some() && format != RecordFormat::Json {
+            return Err(ConfigError::Invalid("an aggregate step needs format json".to_string()));
+        }
+        let has_route = steps.iter().any(|s| matches!(s.kind, Kind::Route(_)));
+        if spec.outputs.is_empty() && !has_route {
+            return Err(ConfigError::Invalid(
+                "a pipeline needs at least one output, or a route step".to_string(),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        if let Some(dup) = steps.iter().find(|s| !names.insert(s.name.as_str())) {
+            return Err(ConfigError::Invalid(format!("step names must be unique ({} twice)", dup.name)));
+        }
+        let outputs: Vec<(String, Option<Expr>)> = spec
+            .outputs
+            .iter()
+            .map(|o| {
+                let key = o
+                    .key
+                    .as_deref()
+                    .map(|k| {
+                        Expr::compile(k).map_err(|source| ConfigError::Expr {
+                            step: format!("output {}", o.topic),
+                            source,
+                        })
+                    })
+                    .transpose()?;
+                Ok((o.topic.clone(), key))
+            })
+            .collect::<Result<_, ConfigError>>()?;
+        let mut output_needs = Needs::default();
+        outputs.iter().filter_map(|(_, k)| k.as_ref()).for_each(|k| output_needs.merge(k.needs()));
+        let step_metrics = steps.iter().map(|s| metrics.step(&s.name)).collect();
+        Ok(Self {
+            name: name.to_string(),
+            format,
+            steps,
+            step_metrics,
+            outputs,
+            output_needs,
+            aggregate: aggregates.first().copied(),
+            repartition: None,
+            root: root_context(),
+            metrics,
+            seen: 0,
+        })
+    }
+
+    /// Sends records through `topic` before the aggregate step, so that each group's
+    /// records meet in one partition (needed when the input has more than one partition).
+    pub fn set_repartition_topic(&mut self, topic: Option<String>) {
+        self.repartition = topic;
+    }
+
+    /// The repartition topic, if one is in use.
+    pub fn repartition_topic(&self) -> Option<&str> {
+        self.repartition.as_deref()
+    }
+
+    /// The aggregate step's name, if the pipeline has one.
+    pub fn aggregate_step(&self) -> Option<&str> {
+        self.aggregate.map(|i| self.steps[i].name.as_str())
+    }
+
+    /// The aggregate step's state.
+    pub fn aggregate_mut(&mut self) -> Option<&mut Aggregate> {
+        let i = self.aggregate?;
+        match &mut self.steps[i].kind {
+            Kind::Aggregate(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// Updates the state-size gauge.
+    pub fn report_state(&mut self) {
+        if let Some(i) = self.aggregate {
+            let groups = match &self.steps[i].kind {
+                Kind::Aggregate(a) => a.group_count(),
+                _ => 0,
+            };
+            self.step_metrics[i].state_groups.set(i64::try_from(groups).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The record format.
+    pub fn format(&self) -> RecordFormat {
+        self.format
+    }
+
+    /// Every topic this pipeline may write to (outputs and routes; not internal ones).
+    pub fn output_topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self.outputs.iter().map(|(t, _)| t.clone()).collect();
+        for s in &self.steps {
+            if let Kind::Route(r) = &s.kind {
+                topics.extend(r.topics().map(str::to_string));
+            }
+        }
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+
+    /// The pipeline name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs one decoded record through the steps, appending what to write to `out`.
+    /// On failure nothing is appended and the record goes to the dead-letter topic.
+    pub fn process(&mut self, record: Record, out: &mut Vec<Emit>) -> Result<(), Failure> {
+        self.seen = self.seen.wrapping_add(1);
+        let sample = self.seen % LATENCY_SAMPLE == 0;
+        let from_repartition = self.repartition.as_deref().is_some_and(|t| t == record.topic);
+        let start = if from_repartition { self.aggregate.unwrap_or(0) } else { 0 };
+        let mut record = record;
+        for i in start..self.steps.len() {
+            let started = sample.then(Instant::now);
+            let step = &mut self.steps[i];
+            let metrics = &self.step_metrics[i];
+            let scope = scope(&self.root, &record, &step.needs);
+            let result = match &mut step.kind {
+                Kind::Aggregate(agg) => {
+                    if let (Some(topic), false) = (&self.repartition, from_repartition) {
+                        let key = agg.group_key(&scope);
+                        drop(scope);
+                        return match key {
+                            Ok((key, _)) => {
+                                out.push(Emit {
+                                    topic: topic.clone(),
+                                    kind: EmitKind::Repartition,
+                                    record: Record {
+                                        key: Some(key.into_bytes()),
+                                        ..record
+                                    },
+                                });
+                                Ok(())
+                            }
+                            Err(e) => {
+                                metrics.failed.inc();
+                                Err(Failure::new(&step.name, e))
+                            }
+                        };
+                    }
+                    let partition = record.partition;
+                    let r = agg.update(partition, record, &scope).map(Outcome::Continue);
+                    drop(scope);
+                    r
+                }
+                _ => {
+                    let r = step.apply(record, &scope);
+                    drop(scope);
+                    r
+                }
+            };
+            if let Some(t) = started {
+                metrics.latency.observe(t.elapsed().as_secs_f64());
+            }
+            match result {
+                Ok(Outcome::Continue(r)) => record = r,
+                Ok(Outcome::Filtered) => {
+                    metrics.filtered.inc();
+                    return Ok(());
+                }
+                Ok(Outcome::Routed(topic, r)) => {
+                    out.push(Emit {
+                        topic,
+                        kind: EmitKind::Output,
+                        record: r,
+                    });
+                    return Ok(());
+                }
+                Err(e) => {
+                    metrics.failed.inc();
+                    return Err(step_failure(&step.name, e));
+                }
+            }
+        }
+        self.emit_outputs(record, out)
+    }
+
+    fn emit_outputs(&mut self, record: Record, out: &mut Vec<Emit>) -> Result<(), Failure> {
+        let start = out.len();
+        let scope = scope(&self.root, &record, &self.output_needs);
+        let mut keys = Vec::with_capacity(self.outputs.len());
+        for (topic, key) in &self.outputs {
+            keys.push(match key {
+                Some(expr) => match expr.eval(&scope) {
+                    Ok(v) => key_bytes(&v),
+                    Err(e) => {
+                        out.truncate(start);
+                        return Err(Failure::new(&format!("output {topic}"), e));
+                    }
+                },
+                None => record.key.clone(),
+            });
+        }
+        drop(scope);
+        let n = self.outputs.len();
+        let mut record = Some(record);
+        for (i, ((topic, _), key)) in self.outputs.iter().zip(keys).enumerate() {
+            let Some(r) = (if i + 1 == n { record.take() } else { record.clone() }) else {
+                break;
+            };
+            out.push(Emit {
+                topic: topic.clone(),
+                kind: EmitKind::Output,
+                record: Record { key, ..r },
+            });
+        }
+        Ok(())
+    }
+
+    /// Metric handles of this pipeline.
+    pub fn metrics(&self) -> &PipelineMetrics {
+        &self.metrics
+    }
+}
+
+fn step_failure(step: &str, e: StepError) -> Failure {
+    Failure::new(step, e)
+}
+
+/// A key expression's value as key bytes.
+fn key_bytes(v: &Value) -> Option<Vec<u8>> {
+    match v {
+        Value::Null => None,
+        Value::String(s) => Some(s.as_bytes().to_vec()),
+        Value::Bytes(b) => Some(b.to_vec()),
+        Value::Int(i) => Some(i.to_string().into_bytes()),
+        Value::UInt(u) => Some(u.to_string().into_bytes()),
+        Value::Float(f) => Some(f.to_string().into_bytes()),
+        Value::Bool(b) => Some(b.to_string().into_bytes()),
+        other => crate::expr::cel_to_json(other).ok().map(|j| j.to_string().into_bytes()),
+    }
+}
+
+/// Decodes a Kafka value into a record, or says why it cannot be.
+pub fn decode(
+    format: RecordFormat,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    timestamp: i64,
+    key: Option<&[u8]>,
+    headers: Vec<(String, Vec<u8>)>,
+    value: Option<&[u8]>,
+) -> Result<Record, Failure> {
+    let payload = format.decode(value).map_err(|e| Failure::new("decode", e))?;
+    Ok(Record {
+        topic: topic.to_string(),
+        partition,
+        offset,
+        timestamp,
+        key: key.map(<[u8]>::to_vec),
+        headers,
+        value: payload,
+    })
+}
+
+/// Encodes an emitted record's value.
+pub fn encode(format: RecordFormat, value: &Payload) -> Result<Vec<u8>, Failure> {
+    format.encode(value).map_err(|e| Failure::new("output", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = r#"
+inputs: [orders]
+steps:
+- name: valid
+  filter: value.total > 0.0
+- name: per-region
+  aggregate:
+    groupBy: {region: value.region}
+    aggregations: [{name: total, op: sum, of: value.total}]
+outputs: [{topic: region-totals}]
+deadLetter: {topic: orders-dlq}
+delivery: exactlyOnce
+"#;
+
+    fn engine(yaml: &str) -> Engine {
+        let spec: PipelineSpec = serde_saphyr::from_str(yaml).unwrap();
+        Engine::new("p", &spec, PipelineMetrics::detached("p")).unwrap()
+    }
+
+    fn rec(topic: &str, partition: i32, v: serde_json::Value) -> Record {
+        Record::new(topic, partition, 0, 0, Some(b"k".to_vec()), Payload::Json(v))
+    }
+
+    #[test]
+    fn seed_aggregation_emits_running_totals() {
+        let mut e = engine(SEED);
+        let mut out = Vec::new();
+        for (region, total) in [("eu-west", 10.0), ("us-east", 5.0), ("eu-west", 2.5), ("eu-west", -1.0)] {
+            e.process(rec("orders", 0, serde_json::json!({"region": region, "total": total})), &mut out)
+                .unwrap();
+        }
+        assert_eq!(out.len(), 3, "the negative total is filtered");
+        let last = &out[2];
+        assert_eq!(last.topic, "region-totals");
+        assert_eq!(last.record.value, Payload::Json(serde_json::json!({"region": "eu-west", "total": 12.5})));
+        assert_eq!(last.record.key.as_deref(), Some(&b"eu-west"[..]));
+        assert_eq!(e.output_topics(), vec!["region-totals"]);
+    }
+
+    #[test]
+    fn repartitioning_splits_the_pipeline_at_the_aggregate() {
+        let mut e = engine(SEED);
+        e.set_repartition_topic(Some("p-rep".to_string()));
+        let mut out = Vec::new();
+        e.process(rec("orders", 3, serde_json::json!({"region": "eu-west", "total": 10.0})), &mut out)
+            .unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].kind, EmitKind::Repartition);
+        assert_eq!(out[0].topic, "p-rep");
+        assert_eq!(out[0].record.key.as_deref(), Some(&br#"["eu-west"]"#[..]));
+        let back = Record {
+            topic: "p-rep".to_string(),
+            partition: 1,
+            ..out[0].record.clone()
+        };
+        out.clear();
+        e.process(back, &mut out).unwrap();
+        assert_eq!(out[0].kind, EmitKind::Output);
+        assert_eq!(out[0].record.value, Payload::Json(serde_json::json!({"region": "eu-west", "total": 10.0})));
+        assert_eq!(e.aggregate_mut().unwrap().partitions(), vec![1]);
+    }
+
+    #[test]
+    fn failures_name_the_step() {
+        let mut e = engine(SEED);
+        let mut out = Vec::new();
+        let err = e.process(rec("orders", 0, serde_json::json!({"region": "x"})), &mut out).unwrap_err();
+        assert_eq!(err.step, "valid");
+        assert!(err.error.contains("value.total"), "{}", err.error);
+        let err = e.process(rec("orders", 0, serde_json::json!({"total": 3.0})), &mut out).unwrap_err();
+        assert_eq!(err.step, "per-region");
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn routes_then_outputs_with_key_expressions() {
+        let mut e = engine(
+            r#"
+inputs: [orders]
+steps:
+- name: split
+  route:
+    routes: [{when: "value.region == 'eu-west'", topic: eu}]
+- name: shape
+  map: {set: {big: "value.total > 100.0"}, drop: [secret]}
+outputs: [{topic: rest, key: "value.region + '-' + string(value.total)"}, {topic: copy}]
+"#,
+        );
+        let mut out = Vec::new();
+        e.process(rec("orders", 0, serde_json::json!({"region": "eu-west", "total": 1.0})), &mut out)
+            .unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].topic, "eu");
+        out.clear();
+        e.process(
+            rec("orders", 0, serde_json::json!({"region": "us", "total": 200.0, "secret": 1})),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].topic, "rest");
+        assert_eq!(out[0].record.key.as_deref(), Some(&b"us-200"[..]));
+        assert_eq!(out[0].record.value, Payload::Json(serde_json::json!({"region": "us", "total": 200.0, "big": true})));
+        assert_eq!(out[1].topic, "copy");
+        assert_eq!(out[1].record.key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(e.output_topics(), vec!["copy", "eu", "rest"]);
+    }
+
+    #[test]
+    fn failing_output_key_emits_nothing() {
+        let mut e = engine("inputs: [a]\noutputs: [{topic: b}, {topic: c, key: value.nope}]\n");
+        let mut out = Vec::new();
+        let err = e.process(rec("a", 0, serde_json::json!({"x": 1})), &mut out).unwrap_err();
+        assert_eq!(err.step, "output c");
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn spec_errors_are_clear() {
+        let spec: PipelineSpec = serde_saphyr::from_str("inputs: [a]\n").unwrap();
+        let err = Engine::new("p", &spec, PipelineMetrics::detached("p")).unwrap_err();
+        assert!(err.to_string().contains("at least one output"));
+        let spec: PipelineSpec = serde_saphyr::from_str("inputs: [a]\nformat: avro\noutputs: [{topic: b}]\n").unwrap();
+        let err = Engine::new("p", &spec, PipelineMetrics::detached("p")).unwrap_err();
+        assert!(err.to_string().contains("avro is not supported yet"), "{err}");
+        let spec: PipelineSpec = serde_saphyr::from_str(
+            "inputs: [a]\noutputs: [{topic: b}]\nsteps: [{name: x, filter: 'true'}, {name: x, filter: 'false'}]\n",
+        )
+        .unwrap();
+        let err = Engine::new("p", &spec, PipelineMetrics::detached("p")).unwrap_err();
+        assert!(err.to_string().contains("unique"), "{err}");
+    }
+
+    #[test]
+    fn decode_failures_are_dead_lettered_as_decode() {
+        let err = decode(RecordFormat::Json, "t", 0, 1, 0, None, Vec::new(), Some(b"{bad")).unwrap_err();
+        assert_eq!(err.step, "decode");
+    }
+}

@@ -1,0 +1,407 @@
+//! CEL expressions: compiled once per pipeline, evaluated per record in a cheap child
+//! scope of one shared root context.
+//!
+//! Each expression records which record variables it reads, and which top-level fields
+//! of `value` it selects, so the hot path converts only those fields into CEL values.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use cel::common::ast::{EntryExpr, Expr as Ast};
+use cel::objects::{Key, Map};
+use cel::parser::Expression;
+use cel::{Context, Program, Value};
+
+use crate::record::Record;
+
+/// An expression that failed to compile.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid CEL expression `{source_text}`: {message}")]
+pub struct CompileError {
+    /// The expression as written.
+    pub source_text: String,
+    /// What the parser said.
+    pub message: String,
+}
+
+/// An expression that failed on a record.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EvalError {
+    /// CEL raised an error (missing field, wrong type, ...).
+    #[error("expression `{expr}` failed: {message}")]
+    Execution {
+        /// The expression as written.
+        expr: String,
+        /// CEL's message.
+        message: String,
+    },
+    /// The expression returned a value of the wrong type.
+    #[error("expression `{expr}` returned {got}, expected {want}")]
+    WrongType {
+        /// The expression as written.
+        expr: String,
+        /// The type it returned.
+        got: String,
+        /// The type that was needed.
+        want: &'static str,
+    },
+}
+
+/// Which parts of a record an expression reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// `value` is used other than through `value.<field>`: bind the whole record.
+    pub whole_value: bool,
+    /// Top-level fields selected as `value.<field>`.
+    pub fields: BTreeSet<String>,
+    /// `key` is read.
+    pub key: bool,
+    /// `headers` is read.
+    pub headers: bool,
+    /// `topic` is read.
+    pub topic: bool,
+    /// `partition` is read.
+    pub partition: bool,
+    /// `offset` is read.
+    pub offset: bool,
+    /// `timestamp` is read.
+    pub timestamp: bool,
+}
+
+impl Needs {
+    /// Adds what `other` needs.
+    pub fn merge(&mut self, other: &Needs) {
+        self.whole_value |= other.whole_value;
+        self.fields.extend(other.fields.iter().cloned());
+        self.key |= other.key;
+        self.headers |= other.headers;
+        self.topic |= other.topic;
+        self.partition |= other.partition;
+        self.offset |= other.offset;
+        self.timestamp |= other.timestamp;
+    }
+
+    fn of(expr: &Expression) -> Needs {
+        let mut needs = Needs::default();
+        walk(expr, &mut needs);
+        needs
+    }
+}
+
+fn walk(expr: &Expression, needs: &mut Needs) {
+    match &expr.expr {
+        Ast::Select(select) => {
+            if let Ast::Ident(name) = &select.operand.expr
+                && name == "value"
+            {
+                needs.fields.insert(select.field.clone());
+            } else {
+                walk(&select.operand, needs);
+            }
+        }
+        Ast::Ident(name) => match name.as_str() {
+            "value" => needs.whole_value = true,
+            "key" => needs.key = true,
+            "headers" => needs.headers = true,
+            "topic" => needs.topic = true,
+            "partition" => needs.partition = true,
+            "offset" => needs.offset = true,
+            "timestamp" => needs.timestamp = true,
+            _ => {}
+        },
+        Ast::Call(call) => {
+            if let Some(target) = &call.target {
+                walk(target, needs);
+            }
+            call.args.iter().for_each(|a| walk(a, needs));
+        }
+        Ast::Comprehension(c) => {
+            for e in [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
+                walk(e, needs);
+            }
+        }
+        Ast::List(list) => list.elements.iter().for_each(|e| walk(e, needs)),
+        Ast::Map(map) => map.entries.iter().for_each(|e| walk_entry(&e.expr, needs)),
+        Ast::Struct(s) => s.entries.iter().for_each(|e| walk_entry(&e.expr, needs)),
+        Ast::Literal(_) | Ast::Unspecified => {}
+    }
+}
+
+fn walk_entry(entry: &EntryExpr, needs: &mut Needs) {
+    match entry {
+        EntryExpr::MapEntry(e) => {
+            walk(&e.key, needs);
+            walk(&e.value, needs);
+        }
+        EntryExpr::StructField(f) => walk(&f.value, needs),
+    }
+}
+
+/// A compiled CEL expression.
+#[derive(Debug)]
+pub struct Expr {
+    source: String,
+    program: Program,
+    needs: Needs,
+}
+
+impl Expr {
+    /// Compiles `source`.
+    pub fn compile(source: &str) -> Result<Self, CompileError> {
+        let program = Program::compile(source).map_err(|e| CompileError {
+            source_text: source.to_string(),
+            message: e.to_string(),
+        })?;
+        let needs = Needs::of(program.expression());
+        Ok(Self {
+            source: source.to_string(),
+            program,
+            needs,
+        })
+    }
+
+    /// The expression as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// What it reads from a record.
+    pub fn needs(&self) -> &Needs {
+        &self.needs
+    }
+
+    /// Evaluates in `scope` (a child of the root context holding the record).
+    pub fn eval(&self, scope: &Context) -> Result<Value, EvalError> {
+        self.program.execute(scope).map_err(|e| EvalError::Execution {
+            expr: self.source.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Evaluates to a bool.
+    pub fn eval_bool(&self, scope: &Context) -> Result<bool, EvalError> {
+        match self.eval(scope)? {
+            Value::Bool(b) => Ok(b),
+            other => Err(self.wrong_type(&other, "bool")),
+        }
+    }
+
+    /// Evaluates to a number (int, uint or double) as f64.
+    pub fn eval_number(&self, scope: &Context) -> Result<Number, EvalError> {
+        match self.eval(scope)? {
+            Value::Int(i) => Ok(Number::Int(i)),
+            Value::UInt(u) => Ok(i64::try_from(u).map_or(Number::Float(u as f64), Number::Int)),
+            Value::Float(f) => Ok(Number::Float(f)),
+            other => Err(self.wrong_type(&other, "a number")),
+        }
+    }
+
+    fn wrong_type(&self, got: &Value, want: &'static str) -> EvalError {
+        EvalError::WrongType {
+            expr: self.source.clone(),
+            got: format!("{:?}", got.type_of()),
+            want,
+        }
+    }
+}
+
+/// A number an expression produced.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Number {
+    /// A whole number.
+    Int(i64),
+    /// A floating-point number.
+    Float(f64),
+}
+
+impl Number {
+    /// As f64.
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Number::Int(i) => i as f64,
+            Number::Float(f) => f,
+        }
+    }
+}
+
+/// The root CEL context: built once (it holds the standard library), shared by all
+/// evaluations; each record gets a cheap child scope.
+pub fn root_context() -> Context<'static, 'static> {
+    Context::default()
+}
+
+/// Opens a child scope of `root` with the parts of `record` that `needs` asks for.
+pub fn scope<'a>(root: &'a Context<'a, 'static>, record: &Record, needs: &Needs) -> Context<'a, 'static> {
+    let mut scope = root.new_inner_scope();
+    bind(&mut scope, record, needs);
+    scope
+}
+
+fn bind(scope: &mut Context<'_, 'static>, record: &Record, needs: &Needs) {
+    if needs.whole_value {
+        scope.add_variable_from_value("value", record.value.to_cel());
+    } else if !needs.fields.is_empty() {
+        scope.add_variable_from_value("value", record.value.to_cel_fields(&needs.fields));
+    }
+    if needs.key {
+        let key = match &record.key {
+            Some(k) => Value::String(Arc::new(String::from_utf8_lossy(k).into_owned())),
+            None => Value::Null,
+        };
+        scope.add_variable_from_value("key", key);
+    }
+    if needs.headers {
+        let map: std::collections::HashMap<Key, Value> = record
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    Key::String(Arc::new(k.clone())),
+                    Value::String(Arc::new(String::from_utf8_lossy(v).into_owned())),
+                )
+            })
+            .collect();
+        scope.add_variable_from_value("headers", Value::Map(Map { map: Arc::new(map) }));
+    }
+    if needs.topic {
+        scope.add_variable_from_value("topic", Value::String(Arc::new(record.topic.clone())));
+    }
+    if needs.partition {
+        scope.add_variable_from_value("partition", Value::Int(i64::from(record.partition)));
+    }
+    if needs.offset {
+        scope.add_variable_from_value("offset", Value::Int(record.offset));
+    }
+    if needs.timestamp {
+        scope.add_variable_from_value("timestamp", Value::Int(record.timestamp));
+    }
+}
+
+/// Converts a JSON value into a CEL value.
+pub fn json_to_cel(v: &serde_json::Value) -> Value {
+    match v {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Bool(*b),
+        serde_json::Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Value::Int(i)
+            } else if let Some(u) = n.as_u64() {
+                Value::UInt(u)
+            } else {
+                Value::Float(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        serde_json::Value::String(s) => Value::String(Arc::new(s.clone())),
+        serde_json::Value::Array(a) => Value::List(Arc::new(a.iter().map(json_to_cel).collect())),
+        serde_json::Value::Object(o) => {
+            let map: std::collections::HashMap<Key, Value> = o
+                .iter()
+                .map(|(k, v)| (Key::String(Arc::new(k.clone())), json_to_cel(v)))
+                .collect();
+            Value::Map(Map { map: Arc::new(map) })
+        }
+    }
+}
+
+/// Why a CEL value cannot become JSON.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot represent {0} as JSON")]
+pub struct ToJsonError(pub String);
+
+/// Converts a CEL value into JSON (maps with non-string keys use the key's text).
+pub fn cel_to_json(v: &Value) -> Result<serde_json::Value, ToJsonError> {
+    Ok(match v {
+        Value::Null => serde_json::Value::Null,
+        Value::Bool(b) => serde_json::Value::Bool(*b),
+        Value::Int(i) => serde_json::Value::from(*i),
+        Value::UInt(u) => serde_json::Value::from(*u),
+        Value::Float(f) => serde_json::Number::from_f64(*f)
+            .map(serde_json::Value::Number)
+            .ok_or_else(|| ToJsonError(format!("the number {f}")))?,
+        Value::String(s) => serde_json::Value::String(s.to_string()),
+        Value::Bytes(b) => serde_json::Value::String(String::from_utf8_lossy(b).into_owned()),
+        Value::List(l) => serde_json::Value::Array(l.iter().map(cel_to_json).collect::<Result<_, _>>()?),
+        Value::Map(m) => {
+            let mut obj = serde_json::Map::with_capacity(m.map.len());
+            for (k, v) in m.map.iter() {
+                let key = match k {
+                    Key::String(s) => s.to_string(),
+                    Key::Int(i) => i.to_string(),
+                    Key::Uint(u) => u.to_string(),
+                    Key::Bool(b) => b.to_string(),
+                };
+                obj.insert(key, cel_to_json(v)?);
+            }
+            serde_json::Value::Object(obj)
+        }
+        Value::Timestamp(t) => serde_json::Value::String(t.to_rfc3339()),
+        Value::Duration(d) => serde_json::Value::String(format!("{}ms", d.num_milliseconds())),
+        other => return Err(ToJsonError(format!("a {:?}", other.type_of()))),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Payload, Record};
+
+    fn rec(value: serde_json::Value) -> Record {
+        Record::new("orders", 2, 7, 1000, Some(b"k1".to_vec()), Payload::Json(value))
+    }
+
+    #[test]
+    fn needs_lists_selected_fields_only() {
+        let e = Expr::compile("value.total > 10.0 && value.region == 'eu' && key != ''").unwrap();
+        assert!(!e.needs().whole_value);
+        assert_eq!(e.needs().fields.iter().cloned().collect::<Vec<_>>(), vec!["region", "total"]);
+        assert!(e.needs().key);
+        assert!(!e.needs().headers);
+        let whole = Expr::compile("size(value) > 1").unwrap();
+        assert!(whole.needs().whole_value);
+        let has = Expr::compile("has(value.x)").unwrap();
+        assert!(has.needs().fields.contains("x"));
+        assert!(!has.needs().whole_value);
+    }
+
+    #[test]
+    fn evaluates_against_record_fields_and_metadata() {
+        let root = root_context();
+        let r = rec(serde_json::json!({"total": 12.5, "region": "eu", "items": [1, 2]}));
+        let e = Expr::compile("value.total > 10.0 && topic == 'orders' && partition == 2 && offset == 7 && key == 'k1'").unwrap();
+        assert!(e.eval_bool(&scope(&root, &r, e.needs())).unwrap());
+        let e = Expr::compile("size(value.items)").unwrap();
+        assert_eq!(e.eval_number(&scope(&root, &r, e.needs())).unwrap(), Number::Int(2));
+    }
+
+    #[test]
+    fn missing_field_is_an_error_not_a_panic() {
+        let root = root_context();
+        let r = rec(serde_json::json!({"a": 1}));
+        let e = Expr::compile("value.b > 1").unwrap();
+        let err = e.eval_bool(&scope(&root, &r, e.needs())).unwrap_err();
+        assert!(err.to_string().contains("value.b > 1"), "{err}");
+    }
+
+    #[test]
+    fn wrong_result_type_is_reported() {
+        let root = root_context();
+        let r = rec(serde_json::json!({"a": "x"}));
+        let e = Expr::compile("value.a").unwrap();
+        let err = e.eval_bool(&scope(&root, &r, e.needs())).unwrap_err();
+        assert!(matches!(err, EvalError::WrongType { want: "bool", .. }), "{err}");
+        assert!(e.eval_number(&scope(&root, &r, e.needs())).is_err());
+    }
+
+    #[test]
+    fn syntax_error_is_a_compile_error() {
+        let err = Expr::compile("value.a >").unwrap_err();
+        assert!(err.to_string().contains("value.a >"));
+    }
+
+    #[test]
+    fn json_round_trips_through_cel() {
+        let v = serde_json::json!({"a": [1, 2.5, "x", null, true], "b": {"c": -3}});
+        assert_eq!(cel_to_json(&json_to_cel(&v)).unwrap(), v);
+    }
+}

@@ -1,0 +1,217 @@
+//! The steps of a pipeline, compiled from the spec.
+
+pub mod aggregate;
+mod map;
+mod route;
+mod validate;
+
+pub use aggregate::Aggregate;
+pub use map::Map;
+pub use route::Route;
+pub use validate::Validate;
+
+use cel::Context;
+use sluice_crds::pipeline::Step as StepSpec;
+
+use crate::expr::{CompileError, EvalError, Expr, Needs};
+use crate::record::Record;
+
+/// A pipeline spec this processor cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// An expression does not compile.
+    #[error("step {step}: {source}")]
+    Expr {
+        /// Step name.
+        step: String,
+        /// The compile error.
+        source: CompileError,
+    },
+    /// A feature this build does not implement.
+    #[error("step {step}: {what} is not supported yet")]
+    Unsupported {
+        /// Step name.
+        step: String,
+        /// What is missing.
+        what: String,
+    },
+    /// Anything else wrong with the spec.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Why a record failed in a step.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StepError {
+    /// An expression failed.
+    #[error(transparent)]
+    Eval(#[from] EvalError),
+    /// The record does not have the shape the step needs.
+    #[error("{0}")]
+    Shape(String),
+}
+
+/// What a step did with a record.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Hand the record to the next step.
+    Continue(Record),
+    /// A filter dropped it.
+    Filtered,
+    /// Send it to this topic and stop.
+    Routed(String, Record),
+}
+
+/// The kind-specific part of a compiled step.
+#[derive(Debug)]
+pub enum Kind {
+    /// Keep records for which the expression holds.
+    Filter(Expr),
+    /// Reshape.
+    Map(Map),
+    /// Branch to topics.
+    Route(Route),
+    /// Keyed aggregate.
+    Aggregate(Box<Aggregate>),
+    /// Shape checks.
+    Validate(Validate),
+}
+
+/// One compiled step.
+#[derive(Debug)]
+pub struct Step {
+    /// Name, for metrics and dead-letter headers.
+    pub name: String,
+    /// What it does.
+    pub kind: Kind,
+    /// What its expressions read from a record.
+    pub needs: Needs,
+}
+
+pub(crate) fn compile_expr(step: &str, source: &str) -> Result<Expr, ConfigError> {
+    Expr::compile(source).map_err(|source| ConfigError::Expr {
+        step: step.to_string(),
+        source,
+    })
+}
+
+impl Step {
+    /// Compiles a step from its spec.
+    pub fn compile(spec: &StepSpec) -> Result<Self, ConfigError> {
+        let name = spec.name.clone();
+        let unsupported = |what: &str| ConfigError::Unsupported {
+            step: name.clone(),
+            what: what.to_string(),
+        };
+        let set = [
+            spec.filter.is_some(),
+            spec.map.is_some(),
+            spec.route.is_some(),
+            spec.aggregate.is_some(),
+            spec.dedupe.is_some(),
+            spec.enrich.is_some(),
+            spec.validate.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if set != 1 {
+            return Err(ConfigError::Invalid(format!(
+                "step {name}: set exactly one of filter, map, route, aggregate, dedupe, enrich, validate ({set} set)"
+            )));
+        }
+        let kind = if let Some(f) = &spec.filter {
+            Kind::Filter(compile_expr(&name, f)?)
+        } else if let Some(m) = &spec.map {
+            Kind::Map(Map::compile(&name, m)?)
+        } else if let Some(r) = &spec.route {
+            Kind::Route(Route::compile(&name, r)?)
+        } else if let Some(a) = &spec.aggregate {
+            Kind::Aggregate(Box::new(Aggregate::compile(&name, a)?))
+        } else if let Some(v) = &spec.validate {
+            Kind::Validate(Validate::new(v))
+        } else if spec.dedupe.is_some() {
+            return Err(unsupported("dedupe"));
+        } else {
+            return Err(unsupported("enrich"));
+        };
+        let needs = match &kind {
+            Kind::Filter(e) => e.needs().clone(),
+            Kind::Map(m) => m.needs(),
+            Kind::Route(r) => r.needs(),
+            Kind::Aggregate(a) => a.needs(),
+            Kind::Validate(_) => Needs::default(),
+        };
+        Ok(Self { name, kind, needs })
+    }
+
+    /// Runs a stateless step on a record, in `scope` (holding what `needs` asks for).
+    /// Aggregates are run by the pipeline, which owns their state.
+    pub fn apply(&self, record: Record, scope: &Context) -> Result<Outcome, StepError> {
+        match &self.kind {
+            Kind::Filter(e) => Ok(if e.eval_bool(scope)? {
+                Outcome::Continue(record)
+            } else {
+                Outcome::Filtered
+            }),
+            Kind::Map(m) => m.apply(record, scope).map(Outcome::Continue),
+            Kind::Route(r) => r.apply(record, scope),
+            Kind::Validate(v) => v.check(&record).map(|()| Outcome::Continue(record)),
+            Kind::Aggregate(_) => Err(StepError::Shape("aggregate applied as a stateless step".to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expr::{root_context, scope};
+    use crate::record::Payload;
+
+    fn spec(yaml: &str) -> StepSpec {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    fn run(step: &Step, value: serde_json::Value) -> Result<Outcome, StepError> {
+        let root = root_context();
+        let r = Record::new("in", 0, 0, 0, None, Payload::Json(value));
+        let s = scope(&root, &r, &step.needs);
+        step.apply(r.clone(), &s)
+    }
+
+    #[test]
+    fn filter_keeps_and_drops() {
+        let step = Step::compile(&spec("name: f\nfilter: value.total > 10.0\n")).unwrap();
+        assert!(matches!(run(&step, serde_json::json!({"total": 12.0})), Ok(Outcome::Continue(_))));
+        assert!(matches!(run(&step, serde_json::json!({"total": 2.0})), Ok(Outcome::Filtered)));
+        assert!(run(&step, serde_json::json!({"other": 2.0})).is_err());
+        assert!(run(&step, serde_json::json!({"total": "x"})).is_err());
+    }
+
+    #[test]
+    fn filter_must_return_bool() {
+        let step = Step::compile(&spec("name: f\nfilter: value.total\n")).unwrap();
+        let err = run(&step, serde_json::json!({"total": 12.0})).unwrap_err();
+        assert!(err.to_string().contains("expected bool"), "{err}");
+    }
+
+    #[test]
+    fn unsupported_steps_are_refused_at_startup() {
+        let err = Step::compile(&spec("name: d\ndedupe: {key: key, within: 1m}\n")).unwrap_err();
+        assert_eq!(err.to_string(), "step d: dedupe is not supported yet");
+        let err = Step::compile(&spec("name: e\nenrich: {table: t, key: key, into: x}\n")).unwrap_err();
+        assert_eq!(err.to_string(), "step e: enrich is not supported yet");
+    }
+
+    #[test]
+    fn bad_expressions_are_refused_at_startup() {
+        let err = Step::compile(&spec("name: f\nfilter: 'value.total >'\n")).unwrap_err();
+        assert!(err.to_string().starts_with("step f: invalid CEL expression"), "{err}");
+    }
+
+    #[test]
+    fn a_step_with_two_kinds_is_refused() {
+        let err = Step::compile(&spec("name: f\nfilter: 'true'\nvalidate: {}\n")).unwrap_err();
+        assert!(err.to_string().contains("exactly one"), "{err}");
+    }
+}
