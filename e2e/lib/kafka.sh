@@ -1,0 +1,159 @@
+# Apache Kafka (KRaft, one combined broker+controller) and a Kafka Connect worker in
+# distributed mode, both from their Maven Central jars.
+# shellcheck shell=bash
+
+KAFKA_CACHE=$CACHE/kafka-$KAFKA_VERSION
+
+# Resolves the jars with Maven into the cache: broker/, connect/, plugins/connect-file/.
+kafka_jars() {
+    [ -f "$KAFKA_CACHE/.complete" ] && return 0
+    apt_install maven openjdk-17-jre-headless
+    say "downloading Kafka $KAFKA_VERSION jars from Maven Central (mvn dependency:copy-dependencies)"
+    local pom=$E2E_DIR/toolchain/pom.xml log=$LOGS/maven.log
+    mkdir -p "$LOGS"
+    rm -rf "$KAFKA_CACHE"
+    mkdir -p "$KAFKA_CACHE"
+    mvn -B -f "$pom" -Dkafka.version="$KAFKA_VERSION" -Pbroker dependency:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="$KAFKA_CACHE/broker" >>"$log" 2>&1 ||
+        die "Maven could not resolve the Kafka broker jars; see $log"
+    mvn -B -f "$pom" -Dkafka.version="$KAFKA_VERSION" -Pconnect dependency:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="$KAFKA_CACHE/connect" >>"$log" 2>&1 ||
+        die "Maven could not resolve the Kafka Connect jars; see $log"
+    # The plugin alone: its dependencies (connect-api) come from the worker's classpath.
+    mvn -B -f "$pom" -Dkafka.version="$KAFKA_VERSION" -Pconnect-file dependency:copy-dependencies \
+        -DexcludeTransitive=true -DoutputDirectory="$KAFKA_CACHE/plugins/connect-file" >>"$log" 2>&1 ||
+        die "Maven could not resolve connect-file; see $log"
+    touch "$KAFKA_CACHE/.complete"
+}
+
+# A log4j2 configuration that logs to stdout (the component's log file).
+kafka_log4j() {
+    local file=$STATE/kafka/log4j2.properties
+    mkdir -p "$STATE/kafka"
+    cat >"$file" <<'EOF'
+status = warn
+appender.out.type = Console
+appender.out.name = out
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = info
+rootLogger.appenderRef.out.ref = out
+logger.kafka.name = kafka
+logger.kafka.level = info
+logger.reflections.name = org.reflections
+logger.reflections.level = error
+EOF
+    echo "$file"
+}
+
+# Whether the broker answers a metadata request (lists topics with its own admin tool).
+kafka_ready() {
+    java -Xmx128m -cp "$KAFKA_CACHE/broker/*" -Dlog4j2.configurationFile="$STATE/kafka/log4j2.properties" \
+        org.apache.kafka.tools.TopicCommand --bootstrap-server "$1" --list
+}
+
+kafka_up() {
+    local port cport dir=$STATE/kafka props bootstrap
+    port=$(port_for kafka)
+    bootstrap=127.0.0.1:$port
+    if running kafka && kafka_ready "$bootstrap" >/dev/null 2>&1; then
+        say "Kafka already running at $bootstrap"
+        set_env KAFKA_BOOTSTRAP "$bootstrap"
+        return 0
+    fi
+    stop kafka
+    kafka_jars
+    cport=$(port_for kafka-controller)
+    mkdir -p "$dir/data"
+    local log4j
+    log4j=$(kafka_log4j)
+    props=$dir/server.properties
+    cat >"$props" <<EOF
+# Written by e2e/up: one node that is both broker and KRaft controller.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$cport
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$dir/data
+num.partitions=1
+default.replication.factor=1
+min.insync.replicas=1
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+EOF
+    local java_opts=(-Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true
+        -Dlog4j2.configurationFile="$log4j")
+    if [ ! -f "$dir/data/meta.properties" ]; then
+        local cluster_id
+        cluster_id=$(java -cp "$KAFKA_CACHE/broker/*" "${java_opts[@]}" kafka.tools.StorageTool random-uuid 2>>"$LOGS/kafka.log" | tail -n1)
+        [ -n "$cluster_id" ] || die "kafka-storage random-uuid failed; see $LOGS/kafka.log"
+        say "formatting Kafka storage (cluster $cluster_id)"
+        java -cp "$KAFKA_CACHE/broker/*" "${java_opts[@]}" kafka.tools.StorageTool format \
+            -t "$cluster_id" -c "$props" >>"$LOGS/kafka.log" 2>&1 ||
+            die "kafka-storage format failed; see $LOGS/kafka.log"
+    fi
+    say "starting Kafka $KAFKA_VERSION (KRaft) on $bootstrap"
+    start kafka java "${java_opts[@]}" -cp "$KAFKA_CACHE/broker/*" kafka.Kafka "$props"
+    wait_until kafka 120 kafka_ready "$bootstrap" || die "Kafka did not become ready; see $LOGS/kafka.log"
+    set_env KAFKA_BOOTSTRAP "$bootstrap"
+    say "Kafka ready at $bootstrap"
+}
+
+# Whether the Connect REST API lists the FileStreamSource plugin.
+connect_ready() {
+    curl -fsS "$1/connector-plugins" | grep -q FileStreamSourceConnector
+}
+
+connect_up() {
+    local port url dir=$STATE/connect props
+    port=$(port_for connect)
+    url=http://127.0.0.1:$port
+    if running connect && connect_ready "$url"; then
+        say "Kafka Connect already running at $url"
+        set_env CONNECT_URL "$url"
+        return 0
+    fi
+    stop connect
+    kafka_jars
+    mkdir -p "$dir"
+    props=$dir/worker.properties
+    cat >"$props" <<EOF
+# Written by e2e/up: a Kafka Connect worker in distributed mode.
+bootstrap.servers=$(get_env KAFKA_BOOTSTRAP)
+group.id=sluice-e2e-connect
+key.converter=org.apache.kafka.connect.json.JsonConverter
+value.converter=org.apache.kafka.connect.json.JsonConverter
+key.converter.schemas.enable=false
+value.converter.schemas.enable=false
+offset.storage.topic=_connect-offsets
+offset.storage.replication.factor=1
+offset.storage.partitions=1
+config.storage.topic=_connect-configs
+config.storage.replication.factor=1
+status.storage.topic=_connect-status
+status.storage.replication.factor=1
+status.storage.partitions=1
+offset.flush.interval.ms=1000
+listeners=$url
+rest.advertised.host.name=127.0.0.1
+rest.advertised.port=$port
+plugin.path=$KAFKA_CACHE/plugins
+plugin.discovery=hybrid_warn
+EOF
+    say "starting Kafka Connect $KAFKA_VERSION (distributed) on $url"
+    start connect java -Xms256m -Xmx1g -Djava.awt.headless=true \
+        -Dlog4j2.configurationFile="$(kafka_log4j)" \
+        -cp "$KAFKA_CACHE/connect/*" org.apache.kafka.connect.cli.ConnectDistributed "$props"
+    wait_until connect 180 connect_ready "$url" || die "Kafka Connect did not become ready; see $LOGS/connect.log"
+    set_env CONNECT_URL "$url"
+    say "Kafka Connect ready at $url"
+}

@@ -1,0 +1,14 @@
+# Versions of everything e2e/up runs. The caches are keyed by these
+# (${SLUICE_CACHE:-$HOME/.cache/sluice}/<component>-<version>/).
+# shellcheck shell=bash
+
+# Apache Kafka broker and Connect, from Maven Central (e2e/toolchain/pom.xml reads it as -Dkafka.version).
+KAFKA_VERSION=4.3.1
+# k8s.io/kubernetes; its staging modules are v0.<minor>.<patch> (e2e/toolchain/kubernetes/go.mod).
+KUBERNETES_VERSION=v1.34.12
+# The etcd that Kubernetes release uses (e2e/toolchain/etcd/go.mod).
+ETCD_VERSION=v3.6.4
+# helm.sh/helm/v3, the release built against Kubernetes 1.34.
+HELM_VERSION=v3.19.5
+# github.com/minio/minio: MinIO tags releases as RELEASE.<date>, which Go sees as pseudo-versions.
+MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
