@@ -1,5 +1,23 @@
-//! The Sluice operator (not yet written).
-fn main() {
-    eprintln!("sluice-operator: not implemented yet");
-    std::process::exit(2);
+//! `sluice-operator`: the Sluice Kubernetes operator.
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() {
+    let args = sluice_operator::Args::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if args.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    if let Err(err) = sluice_operator::run(args).await {
+        tracing::error!(%err, "sluice-operator stopped");
+        eprintln!("sluice-operator: {err}");
+        std::process::exit(1);
+    }
 }

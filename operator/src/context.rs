@@ -1,0 +1,103 @@
+//! What every reconcile shares: clients, metrics, settings, the event recorder.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client, Resource};
+
+use crate::backoff::Backoff;
+use crate::kafka::KafkaAdmin;
+use crate::metrics::Metrics;
+
+/// The one field manager for every server-side apply and patch.
+pub const FIELD_MANAGER: &str = "sluice-operator";
+
+/// Settings that shape reconciles.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Reconcile every object this often even when nothing changed.
+    pub resync: Duration,
+    /// Watch only this namespace; `None` for all.
+    pub namespace: Option<String>,
+}
+
+/// Shared by every controller.
+pub struct Context {
+    /// The Kubernetes client.
+    pub client: Client,
+    /// The Kafka admin client.
+    pub kafka: KafkaAdmin,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Settings.
+    pub settings: Settings,
+    /// Publishes Kubernetes events.
+    pub recorder: Recorder,
+    /// Per-object retry backoff.
+    pub backoff: Backoff,
+}
+
+impl Context {
+    /// Builds the context; `identity` names this replica in events.
+    pub fn new(
+        client: Client,
+        kafka: KafkaAdmin,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+        identity: &str,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.to_string(),
+            instance: Some(identity.to_string()),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            kafka,
+            metrics,
+            settings,
+            backoff: Backoff::default(),
+        }
+    }
+
+    /// An API for kind `K` over the watched scope.
+    pub fn watched_api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match &self.settings.namespace {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        }
+    }
+
+    /// Publishes an event about `object`. A failure is logged, not returned: an event that
+    /// cannot be written must not stop a reconcile.
+    pub async fn event(
+        &self,
+        object: &ObjectReference,
+        kind: &str,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_string(),
+            note: Some(note),
+            action: reason.to_string(),
+            secondary: None,
+        };
+        self.metrics.kube_write(kind, "event");
+        if let Err(err) = self.recorder.publish(&event, object).await {
+            tracing::warn!(%err, reason, "could not publish event");
+        }
+    }
+}

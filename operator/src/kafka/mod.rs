@@ -1,0 +1,6 @@
+//! Kafka: client configuration and the admin operations the controllers use.
+
+pub mod admin;
+pub mod config;
+
+pub use admin::{AdminError, KafkaAdmin, TopicState};

@@ -1,0 +1,543 @@
+//! The Topic controller: keeps a Kafka topic as its Topic resource says.
+//!
+//! One reconcile: fetch (the resource, what Kafka has) -> validate (pure) -> plan (pure diff)
+//! -> apply in Kafka -> compute status (pure) -> write status only when it changed.
+
+pub mod conflict;
+pub mod finalizer;
+pub mod plan;
+pub mod status;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Resource, ResourceExt};
+use rdkafka::error::RDKafkaErrorCode;
+use serde_json::json;
+use sluice_crds::Topic;
+use sluice_crds::topic::DeletionPolicy;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::context::{Context, FIELD_MANAGER};
+use crate::error::{Error, Result};
+use crate::kafka::{AdminError, TopicState};
+use conflict::Claim;
+use plan::{Desired, Plan, Refusal};
+use status::Outcome;
+
+/// The kind, for metrics, logs and events.
+pub const KIND: &str = "Topic";
+
+/// How long to wait before looking again after a change Kafka has not shown yet.
+const SETTLE: Duration = Duration::from_secs(2);
+
+type Guarded = DeserializeGuard<Topic>;
+
+/// The Topic controller's state: the shared context and a cache of every watched Topic.
+pub struct TopicController {
+    ctx: Arc<Context>,
+    store: Store<Guarded>,
+    reported_malformed: Mutex<HashSet<String>>,
+}
+
+/// Runs the Topic controller until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let api: Api<Guarded> = ctx.watched_api();
+    let controller = Controller::new(api.clone(), watcher::Config::default());
+    let store = controller.store();
+    let peers_store = store.clone();
+    let state = Arc::new(TopicController {
+        ctx,
+        store,
+        reported_malformed: Mutex::new(HashSet::new()),
+    });
+    controller
+        // When a Topic changes or goes away, the others naming the same Kafka topic may
+        // change owner: reconcile them too.
+        .watches(api, watcher::Config::default(), move |guard: Guarded| {
+            peers(&peers_store, &guard)
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, state)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                debug!(%err, "Topic reconcile did not complete");
+            }
+        })
+        .await;
+    info!("Topic controller stopped");
+}
+
+/// The other Topics (by reference) that name the same Kafka topic as `guard`.
+fn peers(store: &Store<Guarded>, guard: &Guarded) -> Vec<ObjectRef<Guarded>> {
+    let Ok(topic) = &guard.0 else {
+        return Vec::new();
+    };
+    let name = topic.kafka_name();
+    store
+        .state()
+        .iter()
+        .filter(|other| match &other.0 {
+            Ok(t) => t.kafka_name() == name && t.uid() != topic.uid(),
+            Err(_) => false,
+        })
+        .map(|other| ObjectRef::from_obj(other.as_ref()))
+        .collect()
+}
+
+fn key_of(guard: &Guarded) -> String {
+    format!(
+        "{}/{}",
+        guard.namespace().unwrap_or_default(),
+        guard.name_any()
+    )
+}
+
+async fn reconcile(guard: Arc<Guarded>, state: Arc<TopicController>) -> Result<Action> {
+    let span = info_span!(
+        "reconcile",
+        kind = KIND,
+        namespace = %guard.namespace().unwrap_or_default(),
+        name = %guard.name_any()
+    );
+    async move {
+        let ctx = &state.ctx;
+        let _timer = ctx.metrics.reconcile_timer(KIND);
+        let result = match &guard.0 {
+            Ok(topic) => reconcile_topic(topic, &state).await,
+            Err(invalid) => report_malformed(&guard, &invalid.error, &state).await,
+        };
+        let label = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.label(),
+        };
+        ctx.metrics.reconciled(KIND, label);
+        if result.is_ok() {
+            ctx.backoff.succeeded(&key_of(&guard));
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+fn error_policy(guard: Arc<Guarded>, err: &Error, state: Arc<TopicController>) -> Action {
+    let delay = err
+        .fixed_retry()
+        .unwrap_or_else(|| state.ctx.backoff.failed(&key_of(&guard)));
+    warn!(
+        namespace = %guard.namespace().unwrap_or_default(),
+        name = %guard.name_any(),
+        error = %err,
+        retry_in = ?delay,
+        "Topic reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+/// A Topic that cannot be read as a Topic: say so once per version, never crash.
+async fn report_malformed(guard: &Guarded, error: &str, state: &TopicController) -> Result<Action> {
+    let version = format!(
+        "{}@{}",
+        guard.uid().unwrap_or_default(),
+        guard.resource_version().unwrap_or_default()
+    );
+    let first = state
+        .reported_malformed
+        .lock()
+        .map(|mut seen| seen.insert(version))
+        .unwrap_or(true);
+    warn!(%error, "Topic is malformed");
+    if first {
+        state
+            .ctx
+            .event(
+                &guard.object_ref(&()),
+                KIND,
+                true,
+                "Malformed",
+                format!("This Topic cannot be read: {error}"),
+            )
+            .await;
+    }
+    Ok(Action::await_change())
+}
+
+async fn reconcile_topic(topic: &Topic, state: &TopicController) -> Result<Action> {
+    let ctx = &state.ctx;
+    let namespace = topic
+        .namespace()
+        .ok_or_else(|| Error::Malformed("a Topic without a namespace".into()))?;
+    let api: Api<Topic> = Api::namespaced(ctx.client.clone(), &namespace);
+    let oref = topic.object_ref(&());
+
+    if topic.metadata.deletion_timestamp.is_some() {
+        return cleanup(topic, &api, state, &oref).await;
+    }
+    finalizer::ensure(topic, &api, ctx).await?;
+
+    let desired = match plan::validate(topic) {
+        Ok(d) => d,
+        Err(message) => {
+            let name = topic.kafka_name();
+            write_status(
+                topic,
+                &api,
+                ctx,
+                &oref,
+                &name,
+                None,
+                Outcome::InvalidSpec(message),
+            )
+            .await?;
+            return Ok(Action::requeue(ctx.settings.resync));
+        }
+    };
+
+    if let Some(owner) = other_owner(topic, &state.store, &desired.name) {
+        let outcome = Outcome::Conflict {
+            owner: owner.key,
+            topic: desired.name.clone(),
+        };
+        write_status(topic, &api, ctx, &oref, &desired.name, None, outcome).await?;
+        return Ok(Action::requeue(ctx.settings.resync));
+    }
+
+    let observed = match ctx.kafka.describe(&desired.name).await {
+        Ok(o) => o,
+        Err(e) => return kafka_failed(topic, &api, ctx, &oref, &desired.name, "describe", e).await,
+    };
+    let plan = plan::plan(&desired, observed.as_ref());
+    debug!(?plan, "planned");
+
+    if let Some(o) = &observed {
+        let first_sight = topic
+            .status
+            .as_ref()
+            .and_then(|s| s.topic_name.as_ref())
+            .is_none();
+        if first_sight {
+            let note = format!(
+                "Adopted existing Kafka topic {} ({} partitions, replication factor {})",
+                desired.name, o.partitions, o.replication_factor
+            );
+            ctx.event(&oref, KIND, false, "Adopted", note).await;
+        }
+    }
+
+    let applied = match apply(&desired, observed.as_ref(), plan, ctx, &oref).await {
+        Ok(a) => a,
+        Err(e) => return kafka_failed(topic, &api, ctx, &oref, &desired.name, "change", e).await,
+    };
+
+    let (observed, outcome, next) = match applied {
+        Applied::Nothing => (observed, Outcome::Ready, ctx.settings.resync),
+        Applied::Refused(r) => (observed, Outcome::Refused(r), ctx.settings.resync),
+        Applied::Changed => match ctx.kafka.describe(&desired.name).await {
+            Ok(Some(now)) if plan::plan(&desired, Some(&now)).in_sync() => {
+                (Some(now), Outcome::Ready, ctx.settings.resync)
+            }
+            Ok(now) => (
+                now,
+                Outcome::Creating(format!(
+                    "waiting for Kafka to show the changes to topic {}",
+                    desired.name
+                )),
+                SETTLE,
+            ),
+            Err(e) => {
+                return kafka_failed(topic, &api, ctx, &oref, &desired.name, "describe", e).await;
+            }
+        },
+    };
+    write_status(
+        topic,
+        &api,
+        ctx,
+        &oref,
+        &desired.name,
+        observed.as_ref(),
+        outcome,
+    )
+    .await?;
+    Ok(Action::requeue(next))
+}
+
+/// What applying a plan did.
+enum Applied {
+    Nothing,
+    Changed,
+    Refused(Refusal),
+}
+
+async fn apply(
+    desired: &Desired,
+    observed: Option<&TopicState>,
+    plan: Plan,
+    ctx: &Context,
+    oref: &ObjectReference,
+) -> Result<Applied, AdminError> {
+    let name = &desired.name;
+    match plan {
+        Plan::Refuse(r) => Ok(Applied::Refused(r)),
+        Plan::Create => {
+            let created = ctx
+                .kafka
+                .create(
+                    name,
+                    desired.partitions,
+                    desired.replication_factor,
+                    &desired.config,
+                )
+                .await;
+            match created {
+                Ok(()) => {
+                    let note = format!(
+                        "Created Kafka topic {name} with {} partitions, replication factor {} and {} configs",
+                        desired.partitions,
+                        desired
+                            .replication_factor
+                            .map_or("of the broker default".to_string(), |r| r.to_string()),
+                        desired.config.len()
+                    );
+                    ctx.event(oref, KIND, false, "Created", note).await;
+                    Ok(Applied::Changed)
+                }
+                // Someone created it in between: look again.
+                Err(AdminError::Rejected {
+                    code: RDKafkaErrorCode::TopicAlreadyExists,
+                    ..
+                }) => Ok(Applied::Changed),
+                Err(AdminError::Rejected { code, message }) => Ok(Applied::Refused(refusal(
+                    code,
+                    format!("Kafka refused to create topic {name}: {message}"),
+                ))),
+                Err(e) => Err(e),
+            }
+        }
+        Plan::Update { partitions, config } => {
+            if partitions.is_none() && config.is_none() {
+                return Ok(Applied::Nothing);
+            }
+            // Check configs before changing anything, so a refusal leaves the topic as it is.
+            if config.is_some() {
+                match ctx.kafka.set_configs(name, &desired.config, true).await {
+                    Ok(()) => {}
+                    Err(AdminError::Rejected { message, .. }) => {
+                        let culprits = invalid_configs(desired, observed, ctx).await;
+                        return Ok(Applied::Refused(Refusal::InvalidConfig(format!(
+                            "Kafka refused the config of topic {name}: {message}{culprits}"
+                        ))));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if let Some((from, to)) = partitions {
+                match ctx.kafka.create_partitions(name, to).await {
+                    Ok(()) => {
+                        let note = format!(
+                            "Increased partitions of Kafka topic {name} from {from} to {to}"
+                        );
+                        ctx.event(oref, KIND, false, "PartitionsIncreased", note)
+                            .await;
+                    }
+                    Err(AdminError::Rejected { code, message }) => {
+                        return Ok(Applied::Refused(refusal(
+                            code,
+                            format!("Kafka refused to add partitions to topic {name}: {message}"),
+                        )));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if let Some(diff) = config {
+                match ctx.kafka.set_configs(name, &desired.config, false).await {
+                    Ok(()) => {
+                        let note =
+                            format!("Changed config of Kafka topic {name}: {}", diff.describe());
+                        ctx.event(oref, KIND, false, "ConfigChanged", note).await;
+                    }
+                    Err(AdminError::Rejected { message, .. }) => {
+                        return Ok(Applied::Refused(Refusal::InvalidConfig(format!(
+                            "Kafka refused the config of topic {name}: {message}"
+                        ))));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(Applied::Changed)
+        }
+    }
+}
+
+/// Names the keys Kafka refuses, by validating each changed key alone.
+async fn invalid_configs(
+    desired: &Desired,
+    observed: Option<&TopicState>,
+    ctx: &Context,
+) -> String {
+    let Some(current) = observed.map(|o| &o.config) else {
+        return String::new();
+    };
+    let mut bad = Vec::new();
+    for (key, value) in &desired.config {
+        if current.get(key) == Some(value) {
+            continue;
+        }
+        let mut one = current.clone();
+        one.insert(key.clone(), value.clone());
+        if let Err(AdminError::Rejected { .. }) =
+            ctx.kafka.set_configs(&desired.name, &one, true).await
+        {
+            bad.push(format!("{key}={value}"));
+        }
+    }
+    if bad.is_empty() {
+        String::new()
+    } else {
+        format!(" (refused: {})", bad.join(", "))
+    }
+}
+
+/// The refusal a Kafka error code stands for.
+fn refusal(code: RDKafkaErrorCode, message: String) -> Refusal {
+    match code {
+        RDKafkaErrorCode::InvalidConfig | RDKafkaErrorCode::PolicyViolation => {
+            Refusal::InvalidConfig(message)
+        }
+        _ => Refusal::NotSupported(message),
+    }
+}
+
+/// Records a failed Kafka call in status and returns the error (retried with backoff).
+async fn kafka_failed(
+    topic: &Topic,
+    api: &Api<Topic>,
+    ctx: &Context,
+    oref: &ObjectReference,
+    name: &str,
+    action: &'static str,
+    err: AdminError,
+) -> Result<Action> {
+    let (outcome, error) = match err {
+        AdminError::Unavailable(m) => (
+            Outcome::KafkaUnavailable(format!("Kafka did not answer: {m}")),
+            Error::KafkaUnavailable(m),
+        ),
+        AdminError::Rejected { message, .. } => (
+            Outcome::KafkaError(format!("Kafka could not {action} topic {name}: {message}")),
+            Error::KafkaAdmin {
+                action,
+                topic: name.to_string(),
+                message,
+            },
+        ),
+    };
+    write_status(topic, api, ctx, oref, name, None, outcome).await?;
+    Err(error)
+}
+
+/// The owner of the Kafka topic `name` when it is not `topic`.
+fn other_owner(topic: &Topic, store: &Store<Guarded>, name: &str) -> Option<Claim> {
+    let me = Claim::of(topic);
+    let mut claims: Vec<Claim> = store
+        .state()
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok())
+        .filter(|t| t.kafka_name() == name)
+        .map(Claim::of)
+        .collect();
+    if !claims.iter().any(|c| c.uid == me.uid) {
+        claims.push(me.clone());
+    }
+    conflict::other_owner(&me, &claims).cloned()
+}
+
+/// Writes the status when it changed, and an event when the Ready condition moved to a problem.
+async fn write_status(
+    topic: &Topic,
+    api: &Api<Topic>,
+    ctx: &Context,
+    oref: &ObjectReference,
+    name: &str,
+    observed: Option<&TopicState>,
+    outcome: Outcome,
+) -> Result<()> {
+    let new = status::compute(topic, name, observed, &outcome);
+    if status::changed(topic.status.as_ref(), &new) {
+        let patch = json!({
+            "apiVersion": Topic::api_version(&()),
+            "kind": KIND,
+            "status": new,
+        });
+        api.patch_status(
+            &topic.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::kube("write status"))?;
+        ctx.metrics.kube_write(KIND, "status");
+    }
+    let before = status::ready_of(topic.status.as_ref()).map(|(s, r, _)| (s, r));
+    let after = status::ready_of(Some(&new)).map(|(s, r, _)| (s, r));
+    if before != after {
+        let (_, reason, message) = outcome.condition(name, observed);
+        let event = match &outcome {
+            Outcome::Refused(_) => Some("Refused"),
+            Outcome::Conflict { .. } => Some("ResourceConflict"),
+            Outcome::KafkaUnavailable(_) => Some("KafkaUnavailable"),
+            Outcome::KafkaError(_) => Some("KafkaError"),
+            Outcome::InvalidSpec(_) => Some("InvalidSpec"),
+            Outcome::Ready | Outcome::Creating(_) => None,
+        };
+        if let Some(event) = event {
+            ctx.event(oref, KIND, true, event, format!("{reason}: {message}"))
+                .await;
+        }
+    }
+    Ok(())
+}
+
+/// The resource is going away: delete the Kafka topic when the policy says so, then let go.
+async fn cleanup(
+    topic: &Topic,
+    api: &Api<Topic>,
+    state: &TopicController,
+    oref: &ObjectReference,
+) -> Result<Action> {
+    let ctx = &state.ctx;
+    if !finalizer::present(topic) {
+        return Ok(Action::await_change());
+    }
+    let name = topic.kafka_name();
+    if topic.spec.deletion_policy == DeletionPolicy::Delete && plan::validate(topic).is_ok() {
+        match other_owner(topic, &state.store, &name) {
+            Some(owner) => {
+                let note = format!(
+                    "Kafka topic {name} was not deleted: it is managed by Topic {}",
+                    owner.key
+                );
+                ctx.event(oref, KIND, false, "NotDeleted", note).await;
+            }
+            None => {
+                if let Err(e) = ctx.kafka.delete(&name).await {
+                    return kafka_failed(topic, api, ctx, oref, &name, "delete", e).await;
+                }
+                let note = format!("Deleted Kafka topic {name} (deletionPolicy: Delete)");
+                ctx.event(oref, KIND, false, "Deleted", note).await;
+            }
+        }
+    }
+    finalizer::remove(topic, api, ctx).await?;
+    Ok(Action::await_change())
+}
