@@ -77,13 +77,13 @@ max_replication_slots = 20
 max_wal_senders = 20
 max_connections = 200
 fsync = off
-synchronous_commit = off
 full_page_writes = off
 EOF
         # Replication connections over TCP with a password, too.
         echo "host replication all 127.0.0.1/32 scram-sha-256" >>"$dir/pg_hba.conf"
     fi
-    sed -i "/^port = /d" "$dir/postgresql.conf"
+    # Logical decoding reads only flushed WAL: keep commits synchronous (fsync is off anyway).
+    sed -i "/^port = /d; /^synchronous_commit = off/d" "$dir/postgresql.conf"
     echo "port = $port" >>"$dir/postgresql.conf"
     say "starting PostgreSQL on 127.0.0.1:$port"
     # The log file belongs to root; the server writes to its stdout, which start() redirects.
