@@ -1,0 +1,39 @@
+//! The lag autoscaler's decision core: from offsets read each tick to a replica count
+//! and the sentence that explains it.
+//!
+//! Pure: no I/O and no clock (time comes in with each [`Observation`]), so the
+//! controller does the reading and writing and this module can be tested and
+//! benchmarked on its own.
+//!
+//! How it decides, per pipeline:
+//! - Lag per partition is counted from where the group will read next: its committed
+//!   offset, or, with none (or one that retention deleted), the start policy's position
+//!   (`earliest`: the log start, so deleted records are not lag; `latest`: the log end).
+//!   One record of lag on a partition whose log end did not move is a transaction
+//!   marker, not work.
+//! - Rates come from offset deltas over a short ring of readings: arrivals from log
+//!   ends, consumption from committed offsets. When a partition holds more than a
+//!   couple of seconds of its own traffic at both ends of an interval, the replicas
+//!   reading it worked flat out: that measures one replica's capacity.
+//! - Replicas are sized so each partition's backlog drains within the lag target while
+//!   keeping up with arrivals, at 90% of the measured capacity, a partition counting for
+//!   one replica at most, and the replica reading the hottest partition not overloaded.
+//! - Up at once when the replicas fall behind; down only when the lower count was
+//!   enough over the whole stabilization window; hold during rebalances and while new
+//!   replicas start; to zero after `idleAfter` with no arrivals and no lag (when
+//!   `minReplicas` is 0) and back as soon as a record arrives.
+
+mod cost;
+mod history;
+mod observation;
+mod scaler;
+mod settings;
+pub mod sim;
+mod sizing;
+
+pub use observation::{Observation, PartitionId, PartitionOffsets};
+pub use scaler::{Autoscaler, Decision, LagMetrics};
+pub use settings::{Settings, SettingsError};
+
+#[cfg(test)]
+mod tests;

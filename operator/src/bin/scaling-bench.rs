@@ -1,0 +1,316 @@
+//! Replays scripted load traces through Sluice's lag autoscaler and through a model of
+//! KEDA's Kafka scaler with HPA, on the same simulated topic and consumer group, and
+//! prints reaction time, cost and stability side by side.
+//!
+//! Usage: `scaling-bench [--keda-threshold N] [--explain]` (N: KEDA lagThreshold of the
+//! tuned run, KEDA's default of 10 is always run too; `--explain` prints the reason of
+//! every change Sluice made).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use sluice_crds::pipeline::StartFrom;
+use sluice_operator::autoscaler::sim::keda::{Keda, KedaSettings};
+use sluice_operator::autoscaler::sim::{ClusterConfig, Outcome, Scaler, Sluice, Trace, run};
+use sluice_operator::autoscaler::{Autoscaler, Settings};
+
+const PARTITIONS: usize = 12;
+const CAPACITY: f64 = 1000.0;
+const LAG_TARGET_SECS: u64 = 30;
+const MAX_REPLICAS: u32 = 12;
+
+fn main() -> ExitCode {
+    let options = match options() {
+        Ok(o) => o,
+        Err(message) => {
+            eprintln!("scaling-bench: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let cluster = ClusterConfig {
+        partitions: PARTITIONS,
+        capacity_per_replica: CAPACITY,
+        startup_secs: 10,
+        rebalance_secs: 5,
+    };
+    let threshold = options.keda_threshold;
+    print_setup(&cluster, threshold);
+
+    let mut faster = 0;
+    let mut fewer = 0;
+    let traces = traces();
+    println!(
+        "\n{:<7} {:<26} {:>12} {:>11} {:>8} {:>9} {:>9}  replicas over time (count@second)",
+        "trace", "scaler", "enough after", "replica-min", "changes", "peak lag", "final lag"
+    );
+    for trace in &traces {
+        let min = if trace.initial_replicas == 0 { 0 } else { 1 };
+        let mut sluice = sluice(min);
+        let mut tuned = Keda::new(KedaSettings::defaults(threshold, min, MAX_REPLICAS));
+        let mut default = Keda::new(KedaSettings::defaults(10.0, min, MAX_REPLICAS));
+        let ours = run(&cluster, trace, &mut sluice);
+        let theirs = run(&cluster, trace, &mut tuned);
+        let theirs_default = run(&cluster, trace, &mut default);
+        row(trace.name, &sluice, &ours);
+        if options.explain {
+            for (t, from, to, reason) in &sluice.log {
+                println!("{:<7}   t={t}s {from} -> {to}: {reason}", "");
+            }
+        }
+        row("", &tuned, &theirs);
+        row("", &default, &theirs_default);
+        println!(
+            "{:<7} Sluice vs {}: {}",
+            "",
+            tuned.name(),
+            ratios(&ours, &theirs)
+        );
+        println!(
+            "{:<7} Sluice vs {}: {}",
+            "",
+            default.name(),
+            ratios(&ours, &theirs_default)
+        );
+        let reach = |o: &Outcome| o.reach_secs.unwrap_or(u64::MAX);
+        if reach(&ours) <= reach(&theirs) && reach(&ours) <= reach(&theirs_default) {
+            faster += 1;
+        }
+        if ours.changes <= theirs.changes && ours.changes <= theirs_default.changes {
+            fewer += 1;
+        }
+    }
+    println!(
+        "\nscaling-bench: {} traces; Sluice reached enough replicas as fast or faster on {faster} \
+         and changed replicas as rarely or more rarely on {fewer}, against both KEDA runs",
+        traces.len()
+    );
+    ExitCode::SUCCESS
+}
+
+/// Command-line options.
+struct Options {
+    keda_threshold: f64,
+    explain: bool,
+}
+
+fn options() -> Result<Options, String> {
+    let mut args = std::env::args().skip(1);
+    let mut threshold = CAPACITY * LAG_TARGET_SECS as f64;
+    let mut explain = false;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--explain" => explain = true,
+            "--keda-threshold" => {
+                let value = args.next().ok_or("--keda-threshold needs a number")?;
+                threshold = value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|t| t.is_finite() && *t > 0.0)
+                    .ok_or(format!(
+                        "--keda-threshold {value:?} is not a positive number"
+                    ))?;
+            }
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?} (options: --keda-threshold N, --explain)"
+                ));
+            }
+        }
+    }
+    Ok(Options {
+        keda_threshold: threshold,
+        explain,
+    })
+}
+
+fn print_setup(cluster: &ClusterConfig, threshold: f64) {
+    println!("Sluice lag autoscaler vs KEDA Kafka scaler + HPA, simulated in 1 s steps");
+    println!(
+        "cluster: {} partitions, {} records/s per replica, replica startup {} s, every change \
+         of members pauses all replicas {} s (rebalance); lag seen by scalers includes ~1 s of \
+         records in flight",
+        cluster.partitions,
+        cluster.capacity_per_replica,
+        cluster.startup_secs,
+        cluster.rebalance_secs
+    );
+    println!(
+        "Sluice: reads offsets every 5 s; maxReplicas {MAX_REPLICAS}, lagTarget {LAG_TARGET_SECS}s, \
+         scaleDownStabilization 2m, idleAfter 5m; minReplicas 1 (0 on the wake trace)"
+    );
+    println!(
+        "KEDA:   lag per partition logEnd - committed (offsetResetPolicy latest), total capped at \
+         partitions x lagThreshold; lagThreshold {threshold} (= one replica's {LAG_TARGET_SECS} s \
+         of records, the setting that maps KEDA onto Sluice's lag target) and KEDA's default 10"
+    );
+    println!(
+        "        pollingInterval 30 s for 0 <-> 1 (activationLagThreshold 0, cooldownPeriod 300 s); \
+         HPA every 15 s: ceil(totalLag / lagThreshold), 10% tolerance, scale-up at most max(+4 pods, \
+         x2) per 60 s, scale-down to the highest recommendation of the last 300 s (ANCHORS.md); \
+         HPA reads the lag fresh at each sync"
+    );
+    println!(
+        "enough after: seconds from when the load needs N replicas until N are ready (N per trace \
+         below); replica-min: replicas asked for x minutes"
+    );
+}
+
+fn sluice(min: u32) -> Sluice {
+    let settings = Settings {
+        min_replicas: min,
+        max_replicas: MAX_REPLICAS,
+        lag_target: Duration::from_secs(LAG_TARGET_SECS),
+        scale_down_stabilization: Duration::from_secs(120),
+        idle_after: Duration::from_secs(300),
+        start_from: StartFrom::Earliest,
+        commit_interval: Duration::from_millis(100),
+    };
+    Sluice {
+        autoscaler: Autoscaler::new(settings),
+        every_secs: 5,
+        log: Vec::new(),
+    }
+}
+
+/// A deterministic noise in [-1, 1] per second (splitmix64).
+fn noise(t: u64) -> f64 {
+    let mut z = t.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+}
+
+fn traces() -> Vec<Trace> {
+    // The ramp passes 5000/s (the load needing 6 replicas) at this second.
+    let ramp_rate = |t: u64| match t {
+        0..60 => 300.0,
+        60..660 => 300.0 + 5700.0 * (t - 60) as f64 / 600.0,
+        _ => 6000.0,
+    };
+    let ramp_needs_six = (0..900).find(|&t| ramp_rate(t) > 5000.0).unwrap_or(0);
+    vec![
+        Trace {
+            name: "spike",
+            duration_secs: 600,
+            rate: Box::new(|_| 500.0),
+            bursts: vec![(67, 120_000.0)],
+            weights: vec![],
+            initial_replicas: 1,
+            // Drain 120k within 30 s while 500/s keep arriving: 4500/s -> 5 replicas.
+            need: (5, 67),
+        },
+        Trace {
+            name: "ramp",
+            duration_secs: 900,
+            rate: Box::new(ramp_rate),
+            bursts: vec![],
+            weights: vec![],
+            initial_replicas: 1,
+            need: (6, ramp_needs_six),
+        },
+        Trace {
+            name: "steady",
+            duration_secs: 900,
+            rate: Box::new(|_| 900.0),
+            bursts: vec![],
+            weights: vec![],
+            initial_replicas: 1,
+            need: (1, 0),
+        },
+        Trace {
+            name: "noisy",
+            duration_secs: 900,
+            rate: Box::new(|t| {
+                if t < 67 {
+                    300.0
+                } else {
+                    2500.0 * (1.0 + 0.4 * noise(t))
+                }
+            }),
+            bursts: vec![],
+            weights: vec![],
+            initial_replicas: 1,
+            need: (3, 67),
+        },
+        Trace {
+            name: "wake",
+            duration_secs: 1200,
+            rate: Box::new(|t| if (142..442).contains(&t) { 800.0 } else { 0.0 }),
+            bursts: vec![],
+            weights: vec![],
+            initial_replicas: 0,
+            need: (1, 142),
+        },
+        Trace {
+            name: "hot",
+            duration_secs: 600,
+            rate: Box::new(|_| 1200.0),
+            bursts: vec![(67, 60_000.0)],
+            // Partition 0 takes 20% of everything.
+            weights: {
+                let mut w = vec![0.8 / 11.0; PARTITIONS];
+                w[0] = 0.2;
+                w
+            },
+            initial_replicas: 1,
+            // Partition 0 gets 12k of the burst plus 240/s: to drain in 30 s it needs
+            // 640/s, each other partition 87/s + 4364/30 = 232/s. 4 replicas carry the
+            // total (3200/s) but the one reading partition 0 then also reads two others
+            // (1104/s > 1000/s); with 6 it reads one other (872/s).
+            need: (6, 67),
+        },
+    ]
+}
+
+fn row(trace: &str, scaler: &dyn Scaler, out: &Outcome) {
+    let reach = out
+        .reach_secs
+        .map_or("never".to_string(), |s| format!("{s} s"));
+    let mut timeline: Vec<String> = out
+        .timeline
+        .iter()
+        .take(10)
+        .map(|(t, n)| format!("{n}@{t}"))
+        .collect();
+    if out.timeline.len() > 10 {
+        timeline.push(format!("... {} more", out.timeline.len() - 10));
+    }
+    println!(
+        "{:<7} {:<26} {:>12} {:>11.1} {:>8} {:>9.0} {:>9.0}  {}",
+        trace,
+        scaler.name(),
+        reach,
+        out.replica_minutes,
+        out.changes,
+        out.peak_lag,
+        out.final_lag,
+        timeline.join(" ")
+    );
+}
+
+fn ratios(ours: &Outcome, theirs: &Outcome) -> String {
+    let ratio = |a: f64, b: f64| {
+        if b == 0.0 {
+            if a == 0.0 {
+                "equal (0 vs 0)".to_string()
+            } else {
+                format!("{a:.0} vs 0")
+            }
+        } else {
+            format!("{:.2}x", a / b)
+        }
+    };
+    let reach = match (ours.reach_secs, theirs.reach_secs) {
+        (Some(a), Some(b)) => ratio(a as f64, b as f64),
+        (Some(a), None) => format!("{a} s vs never"),
+        (None, Some(b)) => format!("never vs {b} s"),
+        (None, None) => "never vs never".to_string(),
+    };
+    format!(
+        "enough after {reach}, replica-min {}, changes {}, peak lag {}",
+        ratio(ours.replica_minutes, theirs.replica_minutes),
+        ratio(f64::from(ours.changes), f64::from(theirs.changes)),
+        ratio(ours.peak_lag, theirs.peak_lag)
+    )
+}
