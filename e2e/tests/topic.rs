@@ -1,0 +1,803 @@
+//! The Topic controller against the real API server and Kafka: the operator binary runs as a
+//! child process per test, watching only that test's namespace, with a short resync.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, ConfigSource, NewTopic, ResourceSpecifier,
+    TopicReplication,
+};
+use rdkafka::client::DefaultClientContext;
+use serde_json::json;
+use sluice_crds::Topic;
+use sluice_e2e::cluster;
+use sluice_e2e::env::TestEnv;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+const WAIT: Duration = Duration::from_secs(60);
+const RESYNC: Duration = Duration::from_secs(3);
+
+// ---------------------------------------------------------------------------------------
+// The operator as a child process.
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Builds the operator once per test run and returns its path.
+fn operator_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-p", "sluice-operator", "--bin", "sluice-operator"])
+            .current_dir(repo_root())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build -p sluice-operator failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target"));
+        let bin = target.join("debug").join("sluice-operator");
+        assert!(bin.exists(), "{} not found after the build", bin.display());
+        bin
+    })
+    .clone()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+struct Operator {
+    child: Child,
+    port: u16,
+    identity: String,
+    log: PathBuf,
+}
+
+impl Operator {
+    /// Starts an operator watching `ns`, electing its leader on a Lease in `ns`.
+    async fn start(env: &TestEnv, ns: &str, identity: &str, bootstrap: &str) -> Self {
+        let port = free_port();
+        let logs = TestEnv::state_dir().join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let log = logs.join(format!("operator-{ns}-{identity}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let err = out.try_clone().unwrap();
+        let child = Command::new(operator_binary())
+            .args([
+                "--kafka-bootstrap",
+                bootstrap,
+                "--namespace",
+                ns,
+                "--lease-namespace",
+                ns,
+                "--lease-duration",
+                "6s",
+                "--identity",
+                identity,
+                "--resync",
+                &format!("{}s", RESYNC.as_secs()),
+                "--kafka-timeout",
+                "5s",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .env("KUBECONFIG", env.var("KUBECONFIG"))
+            .env("RUST_LOG", "info,sluice_operator=debug")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start sluice-operator");
+        Self {
+            child,
+            port,
+            identity: identity.to_string(),
+            log,
+        }
+    }
+
+    /// The `/metrics` text (empty while the server is not up).
+    async fn metrics(&self) -> String {
+        http_get(self.port, "/metrics").await.unwrap_or_default()
+    }
+
+    /// One metric's value (summed over label sets matching `labels`), 0 when absent.
+    async fn metric(&self, name: &str, labels: &str) -> f64 {
+        metric_value(&self.metrics().await, name, labels)
+    }
+
+    /// SIGTERM, then wait for the process to exit.
+    async fn stop(mut self) -> std::process::ExitStatus {
+        if let Some(pid) = self.child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("operator did not stop within 20s of SIGTERM")
+            .unwrap()
+    }
+
+    /// SIGKILL: a crash, nothing released.
+    async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+async fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.ok()?;
+    Some(body)
+}
+
+fn metric_value(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter(|l| {
+            let rest = &l[name.len()..];
+            rest.starts_with('{') || rest.starts_with(' ')
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+// ---------------------------------------------------------------------------------------
+// Kafka, seen directly.
+
+fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .unwrap()
+}
+
+fn opts() -> AdminOptions {
+    AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))
+}
+
+/// Partitions and replication factor of `topic`, `None` when it does not exist.
+async fn kafka_layout(bootstrap: &str, topic: &str) -> Option<(usize, usize)> {
+    let bootstrap = bootstrap.to_string();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let a = admin(&bootstrap);
+        let md = a
+            .inner()
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .unwrap();
+        let t = md.topics().iter().find(|t| t.name() == topic)?;
+        if t.error().is_some() || t.partitions().is_empty() {
+            return None;
+        }
+        Some((t.partitions().len(), t.partitions()[0].replicas().len()))
+    })
+    .await
+    .unwrap()
+}
+
+/// The topic-level configs of `topic`.
+async fn kafka_config(bootstrap: &str, topic: &str) -> BTreeMap<String, String> {
+    let a = admin(bootstrap);
+    let res = a
+        .describe_configs(&[ResourceSpecifier::Topic(topic)], &opts())
+        .await
+        .unwrap();
+    let r = res.into_iter().next().unwrap().unwrap();
+    r.entries
+        .into_iter()
+        .filter(|e| e.source == ConfigSource::DynamicTopic)
+        .filter_map(|e| Some((e.name, e.value?)))
+        .collect()
+}
+
+async fn kafka_create(bootstrap: &str, topic: &str, partitions: i32, config: &[(&str, &str)]) {
+    let a = admin(bootstrap);
+    let mut t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for (k, v) in config {
+        t = t.set(k, v);
+    }
+    let r = a.create_topics(&[t], &opts()).await.unwrap();
+    r[0].as_ref().unwrap();
+}
+
+async fn kafka_set_config(bootstrap: &str, topic: &str, config: &[(&str, &str)]) {
+    let a = admin(bootstrap);
+    let mut alter = AlterConfig::new(ResourceSpecifier::Topic(topic));
+    for (k, v) in config {
+        alter = alter.set(k, v);
+    }
+    let r = a.alter_configs(&[alter], &opts()).await.unwrap();
+    r[0].as_ref().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// Kubernetes helpers.
+
+struct Setup {
+    env: TestEnv,
+    client: Client,
+    ns: String,
+    bootstrap: String,
+    topics: Api<Topic>,
+}
+
+async fn setup(prefix: &str) -> Setup {
+    let env = TestEnv::require();
+    let client = cluster::client(&env).await.unwrap();
+    cluster::install_crds(&client).await.unwrap();
+    let ns = cluster::namespace(&client, prefix).await.unwrap();
+    let bootstrap = env.var("KAFKA_BOOTSTRAP");
+    let topics = Api::namespaced(client.clone(), &ns);
+    Setup {
+        env,
+        client,
+        ns,
+        bootstrap,
+        topics,
+    }
+}
+
+fn topic(name: &str, spec: serde_json::Value) -> Topic {
+    serde_json::from_value(json!({
+        "apiVersion": "sluice.dev/v1alpha1",
+        "kind": "Topic",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+async fn create(api: &Api<Topic>, name: &str, spec: serde_json::Value) -> Topic {
+    api.create(&PostParams::default(), &topic(name, spec))
+        .await
+        .unwrap()
+}
+
+async fn patch_spec(api: &Api<Topic>, name: &str, spec: serde_json::Value) {
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": spec})),
+    )
+    .await
+    .unwrap();
+}
+
+/// The Ready condition as (status, reason, message), when it describes the current generation.
+fn ready(t: &Topic) -> Option<(String, String, String)> {
+    let s = t.status.as_ref()?;
+    if s.observed_generation != t.metadata.generation {
+        return None;
+    }
+    let c = s.conditions.iter().find(|c| c.type_ == "Ready")?;
+    (c.observed_generation == t.metadata.generation)
+        .then(|| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Polls `name` until `check` holds, failing with the last state seen.
+async fn wait_until(api: &Api<Topic>, name: &str, what: &str, check: impl Fn(&Topic) -> bool) -> Topic {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut last = None;
+    while tokio::time::Instant::now() < deadline {
+        if let Some(t) = api.get_opt(name).await.unwrap() {
+            if check(&t) {
+                return t;
+            }
+            last = Some(t);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    panic!(
+        "{name}: not {what} within {WAIT:?}; last seen: {}",
+        serde_json::to_string_pretty(&last).unwrap()
+    );
+}
+
+async fn wait_ready(api: &Api<Topic>, name: &str) -> Topic {
+    wait_until(api, name, "Ready", |t| {
+        ready(t).is_some_and(|(s, _, _)| s == "True")
+    })
+    .await
+}
+
+async fn wait_reason(api: &Api<Topic>, name: &str, reason: &str) -> Topic {
+    wait_until(api, name, reason, |t| {
+        ready(t).is_some_and(|(s, r, _)| s == "False" && r == reason)
+    })
+    .await
+}
+
+async fn wait_kafka<T: PartialEq + std::fmt::Debug, F: std::future::Future<Output = T>>(
+    what: &str,
+    want: T,
+    probe: impl Fn() -> F,
+) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut last;
+    loop {
+        last = probe().await;
+        if last == want || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(last, want, "{what}");
+}
+
+/// Events about `name` in `ns` as (reason, note, reporting instance).
+async fn events(client: &Client, ns: &str, name: &str) -> Vec<(String, String, String)> {
+    let api: Api<Event> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .map(|e| {
+            (
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+                e.reporting_instance.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+async fn event_reasons(client: &Client, ns: &str, name: &str) -> Vec<String> {
+    events(client, ns, name).await.into_iter().map(|e| e.0).collect()
+}
+
+async fn wait_event(client: &Client, ns: &str, name: &str, reason: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let reasons = event_reasons(client, ns, name).await;
+        if reasons.iter().any(|r| r == reason) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name}: no {reason} event within {WAIT:?}; events: {reasons:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The tests.
+
+#[tokio::test]
+async fn creates_a_topic_with_its_partitions_and_config() {
+    let s = setup("topic-create").await;
+    let op = Operator::start(&s.env, &s.ns, "a", &s.bootstrap).await;
+    let kname = cluster::unique("create");
+    create(
+        &s.topics,
+        "orders",
+        json!({"topicName": kname, "partitions": 3, "replicationFactor": 1,
+               "config": {"retention.ms": "3600000", "cleanup.policy": "delete"}}),
+    )
+    .await;
+
+    let t = wait_ready(&s.topics, "orders").await;
+    let st = t.status.clone().unwrap();
+    assert_eq!(st.topic_name.as_deref(), Some(kname.as_str()));
+    assert_eq!(st.partitions, Some(3));
+    assert_eq!(st.replication_factor, Some(1));
+    assert_eq!(st.config.get("retention.ms").map(String::as_str), Some("3600000"));
+    assert_eq!(kafka_layout(&s.bootstrap, &kname).await, Some((3, 1)));
+    let config = kafka_config(&s.bootstrap, &kname).await;
+    assert_eq!(config.get("retention.ms").map(String::as_str), Some("3600000"));
+    assert_eq!(config.get("cleanup.policy").map(String::as_str), Some("delete"));
+    assert!(t.finalizers().is_empty(), "Retain must leave no finalizer");
+    wait_event(&s.client, &s.ns, "orders", "Created").await;
+    assert!(op.metric("sluice_operator_reconciles_total", "result=\"ok\"").await > 0.0);
+    assert!(op.stop().await.success());
+}
+
+#[tokio::test]
+async fn adopts_an_existing_topic_and_grows_its_partitions() {
+    let s = setup("topic-adopt").await;
+    let kname = cluster::unique("adopt");
+    kafka_create(&s.bootstrap, &kname, 2, &[("cleanup.policy", "compact")]).await;
+    let op = Operator::start(&s.env, &s.ns, "a", &s.bootstrap).await;
+    create(
+        &s.topics,
+        "users",
+        json!({"topicName": kname, "partitions": 2, "config": {"cleanup.policy": "compact"}}),
+    )
+    .await;
+    let t = wait_ready(&s.topics, "users").await;
+    assert_eq!(t.status.as_ref().unwrap().partitions, Some(2));
+    wait_event(&s.client, &s.ns, "users", "Adopted").await;
+    let reasons = event_reasons(&s.client, &s.ns, "users").await;
+    assert!(!reasons.contains(&"Created".to_string()), "{reasons:?}");
+
+    patch_spec(&s.topics, "users", json!({"partitions": 5})).await;
+    let t = wait_until(&s.topics, "users", "at 5 partitions", |t| {
+        ready(t).is_some_and(|(s, _, _)| s == "True")
+            && t.status.as_ref().and_then(|s| s.partitions) == Some(5)
+    })
+    .await;
+    assert_eq!(t.status.unwrap().config["cleanup.policy"], "compact");
+    assert_eq!(kafka_layout(&s.bootstrap, &kname).await, Some((5, 1)));
+    wait_event(&s.client, &s.ns, "users", "PartitionsIncreased").await;
+    assert!(op.stop().await.success());
+}
+
+#[tokio::test]
+async fn config_changed_behind_its_back_is_corrected_within_a_resync() {
+    let s = setup("topic-drift").await;
+    let op = Operator::start(&s.env, &s.ns, "a", &s.bootstrap).await;
+    let kname = cluster::unique("drift");
+    create(
+        &s.topics,
+        "events",
+        json!({"topicName": kname, "partitions": 1, "config": {"retention.ms": "7200000"}}),
+    )
+    .await;
+    wait_ready(&s.topics, "events").await;
+
+    // Someone changes the topic in Kafka: another retention and an extra override.
+    kafka_set_config(
+        &s.bootstrap,
+        &kname,
+        &[("retention.ms", "1000"), ("segment.ms", "60000")],
+    )
+    .await;
+    let want = BTreeMap::from([("retention.ms".to_string(), "7200000".to_string())]);
+    wait_kafka("config restored in Kafka", want.clone(), || {
+        kafka_config(&s.bootstrap, &kname)
+    })
+    .await;
+    wait_event(&s.client, &s.ns, "events", "ConfigChanged").await;
+    let t = wait_ready(&s.topics, "events").await;
+    assert_eq!(t.status.unwrap().config, want);
+    assert!(op.stop().await.success());
+}
+
+#[tokio::test]
+async fn refuses_what_kafka_cannot_do_and_recovers_when_the_spec_is_fixed() {
+    let s = setup("topic-refuse").await;
+    let op = Operator::start(&s.env, &s.ns, "a", &s.bootstrap).await;
+    let kname = cluster::unique("refuse");
+    create(
+        &s.topics,
+        "payments",
+        json!({"topicName": kname, "partitions": 3, "replicationFactor": 1,
+               "config": {"retention.ms": "3600000"}}),
+    )
+    .await;
+    wait_ready(&s.topics, "payments").await;
+
+    // Fewer partitions.
+    patch_spec(&s.topics, "payments", json!({"partitions": 2})).await;
+    let t = wait_reason(&s.topics, "payments", "NotSupported").await;
+    let (_, _, msg) = ready(&t).unwrap();
+    assert!(msg.contains("cannot remove partitions"), "{msg}");
+    assert_eq!(kafka_layout(&s.bootstrap, &kname).await, Some((3, 1)));
+    wait_event(&s.client, &s.ns, "payments", "Refused").await;
+
+    // Another replication factor.
+    patch_spec(&s.topics, "payments", json!({"partitions": 3, "replicationFactor": 2})).await;
+    let t = wait_until(&s.topics, "payments", "refusing the replication factor", |t| {
+        ready(t).is_some_and(|(s, r, m)| s == "False" && r == "NotSupported" && m.contains("replication factor"))
+    })
+    .await;
+    assert_eq!(t.status.unwrap().replication_factor, Some(1));
+
+    // An invalid config value: Kafka's own refusal, nothing changed.
+    patch_spec(
+        &s.topics,
+        "payments",
+        json!({"replicationFactor": 1, "config": {"retention.ms": "not-a-number"}}),
+    )
+    .await;
+    let t = wait_reason(&s.topics, "payments", "InvalidConfig").await;
+    let (_, _, msg) = ready(&t).unwrap();
+    assert!(msg.contains("retention.ms"), "{msg}");
+    assert_eq!(
+        kafka_config(&s.bootstrap, &kname).await.get("retention.ms").map(String::as_str),
+        Some("3600000")
+    );
+
+    // An unknown config key.
+    patch_spec(
+        &s.topics,
+        "payments",
+        json!({"config": {"retention.ms": "3600000", "no.such.setting": "1"}}),
+    )
+    .await;
+    let t = wait_until(&s.topics, "payments", "refusing the unknown key", |t| {
+        ready(t).is_some_and(|(s, r, m)| s == "False" && r == "InvalidConfig" && m.contains("no.such.setting"))
+    })
+    .await;
+    drop(t);
+
+    // Fixed: Ready again, and the fix applied.
+    patch_spec(
+        &s.topics,
+        "payments",
+        json!({"partitions": 4, "config": {"retention.ms": "5400000", "no.such.setting": null}}),
+    )
+    .await;
+    let t = wait_ready(&s.topics, "payments").await;
+    assert_eq!(t.status.as_ref().unwrap().partitions, Some(4));
+    assert_eq!(kafka_layout(&s.bootstrap, &kname).await, Some((4, 1)));
+    assert_eq!(
+        kafka_config(&s.bootstrap, &kname).await.get("retention.ms").map(String::as_str),
+        Some("5400000")
+    );
+    assert!(op.stop().await.success());
+}
+
+#[tokio::test]
+async fn the_oldest_of_two_topics_for_one_kafka_topic_owns_it() {
+    let s = setup("topic-conflict").await;
+    let op = Operator::start(&s.env, &s.ns, "a", &s.bootstrap).await;
+    let kname = cluster::unique("conflict");
+    create(&s.topics, "first", json!({"topicName": kname, "partitions": 2})).await;
+    wait_ready(&s.topics, "first").await;
+    create(&s.topics, "second", json!({"topicName": kname, "partitions": 6})).await;
+    let t = wait_reason(&s.topics, "second", "ResourceConflict").await;
+    let (_, _, msg) = ready(&t).unwrap();
+    assert!(msg.contains(&format!("{}/first", s.ns)), "{msg}");
+    // The second changes nothing.
+    assert_eq!(kafka_layout(&s.bootstrap, &kname).await, Some((2, 1)));
+    let first = s.topics.get("first").await.unwrap();
+    assert_eq!(ready(&first).unwrap().0, "True");
+    wait_event(&s.client, &s.ns, "second", "ResourceConflict").await;
+
+    // When the owner goes (Retain), the other takes over and applies its spec.
+    s.topics
+        .delete("first", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_ready(&s.topics, "second").await;
+    wait_kafka("the new owner grew the topic", Some((6, 1)), || {
+        kafka_layout(&s.bootstrap, &kname)
+    })
+    .await;
+    assert!(op.stop().await.success());
+}
+
+#[tokio::test]
+async fn deletion_follows_the_deletion_policy() {
+    let s = setup("topic-delete").await;
+    let op = Operator::start(&s.env, &s.ns, "a", &s.bootstrap).await;
+    let keep = cluster::unique("keep");
+    let gone = cluster::unique("gone");
+    create(&s.topics, "keep", json!({"topicName": keep})).await;
+    create(&s.topics, "gone", json!({"topicName": gone, "deletionPolicy": "Delete"})).await;
+    let k = wait_ready(&s.topics, "keep").await;
+    let g = wait_ready(&s.topics, "gone").await;
+    assert!(k.finalizers().is_empty());
+    assert_eq!(g.finalizers(), ["sluice.dev/delete-kafka-topic"]);
+
+    // The finalizer follows the policy both ways.
+    patch_spec(&s.topics, "keep", json!({"deletionPolicy": "Delete"})).await;
+    wait_until(&s.topics, "keep", "given the finalizer", |t| !t.finalizers().is_empty()).await;
+    patch_spec(&s.topics, "keep", json!({"deletionPolicy": "Retain"})).await;
+    wait_until(&s.topics, "keep", "rid of the finalizer", |t| t.finalizers().is_empty()).await;
+
+    s.topics.delete("keep", &DeleteParams::default()).await.unwrap();
+    s.topics.delete("gone", &DeleteParams::default()).await.unwrap();
+    for name in ["keep", "gone"] {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while s.topics.get_opt(name).await.unwrap().is_some() {
+            assert!(tokio::time::Instant::now() < deadline, "{name} was not deleted");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    wait_kafka("Delete removed the Kafka topic", None, || kafka_layout(&s.bootstrap, &gone)).await;
+    assert_eq!(kafka_layout(&s.bootstrap, &keep).await, Some((1, 1)));
+    assert!(op.stop().await.success());
+}
+
+/// Forwards connections from a local port to Kafka's bootstrap address, while running.
+async fn forward(listener: tokio::net::TcpListener, target: String) {
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else { return };
+        let target = target.clone();
+        tokio::spawn(async move {
+            if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
+
+#[tokio::test]
+async fn kafka_unreachable_is_reported_and_recovered_from() {
+    let s = setup("topic-unreachable").await;
+    // Nothing listens on this port yet: Kafka is unreachable for the operator.
+    let port = free_port();
+    let op = Operator::start(&s.env, &s.ns, "a", &format!("127.0.0.1:{port}")).await;
+    let kname = cluster::unique("unreach");
+    create(&s.topics, "late", json!({"topicName": kname, "partitions": 2})).await;
+    let t = wait_reason(&s.topics, "late", "KafkaUnavailable").await;
+    let (_, _, msg) = ready(&t).unwrap();
+    assert!(!msg.is_empty());
+    wait_event(&s.client, &s.ns, "late", "KafkaUnavailable").await;
+    assert!(
+        op.metric("sluice_operator_kafka_admin_errors_total", "describe").await > 0.0
+    );
+
+    // Kafka comes back (bootstrap through a forwarder on that port): the operator recovers.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let fwd = tokio::spawn(forward(listener, s.bootstrap.clone()));
+    wait_ready(&s.topics, "late").await;
+    assert_eq!(kafka_layout(&s.bootstrap, &kname).await, Some((2, 1)));
+    fwd.abort();
+    assert!(op.stop().await.success());
+}
+
+#[tokio::test]
+async fn a_restart_midway_loses_and_duplicates_nothing() {
+    let s = setup("topic-restart").await;
+    let op = Operator::start(&s.env, &s.ns, "a", &s.bootstrap).await;
+    let names: Vec<String> = (0..4).map(|i| cluster::unique(&format!("restart{i}"))).collect();
+    for (i, k) in names.iter().enumerate() {
+        create(&s.topics, &format!("t{i}"), json!({"topicName": k, "partitions": 2})).await;
+    }
+    // Crash while it is working through them.
+    wait_until(&s.topics, "t0", "seen", |t| t.status.is_some()).await;
+    op.kill().await;
+    // Changes while no operator runs.
+    patch_spec(&s.topics, "t1", json!({"partitions": 3})).await;
+    create(&s.topics, "t4", json!({"topicName": cluster::unique("restart4"), "partitions": 1})).await;
+
+    let op = Operator::start(&s.env, &s.ns, "b", &s.bootstrap).await;
+    for i in 0..5 {
+        wait_ready(&s.topics, &format!("t{i}")).await;
+    }
+    for (i, k) in names.iter().enumerate() {
+        let want = if i == 1 { 3 } else { 2 };
+        assert_eq!(kafka_layout(&s.bootstrap, k).await, Some((want, 1)), "t{i}");
+        let reasons = event_reasons(&s.client, &s.ns, &format!("t{i}")).await;
+        let created = reasons.iter().filter(|r| *r == "Created").count();
+        assert!(created <= 1, "t{i} created {created} times: {reasons:?}");
+    }
+    assert!(op.stop().await.success());
+}
+
+#[tokio::test]
+async fn with_two_replicas_only_the_leader_writes() {
+    let s = setup("topic-leader").await;
+    let a = Operator::start(&s.env, &s.ns, "replica-a", &s.bootstrap).await;
+    // Let `a` take the lease first, so that the test knows which one leads.
+    let leases: Api<Lease> = Api::namespaced(s.client.clone(), &s.ns);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let holder = leases
+            .get_opt("sluice-operator")
+            .await
+            .unwrap()
+            .and_then(|l| l.spec?.holder_identity);
+        if holder.as_deref() == Some("replica-a") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "replica-a never led");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let b = Operator::start(&s.env, &s.ns, "replica-b", &s.bootstrap).await;
+
+    let k1 = cluster::unique("leader1");
+    create(&s.topics, "one", json!({"topicName": k1})).await;
+    wait_ready(&s.topics, "one").await;
+    // b is up (serves metrics) but has not reconciled anything.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while b.metrics().await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "replica-b metrics never came up");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(a.metric("sluice_operator_leader", "").await, 1.0);
+    assert_eq!(b.metric("sluice_operator_leader", "").await, 0.0);
+    assert_eq!(b.metric("sluice_operator_reconciles_total", "").await, 0.0);
+    assert_eq!(b.metric("sluice_operator_kube_writes_total", "").await, 0.0);
+    for (reason, _, instance) in events(&s.client, &s.ns, "one").await {
+        assert_eq!(instance, "replica-a", "{reason} written by {instance}");
+    }
+
+    // The leader stops (SIGTERM releases the lease): b takes over.
+    let a_log = a.log.clone();
+    assert!(a.stop().await.success(), "see {}", a_log.display());
+    let k2 = cluster::unique("leader2");
+    create(&s.topics, "two", json!({"topicName": k2})).await;
+    wait_ready(&s.topics, "two").await;
+    assert_eq!(b.metric("sluice_operator_leader", "").await, 1.0);
+    let created: Vec<_> = events(&s.client, &s.ns, "two").await;
+    assert!(
+        created.iter().any(|(r, _, i)| r == "Created" && i == "replica-b"),
+        "{created:?}"
+    );
+    assert_eq!(b.identity, "replica-b");
+    assert!(b.stop().await.success());
+}
+
+#[tokio::test]
+async fn an_idle_operator_writes_nothing() {
+    let s = setup("topic-idle").await;
+    let op = Operator::start(&s.env, &s.ns, "a", &s.bootstrap).await;
+    let k1 = cluster::unique("idle1");
+    let k2 = cluster::unique("idle2");
+    create(&s.topics, "plain", json!({"topicName": k1})).await;
+    create(
+        &s.topics,
+        "configured",
+        json!({"topicName": k2, "partitions": 2, "deletionPolicy": "Delete",
+               "config": {"retention.ms": "3600000"}}),
+    )
+    .await;
+    wait_ready(&s.topics, "plain").await;
+    wait_ready(&s.topics, "configured").await;
+    // Let the first resync after Ready pass, then take a snapshot.
+    tokio::time::sleep(RESYNC).await;
+
+    let snapshot = || async {
+        let topics: Vec<(String, String)> = s
+            .topics
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|t| (t.name_any(), t.resource_version().unwrap_or_default()))
+            .collect();
+        let evs: Api<Event> = Api::namespaced(s.client.clone(), &s.ns);
+        let events: Vec<(String, String)> = evs
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|e| (e.name_any(), e.resource_version().unwrap_or_default()))
+            .collect();
+        (topics, events)
+    };
+    let before = snapshot().await;
+    let writes_before = op.metric("sluice_operator_kube_writes_total", "").await;
+    let reconciles_before = op.metric("sluice_operator_reconciles_total", "").await;
+    // Three resyncs: every Topic is reconciled (and Kafka read) at least twice.
+    tokio::time::sleep(3 * RESYNC).await;
+    let after = snapshot().await;
+    let reconciles_after = op.metric("sluice_operator_reconciles_total", "").await;
+    assert!(
+        reconciles_after >= reconciles_before + 4.0,
+        "the operator did not resync: {reconciles_before} -> {reconciles_after}"
+    );
+    assert_eq!(before.0, after.0, "Topics were written while idle");
+    assert_eq!(before.1, after.1, "events were written while idle");
+    assert_eq!(
+        writes_before,
+        op.metric("sluice_operator_kube_writes_total", "").await,
+        "the operator counted writes while idle"
+    );
+    assert!(op.stop().await.success());
+}
