@@ -1,0 +1,397 @@
+//! The Pipeline controller: renders each Pipeline into its processor config, Deployment
+//! and metrics Service, sizes it on consumer lag, and writes status users can trust.
+//!
+//! One reconcile (every autoscaler tick): fetch (the Pipeline, Kafka offsets, what exists)
+//! -> validate (pure) -> decide replicas (pure) -> render (pure) -> apply only what differs
+//! -> compute status (pure) -> write status only when it changed.
+
+pub mod lag;
+pub mod offsets;
+pub mod render;
+pub mod scaler;
+pub mod status;
+pub mod topics;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use sluice_crds::Pipeline;
+use sluice_crds::pipeline::PipelineStatus;
+use tracing::{Instrument, debug, info, info_span};
+
+use crate::context::{Context, FIELD_MANAGER};
+use render::ProcessorDefaults;
+use scaler::Scalers;
+
+/// The kind, for metrics, logs and events.
+pub const KIND: &str = "Pipeline";
+
+/// Why a Pipeline reconcile failed (it is retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("{action}: {source}")]
+    Kube {
+        /// What was being done.
+        action: String,
+        /// The client's error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The Pipeline could not be rendered.
+    #[error(transparent)]
+    Render(#[from] render::RenderError),
+}
+
+impl Error {
+    fn kube(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+        let action = action.into();
+        move |source| Error::Kube { action, source }
+    }
+}
+
+/// Pipeline controller settings.
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    /// What every processor Deployment gets.
+    pub defaults: ProcessorDefaults,
+    /// How often each pipeline's lag is read and its size decided.
+    pub tick: Duration,
+}
+
+impl PipelineSettings {
+    /// From the operator's flags.
+    pub fn from_args(args: &crate::Args) -> crate::Result<Self> {
+        let resources = args
+            .processor_resources
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| {
+                crate::Error::Setting(format!(
+                    "SLUICE_PROCESSOR_RESOURCES is not resource requirements: {e}"
+                ))
+            })?;
+        Ok(Self {
+            defaults: ProcessorDefaults {
+                image: args.processor_image.clone(),
+                resources,
+                kafka_bootstrap: args.kafka_bootstrap.clone(),
+                kafka_client_secret: args.kafka_client_secret.clone().filter(|s| !s.is_empty()),
+            },
+            tick: args.autoscale_interval,
+        })
+    }
+}
+
+/// Problems that make the spec unrunnable (today: CEL expressions that do not compile),
+/// each naming the step or output; empty when the spec is valid.
+pub fn validate(p: &Pipeline) -> Vec<String> {
+    expressions(p)
+        .into_iter()
+        .filter_map(|(place, source)| {
+            cel::Program::compile(&source)
+                .err()
+                .map(|e| format!("{place}: invalid expression {source:?}: {e}"))
+        })
+        .collect()
+}
+
+/// Every CEL expression of a spec, with where it is written.
+fn expressions(p: &Pipeline) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for step in &p.spec.steps {
+        let at = |what: &str| format!("step {} {what}", step.name);
+        if let Some(f) = &step.filter {
+            out.push((at("filter"), f.clone()));
+        }
+        if let Some(m) = &step.map {
+            out.extend(
+                m.set
+                    .iter()
+                    .map(|(k, v)| (at(&format!("map.set.{k}")), v.clone())),
+            );
+        }
+        if let Some(r) = &step.route {
+            out.extend(r.routes.iter().map(|r| (at("route.when"), r.when.clone())));
+        }
+        if let Some(a) = &step.aggregate {
+            out.extend(
+                a.group_by
+                    .iter()
+                    .map(|(k, v)| (at(&format!("aggregate.groupBy.{k}")), v.clone())),
+            );
+            out.extend(a.aggregations.iter().filter_map(|g| {
+                g.of.clone()
+                    .map(|of| (at(&format!("aggregate {}", g.name)), of))
+            }));
+        }
+        if let Some(d) = &step.dedupe {
+            out.push((at("dedupe.key"), d.key.clone()));
+        }
+        if let Some(e) = &step.enrich {
+            out.push((at("enrich.key"), e.key.clone()));
+        }
+    }
+    out.extend(p.spec.outputs.iter().filter_map(|o| {
+        o.key
+            .clone()
+            .map(|k| (format!("output {} key", o.topic), k))
+    }));
+    out
+}
+
+/// State shared by every Pipeline reconcile.
+pub struct PipelineController {
+    ctx: Arc<Context>,
+    settings: PipelineSettings,
+    scalers: Scalers,
+}
+
+/// Runs the Pipeline controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    settings: PipelineSettings,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let pipelines: Api<Pipeline> = ctx.watched_api();
+    let deployments: Api<Deployment> = ctx.watched_api();
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=sluice-operator");
+    let state = Arc::new(PipelineController {
+        ctx,
+        settings,
+        scalers: Scalers::default(),
+    });
+    Controller::new(pipelines, watcher::Config::default())
+        .owns(deployments, owned)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, state)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                debug!(%err, "Pipeline reconcile did not complete");
+            }
+        })
+        .await;
+    info!("Pipeline controller stopped");
+}
+
+fn key_of(p: &Pipeline) -> String {
+    format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any())
+}
+
+async fn reconcile(p: Arc<Pipeline>, state: Arc<PipelineController>) -> Result<Action, Error> {
+    let span = info_span!("reconcile", kind = KIND, namespace = %p.namespace().unwrap_or_default(), name = %p.name_any());
+    async {
+        let ctx = &state.ctx;
+        let _timer = ctx.metrics.reconcile_timer(KIND);
+        let result = reconcile_pipeline(&p, &state).await;
+        ctx.metrics
+            .reconciled(KIND, if result.is_ok() { "ok" } else { "error" });
+        if result.is_ok() {
+            ctx.backoff.succeeded(&key_of(&p));
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+fn error_policy(p: Arc<Pipeline>, err: &Error, state: Arc<PipelineController>) -> Action {
+    let delay = state.ctx.backoff.failed(&key_of(&p));
+    tracing::warn!(%err, ?delay, "Pipeline reconcile failed; retrying");
+    Action::requeue(delay)
+}
+
+async fn reconcile_pipeline(p: &Pipeline, state: &PipelineController) -> Result<Action, Error> {
+    let ctx = &state.ctx;
+    if p.meta().deletion_timestamp.is_some() {
+        state.scalers.forget(&key_of(p));
+        return Ok(Action::await_change());
+    }
+    let ns = p.namespace().unwrap_or_default();
+    let name = p.name_any();
+    let oref = p.object_ref(&());
+    let previous = p.status.clone().unwrap_or_default();
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let existing = deployments
+        .get_opt(&render::processor_name(&name))
+        .await
+        .map_err(Error::kube("read the processor Deployment"))?;
+
+    // Validate, then read Kafka.
+    let mut observed = status::Observed {
+        spec_errors: validate(p),
+        deployment: existing.clone(),
+        ..status::Observed::default()
+    };
+    let group = render::group_id(&ns, &name);
+    let reading = lag::read(
+        ctx.kafka.client(),
+        group,
+        p.spec.inputs.clone(),
+        ctx.kafka.timeout(),
+    )
+    .await;
+    let reading = match reading {
+        Ok(r) => Some(r),
+        Err(err) => {
+            observed.kafka_error = Some(err.to_string());
+            None
+        }
+    };
+    if let Some(r) = &reading {
+        observed.missing_inputs = r.missing_topics.clone();
+    }
+    let current = existing
+        .as_ref()
+        .and_then(|d| d.spec.as_ref())
+        .and_then(|s| s.replicas)
+        .unwrap_or(0);
+    let deployable =
+        observed.spec_errors.is_empty() && observed.missing_inputs.is_empty() && reading.is_some();
+
+    if deployable {
+        if let Some(reading) = &reading {
+            let ready = existing
+                .as_ref()
+                .and_then(|d| d.status.as_ref())
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0);
+            let outcome = state.scalers.decide(&key_of(p), p, reading, current, ready);
+            observed.desired_replicas = outcome.replicas;
+            observed.lag = outcome.lag;
+            observed.max_partition_lag = outcome.max_partition_lag;
+            observed.records_per_second = outcome.records_per_second;
+            if let Some(decision) = outcome.decision {
+                ctx.event(&oref, KIND, false, "Scaled", decision.reason.clone())
+                    .await;
+                observed.last_scale = Some(decision);
+            }
+        }
+        topics::ensure(ctx, p).await?;
+        let deployed =
+            apply_children(p, state, existing.as_ref(), observed.desired_replicas).await?;
+        if deployed {
+            let note = format!(
+                "processor Deployment {} applied with {} replica(s)",
+                render::processor_name(&name),
+                observed.desired_replicas
+            );
+            ctx.event(&oref, KIND, false, "Deployed", note).await;
+            observed.deployment = deployments
+                .get_opt(&render::processor_name(&name))
+                .await
+                .map_err(Error::kube("read the processor Deployment"))?;
+        }
+    } else {
+        observed.desired_replicas = current;
+        let became_invalid =
+            sluice_crds::common::is_true(&previous.conditions, sluice_crds::common::READY)
+                || previous.observed_generation != p.metadata.generation;
+        if became_invalid {
+            let why = observed
+                .spec_errors
+                .first()
+                .cloned()
+                .or_else(|| observed.kafka_error.clone())
+                .unwrap_or_else(|| {
+                    format!(
+                        "input topic(s) missing: {}",
+                        observed.missing_inputs.join(", ")
+                    )
+                });
+            ctx.event(&oref, KIND, true, "Refused", format!("not deployed: {why}"))
+                .await;
+        }
+    }
+
+    let new_status = status::compute(
+        p.metadata.generation,
+        render::selector_string(&name),
+        &observed,
+        &previous,
+    );
+    if status::changed(&previous, &new_status) {
+        write_status(ctx, &ns, &name, &new_status).await?;
+    }
+    Ok(Action::requeue(state.settings.tick))
+}
+
+/// Applies the ConfigMap, Deployment and Service unless the existing Deployment carries
+/// the fingerprint of exactly what would be applied. Returns whether anything was written.
+async fn apply_children(
+    p: &Pipeline,
+    state: &PipelineController,
+    existing: Option<&Deployment>,
+    replicas: i32,
+) -> Result<bool, Error> {
+    let ctx = &state.ctx;
+    let ns = p.namespace().unwrap_or_default();
+    let name = render::processor_name(&p.name_any());
+    let config = render::config_text(p)?;
+    let hash = render::config_hash(&config);
+    let cm = render::config_map(p, config)?;
+    let mut deployment = render::deployment(p, &state.settings.defaults, replicas, &hash)?;
+    let service = render::service(p)?;
+    let fingerprint = render::fingerprint(&cm, &deployment, &service)?;
+    let applied = existing
+        .and_then(|d| d.metadata.annotations.as_ref())
+        .and_then(|a| a.get(render::RENDERED_ANNOTATION));
+    if applied == Some(&fingerprint) {
+        return Ok(false);
+    }
+    deployment
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(render::RENDERED_ANNOTATION.to_string(), fingerprint);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)
+        .patch(&name, &params, &Patch::Apply(&cm))
+        .await
+        .map_err(Error::kube("apply the processor ConfigMap"))?;
+    let svc_name = service.metadata.name.clone().unwrap_or_default();
+    Api::<Service>::namespaced(ctx.client.clone(), &ns)
+        .patch(&svc_name, &params, &Patch::Apply(&service))
+        .await
+        .map_err(Error::kube("apply the processor metrics Service"))?;
+    Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
+        .patch(&name, &params, &Patch::Apply(&deployment))
+        .await
+        .map_err(Error::kube("apply the processor Deployment"))?;
+    ctx.metrics.kube_write(KIND, "children");
+    Ok(true)
+}
+
+async fn write_status(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    status: &PipelineStatus,
+) -> Result<(), Error> {
+    let api: Api<Pipeline> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = json!({
+        "apiVersion": "sluice.dev/v1alpha1",
+        "kind": KIND,
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::kube("write Pipeline status"))?;
+    ctx.metrics.kube_write(KIND, "status");
+    Ok(())
+}

@@ -1,0 +1,442 @@
+//! Pure rendering of a Pipeline into the objects that run it: the processor config
+//! (ConfigMap), the processor Deployment and its metrics Service.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+use sluice_crds::Pipeline;
+
+/// Label every object of a pipeline carries, with the pipeline's name.
+pub const PIPELINE_LABEL: &str = "sluice.dev/pipeline";
+/// Pod template annotation holding the hash of the processor config; a change rolls out.
+pub const CONFIG_HASH_ANNOTATION: &str = "sluice.dev/config-hash";
+/// Deployment annotation with the fingerprint of everything last applied for the pipeline;
+/// equal fingerprints mean there is nothing to write.
+pub const RENDERED_ANNOTATION: &str = "sluice.dev/rendered";
+/// Key of the processor config inside its ConfigMap.
+pub const CONFIG_KEY: &str = "pipeline.yaml";
+/// Where the processor config is mounted.
+pub const CONFIG_DIR: &str = "/etc/sluice/pipeline";
+/// Where the optional Kafka client settings Secret is mounted.
+pub const KAFKA_CLIENT_DIR: &str = "/etc/sluice/kafka";
+/// The processor's HTTP port (metrics and probes).
+pub const HTTP_PORT: i32 = 8080;
+
+/// Settings from the operator's installation that every processor Deployment gets.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProcessorDefaults {
+    /// Processor image unless the Pipeline overrides it.
+    pub image: String,
+    /// Resources unless the Pipeline overrides them.
+    pub resources: Option<ResourceRequirements>,
+    /// Kafka bootstrap servers.
+    pub kafka_bootstrap: String,
+    /// Name of a Secret (in the Pipeline's namespace) with `client.properties` for SASL/TLS.
+    pub kafka_client_secret: Option<String>,
+}
+
+/// Why a Pipeline cannot be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// The Pipeline lacks a name, namespace or uid (it was not read from the API server).
+    #[error("pipeline has no {0}")]
+    MissingMetadata(&'static str),
+    /// The processor config could not be serialized.
+    #[error("serializing the processor config: {0}")]
+    Serialize(#[from] serde_json::Error),
+}
+
+/// The consumer group of a pipeline: stable, so rollouts and rescales keep its offsets.
+pub fn group_id(namespace: &str, name: &str) -> String {
+    format!("sluice-{namespace}-{name}")
+}
+
+/// Names of the objects a pipeline owns.
+pub fn processor_name(pipeline: &str) -> String {
+    format!("{pipeline}-processor")
+}
+
+/// Labels that select the processor pods of a pipeline.
+pub fn selector_labels(pipeline: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "sluice-processor".to_string(),
+        ),
+        (PIPELINE_LABEL.to_string(), pipeline.to_string()),
+    ])
+}
+
+/// The label selector string of a pipeline's pods, for the scale subresource.
+pub fn selector_string(pipeline: &str) -> String {
+    selector_labels(pipeline)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn labels(pipeline: &str) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(pipeline);
+    labels.insert(
+        "app.kubernetes.io/managed-by".into(),
+        "sluice-operator".into(),
+    );
+    labels.insert("app.kubernetes.io/component".into(), "processor".into());
+    labels
+}
+
+fn meta(p: &Pipeline, name: String) -> Result<ObjectMeta, RenderError> {
+    Ok(ObjectMeta {
+        name: Some(name),
+        namespace: Some(
+            p.namespace()
+                .ok_or(RenderError::MissingMetadata("namespace"))?,
+        ),
+        labels: Some(labels(&p.name_any())),
+        owner_references: Some(vec![owner(p)?]),
+        ..ObjectMeta::default()
+    })
+}
+
+fn owner(p: &Pipeline) -> Result<OwnerReference, RenderError> {
+    p.controller_owner_ref(&())
+        .ok_or(RenderError::MissingMetadata("uid"))
+}
+
+/// The processor config: the Pipeline as a manifest (apiVersion, kind, name, namespace,
+/// spec), the same file `sluice-processor run -f` reads.
+pub fn config_text(p: &Pipeline) -> Result<String, RenderError> {
+    let doc = serde_json::json!({
+        "apiVersion": "sluice.dev/v1alpha1",
+        "kind": "Pipeline",
+        "metadata": {"name": p.name_any(), "namespace": p.namespace()},
+        "spec": p.spec,
+    });
+    Ok(serde_json::to_string_pretty(&doc)?)
+}
+
+/// Hash of the processor config, put in the pod template so a spec change rolls out.
+pub fn config_hash(config: &str) -> String {
+    let digest = Sha256::digest(config.as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Fingerprint of the objects a reconcile would apply.
+pub fn fingerprint(
+    cm: &ConfigMap,
+    deployment: &Deployment,
+    service: &Service,
+) -> Result<String, RenderError> {
+    let text = format!(
+        "{}\n{}\n{}",
+        serde_json::to_string(cm)?,
+        serde_json::to_string(deployment)?,
+        serde_json::to_string(service)?
+    );
+    Ok(config_hash(&text))
+}
+
+/// The ConfigMap holding the processor config.
+pub fn config_map(p: &Pipeline, config: String) -> Result<ConfigMap, RenderError> {
+    Ok(ConfigMap {
+        metadata: meta(p, processor_name(&p.name_any()))?,
+        data: Some(BTreeMap::from([(CONFIG_KEY.to_string(), config)])),
+        ..ConfigMap::default()
+    })
+}
+
+/// The processor Deployment, at `replicas`.
+pub fn deployment(
+    p: &Pipeline,
+    defaults: &ProcessorDefaults,
+    replicas: i32,
+    config_hash: &str,
+) -> Result<Deployment, RenderError> {
+    let name = p.name_any();
+    let namespace = p
+        .namespace()
+        .ok_or(RenderError::MissingMetadata("namespace"))?;
+    let mut env = vec![
+        env_value("SLUICE_KAFKA_BOOTSTRAP", &defaults.kafka_bootstrap),
+        env_value("SLUICE_HTTP_ADDR", &format!("0.0.0.0:{HTTP_PORT}")),
+        env_value("SLUICE_GROUP_ID", &group_id(&namespace, &name)),
+        env_value("SLUICE_LOG_FORMAT", "json"),
+        EnvVar {
+            name: "POD_NAME".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
+    ];
+    let mut volumes = vec![Volume {
+        name: "config".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: processor_name(&name),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }];
+    let mut mounts = vec![VolumeMount {
+        name: "config".into(),
+        mount_path: CONFIG_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }];
+    if let Some(secret) = &defaults.kafka_client_secret {
+        env.push(env_value(
+            "SLUICE_KAFKA_CONFIG_FILE",
+            &format!("{KAFKA_CLIENT_DIR}/client.properties"),
+        ));
+        volumes.push(Volume {
+            name: "kafka-client".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: "kafka-client".into(),
+            mount_path: KAFKA_CLIENT_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+    let probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: "processor".into(),
+        image: Some(
+            p.spec
+                .image
+                .clone()
+                .unwrap_or_else(|| defaults.image.clone()),
+        ),
+        args: Some(vec![
+            "pipeline".into(),
+            "--config".into(),
+            format!("{CONFIG_DIR}/{CONFIG_KEY}"),
+        ]),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: HTTP_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        readiness_probe: Some(probe("/readyz", 5, 3)),
+        liveness_probe: Some(probe("/healthz", 10, 6)),
+        resources: p
+            .spec
+            .resources
+            .clone()
+            .or_else(|| defaults.resources.clone()),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    };
+    let pod_labels = selector_labels(&name);
+    Ok(Deployment {
+        metadata: meta(p, processor_name(&name))?,
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(pod_labels.clone()),
+                ..LabelSelector::default()
+            },
+            // One replica at a time, the old one first: no more consumers than partitions
+            // during a rollout, and exactly-once producers are fenced cleanly.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(0)),
+                    max_unavailable: Some(IntOrString::Int(1)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(BTreeMap::from([
+                        (CONFIG_HASH_ANNOTATION.to_string(), config_hash.to_string()),
+                        ("prometheus.io/scrape".to_string(), "true".to_string()),
+                        ("prometheus.io/port".to_string(), HTTP_PORT.to_string()),
+                    ])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    automount_service_account_token: Some(false),
+                    termination_grace_period_seconds: Some(60),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(65532),
+                        run_as_group: Some(65532),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    })
+}
+
+/// The Service in front of the processors' `/metrics`.
+pub fn service(p: &Pipeline) -> Result<Service, RenderError> {
+    let name = p.name_any();
+    Ok(Service {
+        metadata: meta(p, format!("{}-metrics", processor_name(&name)))?,
+        spec: Some(ServiceSpec {
+            selector: Some(selector_labels(&name)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: HTTP_PORT,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    })
+}
+
+fn env_value(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipeline() -> Pipeline {
+        let mut p: Pipeline = serde_json::from_value(serde_json::json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "Pipeline",
+            "metadata": {"name": "totals", "namespace": "shop", "uid": "u-1"},
+            "spec": {"inputs": ["orders"], "outputs": [{"topic": "out"}]}
+        }))
+        .unwrap();
+        p.metadata.generation = Some(1);
+        p
+    }
+
+    fn defaults() -> ProcessorDefaults {
+        ProcessorDefaults {
+            image: "ghcr.io/sluice/sluice-processor:0.1.0".into(),
+            kafka_bootstrap: "kafka:9092".into(),
+            ..ProcessorDefaults::default()
+        }
+    }
+
+    #[test]
+    fn spec_change_changes_the_config_hash() {
+        let p = pipeline();
+        let before = config_hash(&config_text(&p).unwrap());
+        let mut changed = p.clone();
+        changed.spec.inputs.push("refunds".into());
+        assert_ne!(before, config_hash(&config_text(&changed).unwrap()));
+        assert_eq!(before, config_hash(&config_text(&p).unwrap()));
+    }
+
+    #[test]
+    fn deployment_runs_the_processor_hardened_and_owned() {
+        let p = pipeline();
+        let d = deployment(&p, &defaults(), 2, "abc").unwrap();
+        let spec = d.spec.unwrap();
+        assert_eq!(spec.replicas, Some(2));
+        let pod = spec.template.spec.unwrap();
+        let c = &pod.containers[0];
+        assert_eq!(
+            c.image.as_deref(),
+            Some("ghcr.io/sluice/sluice-processor:0.1.0")
+        );
+        assert_eq!(c.args.as_ref().unwrap()[0], "pipeline");
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
+        let env = c.env.as_ref().unwrap();
+        assert!(env.iter().any(
+            |e| e.name == "SLUICE_GROUP_ID" && e.value.as_deref() == Some("sluice-shop-totals")
+        ));
+        assert_eq!(
+            spec.template.metadata.unwrap().annotations.unwrap()[CONFIG_HASH_ANNOTATION],
+            "abc"
+        );
+        let owner = &d.metadata.owner_references.unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller),
+            ("Pipeline", Some(true))
+        );
+    }
+
+    #[test]
+    fn image_and_client_secret_overrides() {
+        let mut p = pipeline();
+        p.spec.image = Some("custom:1".into());
+        let mut d = defaults();
+        d.kafka_client_secret = Some("kafka-client".into());
+        let dep = deployment(&p, &d, 1, "h").unwrap();
+        let pod = dep.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.containers[0].image.as_deref(), Some("custom:1"));
+        assert!(
+            pod.volumes
+                .unwrap()
+                .iter()
+                .any(|v| v.name == "kafka-client")
+        );
+    }
+
+    #[test]
+    fn unsaved_pipeline_is_an_error_not_a_panic() {
+        let mut p = pipeline();
+        p.metadata.uid = None;
+        assert!(matches!(
+            config_map(&p, String::new()),
+            Err(RenderError::MissingMetadata("uid"))
+        ));
+    }
+}

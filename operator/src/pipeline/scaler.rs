@@ -1,0 +1,128 @@
+//! Keeps one [`Autoscaler`] per pipeline and turns each Kafka reading into the replica
+//! count to run, the lag figures for status, and (when the count changes) the decision
+//! that goes to status and to an event.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use sluice_crds::Pipeline;
+use sluice_crds::pipeline::{ScaleDecision, ScalingMode};
+
+use super::lag::GroupReading;
+use crate::autoscaler::{Autoscaler, Observation, Settings};
+
+/// What one tick decided for one pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// Replicas to run.
+    pub replicas: i32,
+    /// Records waiting across all input partitions.
+    pub lag: i64,
+    /// Records waiting on the most behind partition.
+    pub max_partition_lag: i64,
+    /// Records consumed per second.
+    pub records_per_second: f64,
+    /// Set when the count changes.
+    pub decision: Option<ScaleDecision>,
+}
+
+/// Every pipeline's autoscaler, by `namespace/name`.
+pub struct Scalers {
+    origin: Instant,
+    by_pipeline: Mutex<HashMap<String, Autoscaler>>,
+}
+
+impl Default for Scalers {
+    fn default() -> Self {
+        Self {
+            origin: Instant::now(),
+            by_pipeline: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Scalers {
+    /// Forgets a deleted pipeline.
+    pub fn forget(&self, key: &str) {
+        if let Ok(mut map) = self.by_pipeline.lock() {
+            map.remove(key);
+        }
+    }
+
+    /// Decides the replica count of `p` from `reading`, given `current` (the Deployment's
+    /// replicas) and `ready` of them.
+    pub fn decide(
+        &self,
+        key: &str,
+        p: &Pipeline,
+        reading: &GroupReading,
+        current: i32,
+        ready: i32,
+    ) -> Outcome {
+        let observation = Observation {
+            now: self.origin.elapsed(),
+            partitions: reading.partitions.clone(),
+            replicas: u32::try_from(current).unwrap_or(0),
+            ready_replicas: u32::try_from(ready).unwrap_or(0),
+            rebalancing: reading.rebalancing,
+        };
+        let settings =
+            Settings::from_spec(&p.spec.scaling, p.spec.start_from, &p.spec.commit_interval);
+        let decision = match (settings, self.by_pipeline.lock()) {
+            (Ok(settings), Ok(mut map)) => {
+                let scaler = map
+                    .entry(key.to_string())
+                    .or_insert_with(|| Autoscaler::new(settings.clone()));
+                if scaler.settings() != &settings {
+                    scaler.set_settings(settings);
+                }
+                Some(scaler.observe(&observation))
+            }
+            _ => None,
+        };
+        let Some(decision) = decision else {
+            // Settings the CRD's validation should have refused: keep the current size.
+            return Outcome {
+                replicas: current.max(1),
+                lag: 0,
+                max_partition_lag: 0,
+                records_per_second: 0.0,
+                decision: None,
+            };
+        };
+        let metrics = &decision.metrics;
+        let (replicas, reason) = match p.spec.scaling.mode {
+            ScalingMode::Auto => (
+                i32::try_from(decision.replicas).unwrap_or(i32::MAX),
+                decision.reason.clone(),
+            ),
+            ScalingMode::External => {
+                let wanted = p
+                    .spec
+                    .replicas
+                    .unwrap_or(p.spec.scaling.min_replicas)
+                    .max(0);
+                (
+                    wanted,
+                    format!("spec.replicas is {wanted} (scaling.mode external)"),
+                )
+            }
+        };
+        let changed = replicas != current;
+        Outcome {
+            replicas,
+            lag: i64::try_from(metrics.total_lag).unwrap_or(i64::MAX),
+            max_partition_lag: i64::try_from(metrics.max_partition_lag).unwrap_or(i64::MAX),
+            records_per_second: metrics.records_per_second,
+            decision: changed.then(|| ScaleDecision {
+                time: Time(Timestamp::now()),
+                from: current,
+                to: replicas,
+                reason,
+            }),
+        }
+    }
+}
