@@ -75,14 +75,16 @@ impl PipelineConfig {
             path: origin.to_string(),
             message,
         };
-        let doc: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| LoadError::Parse {
-            path: origin.to_string(),
-            message: e.to_string(),
-        })?;
+        let doc: serde_json::Value =
+            serde_saphyr::from_str(text).map_err(|e| LoadError::Parse {
+                path: origin.to_string(),
+                message: e.to_string(),
+            })?;
         let serde_json::Value::Object(mut obj) = doc else {
             return Err(shape("expected a mapping".to_string()));
         };
-        let text_field = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(str::to_string);
+        let text_field =
+            |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(str::to_string);
         let (name, namespace, spec) = if obj.contains_key("kind") {
             let kind = text_field(obj.get("kind")).unwrap_or_default();
             if kind != "Pipeline" {
@@ -92,18 +94,23 @@ impl PipelineConfig {
             (
                 text_field(meta.get("name")),
                 text_field(meta.get("namespace")),
-                obj.remove("spec").ok_or_else(|| shape("the manifest has no spec".to_string()))?,
+                obj.remove("spec")
+                    .ok_or_else(|| shape("the manifest has no spec".to_string()))?,
             )
         } else if let Some(spec) = obj.remove("spec") {
-            (text_field(obj.get("name")), text_field(obj.get("namespace")), spec)
+            (
+                text_field(obj.get("name")),
+                text_field(obj.get("namespace")),
+                spec,
+            )
         } else {
             let name = text_field(obj.remove("name").as_ref());
             let namespace = text_field(obj.remove("namespace").as_ref());
             (name, namespace, serde_json::Value::Object(obj))
         };
         let name = name.ok_or_else(|| shape("the pipeline has no name".to_string()))?;
-        let spec: PipelineSpec =
-            serde_json::from_value(spec).map_err(|e| shape(format!("invalid pipeline spec: {e}")))?;
+        let spec: PipelineSpec = serde_json::from_value(spec)
+            .map_err(|e| shape(format!("invalid pipeline spec: {e}")))?;
         Ok(Self {
             name,
             namespace: namespace.unwrap_or_else(|| "default".to_string()),
@@ -123,7 +130,10 @@ pub fn load_kafka_properties(path: &Path) -> Result<BTreeMap<String, String>, Lo
 }
 
 /// Parses `key=value` lines.
-pub fn parse_kafka_properties(text: &str, origin: &str) -> Result<BTreeMap<String, String>, LoadError> {
+pub fn parse_kafka_properties(
+    text: &str,
+    origin: &str,
+) -> Result<BTreeMap<String, String>, LoadError> {
     let mut out = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -156,8 +166,16 @@ mod tests {
 
     #[test]
     fn reads_the_operator_file_in_both_shapes() {
-        let a = PipelineConfig::parse(r#"{"name":"p","namespace":"shop","spec":{"inputs":["o"]}}"#, "t").unwrap();
-        let b = PipelineConfig::parse("name: p\nnamespace: shop\ninputs: [o]\ncommitInterval: 1s\n", "t").unwrap();
+        let a = PipelineConfig::parse(
+            r#"{"name":"p","namespace":"shop","spec":{"inputs":["o"]}}"#,
+            "t",
+        )
+        .unwrap();
+        let b = PipelineConfig::parse(
+            "name: p\nnamespace: shop\ninputs: [o]\ncommitInterval: 1s\n",
+            "t",
+        )
+        .unwrap();
         assert_eq!(a.group_id(), b.group_id());
         assert_eq!(b.spec.commit_interval, "1s");
     }
@@ -174,7 +192,11 @@ mod tests {
 
     #[test]
     fn parses_kafka_properties() {
-        let p = parse_kafka_properties("# sasl\nsecurity.protocol=SASL_SSL\n sasl.password = a=b \n", "f").unwrap();
+        let p = parse_kafka_properties(
+            "# sasl\nsecurity.protocol=SASL_SSL\n sasl.password = a=b \n",
+            "f",
+        )
+        .unwrap();
         assert_eq!(p["security.protocol"], "SASL_SSL");
         assert_eq!(p["sasl.password"], "a=b");
         assert!(parse_kafka_properties("nokey\n", "f").is_err());

@@ -73,18 +73,30 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("name", &self.name).field("steps", &self.steps).finish()
+        f.debug_struct("Engine")
+            .field("name", &self.name)
+            .field("steps", &self.steps)
+            .finish()
     }
 }
 
 impl Engine {
     /// Compiles every step and expression of `spec` (once).
-    pub fn new(name: &str, spec: &PipelineSpec, metrics: PipelineMetrics) -> Result<Self, ConfigError> {
-        let format = RecordFormat::from_spec(spec.format).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    pub fn new(
+        name: &str,
+        spec: &PipelineSpec,
+        metrics: PipelineMetrics,
+    ) -> Result<Self, ConfigError> {
+        let format = RecordFormat::from_spec(spec.format)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if spec.inputs.is_empty() {
             return Err(ConfigError::Invalid("spec.inputs is empty".to_string()));
         }
-        let steps = spec.steps.iter().map(Step::compile).collect::<Result<Vec<_>, _>>()?;
+        let steps = spec
+            .steps
+            .iter()
+            .map(Step::compile)
+            .collect::<Result<Vec<_>, _>>()?;
         let aggregates: Vec<usize> = steps
             .iter()
             .enumerate()
@@ -97,8 +109,10 @@ impl Engine {
                 what: "more than one aggregate step in a pipeline".to_string(),
             });
         }
-        if aggregates.first().is_some() && format != RecordFormat::Json {
-            return Err(ConfigError::Invalid("an aggregate step needs format json".to_string()));
+        if !aggregates.is_empty() && format != RecordFormat::Json {
+            return Err(ConfigError::Invalid(
+                "an aggregate step needs format json".to_string(),
+            ));
         }
         let has_route = steps.iter().any(|s| matches!(s.kind, Kind::Route(_)));
         if spec.outputs.is_empty() && !has_route {
@@ -108,7 +122,10 @@ impl Engine {
         }
         let mut names = std::collections::HashSet::new();
         if let Some(dup) = steps.iter().find(|s| !names.insert(s.name.as_str())) {
-            return Err(ConfigError::Invalid(format!("step names must be unique ({} twice)", dup.name)));
+            return Err(ConfigError::Invalid(format!(
+                "step names must be unique ({} twice)",
+                dup.name
+            )));
         }
         let outputs: Vec<(String, Option<Expr>)> = spec
             .outputs
@@ -128,7 +145,10 @@ impl Engine {
             })
             .collect::<Result<_, ConfigError>>()?;
         let mut output_needs = Needs::default();
-        outputs.iter().filter_map(|(_, k)| k.as_ref()).for_each(|k| output_needs.merge(k.needs()));
+        outputs
+            .iter()
+            .filter_map(|(_, k)| k.as_ref())
+            .for_each(|k| output_needs.merge(k.needs()));
         let step_metrics = steps.iter().map(|s| metrics.step(&s.name)).collect();
         Ok(Self {
             name: name.to_string(),
@@ -177,7 +197,9 @@ impl Engine {
                 Kind::Aggregate(a) => a.group_count(),
                 _ => 0,
             };
-            self.step_metrics[i].state_groups.set(i64::try_from(groups).unwrap_or(i64::MAX));
+            self.step_metrics[i]
+                .state_groups
+                .set(i64::try_from(groups).unwrap_or(i64::MAX));
         }
     }
 
@@ -208,9 +230,16 @@ impl Engine {
     /// On failure nothing is appended and the record goes to the dead-letter topic.
     pub fn process(&mut self, record: Record, out: &mut Vec<Emit>) -> Result<(), Failure> {
         self.seen = self.seen.wrapping_add(1);
-        let sample = self.seen % LATENCY_SAMPLE == 0;
-        let from_repartition = self.repartition.as_deref().is_some_and(|t| t == record.topic);
-        let start = if from_repartition { self.aggregate.unwrap_or(0) } else { 0 };
+        let sample = self.seen.is_multiple_of(LATENCY_SAMPLE);
+        let from_repartition = self
+            .repartition
+            .as_deref()
+            .is_some_and(|t| t == record.topic);
+        let start = if from_repartition {
+            self.aggregate.unwrap_or(0)
+        } else {
+            0
+        };
         let mut record = record;
         for i in start..self.steps.len() {
             let started = sample.then(Instant::now);
@@ -297,7 +326,11 @@ impl Engine {
         let n = self.outputs.len();
         let mut record = Some(record);
         for (i, ((topic, _), key)) in self.outputs.iter().zip(keys).enumerate() {
-            let Some(r) = (if i + 1 == n { record.take() } else { record.clone() }) else {
+            let Some(r) = (if i + 1 == n {
+                record.take()
+            } else {
+                record.clone()
+            }) else {
                 break;
             };
             out.push(Emit {
@@ -329,31 +362,15 @@ fn key_bytes(v: &Value) -> Option<Vec<u8>> {
         Value::UInt(u) => Some(u.to_string().into_bytes()),
         Value::Float(f) => Some(f.to_string().into_bytes()),
         Value::Bool(b) => Some(b.to_string().into_bytes()),
-        other => crate::expr::cel_to_json(other).ok().map(|j| j.to_string().into_bytes()),
+        other => crate::expr::cel_to_json(other)
+            .ok()
+            .map(|j| j.to_string().into_bytes()),
     }
 }
 
-/// Decodes a Kafka value into a record, or says why it cannot be.
-pub fn decode(
-    format: RecordFormat,
-    topic: &str,
-    partition: i32,
-    offset: i64,
-    timestamp: i64,
-    key: Option<&[u8]>,
-    headers: Vec<(String, Vec<u8>)>,
-    value: Option<&[u8]>,
-) -> Result<Record, Failure> {
-    let payload = format.decode(value).map_err(|e| Failure::new("decode", e))?;
-    Ok(Record {
-        topic: topic.to_string(),
-        partition,
-        offset,
-        timestamp,
-        key: key.map(<[u8]>::to_vec),
-        headers,
-        value: payload,
-    })
+/// Decodes a Kafka value, or says why it cannot be.
+pub fn decode(format: RecordFormat, value: Option<&[u8]>) -> Result<Payload, Failure> {
+    format.decode(value).map_err(|e| Failure::new("decode", e))
 }
 
 /// Encodes an emitted record's value.
@@ -385,21 +402,43 @@ delivery: exactlyOnce
     }
 
     fn rec(topic: &str, partition: i32, v: serde_json::Value) -> Record {
-        Record::new(topic, partition, 0, 0, Some(b"k".to_vec()), Payload::Json(v))
+        Record::new(
+            topic,
+            partition,
+            0,
+            0,
+            Some(b"k".to_vec()),
+            Payload::Json(v),
+        )
     }
 
     #[test]
     fn seed_aggregation_emits_running_totals() {
         let mut e = engine(SEED);
         let mut out = Vec::new();
-        for (region, total) in [("eu-west", 10.0), ("us-east", 5.0), ("eu-west", 2.5), ("eu-west", -1.0)] {
-            e.process(rec("orders", 0, serde_json::json!({"region": region, "total": total})), &mut out)
-                .unwrap();
+        for (region, total) in [
+            ("eu-west", 10.0),
+            ("us-east", 5.0),
+            ("eu-west", 2.5),
+            ("eu-west", -1.0),
+        ] {
+            e.process(
+                rec(
+                    "orders",
+                    0,
+                    serde_json::json!({"region": region, "total": total}),
+                ),
+                &mut out,
+            )
+            .unwrap();
         }
         assert_eq!(out.len(), 3, "the negative total is filtered");
         let last = &out[2];
         assert_eq!(last.topic, "region-totals");
-        assert_eq!(last.record.value, Payload::Json(serde_json::json!({"region": "eu-west", "total": 12.5})));
+        assert_eq!(
+            last.record.value,
+            Payload::Json(serde_json::json!({"region": "eu-west", "total": 12.5}))
+        );
         assert_eq!(last.record.key.as_deref(), Some(&b"eu-west"[..]));
         assert_eq!(e.output_topics(), vec!["region-totals"]);
     }
@@ -409,8 +448,15 @@ delivery: exactlyOnce
         let mut e = engine(SEED);
         e.set_repartition_topic(Some("p-rep".to_string()));
         let mut out = Vec::new();
-        e.process(rec("orders", 3, serde_json::json!({"region": "eu-west", "total": 10.0})), &mut out)
-            .unwrap();
+        e.process(
+            rec(
+                "orders",
+                3,
+                serde_json::json!({"region": "eu-west", "total": 10.0}),
+            ),
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].kind, EmitKind::Repartition);
         assert_eq!(out[0].topic, "p-rep");
@@ -423,7 +469,10 @@ delivery: exactlyOnce
         out.clear();
         e.process(back, &mut out).unwrap();
         assert_eq!(out[0].kind, EmitKind::Output);
-        assert_eq!(out[0].record.value, Payload::Json(serde_json::json!({"region": "eu-west", "total": 10.0})));
+        assert_eq!(
+            out[0].record.value,
+            Payload::Json(serde_json::json!({"region": "eu-west", "total": 10.0}))
+        );
         assert_eq!(e.aggregate_mut().unwrap().partitions(), vec![1]);
     }
 
@@ -431,10 +480,20 @@ delivery: exactlyOnce
     fn failures_name_the_step() {
         let mut e = engine(SEED);
         let mut out = Vec::new();
-        let err = e.process(rec("orders", 0, serde_json::json!({"region": "x"})), &mut out).unwrap_err();
+        let err = e
+            .process(
+                rec("orders", 0, serde_json::json!({"region": "x"})),
+                &mut out,
+            )
+            .unwrap_err();
         assert_eq!(err.step, "valid");
         assert!(err.error.contains("value.total"), "{}", err.error);
-        let err = e.process(rec("orders", 0, serde_json::json!({"total": 3.0})), &mut out).unwrap_err();
+        let err = e
+            .process(
+                rec("orders", 0, serde_json::json!({"total": 3.0})),
+                &mut out,
+            )
+            .unwrap_err();
         assert_eq!(err.step, "per-region");
         assert!(out.is_empty());
     }
@@ -454,20 +513,34 @@ outputs: [{topic: rest, key: "value.region + '-' + string(value.total)"}, {topic
 "#,
         );
         let mut out = Vec::new();
-        e.process(rec("orders", 0, serde_json::json!({"region": "eu-west", "total": 1.0})), &mut out)
-            .unwrap();
+        e.process(
+            rec(
+                "orders",
+                0,
+                serde_json::json!({"region": "eu-west", "total": 1.0}),
+            ),
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].topic, "eu");
         out.clear();
         e.process(
-            rec("orders", 0, serde_json::json!({"region": "us", "total": 200.0, "secret": 1})),
+            rec(
+                "orders",
+                0,
+                serde_json::json!({"region": "us", "total": 200.0, "secret": 1}),
+            ),
             &mut out,
         )
         .unwrap();
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].topic, "rest");
         assert_eq!(out[0].record.key.as_deref(), Some(&b"us-200"[..]));
-        assert_eq!(out[0].record.value, Payload::Json(serde_json::json!({"region": "us", "total": 200.0, "big": true})));
+        assert_eq!(
+            out[0].record.value,
+            Payload::Json(serde_json::json!({"region": "us", "total": 200.0, "big": true}))
+        );
         assert_eq!(out[1].topic, "copy");
         assert_eq!(out[1].record.key.as_deref(), Some(&b"k"[..]));
         assert_eq!(e.output_topics(), vec!["copy", "eu", "rest"]);
@@ -477,7 +550,9 @@ outputs: [{topic: rest, key: "value.region + '-' + string(value.total)"}, {topic
     fn failing_output_key_emits_nothing() {
         let mut e = engine("inputs: [a]\noutputs: [{topic: b}, {topic: c, key: value.nope}]\n");
         let mut out = Vec::new();
-        let err = e.process(rec("a", 0, serde_json::json!({"x": 1})), &mut out).unwrap_err();
+        let err = e
+            .process(rec("a", 0, serde_json::json!({"x": 1})), &mut out)
+            .unwrap_err();
         assert_eq!(err.step, "output c");
         assert!(out.is_empty());
     }
@@ -487,9 +562,13 @@ outputs: [{topic: rest, key: "value.region + '-' + string(value.total)"}, {topic
         let spec: PipelineSpec = serde_saphyr::from_str("inputs: [a]\n").unwrap();
         let err = Engine::new("p", &spec, PipelineMetrics::detached("p")).unwrap_err();
         assert!(err.to_string().contains("at least one output"));
-        let spec: PipelineSpec = serde_saphyr::from_str("inputs: [a]\nformat: avro\noutputs: [{topic: b}]\n").unwrap();
+        let spec: PipelineSpec =
+            serde_saphyr::from_str("inputs: [a]\nformat: avro\noutputs: [{topic: b}]\n").unwrap();
         let err = Engine::new("p", &spec, PipelineMetrics::detached("p")).unwrap_err();
-        assert!(err.to_string().contains("avro is not supported yet"), "{err}");
+        assert!(
+            err.to_string().contains("avro is not supported yet"),
+            "{err}"
+        );
         let spec: PipelineSpec = serde_saphyr::from_str(
             "inputs: [a]\noutputs: [{topic: b}]\nsteps: [{name: x, filter: 'true'}, {name: x, filter: 'false'}]\n",
         )
@@ -500,7 +579,7 @@ outputs: [{topic: rest, key: "value.region + '-' + string(value.total)"}, {topic
 
     #[test]
     fn decode_failures_are_dead_lettered_as_decode() {
-        let err = decode(RecordFormat::Json, "t", 0, 1, 0, None, Vec::new(), Some(b"{bad")).unwrap_err();
+        let err = decode(RecordFormat::Json, Some(b"{bad")).unwrap_err();
         assert_eq!(err.step, "decode");
     }
 }

@@ -116,7 +116,13 @@ fn walk(expr: &Expression, needs: &mut Needs) {
             call.args.iter().for_each(|a| walk(a, needs));
         }
         Ast::Comprehension(c) => {
-            for e in [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
+            for e in [
+                &c.iter_range,
+                &c.accu_init,
+                &c.loop_cond,
+                &c.loop_step,
+                &c.result,
+            ] {
                 walk(e, needs);
             }
         }
@@ -172,10 +178,12 @@ impl Expr {
 
     /// Evaluates in `scope` (a child of the root context holding the record).
     pub fn eval(&self, scope: &Context) -> Result<Value, EvalError> {
-        self.program.execute(scope).map_err(|e| EvalError::Execution {
-            expr: self.source.clone(),
-            message: e.to_string(),
-        })
+        self.program
+            .execute(scope)
+            .map_err(|e| EvalError::Execution {
+                expr: self.source.clone(),
+                message: e.to_string(),
+            })
     }
 
     /// Evaluates to a bool.
@@ -232,7 +240,11 @@ pub fn root_context() -> Context<'static, 'static> {
 }
 
 /// Opens a child scope of `root` with the parts of `record` that `needs` asks for.
-pub fn scope<'a>(root: &'a Context<'a, 'static>, record: &Record, needs: &Needs) -> Context<'a, 'static> {
+pub fn scope<'a>(
+    root: &'a Context<'a, 'static>,
+    record: &Record,
+    needs: &Needs,
+) -> Context<'a, 'static> {
     let mut scope = root.new_inner_scope();
     bind(&mut scope, record, needs);
     scope
@@ -321,7 +333,9 @@ pub fn cel_to_json(v: &Value) -> Result<serde_json::Value, ToJsonError> {
             .ok_or_else(|| ToJsonError(format!("the number {f}")))?,
         Value::String(s) => serde_json::Value::String(s.to_string()),
         Value::Bytes(b) => serde_json::Value::String(String::from_utf8_lossy(b).into_owned()),
-        Value::List(l) => serde_json::Value::Array(l.iter().map(cel_to_json).collect::<Result<_, _>>()?),
+        Value::List(l) => {
+            serde_json::Value::Array(l.iter().map(cel_to_json).collect::<Result<_, _>>()?)
+        }
         Value::Map(m) => {
             let mut obj = serde_json::Map::with_capacity(m.map.len());
             for (k, v) in m.map.iter() {
@@ -347,14 +361,24 @@ mod tests {
     use crate::record::{Payload, Record};
 
     fn rec(value: serde_json::Value) -> Record {
-        Record::new("orders", 2, 7, 1000, Some(b"k1".to_vec()), Payload::Json(value))
+        Record::new(
+            "orders",
+            2,
+            7,
+            1000,
+            Some(b"k1".to_vec()),
+            Payload::Json(value),
+        )
     }
 
     #[test]
     fn needs_lists_selected_fields_only() {
         let e = Expr::compile("value.total > 10.0 && value.region == 'eu' && key != ''").unwrap();
         assert!(!e.needs().whole_value);
-        assert_eq!(e.needs().fields.iter().cloned().collect::<Vec<_>>(), vec!["region", "total"]);
+        assert_eq!(
+            e.needs().fields.iter().cloned().collect::<Vec<_>>(),
+            vec!["region", "total"]
+        );
         assert!(e.needs().key);
         assert!(!e.needs().headers);
         let whole = Expr::compile("size(value) > 1").unwrap();
@@ -371,7 +395,10 @@ mod tests {
         let e = Expr::compile("value.total > 10.0 && topic == 'orders' && partition == 2 && offset == 7 && key == 'k1'").unwrap();
         assert!(e.eval_bool(&scope(&root, &r, e.needs())).unwrap());
         let e = Expr::compile("size(value.items)").unwrap();
-        assert_eq!(e.eval_number(&scope(&root, &r, e.needs())).unwrap(), Number::Int(2));
+        assert_eq!(
+            e.eval_number(&scope(&root, &r, e.needs())).unwrap(),
+            Number::Int(2)
+        );
     }
 
     #[test]
@@ -389,7 +416,10 @@ mod tests {
         let r = rec(serde_json::json!({"a": "x"}));
         let e = Expr::compile("value.a").unwrap();
         let err = e.eval_bool(&scope(&root, &r, e.needs())).unwrap_err();
-        assert!(matches!(err, EvalError::WrongType { want: "bool", .. }), "{err}");
+        assert!(
+            matches!(err, EvalError::WrongType { want: "bool", .. }),
+            "{err}"
+        );
         assert!(e.eval_number(&scope(&root, &r, e.needs())).is_err());
     }
 

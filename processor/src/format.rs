@@ -86,11 +86,15 @@ impl RecordFormat {
             }),
             (Self::Text | Self::Bytes, Payload::Text(s)) => Ok(s.clone().into_bytes()),
             (Self::Text | Self::Bytes, Payload::Bytes(b)) => Ok(b.clone()),
-            (Self::Text | Self::Bytes, Payload::Json(serde_json::Value::String(s))) => Ok(s.clone().into_bytes()),
-            (Self::Text | Self::Bytes, Payload::Json(v)) => serde_json::to_vec(v).map_err(|e| EncodeError {
-                format: "text",
-                message: e.to_string(),
-            }),
+            (Self::Text | Self::Bytes, Payload::Json(serde_json::Value::String(s))) => {
+                Ok(s.clone().into_bytes())
+            }
+            (Self::Text | Self::Bytes, Payload::Json(v)) => {
+                serde_json::to_vec(v).map_err(|e| EncodeError {
+                    format: "text",
+                    message: e.to_string(),
+                })
+            }
         }
     }
 }
@@ -103,15 +107,30 @@ mod tests {
     fn json_decodes_and_encodes() {
         let p = RecordFormat::Json.decode(Some(br#"{"a":1}"#)).unwrap();
         assert_eq!(p, Payload::Json(serde_json::json!({"a": 1})));
-        assert_eq!(RecordFormat::Json.encode(&p).unwrap(), br#"{"a":1}"#.to_vec());
+        assert_eq!(
+            RecordFormat::Json.encode(&p).unwrap(),
+            br#"{"a":1}"#.to_vec()
+        );
     }
 
     #[test]
     fn bad_input_is_a_decode_error() {
-        assert!(matches!(RecordFormat::Json.decode(Some(b"{nope")), Err(DecodeError::Json(_))));
-        assert!(matches!(RecordFormat::Json.decode(None), Err(DecodeError::Empty)));
-        assert!(matches!(RecordFormat::Text.decode(Some(&[0xff, 0xfe])), Err(DecodeError::Utf8(_))));
-        assert_eq!(RecordFormat::Bytes.decode(Some(&[0xff])).unwrap(), Payload::Bytes(vec![0xff]));
+        assert!(matches!(
+            RecordFormat::Json.decode(Some(b"{nope")),
+            Err(DecodeError::Json(_))
+        ));
+        assert!(matches!(
+            RecordFormat::Json.decode(None),
+            Err(DecodeError::Empty)
+        ));
+        assert!(matches!(
+            RecordFormat::Text.decode(Some(&[0xff, 0xfe])),
+            Err(DecodeError::Utf8(_))
+        ));
+        assert_eq!(
+            RecordFormat::Bytes.decode(Some(&[0xff])).unwrap(),
+            Payload::Bytes(vec![0xff])
+        );
     }
 
     #[test]

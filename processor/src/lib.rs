@@ -1,9 +1,14 @@
 //! The Sluice processor: the data plane that runs pipelines against Kafka.
 
+pub mod app;
 pub mod config;
 pub mod engine;
 pub mod expr;
 pub mod format;
+pub mod generate;
+pub mod http;
+pub mod kafka;
+pub mod logging;
 pub mod metrics;
 pub mod record;
 pub mod steps;

@@ -1,5 +1,199 @@
-//! The Sluice processor binary.
+//! `sluice-processor`: runs a pipeline (`pipeline`, `run`) or the generator (`generate`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::{Parser, Subcommand};
+use sluice_processor::app::{self, RunOptions};
+use sluice_processor::config::{PipelineConfig, load_kafka_properties};
+use sluice_processor::generate::{self, Pace, Template};
+use sluice_processor::kafka::KafkaSettings;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice-processor",
+    version,
+    about = "The Sluice data plane: runs Kafka pipelines"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct KafkaArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "SLUICE_KAFKA_BOOTSTRAP")]
+    bootstrap: String,
+    /// File of extra librdkafka properties (key=value lines), e.g. SASL/TLS from a Secret.
+    #[arg(long, env = "SLUICE_KAFKA_CONFIG")]
+    kafka_config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline from the config file the operator mounts.
+    Pipeline {
+        /// The pipeline config: its spec (YAML or JSON) with `name` and `namespace`.
+        #[arg(long, env = "SLUICE_PIPELINE_CONFIG")]
+        config: PathBuf,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// Address for /metrics, /healthz and /readyz.
+        #[arg(long, env = "SLUICE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+        /// Stable identity of this replica (the pod name), part of the transactional id.
+        #[arg(long, env = "SLUICE_REPLICA_ID")]
+        replica_id: Option<String>,
+    },
+    /// Run a Pipeline manifest locally, without Kubernetes.
+    Run {
+        /// A `kind: Pipeline` manifest.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// Address for /metrics, /healthz and /readyz (none by default).
+        #[arg(long, env = "SLUICE_HTTP_ADDR")]
+        listen: Option<SocketAddr>,
+        /// Identity of this process, part of the transactional id.
+        #[arg(long, env = "SLUICE_REPLICA_ID", default_value = "local-0")]
+        replica_id: String,
+    },
+    /// Write generated records to a topic (demos and load).
+    Generate {
+        /// Target topic.
+        #[arg(long)]
+        topic: String,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// Records per second (as fast as possible when not given).
+        #[arg(long, value_parser = parse_rate)]
+        rate: Option<f64>,
+        /// Stop after this many records (runs until interrupted when not given).
+        #[arg(long)]
+        count: Option<u64>,
+        /// JSON object of field to CEL expression over `i` (record index) and `now` (ms).
+        #[arg(long)]
+        template: String,
+        /// CEL expression for the record key.
+        #[arg(long)]
+        key: Option<String>,
+    },
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let n = s.trim_end_matches("/s");
+    match n.parse::<f64>() {
+        Ok(r) if r > 0.0 => Ok(r),
+        _ => Err(format!("{s:?} is not a rate like 1000 or 1000/s")),
+    }
+}
+
+fn settings(k: &KafkaArgs) -> Result<KafkaSettings, String> {
+    let extra = match &k.kafka_config {
+        Some(p) => load_kafka_properties(p).map_err(|e| e.to_string())?,
+        None => Default::default(),
+    };
+    Ok(KafkaSettings {
+        bootstrap: k.bootstrap.clone(),
+        extra,
+    })
+}
+
+fn fail(code: i32, msg: impl std::fmt::Display) -> ! {
+    tracing::error!("{msg}");
+    eprintln!("sluice-processor: {msg}");
+    std::process::exit(code);
+}
+
 fn main() {
-    eprintln!("sluice-processor: not implemented yet");
-    std::process::exit(2);
+    let cli = Cli::parse();
+    sluice_processor::logging::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => fail(1, format!("cannot start the runtime: {e}")),
+    };
+    match cli.command {
+        Command::Pipeline {
+            config,
+            kafka,
+            listen,
+            replica_id,
+        } => {
+            let cfg = PipelineConfig::load(&config).unwrap_or_else(|e| fail(2, e));
+            let settings = settings(&kafka).unwrap_or_else(|e| fail(2, e));
+            let replica_id = replica_id
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| "0".to_string());
+            let opts = RunOptions {
+                settings,
+                listen: Some(listen),
+                replica_id,
+                fail_on_missing_topics: false,
+            };
+            finish(runtime.block_on(app::run(cfg, opts)));
+        }
+        Command::Run {
+            file,
+            kafka,
+            listen,
+            replica_id,
+        } => {
+            let cfg = PipelineConfig::load(&file).unwrap_or_else(|e| fail(2, e));
+            let settings = settings(&kafka).unwrap_or_else(|e| fail(2, e));
+            let opts = RunOptions {
+                settings,
+                listen,
+                replica_id,
+                fail_on_missing_topics: true,
+            };
+            eprintln!(
+                "sluice-processor: running pipeline {} (group {}) against {}; Ctrl-C stops it",
+                cfg.name,
+                cfg.group_id(),
+                opts.settings.bootstrap
+            );
+            finish(runtime.block_on(app::run(cfg, opts)));
+        }
+        Command::Generate {
+            topic,
+            kafka,
+            rate,
+            count,
+            template,
+            key,
+        } => {
+            let settings = settings(&kafka).unwrap_or_else(|e| fail(2, e));
+            let template =
+                Template::compile(&template, key.as_deref()).unwrap_or_else(|e| fail(2, e));
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = stop.clone();
+            runtime.spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    flag.store(true, Ordering::Relaxed);
+                }
+            });
+            match generate::run(&settings, &topic, &template, Pace { rate, count }, &stop) {
+                Ok(n) => eprintln!("generate: done, {n} records written to {topic}"),
+                Err(e) => fail(1, e),
+            }
+        }
+    }
+}
+
+fn finish(result: Result<(), app::AppError>) {
+    match result {
+        Ok(()) => eprintln!("sluice-processor: stopped cleanly"),
+        Err(e) => {
+            let code = e.exit_code();
+            fail(code, e)
+        }
+    }
 }

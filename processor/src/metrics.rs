@@ -69,25 +69,63 @@ impl Metrics {
         let records_dead_lettered = Family::default();
         let records_filtered = Family::default();
         let records_failed = Family::default();
-        let step_latency = HistogramFamily::new_with_constructor(latency_histogram as fn() -> Histogram);
-        let batch_size = HistogramFamily::new_with_constructor(batch_histogram as fn() -> Histogram);
+        let step_latency =
+            HistogramFamily::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let batch_size =
+            HistogramFamily::new_with_constructor(batch_histogram as fn() -> Histogram);
         let state_groups = Family::default();
         let rebalances = Family::default();
         let commits = Family::default();
         let aborts = Family::default();
         let assigned_partitions = Family::default();
         registry.register("records_in", "Records consumed", records_in.clone());
-        registry.register("records_out", "Records written to output topics", records_out.clone());
-        registry.register("records_dead_lettered", "Records written to the dead-letter topic", records_dead_lettered.clone());
-        registry.register("records_filtered", "Records dropped by a filter step", records_filtered.clone());
-        registry.register("records_failed", "Records that failed in a step", records_failed.clone());
-        registry.register("step_duration_seconds", "Time one record spends in a step (sampled)", step_latency.clone());
+        registry.register(
+            "records_out",
+            "Records written to output topics",
+            records_out.clone(),
+        );
+        registry.register(
+            "records_dead_lettered",
+            "Records written to the dead-letter topic",
+            records_dead_lettered.clone(),
+        );
+        registry.register(
+            "records_filtered",
+            "Records dropped by a filter step",
+            records_filtered.clone(),
+        );
+        registry.register(
+            "records_failed",
+            "Records that failed in a step",
+            records_failed.clone(),
+        );
+        registry.register(
+            "step_duration_seconds",
+            "Time one record spends in a step (sampled)",
+            step_latency.clone(),
+        );
         registry.register("batch_records", "Records per commit", batch_size.clone());
-        registry.register("state_groups", "Groups held by an aggregate step", state_groups.clone());
-        registry.register("rebalances", "Consumer group rebalances seen", rebalances.clone());
-        registry.register("commits", "Offset commits (transactions in exactlyOnce)", commits.clone());
+        registry.register(
+            "state_groups",
+            "Groups held by an aggregate step",
+            state_groups.clone(),
+        );
+        registry.register(
+            "rebalances",
+            "Consumer group rebalances seen",
+            rebalances.clone(),
+        );
+        registry.register(
+            "commits",
+            "Offset commits (transactions in exactlyOnce)",
+            commits.clone(),
+        );
         registry.register("aborts", "Aborted transactions and rewinds", aborts.clone());
-        registry.register("assigned_partitions", "Input partitions assigned to this replica", assigned_partitions.clone());
+        registry.register(
+            "assigned_partitions",
+            "Input partitions assigned to this replica",
+            assigned_partitions.clone(),
+        );
         Self {
             registry,
             records_in,
@@ -215,7 +253,13 @@ mod tests {
         p.records_in.inc_by(3);
         p.step("only-eu").filtered.inc();
         let text = m.encode();
-        assert!(text.contains("sluice_records_in_total{pipeline=\"orders\"} 3"), "{text}");
-        assert!(text.contains("sluice_records_filtered_total{pipeline=\"orders\",step=\"only-eu\"} 1"), "{text}");
+        assert!(
+            text.contains("sluice_records_in_total{pipeline=\"orders\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_records_filtered_total{pipeline=\"orders\",step=\"only-eu\"} 1"),
+            "{text}"
+        );
     }
 }

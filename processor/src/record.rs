@@ -36,7 +36,10 @@ impl Payload {
             Payload::Json(serde_json::Value::Object(obj)) => {
                 let map: std::collections::HashMap<Key, Value> = fields
                     .iter()
-                    .filter_map(|f| obj.get(f).map(|v| (Key::String(Arc::new(f.clone())), json_to_cel(v))))
+                    .filter_map(|f| {
+                        obj.get(f)
+                            .map(|v| (Key::String(Arc::new(f.clone())), json_to_cel(v)))
+                    })
                     .collect();
                 Value::Map(Map { map: Arc::new(map) })
             }
@@ -66,7 +69,14 @@ pub struct Record {
 
 impl Record {
     /// A record without headers.
-    pub fn new(topic: &str, partition: i32, offset: i64, timestamp: i64, key: Option<Vec<u8>>, value: Payload) -> Self {
+    pub fn new(
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        timestamp: i64,
+        key: Option<Vec<u8>>,
+        value: Payload,
+    ) -> Self {
         Self {
             topic: topic.to_string(),
             partition,

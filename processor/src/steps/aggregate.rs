@@ -70,7 +70,14 @@ impl Acc {
     fn add(&mut self, x: Option<Number>) {
         match (self, x) {
             (Acc::Count { n }, _) => *n = n.saturating_add(1),
-            (Acc::Sum { int, float, is_float }, Some(x)) => match x {
+            (
+                Acc::Sum {
+                    int,
+                    float,
+                    is_float,
+                },
+                Some(x),
+            ) => match x {
                 Number::Int(i) if !*is_float => match int.checked_add(i) {
                     Some(s) => *int = s,
                     None => {
@@ -106,7 +113,11 @@ impl Acc {
 
     fn value(&self) -> serde_json::Value {
         match self {
-            Acc::Sum { int, float, is_float } => {
+            Acc::Sum {
+                int,
+                float,
+                is_float,
+            } => {
                 if *is_float {
                     json_f64(*float)
                 } else {
@@ -177,7 +188,9 @@ impl Aggregate {
             });
         }
         if spec.emit == sluice_crds::pipeline::Emit::OnWindowClose {
-            return Err(ConfigError::Invalid(format!("step {step}: emit onWindowClose needs a window")));
+            return Err(ConfigError::Invalid(format!(
+                "step {step}: emit onWindowClose needs a window"
+            )));
         }
         if spec.group_by.is_empty() || spec.aggregations.is_empty() {
             return Err(ConfigError::Invalid(format!(
@@ -216,17 +229,27 @@ impl Aggregate {
     /// What the expressions read.
     pub fn needs(&self) -> Needs {
         let mut needs = Needs::default();
-        self.group_by.iter().for_each(|(_, e)| needs.merge(e.needs()));
-        self.aggs.iter().filter_map(|(_, _, e)| e.as_ref()).for_each(|e| needs.merge(e.needs()));
+        self.group_by
+            .iter()
+            .for_each(|(_, e)| needs.merge(e.needs()));
+        self.aggs
+            .iter()
+            .filter_map(|(_, _, e)| e.as_ref())
+            .for_each(|e| needs.merge(e.needs()));
         needs
     }
 
     /// The group key of a record (also the key of its changelog and output records).
-    pub fn group_key(&self, scope: &Context) -> Result<(String, Vec<serde_json::Value>), StepError> {
+    pub fn group_key(
+        &self,
+        scope: &Context,
+    ) -> Result<(String, Vec<serde_json::Value>), StepError> {
         let mut values = Vec::with_capacity(self.group_by.len());
         for (field, expr) in &self.group_by {
             let v = expr.eval(scope)?;
-            values.push(cel_to_json(&v).map_err(|e| StepError::Shape(format!("groupBy {field}: {e}")))?);
+            values.push(
+                cel_to_json(&v).map_err(|e| StepError::Shape(format!("groupBy {field}: {e}")))?,
+            );
         }
         let key = serde_json::to_string(&values).map_err(|e| StepError::Shape(e.to_string()))?;
         Ok((key, values))
@@ -235,7 +258,12 @@ impl Aggregate {
     /// Adds a record to its group in `partition` and returns the updated aggregate as a
     /// record. Every expression is evaluated before the state changes, so a failing
     /// record leaves no trace.
-    pub fn update(&mut self, partition: i32, record: Record, scope: &Context) -> Result<Record, StepError> {
+    pub fn update(
+        &mut self,
+        partition: i32,
+        record: Record,
+        scope: &Context,
+    ) -> Result<Record, StepError> {
         let (key, group) = self.group_key(scope)?;
         let mut inputs = Vec::with_capacity(self.aggs.len());
         for (_, _, of) in &self.aggs {
@@ -246,10 +274,13 @@ impl Aggregate {
         }
         let part = self.state.entry(partition).or_default();
         let aggs = &self.aggs;
-        let state = part.groups.entry(key.clone()).or_insert_with(|| GroupState {
-            group,
-            accs: aggs.iter().map(|(_, op, _)| Acc::new(*op)).collect(),
-        });
+        let state = part
+            .groups
+            .entry(key.clone())
+            .or_insert_with(|| GroupState {
+                group,
+                accs: aggs.iter().map(|(_, op, _)| Acc::new(*op)).collect(),
+            });
         for (acc, x) in state.accs.iter_mut().zip(inputs) {
             acc.add(x);
         }
@@ -279,7 +310,12 @@ impl Aggregate {
     }
 
     /// Applies one changelog record while restoring `partition`.
-    pub fn restore(&mut self, partition: i32, key: &[u8], value: &[u8]) -> Result<(), RestoreError> {
+    pub fn restore(
+        &mut self,
+        partition: i32,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), RestoreError> {
         let key = String::from_utf8_lossy(key).into_owned();
         let state: GroupState = serde_json::from_slice(value).map_err(|e| RestoreError {
             key: key.clone(),
@@ -291,7 +327,11 @@ impl Aggregate {
                 message: "the aggregations changed since it was written; use a new pipeline name to start over".to_string(),
             });
         }
-        self.state.entry(partition).or_default().groups.insert(key, state);
+        self.state
+            .entry(partition)
+            .or_default()
+            .groups
+            .insert(key, state);
         Ok(())
     }
 
@@ -327,7 +367,11 @@ impl Aggregate {
 
 type AggSpec = (String, AggregateOp, Option<Expr>);
 
-fn output_value(group_by: &[(String, Expr)], aggs: &[AggSpec], state: &GroupState) -> serde_json::Value {
+fn output_value(
+    group_by: &[(String, Expr)],
+    aggs: &[AggSpec],
+    state: &GroupState,
+) -> serde_json::Value {
     let mut obj = serde_json::Map::with_capacity(group_by.len() + aggs.len());
     for ((field, _), v) in group_by.iter().zip(&state.group) {
         obj.insert(field.clone(), v.clone());
@@ -369,12 +413,29 @@ mod tests {
     #[test]
     fn totals_per_region() {
         let mut a = agg();
-        feed(&mut a, 0, serde_json::json!({"region": "eu-west", "total": 10})).unwrap();
-        feed(&mut a, 0, serde_json::json!({"region": "us-east", "total": 1.5})).unwrap();
-        let out = feed(&mut a, 0, serde_json::json!({"region": "eu-west", "total": 2.5})).unwrap();
+        feed(
+            &mut a,
+            0,
+            serde_json::json!({"region": "eu-west", "total": 10}),
+        )
+        .unwrap();
+        feed(
+            &mut a,
+            0,
+            serde_json::json!({"region": "us-east", "total": 1.5}),
+        )
+        .unwrap();
+        let out = feed(
+            &mut a,
+            0,
+            serde_json::json!({"region": "eu-west", "total": 2.5}),
+        )
+        .unwrap();
         assert_eq!(
             out.value,
-            Payload::Json(serde_json::json!({"region": "eu-west", "total": 12.5, "n": 2, "lo": 2.5, "hi": 10, "mean": 6.25}))
+            Payload::Json(
+                serde_json::json!({"region": "eu-west", "total": 12.5, "n": 2, "lo": 2.5, "hi": 10, "mean": 6.25})
+            )
         );
         assert_eq!(out.key.as_deref(), Some(&b"eu-west"[..]));
         assert_eq!(a.group_count(), 2);
@@ -385,7 +446,9 @@ mod tests {
         let mut a = agg();
         feed(&mut a, 0, serde_json::json!({"region": "x", "total": 2})).unwrap();
         let out = feed(&mut a, 0, serde_json::json!({"region": "x", "total": 3})).unwrap();
-        let Payload::Json(v) = out.value else { panic!() };
+        let Payload::Json(v) = out.value else {
+            panic!()
+        };
         assert_eq!(v["total"], serde_json::json!(5));
     }
 
@@ -393,10 +456,19 @@ mod tests {
     fn a_failing_record_changes_nothing() {
         let mut a = agg();
         feed(&mut a, 0, serde_json::json!({"region": "x", "total": 2})).unwrap();
-        assert!(feed(&mut a, 0, serde_json::json!({"region": "x", "total": "nan"})).is_err());
+        assert!(
+            feed(
+                &mut a,
+                0,
+                serde_json::json!({"region": "x", "total": "nan"})
+            )
+            .is_err()
+        );
         assert!(feed(&mut a, 0, serde_json::json!({"total": 1})).is_err());
         let out = feed(&mut a, 0, serde_json::json!({"region": "x", "total": 1})).unwrap();
-        let Payload::Json(v) = out.value else { panic!() };
+        let Payload::Json(v) = out.value else {
+            panic!()
+        };
         assert_eq!(v["n"], serde_json::json!(2));
     }
 
@@ -411,7 +483,8 @@ mod tests {
     fn sum_without_of_is_refused() {
         let err = Aggregate::compile(
             "s",
-            &serde_saphyr::from_str("groupBy: {r: value.r}\naggregations: [{name: t, op: sum}]\n").unwrap(),
+            &serde_saphyr::from_str("groupBy: {r: value.r}\naggregations: [{name: t, op: sum}]\n")
+                .unwrap(),
         )
         .unwrap_err();
         assert!(err.to_string().contains("needs `of`"), "{err}");
@@ -421,7 +494,10 @@ mod tests {
     fn corrupt_changelog_is_an_error() {
         let mut a = agg();
         assert!(a.restore(0, b"[\"x\"]", b"not json").is_err());
-        assert!(a.restore(0, b"[\"x\"]", br#"{"group":["x"],"accs":[]}"#).is_err());
+        assert!(
+            a.restore(0, b"[\"x\"]", br#"{"group":["x"],"accs":[]}"#)
+                .is_err()
+        );
     }
 
     proptest! {

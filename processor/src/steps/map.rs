@@ -25,7 +25,11 @@ impl Map {
             .collect::<Result<_, ConfigError>>()?;
         Ok(Self {
             set,
-            rename: spec.rename.iter().map(|(a, b)| (a.clone(), b.clone())).collect(),
+            rename: spec
+                .rename
+                .iter()
+                .map(|(a, b)| (a.clone(), b.clone()))
+                .collect(),
             drop: spec.drop.clone(),
         })
     }
@@ -42,7 +46,8 @@ impl Map {
         let mut values = Vec::with_capacity(self.set.len());
         for (field, expr) in &self.set {
             let v = expr.eval(scope)?;
-            let json = cel_to_json(&v).map_err(|e| StepError::Shape(format!("field {field}: {e}")))?;
+            let json =
+                cel_to_json(&v).map_err(|e| StepError::Shape(format!("field {field}: {e}")))?;
             values.push((field, json));
         }
         let Payload::Json(serde_json::Value::Object(obj)) = &mut record.value else {
@@ -81,11 +86,19 @@ mod tests {
 
     #[test]
     fn sets_renames_and_drops() {
-        let m = map("set: {total: 'value.price * 2.0', tag: '\"x\"'}\nrename: {id: orderId}\ndrop: [secret]\n");
-        let r = apply(&m, serde_json::json!({"price": 1.5, "id": "o1", "secret": 1})).unwrap();
+        let m = map(
+            "set: {total: 'value.price * 2.0', tag: '\"x\"'}\nrename: {id: orderId}\ndrop: [secret]\n",
+        );
+        let r = apply(
+            &m,
+            serde_json::json!({"price": 1.5, "id": "o1", "secret": 1}),
+        )
+        .unwrap();
         assert_eq!(
             r.value,
-            Payload::Json(serde_json::json!({"price": 1.5, "total": 3.0, "tag": "x", "orderId": "o1"}))
+            Payload::Json(
+                serde_json::json!({"price": 1.5, "total": 3.0, "tag": "x", "orderId": "o1"})
+            )
         );
     }
 
@@ -99,8 +112,14 @@ mod tests {
     #[test]
     fn failing_expression_and_non_object_are_errors() {
         let m = map("set: {a: 'value.missing + 1'}\n");
-        assert!(matches!(apply(&m, serde_json::json!({"b": 1})), Err(StepError::Eval(_))));
+        assert!(matches!(
+            apply(&m, serde_json::json!({"b": 1})),
+            Err(StepError::Eval(_))
+        ));
         let m = map("drop: [a]\n");
-        assert!(matches!(apply(&m, serde_json::json!([1, 2])), Err(StepError::Shape(_))));
+        assert!(matches!(
+            apply(&m, serde_json::json!([1, 2])),
+            Err(StepError::Shape(_))
+        ));
     }
 }

@@ -157,7 +157,9 @@ impl Step {
             Kind::Map(m) => m.apply(record, scope).map(Outcome::Continue),
             Kind::Route(r) => r.apply(record, scope),
             Kind::Validate(v) => v.check(&record).map(|()| Outcome::Continue(record)),
-            Kind::Aggregate(_) => Err(StepError::Shape("aggregate applied as a stateless step".to_string())),
+            Kind::Aggregate(_) => Err(StepError::Shape(
+                "aggregate applied as a stateless step".to_string(),
+            )),
         }
     }
 }
@@ -182,8 +184,14 @@ mod tests {
     #[test]
     fn filter_keeps_and_drops() {
         let step = Step::compile(&spec("name: f\nfilter: value.total > 10.0\n")).unwrap();
-        assert!(matches!(run(&step, serde_json::json!({"total": 12.0})), Ok(Outcome::Continue(_))));
-        assert!(matches!(run(&step, serde_json::json!({"total": 2.0})), Ok(Outcome::Filtered)));
+        assert!(matches!(
+            run(&step, serde_json::json!({"total": 12.0})),
+            Ok(Outcome::Continue(_))
+        ));
+        assert!(matches!(
+            run(&step, serde_json::json!({"total": 2.0})),
+            Ok(Outcome::Filtered)
+        ));
         assert!(run(&step, serde_json::json!({"other": 2.0})).is_err());
         assert!(run(&step, serde_json::json!({"total": "x"})).is_err());
     }
@@ -199,14 +207,19 @@ mod tests {
     fn unsupported_steps_are_refused_at_startup() {
         let err = Step::compile(&spec("name: d\ndedupe: {key: key, within: 1m}\n")).unwrap_err();
         assert_eq!(err.to_string(), "step d: dedupe is not supported yet");
-        let err = Step::compile(&spec("name: e\nenrich: {table: t, key: key, into: x}\n")).unwrap_err();
+        let err =
+            Step::compile(&spec("name: e\nenrich: {table: t, key: key, into: x}\n")).unwrap_err();
         assert_eq!(err.to_string(), "step e: enrich is not supported yet");
     }
 
     #[test]
     fn bad_expressions_are_refused_at_startup() {
         let err = Step::compile(&spec("name: f\nfilter: 'value.total >'\n")).unwrap_err();
-        assert!(err.to_string().starts_with("step f: invalid CEL expression"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("step f: invalid CEL expression"),
+            "{err}"
+        );
     }
 
     #[test]

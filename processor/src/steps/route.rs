@@ -30,7 +30,10 @@ impl Route {
 
     /// Topics this step can write to.
     pub fn topics(&self) -> impl Iterator<Item = &str> {
-        self.routes.iter().map(|(_, t)| t.as_str()).chain(self.default.as_deref())
+        self.routes
+            .iter()
+            .map(|(_, t)| t.as_str())
+            .chain(self.default.as_deref())
     }
 
     /// What the predicates read.
@@ -83,16 +86,28 @@ mod tests {
         let r = route(
             "routes:\n- {when: 'value.total > 100.0', topic: big}\n- {when: 'value.total > 10.0', topic: mid}\ndefault: small\n",
         );
-        assert_eq!(topic(apply(&r, serde_json::json!({"total": 500.0}))).as_deref(), Some("big"));
-        assert_eq!(topic(apply(&r, serde_json::json!({"total": 50.0}))).as_deref(), Some("mid"));
-        assert_eq!(topic(apply(&r, serde_json::json!({"total": 5.0}))).as_deref(), Some("small"));
+        assert_eq!(
+            topic(apply(&r, serde_json::json!({"total": 500.0}))).as_deref(),
+            Some("big")
+        );
+        assert_eq!(
+            topic(apply(&r, serde_json::json!({"total": 50.0}))).as_deref(),
+            Some("mid")
+        );
+        assert_eq!(
+            topic(apply(&r, serde_json::json!({"total": 5.0}))).as_deref(),
+            Some("small")
+        );
         assert_eq!(r.topics().collect::<Vec<_>>(), vec!["big", "mid", "small"]);
     }
 
     #[test]
     fn no_match_without_default_continues() {
         let r = route("routes:\n- {when: 'value.eu', topic: eu}\n");
-        assert!(matches!(apply(&r, serde_json::json!({"eu": false})), Ok(Outcome::Continue(_))));
+        assert!(matches!(
+            apply(&r, serde_json::json!({"eu": false})),
+            Ok(Outcome::Continue(_))
+        ));
         assert!(apply(&r, serde_json::json!({"eu": 1})).is_err());
     }
 }

@@ -27,7 +27,9 @@ impl Validate {
             return Err(StepError::Shape("validate needs a JSON object".to_string()));
         };
         if let Some(missing) = self.required.iter().find(|f| !obj.contains_key(*f)) {
-            return Err(StepError::Shape(format!("required field {missing} is missing")));
+            return Err(StepError::Shape(format!(
+                "required field {missing} is missing"
+            )));
         }
         for (field, ty) in &self.types {
             if let Some(v) = obj.get(field) {
@@ -40,7 +42,9 @@ impl Validate {
                     FieldType::Array => v.is_array(),
                 };
                 if !ok {
-                    return Err(StepError::Shape(format!("field {field} should be {ty:?}, got {v}")));
+                    return Err(StepError::Shape(format!(
+                        "field {field} should be {ty:?}, got {v}"
+                    )));
                 }
             }
         }
@@ -54,12 +58,29 @@ mod tests {
 
     #[test]
     fn checks_required_and_types() {
-        let v = Validate::new(&serde_saphyr::from_str("required: [id]\ntypes: {total: number, n: integer}\n").unwrap());
+        let v = Validate::new(
+            &serde_saphyr::from_str("required: [id]\ntypes: {total: number, n: integer}\n")
+                .unwrap(),
+        );
         let rec = |j| Record::new("t", 0, 0, 0, None, Payload::Json(j));
-        assert!(v.check(&rec(serde_json::json!({"id": 1, "total": 2.5, "n": 3}))).is_ok());
-        assert!(v.check(&rec(serde_json::json!({"total": 2.5}))).unwrap_err().to_string().contains("id"));
-        assert!(v.check(&rec(serde_json::json!({"id": 1, "total": "x"}))).is_err());
-        assert!(v.check(&rec(serde_json::json!({"id": 1, "n": 2.5}))).is_err());
+        assert!(
+            v.check(&rec(serde_json::json!({"id": 1, "total": 2.5, "n": 3})))
+                .is_ok()
+        );
+        assert!(
+            v.check(&rec(serde_json::json!({"total": 2.5})))
+                .unwrap_err()
+                .to_string()
+                .contains("id")
+        );
+        assert!(
+            v.check(&rec(serde_json::json!({"id": 1, "total": "x"})))
+                .is_err()
+        );
+        assert!(
+            v.check(&rec(serde_json::json!({"id": 1, "n": 2.5})))
+                .is_err()
+        );
         assert!(v.check(&rec(serde_json::json!("x"))).is_err());
     }
 }

@@ -1,0 +1,764 @@
+//! The consume-transform-produce loop.
+//!
+//! One thread owns a consumer and a producer. Records are processed one at a time as
+//! they are polled; outputs go to the producer; every `commitInterval` the worker
+//! commits:
+//!
+//! - `exactlyOnce`: one transactional producer per consumer (KIP-447). Outputs, the
+//!   aggregate's changelog records and the consumed offsets (with the consumer's group
+//!   metadata, so a zombie from an older generation is fenced) commit in one transaction.
+//!   On an error the transaction is aborted and the worker rewinds: state is rebuilt
+//!   from the changelog and every partition goes back to its committed offset.
+//! - `atLeastOnce`: the producer is flushed (every output acknowledged) and only then
+//!   are the offsets committed.
+//!
+//! Rebalances use the eager protocol: on revoke the worker commits what it has; on
+//! assign it drops the state of partitions it lost and restores the ones it gained from
+//! the changelog before processing them.
+//!
+//! A record whose output cannot be delivered is remembered ("poisoned"); after the
+//! rewind it is written to the dead-letter topic instead of being produced again.
+//!
+//! Backpressure: the loop blocks while the producer queue is full, so the consumer
+//! stops fetching once its own bounded queue fills: memory stays bounded.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use sluice_crds::pipeline::StartFrom;
+
+use super::KafkaSettings;
+use super::restore::{RestoreFailure, restore};
+use crate::engine::{Emit, Engine, Failure, decode, encode};
+use crate::record::Record;
+
+/// How long transactional calls may take.
+const TXN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the worker needs to know besides the engine.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Brokers and extra properties.
+    pub settings: KafkaSettings,
+    /// Consumer group.
+    pub group_id: String,
+    /// Transactional id (exactlyOnce): stable per replica so a restarted replica fences
+    /// its predecessor at once.
+    pub transactional_id: String,
+    /// exactlyOnce or atLeastOnce.
+    pub exactly_once: bool,
+    /// How often to commit.
+    pub commit_interval: Duration,
+    /// Dead-letter topic.
+    pub dead_letter: Option<String>,
+    /// Where a new group starts.
+    pub start_from: StartFrom,
+    /// Topics to consume (inputs, and the repartition topic when there is one).
+    pub topics: Vec<String>,
+    /// The topic whose partitions the aggregate state follows, and its changelog.
+    pub state: Option<(String, String)>,
+    /// Longest time a restore may take.
+    pub restore_timeout: Duration,
+}
+
+/// Shared flags between the worker and the HTTP server / signal handler.
+#[derive(Debug, Default)]
+pub struct Status {
+    /// Set once the consumer joined the group and state is restored.
+    pub ready: AtomicBool,
+    /// Set to stop: the worker commits, leaves the group and returns.
+    pub shutdown: AtomicBool,
+}
+
+/// Why the worker stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A client could not be created or configured.
+    #[error("cannot set up the Kafka client: {0}")]
+    Setup(KafkaError),
+    /// A transactional call failed fatally (for example the producer was fenced by a newer
+    /// instance with the same transactional id).
+    #[error("transaction failed: {0}")]
+    Transaction(KafkaError),
+    /// Offsets could not be committed.
+    #[error("cannot commit offsets: {0}")]
+    Commit(KafkaError),
+    /// The producer could not deliver everything in time.
+    #[error("cannot flush the producer: {0}")]
+    Flush(KafkaError),
+    /// State could not be restored.
+    #[error(transparent)]
+    Restore(#[from] RestoreFailure),
+    /// A record failed and there is nowhere to put it.
+    #[error(
+        "record {topic}/{partition}@{offset} failed in {}: {} -- the pipeline has no spec.deadLetter topic, so it stopped rather than drop the record (its offset is not committed); set spec.deadLetter to keep going past bad records",
+        .failure.step, .failure.error
+    )]
+    NoDeadLetter {
+        /// Source topic.
+        topic: String,
+        /// Source partition.
+        partition: i32,
+        /// Source offset.
+        offset: i64,
+        /// What failed.
+        failure: Failure,
+    },
+    /// The dead-letter topic itself cannot be written.
+    #[error("cannot write to the dead-letter topic {topic}: {source}")]
+    DeadLetter {
+        /// The topic.
+        topic: String,
+        /// The error.
+        source: KafkaError,
+    },
+}
+
+impl WorkerError {
+    /// Whether aborting and rewinding can recover.
+    fn recoverable(&self) -> bool {
+        match self {
+            WorkerError::Transaction(KafkaError::Transaction(e)) => !e.is_fatal(),
+            WorkerError::Transaction(_) | WorkerError::Commit(_) | WorkerError::Flush(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Where an output came from, for dead-lettering it if it cannot be delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Origin {
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+}
+
+impl Origin {
+    /// The origin of internal records (dead letters, changelog): never poisoned.
+    fn internal() -> Box<Origin> {
+        Box::new(Origin {
+            topic: Arc::from(""),
+            partition: -1,
+            offset: -1,
+        })
+    }
+}
+
+/// Producer callbacks: remember outputs that could not be delivered.
+#[derive(Default)]
+struct DeliveryTracker {
+    failed: Mutex<Vec<(Origin, String)>>,
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = Box<Origin>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, origin: Self::DeliveryOpaque) {
+        if let Err((err, _)) = result {
+            lock(&self.failed).push((*origin, err.to_string()));
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Everything the loop and the rebalance callbacks share (they run on one thread).
+struct Core {
+    engine: Engine,
+    producer: BaseProducer<DeliveryTracker>,
+    opts: WorkerOptions,
+    status: Arc<Status>,
+    /// Next offset to commit per consumed partition.
+    offsets: Vec<(Arc<str>, i32, i64)>,
+    in_txn: bool,
+    batch: u64,
+    last_commit: Instant,
+    /// State partitions held (restored or built here).
+    owned: BTreeSet<i32>,
+    /// State no longer matches committed offsets: rebuild on the next assignment.
+    state_invalid: bool,
+    /// Records whose outputs could not be delivered: dead-letter them on replay.
+    poisoned: HashMap<Origin, String>,
+    /// An error raised inside a callback, for the loop to return.
+    fatal: Option<WorkerError>,
+    emits: Vec<Emit>,
+    topics: HashMap<String, Arc<str>>,
+    dead_lettered_logged: u64,
+}
+
+/// Consumer callbacks: commit on revoke, restore on assign.
+struct RebalanceHandler {
+    core: Arc<Mutex<Core>>,
+}
+
+impl ClientContext for RebalanceHandler {}
+
+impl ConsumerContext for RebalanceHandler {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let mut core = lock(&self.core);
+        if let Rebalance::Revoke(tpl) = rebalance {
+            tracing::info!(partitions = tpl.count(), "partitions revoked: committing");
+            if let Err(e) = core.commit(consumer) {
+                tracing::warn!(error = %e, "commit on revoke failed: the new owner replays from the last commit");
+                core.discard_uncommitted();
+            }
+            core.status.ready.store(false, Ordering::Relaxed);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let mut core = lock(&self.core);
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                core.engine.metrics().rebalances.inc();
+                core.engine
+                    .metrics()
+                    .assigned_partitions
+                    .set(i64::try_from(tpl.count()).unwrap_or(0));
+                tracing::info!(partitions = ?partition_names(tpl), "partitions assigned");
+                if let Err(e) = core.on_assign(tpl) {
+                    core.fatal = Some(e);
+                    return;
+                }
+                core.status.ready.store(true, Ordering::Relaxed);
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+fn partition_names(tpl: &TopicPartitionList) -> Vec<String> {
+    tpl.elements()
+        .iter()
+        .map(|e| format!("{}/{}", e.topic(), e.partition()))
+        .collect()
+}
+
+impl Core {
+    fn topic_arc(&mut self, topic: &str) -> Arc<str> {
+        if let Some(t) = self.topics.get(topic) {
+            return t.clone();
+        }
+        let t: Arc<str> = Arc::from(topic);
+        self.topics.insert(topic.to_string(), t.clone());
+        t
+    }
+
+    fn on_assign(&mut self, tpl: &TopicPartitionList) -> Result<(), WorkerError> {
+        if self.state_invalid {
+            if let Some(agg) = self.engine.aggregate_mut() {
+                agg.clear();
+            }
+            self.owned.clear();
+            self.state_invalid = false;
+        }
+        let Some((state_topic, changelog)) = self.opts.state.clone() else {
+            return Ok(());
+        };
+        let assigned: BTreeSet<i32> = tpl
+            .elements_for_topic(&state_topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        let lost: Vec<i32> = self.owned.difference(&assigned).copied().collect();
+        let gained: Vec<i32> = assigned.difference(&self.owned).copied().collect();
+        let Some(agg) = self.engine.aggregate_mut() else {
+            return Ok(());
+        };
+        for p in lost {
+            agg.drop_partition(p);
+        }
+        let started = Instant::now();
+        let n = restore(
+            &self.opts.settings,
+            &self.opts.group_id,
+            &changelog,
+            &gained,
+            agg,
+            self.opts.restore_timeout,
+        )?;
+        tracing::info!(partitions = ?gained, records = n, took_ms = started.elapsed().as_millis() as u64, topic = %changelog, "state restored");
+        self.owned = assigned;
+        self.engine.report_state();
+        Ok(())
+    }
+
+    /// Processes one consumed record.
+    fn handle(&mut self, m: &BorrowedMessage<'_>) -> Result<(), WorkerError> {
+        self.engine.metrics().records_in.inc();
+        if self.opts.exactly_once && !self.in_txn {
+            self.producer
+                .begin_transaction()
+                .map_err(WorkerError::Transaction)?;
+            self.in_txn = true;
+        }
+        let topic = self.topic_arc(m.topic());
+        let origin = Origin {
+            topic: topic.clone(),
+            partition: m.partition(),
+            offset: m.offset(),
+        };
+        let outcome = if let Some(error) = self.poisoned.remove(&origin) {
+            Err(Failure::new("produce", error))
+        } else {
+            self.transform(m)
+        };
+        match outcome {
+            Ok(encoded) => {
+                for (topic, key, value, partition, headers, timestamp) in encoded {
+                    let opaque = Box::new(origin.clone());
+                    let mut rec = BaseRecord::with_opaque_to(&topic, opaque).payload(&value);
+                    if let Some(k) = &key {
+                        rec = rec.key(k);
+                    }
+                    if let Some(p) = partition {
+                        rec = rec.partition(p);
+                    }
+                    if let Some(h) = headers {
+                        rec = rec.headers(h);
+                    }
+                    if let Some(ts) = timestamp {
+                        rec = rec.timestamp(ts);
+                    }
+                    if let Err(e) = send(&self.producer, rec) {
+                        // Rejected at once (too large, unknown topic...): final for this record.
+                        self.dead_letter(m, &Failure::new("produce", format!("{topic}: {e}")))?;
+                        break;
+                    }
+                    self.engine.metrics().records_out.inc();
+                }
+            }
+            Err(failure) => self.dead_letter(m, &failure)?,
+        }
+        self.advance(topic, m.partition(), m.offset() + 1);
+        self.batch += 1;
+        Ok(())
+    }
+
+    /// Decodes, runs the steps and encodes the results, or says why it failed.
+    #[allow(clippy::type_complexity)]
+    fn transform(
+        &mut self,
+        m: &BorrowedMessage<'_>,
+    ) -> Result<
+        Vec<(
+            String,
+            Option<Vec<u8>>,
+            Vec<u8>,
+            Option<i32>,
+            Option<OwnedHeaders>,
+            Option<i64>,
+        )>,
+        Failure,
+    > {
+        let headers: Vec<(String, Vec<u8>)> = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let format = self.engine.format();
+        let record = Record {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp: m.timestamp().to_millis().unwrap_or(0),
+            key: m.key().map(<[u8]>::to_vec),
+            headers,
+            value: decode(format, m.payload())?,
+        };
+        let mut emits = std::mem::take(&mut self.emits);
+        emits.clear();
+        let result = self.engine.process(record, &mut emits);
+        let out = result.and_then(|()| {
+            emits
+                .drain(..)
+                .map(|e| {
+                    let value = encode(format, &e.record.value)?;
+                    let headers = (!e.record.headers.is_empty()).then(|| {
+                        e.record
+                            .headers
+                            .iter()
+                            .fold(OwnedHeaders::new(), |h, (k, v)| {
+                                h.insert(Header {
+                                    key: k,
+                                    value: Some(v.as_slice()),
+                                })
+                            })
+                    });
+                    let ts = (e.record.timestamp > 0).then_some(e.record.timestamp);
+                    Ok((e.topic, e.record.key, value, None, headers, ts))
+                })
+                .collect()
+        });
+        emits.clear();
+        self.emits = emits;
+        out
+    }
+
+    fn advance(&mut self, topic: Arc<str>, partition: i32, next: i64) {
+        if let Some(e) = self
+            .offsets
+            .iter_mut()
+            .find(|(t, p, _)| *p == partition && **t == *topic)
+        {
+            e.2 = next;
+        } else {
+            self.offsets.push((topic, partition, next));
+        }
+    }
+
+    fn dead_letter(
+        &mut self,
+        m: &BorrowedMessage<'_>,
+        failure: &Failure,
+    ) -> Result<(), WorkerError> {
+        let Some(dlq) = self.opts.dead_letter.clone() else {
+            return Err(WorkerError::NoDeadLetter {
+                topic: m.topic().to_string(),
+                partition: m.partition(),
+                offset: m.offset(),
+                failure: failure.clone(),
+            });
+        };
+        let mut headers = OwnedHeaders::new();
+        if let Some(h) = m.headers() {
+            for h in h.iter() {
+                headers = headers.insert(h);
+            }
+        }
+        let partition = m.partition().to_string();
+        let offset = m.offset().to_string();
+        for (k, v) in [
+            ("sluice.error", failure.error.as_str()),
+            ("sluice.step", failure.step.as_str()),
+            ("sluice.source.topic", m.topic()),
+            ("sluice.source.partition", partition.as_str()),
+            ("sluice.source.offset", offset.as_str()),
+        ] {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let mut rec: BaseRecord<'_, [u8], [u8], Box<Origin>> =
+            BaseRecord::with_opaque_to(&dlq, Origin::internal()).headers(headers);
+        if let Some(k) = m.key() {
+            rec = rec.key(k);
+        }
+        if let Some(p) = m.payload() {
+            rec = rec.payload(p);
+        }
+        if let Some(ts) = m.timestamp().to_millis() {
+            rec = rec.timestamp(ts);
+        }
+        send(&self.producer, rec)
+            .map_err(|source| WorkerError::DeadLetter { topic: dlq, source })?;
+        self.engine.metrics().dead_lettered.inc();
+        self.dead_lettered_logged += 1;
+        if self.dead_lettered_logged <= 10 || self.dead_lettered_logged.is_multiple_of(1000) {
+            tracing::warn!(
+                step = %failure.step, error = %failure.error, topic = m.topic(), partition = m.partition(),
+                offset = m.offset(), dead_lettered = self.dead_lettered_logged, "record dead-lettered"
+            );
+        }
+        Ok(())
+    }
+
+    fn due(&self) -> bool {
+        self.batch > 0 && self.last_commit.elapsed() >= self.opts.commit_interval
+    }
+
+    /// Writes changelog records, then commits outputs and offsets together.
+    fn commit<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), WorkerError> {
+        if self.batch == 0 && !self.in_txn {
+            self.last_commit = Instant::now();
+            return Ok(());
+        }
+        if let Some((_, changelog)) = self.opts.state.clone()
+            && let Some(agg) = self.engine.aggregate_mut()
+        {
+            for (partition, key, value) in agg.take_changes() {
+                let rec: BaseRecord<'_, str, [u8], Box<Origin>> =
+                    BaseRecord::with_opaque_to(&changelog, Origin::internal())
+                        .partition(partition)
+                        .key(key.as_str())
+                        .payload(value.as_slice());
+                send(&self.producer, rec).map_err(WorkerError::Flush)?;
+            }
+        }
+        let mut tpl = TopicPartitionList::with_capacity(self.offsets.len());
+        for (t, p, o) in &self.offsets {
+            tpl.add_partition_offset(t, *p, Offset::Offset(*o))
+                .map_err(WorkerError::Commit)?;
+        }
+        if self.opts.exactly_once {
+            let cgm = consumer
+                .group_metadata()
+                .ok_or(WorkerError::Commit(KafkaError::Global(
+                    RDKafkaErrorCode::State,
+                )))?;
+            if tpl.count() > 0 {
+                self.producer
+                    .send_offsets_to_transaction(&tpl, &cgm, TXN_TIMEOUT)
+                    .map_err(WorkerError::Transaction)?;
+            }
+            self.producer
+                .commit_transaction(TXN_TIMEOUT)
+                .map_err(WorkerError::Transaction)?;
+            self.in_txn = false;
+        } else {
+            self.producer
+                .flush(TXN_TIMEOUT)
+                .map_err(WorkerError::Flush)?;
+            if !lock(&self.producer.context().failed).is_empty() {
+                return Err(WorkerError::Flush(KafkaError::MessageProduction(
+                    RDKafkaErrorCode::Fail,
+                )));
+            }
+            if tpl.count() > 0 {
+                consumer
+                    .commit(&tpl, CommitMode::Sync)
+                    .map_err(WorkerError::Commit)?;
+            }
+        }
+        let metrics = self.engine.metrics();
+        metrics.commits.inc();
+        metrics.batch_size.observe(self.batch as f64);
+        self.offsets.clear();
+        self.batch = 0;
+        self.last_commit = Instant::now();
+        self.engine.report_state();
+        Ok(())
+    }
+
+    /// Forgets everything not committed: aborts the transaction, remembers undeliverable
+    /// records, and marks the state for rebuilding.
+    fn discard_uncommitted(&mut self) {
+        self.engine.metrics().aborts.inc();
+        if self.opts.exactly_once && self.in_txn {
+            if let Err(e) = self.producer.abort_transaction(TXN_TIMEOUT) {
+                tracing::error!(error = %e, "abort failed");
+                self.fatal.get_or_insert(WorkerError::Transaction(e));
+            }
+            self.in_txn = false;
+        }
+        for (origin, error) in lock(&self.producer.context().failed).drain(..) {
+            if origin.partition >= 0 {
+                self.poisoned.insert(origin, error);
+            }
+        }
+        self.offsets.clear();
+        self.batch = 0;
+        self.state_invalid = true;
+        self.last_commit = Instant::now();
+    }
+
+    /// After a failed commit: abort, rebuild the state, and seek every assigned partition
+    /// back to its committed offset.
+    fn rewind<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        cause: &WorkerError,
+    ) -> Result<(), WorkerError> {
+        tracing::warn!(error = %cause, "rewinding to the last commit");
+        self.discard_uncommitted();
+        if let Some(e) = self.fatal.take() {
+            return Err(e);
+        }
+        let assignment = consumer.assignment().map_err(WorkerError::Commit)?;
+        self.state_invalid = true;
+        self.on_assign(&assignment)?;
+        let committed = consumer
+            .committed_offsets(assignment, Duration::from_secs(30))
+            .map_err(WorkerError::Commit)?;
+        for e in committed.elements() {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => match self.opts.start_from {
+                    StartFrom::Earliest => Offset::Beginning,
+                    StartFrom::Latest => Offset::End,
+                },
+            };
+            consumer
+                .seek(e.topic(), e.partition(), offset, Duration::from_secs(10))
+                .map_err(WorkerError::Commit)?;
+        }
+        Ok(())
+    }
+}
+
+/// Sends, waiting while the producer queue is full (backpressure).
+fn send<K, P>(
+    producer: &BaseProducer<DeliveryTracker>,
+    mut rec: BaseRecord<'_, K, P, Box<Origin>>,
+) -> Result<(), KafkaError>
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                producer.poll(Duration::from_millis(50));
+                rec = back;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+/// Runs the pipeline until `status.shutdown` is set or a fatal error.
+pub fn run(opts: WorkerOptions, engine: Engine, status: Arc<Status>) -> Result<(), WorkerError> {
+    let mut pcfg = opts.settings.client_config();
+    pcfg.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.kbytes", "65536");
+    if opts.exactly_once {
+        pcfg.set("transactional.id", &opts.transactional_id)
+            .set("transaction.timeout.ms", "10000");
+    }
+    let producer: BaseProducer<DeliveryTracker> = pcfg
+        .create_with_context(DeliveryTracker::default())
+        .map_err(WorkerError::Setup)?;
+    if opts.exactly_once {
+        producer
+            .init_transactions(TXN_TIMEOUT)
+            .map_err(WorkerError::Transaction)?;
+    }
+    let core = Arc::new(Mutex::new(Core {
+        engine,
+        producer,
+        opts: opts.clone(),
+        status: status.clone(),
+        offsets: Vec::new(),
+        in_txn: false,
+        batch: 0,
+        last_commit: Instant::now(),
+        owned: BTreeSet::new(),
+        state_invalid: false,
+        poisoned: HashMap::new(),
+        fatal: None,
+        emits: Vec::new(),
+        topics: HashMap::new(),
+        dead_lettered_logged: 0,
+    }));
+    let mut ccfg = opts.settings.client_config();
+    ccfg.set("group.id", &opts.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        .set("partition.assignment.strategy", "range,roundrobin")
+        .set("queued.max.messages.kbytes", "32768")
+        .set(
+            "auto.offset.reset",
+            match opts.start_from {
+                StartFrom::Earliest => "earliest",
+                StartFrom::Latest => "latest",
+            },
+        );
+    if !opts.settings.extra.contains_key("session.timeout.ms") {
+        ccfg.set("session.timeout.ms", "10000");
+    }
+    let consumer: BaseConsumer<RebalanceHandler> = ccfg
+        .create_with_context(RebalanceHandler { core: core.clone() })
+        .map_err(WorkerError::Setup)?;
+    let topics: Vec<&str> = opts.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).map_err(WorkerError::Setup)?;
+    tracing::info!(group = %opts.group_id, topics = ?opts.topics, exactly_once = opts.exactly_once, "consuming");
+
+    let result = run_loop(&consumer, &core, &status);
+    let result = match result {
+        Ok(()) => {
+            let mut c = lock(&core);
+            c.commit(&consumer).map(|()| {
+                c.producer.flush(TXN_TIMEOUT).ok();
+            })
+        }
+        Err(e) => {
+            // Nothing more is committed; what was processed since the last commit is
+            // replayed by whoever takes over.
+            let mut c = lock(&core);
+            if c.in_txn {
+                c.producer.abort_transaction(TXN_TIMEOUT).ok();
+                c.in_txn = false;
+            }
+            Err(e)
+        }
+    };
+    status.ready.store(false, Ordering::Relaxed);
+    // Closing leaves the group (the revoke callback finds nothing left to commit).
+    drop(consumer);
+    result
+}
+
+fn run_loop(
+    consumer: &BaseConsumer<RebalanceHandler>,
+    core: &Arc<Mutex<Core>>,
+    status: &Status,
+) -> Result<(), WorkerError> {
+    loop {
+        if status.shutdown.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let polled = consumer.poll(Duration::from_millis(100));
+        let mut c = lock(core);
+        if let Some(e) = c.fatal.take() {
+            return Err(e);
+        }
+        match polled {
+            Some(Ok(m)) => {
+                if let Err(e) = c.handle(&m) {
+                    drop(m);
+                    if e.recoverable() {
+                        c.rewind(consumer, &e)?;
+                    } else {
+                        if matches!(e, WorkerError::NoDeadLetter { .. }) {
+                            // Keep what came before the bad record.
+                            c.commit(consumer)?;
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+            None => {}
+        }
+        c.producer.poll(Duration::ZERO);
+        if c.due()
+            && let Err(e) = c.commit(consumer)
+        {
+            if e.recoverable() {
+                c.rewind(consumer, &e)?;
+            } else {
+                return Err(e);
+            }
+        }
+    }
+}
