@@ -247,21 +247,21 @@ impl Autoscaler {
         if obs.rebalancing {
             return Plan::recommend(
                 current,
-                format!("consumer group is rebalancing: holding {current} replicas"),
+                format!("consumer group is rebalancing: holding {}", count(current)),
             );
         }
         if obs.partitions.is_empty() {
             return Plan::recommend(
                 current,
-                format!("no input partitions seen: holding {current} replicas"),
+                format!("no input partitions seen: holding {}", count(current)),
             );
         }
         let (lower, upper) = self.bounds(obs);
         if current > upper {
-            return Plan::now(upper, format!("{current} replicas is above the limit"));
+            return Plan::now(upper, format!("{} is above the limit", count(current)));
         }
         if current < lower {
-            return Plan::now(lower, format!("{current} replicas is below minReplicas"));
+            return Plan::now(lower, format!("{} is below minReplicas", count(current)));
         }
 
         let idle_for = obs
@@ -286,8 +286,8 @@ impl Autoscaler {
                 return Plan::recommend(
                     current,
                     format!(
-                        "waiting for the change to {current} replicas to take effect ({} of \
-                         {current} ready)",
+                        "waiting for the change to {} to take effect ({} of {current} ready)",
+                        count(current),
                         obs.ready_replicas
                     ),
                 );
@@ -310,15 +310,16 @@ impl Autoscaler {
 
         let active = lag > 0 || short.any_arrival || long.any_arrival;
         if !active {
-            let reason = if self.settings.min_replicas == 0 && current > 0 {
-                format!(
-                    "no records arriving and no lag for {}: scaling to zero after {}",
-                    format_duration(whole_secs(idle_for)),
+            let mut reason = format!(
+                "no records arriving and no lag for {}",
+                format_duration(whole_secs(idle_for))
+            );
+            if self.settings.min_replicas == 0 && current > 0 {
+                reason.push_str(&format!(
+                    " (zero after {})",
                     format_duration(self.settings.idle_after)
-                )
-            } else {
-                "no records arriving and no lag".to_string()
-            };
+                ));
+            }
             return Plan::recommend(current.min(1), reason);
         }
         if current == 0 {
@@ -345,8 +346,7 @@ impl Autoscaler {
                     // Count what arrives before the new replicas consume: the backlog grows
                     // while they start, and the rebalance stops everyone for a moment.
                     let growing = (arrival - f64::from(current) * c).max(0.0);
-                    let extra =
-                        growing * self.cost.delay_secs() + arrival * self.cost.pause_secs();
+                    let extra = growing * self.cost.delay_secs() + arrival * self.cost.pause_secs();
                     let sizing = size(
                         &demand.plus_arriving(extra, self.target_secs()),
                         c,
@@ -359,7 +359,8 @@ impl Autoscaler {
                         current,
                         format!(
                             "lag {lag} records, draining {c:.0}/s per replica, arrival \
-                             {arrival:.0}/s: {current} replicas drain it within {}",
+                             {arrival:.0}/s: {} drain it within {}",
+                            count(current),
                             format_duration(self.settings.lag_target)
                         ),
                     )
@@ -397,25 +398,26 @@ impl Autoscaler {
                     0.0
                 };
                 let c = known.unwrap_or(0.0).max(floor);
-                // Fewer replicas means a rebalance: the smaller count must also drain what
-                // arrives while the group stops, or the change itself puts it behind.
+                // A smaller count runs at the target utilization, and must also drain,
+                // flat out, what arrives while the rebalance of scaling down stops the
+                // group: otherwise the change itself puts it behind and it scales back up.
                 let pause = arrival * self.cost.pause_secs();
-                let demand = demand.plus_arriving(pause, self.target_secs());
-                let n = size(&demand, c, TARGET_UTILIZATION).replicas.max(1);
+                let after_pause = demand.plus_arriving(pause, self.target_secs());
+                let n = size(demand, c, TARGET_UTILIZATION)
+                    .replicas
+                    .max(size(&after_pause, c, 1.0).replicas)
+                    .max(1);
                 if c > 0.0 && n < current {
                     Plan::recommend(
                         n,
-                        format!(
-                            "lag {lag} records, arrival {arrival:.0}/s, {c:.0}/s per replica: \
-                             {n} replicas are enough"
-                        ),
+                        format!("lag {lag} records, arrival {arrival:.0}/s, {c:.0}/s per replica"),
                     )
                 } else {
                     Plan::recommend(
                         current,
                         format!(
-                            "keeping up: lag {lag} records, arrival {arrival:.0}/s with \
-                             {current} replicas"
+                            "keeping up: lag {lag} records, arrival {arrival:.0}/s with {}",
+                            count(current)
                         ),
                     )
                 }
@@ -436,22 +438,22 @@ impl Autoscaler {
         c: f64,
         extra: f64,
     ) -> String {
-        let mut reason = format!(
-            "lag {lag} records, draining {c:.0}/s per replica, arrival {arrival:.0}/s: {} \
-             replicas drain it within {}",
-            sizing.total.max(1).min(n),
-            format_duration(self.settings.lag_target)
-        );
-        if extra >= 1.0 {
-            reason.push_str(&format!(
-                " (with the {extra:.0} records arriving while they start)"
-            ));
-        }
-        if let Some((id, hot, _)) = &sizing.hot {
-            reason.push_str(&format!(
-                "; partition {id} alone needs {hot:.0}/s, so {n} replicas keep the one \
-                 reading it from falling behind"
-            ));
+        let target = format_duration(self.settings.lag_target);
+        let arriving = if extra >= 1.0 {
+            format!(" (with the {extra:.0} records arriving while they start)")
+        } else {
+            String::new()
+        };
+        let mut reason =
+            format!("lag {lag} records, draining {c:.0}/s per replica, arrival {arrival:.0}/s: ");
+        match &sizing.hot {
+            None => reason.push_str(&format!("{} drain it within {target}{arriving}", count(n))),
+            Some((id, hot, _)) => reason.push_str(&format!(
+                "{} carry the total within {target}{arriving}, but partition {id} alone needs \
+                 {hot:.0}/s, so {} keep the one reading it from falling behind",
+                count(sizing.total.max(1)),
+                count(n)
+            )),
         }
         reason
     }
@@ -501,22 +503,26 @@ impl Autoscaler {
             .map(|(_, n)| *n)
             .max()
             .unwrap_or(current);
+        let window = format_duration(window);
         if covered && highest < current {
             let held = if highest > rec {
                 format!(
-                    "; {highest} replicas were needed within the last {}",
-                    format_duration(window)
+                    "{} would do now, but {} were needed within the last {window}",
+                    count(rec),
+                    count(highest)
                 )
             } else {
-                format!(" for {}", format_duration(window))
+                let verb = if rec == 1 { "has" } else { "have" };
+                format!("{} {verb} been enough for {window}", count(rec))
             };
-            (highest, format!("{reason}{held}"))
+            (highest, format!("{reason}: {held}"))
         } else {
             (
                 current,
                 format!(
-                    "{reason}; scaling down to {rec} waits for the {} stabilization window",
-                    format_duration(window)
+                    "{reason}: {} would do; scaling down waits for the {window} \
+                     stabilization window",
+                    count(rec)
                 ),
             )
         }
@@ -535,6 +541,15 @@ impl Autoscaler {
         {
             self.recommendations.pop_front();
         }
+    }
+}
+
+/// "1 replica", "3 replicas".
+fn count(n: u32) -> String {
+    if n == 1 {
+        "1 replica".to_string()
+    } else {
+        format!("{n} replicas")
     }
 }
 

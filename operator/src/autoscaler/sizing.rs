@@ -182,7 +182,10 @@ mod tests {
 
     #[test]
     fn no_capacity_or_no_demand_sizes_zero() {
-        assert_eq!(size(&demand(&[0.0; 4]), 1000.0).replicas, 0);
+        assert_eq!(
+            size(&demand(&[0.0; 4]), 1000.0, TARGET_UTILIZATION).replicas,
+            0
+        );
         assert_eq!(
             size(&demand(&[10.0; 4]), 0.0, TARGET_UTILIZATION).replicas,
             0

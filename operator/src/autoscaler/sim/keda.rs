@@ -142,7 +142,7 @@ impl Scaler for Keda {
         let t = view.t;
         let lag = self.total_lag(view);
         let mut desired = view.replicas;
-        if self.settings.polling_secs > 0 && t % self.settings.polling_secs == 0 {
+        if self.settings.polling_secs > 0 && t.is_multiple_of(self.settings.polling_secs) {
             let active = lag > self.settings.activation_lag_threshold;
             if active {
                 self.last_active = Some(t);
@@ -158,7 +158,10 @@ impl Scaler for Keda {
                 desired = 0;
             }
         }
-        if desired > 0 && self.settings.hpa_sync_secs > 0 && t % self.settings.hpa_sync_secs == 0 {
+        if desired > 0
+            && self.settings.hpa_sync_secs > 0
+            && t.is_multiple_of(self.settings.hpa_sync_secs)
+        {
             desired = self.hpa(t, desired, lag);
         }
         desired

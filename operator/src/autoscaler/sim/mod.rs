@@ -87,7 +87,7 @@ impl Scaler for Sluice {
     }
 
     fn tick(&mut self, view: &View) -> u32 {
-        if self.every_secs == 0 || view.t % self.every_secs != 0 {
+        if self.every_secs == 0 || !view.t.is_multiple_of(self.every_secs) {
             return view.replicas;
         }
         let decision = self.autoscaler.observe(&Observation {
@@ -202,7 +202,7 @@ impl Cluster {
     /// Replicas ready this second (not those there from the start) join the group,
     /// which rebalances.
     fn join(&mut self, t: u64) {
-        if t > 0 && self.replicas.iter().any(|&at| at == t) {
+        if t > 0 && self.replicas.contains(&t) {
             self.paused_until = t + self.config.rebalance_secs;
         }
     }
