@@ -2,4 +2,5 @@
 
 pub mod cluster;
 pub mod env;
+pub mod kafka;
 pub mod runner;

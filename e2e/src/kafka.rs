@@ -1,0 +1,129 @@
+//! Kafka helpers for the e2e tests: produce JSON records, read a topic to its end.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// One record read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Read {
+    /// Key as text.
+    pub key: Option<String>,
+    /// Value as text.
+    pub value: Option<String>,
+    /// Headers as text.
+    pub headers: BTreeMap<String, String>,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// An idempotent producer.
+pub fn producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()?)
+}
+
+/// Produces `(key, value)` records and waits for every acknowledgement.
+pub async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    records: &[(String, String)],
+) -> anyhow::Result<()> {
+    let sends = records.iter().map(|(k, v)| {
+        producer.send(
+            FutureRecord::to(topic).key(k).payload(v),
+            Duration::from_secs(30),
+        )
+    });
+    for result in futures::future::join_all(sends).await {
+        result.map_err(|(e, _)| anyhow::anyhow!("producing to {topic}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Reads every committed record of `topic` from the beginning until nothing new arrived
+/// for `quiet` (or `max` elapsed).
+pub fn read_all(
+    bootstrap: &str,
+    topic: &str,
+    quiet: Duration,
+    max: Duration,
+) -> anyhow::Result<Vec<Read>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set(
+            "group.id",
+            format!("e2e-reader-{}", crate::cluster::unique("r")),
+        )
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .first()
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    anyhow::ensure!(!partitions.is_empty(), "topic {topic} has no partitions");
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let start = Instant::now();
+    let mut last = Instant::now();
+    let mut out = Vec::new();
+    while last.elapsed() < quiet && start.elapsed() < max {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                last = Instant::now();
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(Read {
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    value: m.payload().map(|v| String::from_utf8_lossy(v).into_owned()),
+                    headers,
+                    partition: m.partition(),
+                    offset: m.offset(),
+                });
+            }
+            Some(Err(e)) => anyhow::bail!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+/// The last value per key, parsed as JSON.
+pub fn latest_by_key(records: &[Read]) -> BTreeMap<String, serde_json::Value> {
+    records
+        .iter()
+        .filter_map(|r| {
+            let key = r.key.clone()?;
+            let value = serde_json::from_str(r.value.as_deref()?).ok()?;
+            Some((key, value))
+        })
+        .collect()
+}

@@ -1,0 +1,401 @@
+//! The Pipeline controller against the real API server and Kafka, with the operator
+//! installed by `make deploy` (its Helm chart) and processors run by the process runner.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use sluice_crds::{Pipeline, Topic};
+use sluice_e2e::cluster;
+use sluice_e2e::env::TestEnv;
+use sluice_e2e::kafka;
+
+struct Fixture {
+    env: TestEnv,
+    client: Client,
+    ns: String,
+    suffix: String,
+}
+
+async fn fixture(prefix: &str) -> Fixture {
+    let env = TestEnv::require();
+    let client = cluster::client(&env).await.unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "sluice-system");
+    let operator = deployments.get_opt("sluice-operator").await.unwrap();
+    let available = operator
+        .and_then(|d| d.status)
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0);
+    assert!(
+        available >= 1,
+        "the Sluice operator is not installed: run `make deploy` (after `e2e/up`)"
+    );
+    let ns = cluster::namespace(&client, prefix).await.unwrap();
+    let suffix = ns.clone();
+    Fixture {
+        env,
+        client,
+        ns,
+        suffix,
+    }
+}
+
+impl Fixture {
+    fn topic(&self, base: &str) -> String {
+        format!("{base}-{}", self.suffix)
+    }
+
+    async fn topics(&self, topics: &[(&str, i32)]) {
+        for (base, partitions) in topics {
+            let doc = json!({
+                "apiVersion": "sluice.dev/v1alpha1", "kind": "Topic",
+                "metadata": {"name": base},
+                "spec": {"topicName": self.topic(base), "partitions": partitions, "deletionPolicy": "Delete"}
+            });
+            cluster::apply(&self.client, &self.ns, &doc).await.unwrap();
+        }
+        let api: Api<Topic> = Api::namespaced(self.client.clone(), &self.ns);
+        for (base, _) in topics {
+            wait_for(
+                Duration::from_secs(60),
+                &format!("Topic {base} Ready"),
+                || async {
+                    let t = api.get(base).await.ok()?;
+                    let ready = t
+                        .status
+                        .as_ref()?
+                        .conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True");
+                    ready.then_some(())
+                },
+            )
+            .await;
+        }
+    }
+
+    async fn pipeline(&self, name: &str, spec: Value) {
+        let doc = json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "Pipeline",
+            "metadata": {"name": name}, "spec": spec
+        });
+        cluster::apply(&self.client, &self.ns, &doc).await.unwrap();
+    }
+
+    fn pipelines(&self) -> Api<Pipeline> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    async fn produce(&self, base: &str, records: &[(String, String)]) {
+        let producer = kafka::producer(&self.env.var("KAFKA_BOOTSTRAP")).unwrap();
+        kafka::produce(&producer, &self.topic(base), records)
+            .await
+            .unwrap();
+    }
+
+    fn read(&self, base: &str) -> Vec<kafka::Read> {
+        kafka::read_all(
+            &self.env.var("KAFKA_BOOTSTRAP"),
+            &self.topic(base),
+            Duration::from_secs(3),
+            Duration::from_secs(60),
+        )
+        .unwrap()
+    }
+
+    /// Polls the output until it holds `count` records (or the deadline passes).
+    async fn read_until(&self, base: &str, count: usize, deadline: Duration) -> Vec<kafka::Read> {
+        let start = Instant::now();
+        loop {
+            let records = self.read(base);
+            if records.len() >= count || start.elapsed() > deadline {
+                return records;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+}
+
+async fn wait_for<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Orders like the seed's: region i % 3, total (i % 50) - 5 (so some are filtered out).
+fn orders(from: usize, to: usize) -> (Vec<(String, String)>, BTreeMap<String, f64>, usize) {
+    let regions = ["eu-west", "us-east", "ap-south"];
+    let mut totals = BTreeMap::new();
+    let mut kept = 0;
+    let records = (from..to)
+        .map(|i| {
+            let region = regions[i % 3];
+            let total = (i % 50) as f64 - 5.0 + 0.5;
+            if total > 0.0 {
+                *totals.entry(region.to_string()).or_insert(0.0) += total;
+                kept += 1;
+            }
+            (
+                format!("o-{i}"),
+                json!({"orderId": format!("o-{i}"), "region": region, "total": total}).to_string(),
+            )
+        })
+        .collect();
+    (records, totals, kept)
+}
+
+fn seed_spec(f: &Fixture, scaling: Value) -> Value {
+    json!({
+        "inputs": [f.topic("orders")],
+        "steps": [
+            {"name": "positive-orders", "filter": "value.total > 0.0"},
+            {"name": "totals-per-region", "aggregate": {
+                "groupBy": {"region": "value.region"},
+                "aggregations": [{"name": "total", "op": "sum", "of": "value.total"}]
+            }}
+        ],
+        "outputs": [{"topic": f.topic("totals"), "key": "value.region"}],
+        "deadLetter": {"topic": f.topic("dlq")},
+        "delivery": "exactlyOnce",
+        "scaling": scaling,
+    })
+}
+
+fn assert_totals(records: &[kafka::Read], expected: &BTreeMap<String, f64>, kept: usize) {
+    assert_eq!(
+        records.len(),
+        kept,
+        "one output per kept order: no record lost, none duplicated"
+    );
+    let latest = kafka::latest_by_key(records);
+    assert_eq!(latest.len(), expected.len(), "{latest:?}");
+    for (region, total) in expected {
+        let got = &latest[region];
+        assert_eq!(got["region"], region.as_str());
+        let value = got["total"].as_f64().unwrap();
+        assert!((value - total).abs() < 1e-6, "{region}: {value} != {total}");
+    }
+}
+
+#[tokio::test]
+async fn seed_pipeline_sums_orders_per_region_exactly_once_with_a_dlq() {
+    let f = fixture("seed").await;
+    f.topics(&[("orders", 6), ("totals", 3), ("dlq", 1)]).await;
+    f.pipeline(
+        "region-totals",
+        seed_spec(&f, json!({"minReplicas": 1, "maxReplicas": 2})),
+    )
+    .await;
+
+    let (mut records, expected, kept) = orders(0, 900);
+    records.insert(100, ("bad-1".into(), "not json".into()));
+    records.insert(500, ("bad-2".into(), "{\"orderId\": 7".into()));
+    f.produce("orders", &records).await;
+
+    let out = f.read_until("totals", kept, Duration::from_secs(180)).await;
+    assert_totals(&out, &expected, kept);
+    let dlq = f.read("dlq");
+    assert_eq!(dlq.len(), 2, "{dlq:?}");
+    for d in &dlq {
+        assert_eq!(d.headers["sluice.source.topic"], f.topic("orders"));
+        assert!(d.headers.contains_key("sluice.error"));
+        assert!(d.headers.contains_key("sluice.source.offset"));
+    }
+
+    let p = f.pipelines().get("region-totals").await.unwrap();
+    let status = p.status.unwrap();
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.status, "True", "{ready:?}");
+    assert_eq!(status.observed_generation, p.metadata.generation);
+    assert!(status.ready_replicas >= 1);
+    assert!(
+        status
+            .selector
+            .unwrap()
+            .contains("sluice.dev/pipeline=region-totals")
+    );
+}
+
+#[tokio::test]
+async fn bad_expression_is_refused_with_a_readable_status_and_nothing_deployed() {
+    let f = fixture("badexpr").await;
+    f.topics(&[("orders", 1), ("totals", 1)]).await;
+    let spec = json!({
+        "inputs": [f.topic("orders")],
+        "steps": [{"name": "broken", "filter": "value.total >"}],
+        "outputs": [{"topic": f.topic("totals")}],
+    });
+    f.pipeline("broken", spec).await;
+    let api = f.pipelines();
+    let ready = wait_for(
+        Duration::from_secs(60),
+        "Ready=False InvalidSpec",
+        || async {
+            let p = api.get("broken").await.ok()?;
+            let c = p
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready")?;
+            (c.reason == "InvalidSpec").then_some(c)
+        },
+    )
+    .await;
+    assert_eq!(ready.status, "False");
+    assert!(
+        ready.message.contains("step broken filter"),
+        "{}",
+        ready.message
+    );
+    let deployments: Api<Deployment> = Api::namespaced(f.client.clone(), &f.ns);
+    assert!(
+        deployments
+            .get_opt("broken-processor")
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing half-deployed"
+    );
+
+    // Fixing the expression deploys it.
+    let fixed = json!({
+        "inputs": [f.topic("orders")],
+        "steps": [{"name": "broken", "filter": "value.total > 0.0"}],
+        "outputs": [{"topic": f.topic("totals")}],
+    });
+    f.pipeline("broken", fixed).await;
+    wait_for(Duration::from_secs(60), "processor Deployment", || async {
+        deployments.get_opt("broken-processor").await.ok()?
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn missing_input_topic_is_reported() {
+    let f = fixture("missing").await;
+    f.topics(&[("totals", 1)]).await;
+    let spec = json!({"inputs": [f.topic("nowhere")], "outputs": [{"topic": f.topic("totals")}]});
+    f.pipeline("orphan", spec).await;
+    let api = f.pipelines();
+    let topics = wait_for(Duration::from_secs(60), "TopicsReady=False", || async {
+        let p = api.get("orphan").await.ok()?;
+        p.status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "TopicsReady" && c.status == "False")
+    })
+    .await;
+    assert_eq!(topics.reason, "InputTopicMissing");
+    assert!(topics.message.contains(&f.topic("nowhere")));
+}
+
+#[tokio::test]
+async fn spec_change_rolls_out_without_losing_or_duplicating_records() {
+    let f = fixture("rollout").await;
+    f.topics(&[("orders", 3), ("totals", 3), ("dlq", 1)]).await;
+    f.pipeline(
+        "rolling",
+        seed_spec(&f, json!({"minReplicas": 1, "maxReplicas": 1})),
+    )
+    .await;
+    let (first, _, _) = orders(0, 1500);
+    f.produce("orders", &first).await;
+    // Change the spec mid-stream: a new commit interval changes the config hash.
+    let mut changed = seed_spec(&f, json!({"minReplicas": 1, "maxReplicas": 1}));
+    changed["commitInterval"] = json!("250ms");
+    f.pipeline("rolling", changed).await;
+    let deployments: Api<Deployment> = Api::namespaced(f.client.clone(), &f.ns);
+    let (second, _, _) = orders(1500, 3000);
+    f.produce("orders", &second).await;
+    let (_, expected, kept) = orders(0, 3000);
+    let out = f.read_until("totals", kept, Duration::from_secs(240)).await;
+    assert_totals(&out, &expected, kept);
+    let d = deployments.get("rolling-processor").await.unwrap();
+    assert!(
+        d.metadata.generation.unwrap_or(0) >= 2,
+        "the Deployment rolled out the change"
+    );
+}
+
+#[tokio::test]
+async fn min_zero_scales_to_zero_when_idle_and_wakes_on_new_data() {
+    let f = fixture("zero").await;
+    f.topics(&[("orders", 2), ("totals", 2), ("dlq", 1)]).await;
+    let scaling = json!({"minReplicas": 0, "maxReplicas": 2, "idleAfter": "10s", "scaleDownStabilization": "10s"});
+    f.pipeline("sleepy", seed_spec(&f, scaling)).await;
+    let (first, _, kept_first) = orders(0, 100);
+    f.produce("orders", &first).await;
+    f.read_until("totals", kept_first, Duration::from_secs(120))
+        .await;
+    let deployments: Api<Deployment> = Api::namespaced(f.client.clone(), &f.ns);
+    wait_for(Duration::from_secs(120), "scale to zero", || async {
+        let d = deployments.get_opt("sleepy-processor").await.ok()??;
+        (d.spec?.replicas == Some(0)).then_some(())
+    })
+    .await;
+    let (second, _, _) = orders(100, 200);
+    f.produce("orders", &second).await;
+    let (_, expected, kept) = orders(0, 200);
+    let out = f.read_until("totals", kept, Duration::from_secs(120)).await;
+    assert_totals(&out, &expected, kept);
+    let p = f.pipelines().get("sleepy").await.unwrap();
+    let last = p.status.unwrap().last_scale.unwrap();
+    assert_eq!(
+        (last.from, last.to),
+        (0, 1),
+        "woke from zero: {}",
+        last.reason
+    );
+}
+
+#[tokio::test]
+async fn backlog_scales_up_to_the_partition_count_and_back_down_after_draining() {
+    let f = fixture("backlog").await;
+    f.topics(&[("orders", 4), ("totals", 4), ("dlq", 1)]).await;
+    // The backlog exists before the pipeline: a new group counts it from the log start.
+    let (records, expected, kept) = orders(0, 60_000);
+    f.produce("orders", &records).await;
+    let scaling = json!({"minReplicas": 1, "maxReplicas": 8, "lagTarget": "5s", "scaleDownStabilization": "15s"});
+    let mut spec = seed_spec(&f, scaling);
+    spec["delivery"] = json!("atLeastOnce");
+    spec["steps"] = json!([{"name": "positive-orders", "filter": "value.total > 0.0"}]);
+    spec["outputs"] = json!([{"topic": f.topic("totals")}]);
+    f.pipeline("busy", spec).await;
+    let api = f.pipelines();
+    let peak = wait_for(Duration::from_secs(180), "scale up to 4", || async {
+        let s = api.get("busy").await.ok()?.status?;
+        (s.desired_replicas == 4).then_some(s)
+    })
+    .await;
+    assert!(peak.last_scale.is_some());
+    let out = f.read_until("totals", kept, Duration::from_secs(300)).await;
+    assert!(out.len() >= kept, "at least once: {} of {kept}", out.len());
+    let _ = expected;
+    wait_for(
+        Duration::from_secs(180),
+        "scale back down after draining",
+        || async {
+            let s = api.get("busy").await.ok()?.status?;
+            (s.desired_replicas < 4 && s.lag == 0).then_some(())
+        },
+    )
+    .await;
+}
