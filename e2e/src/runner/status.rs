@@ -240,7 +240,11 @@ mod tests {
             false,
         );
         assert_eq!(
-            phase(&input(Stage::Preparing, &[], &[waiting.clone()])),
+            phase(&input(
+                Stage::Preparing,
+                &[],
+                std::slice::from_ref(&waiting)
+            )),
             "Pending"
         );
         assert_eq!(
@@ -252,7 +256,7 @@ mod tests {
             "Pending"
         );
         assert_eq!(
-            phase(&input(Stage::Running, &[], &[running.clone()])),
+            phase(&input(Stage::Running, &[], std::slice::from_ref(&running))),
             "Running"
         );
         let mut crashing = waiting.clone();
