@@ -175,7 +175,8 @@ pub fn deployment(
         env_value("SLUICE_GROUP_ID", &group_id(&namespace, &name)),
         env_value("SLUICE_LOG_FORMAT", "json"),
         EnvVar {
-            name: "POD_NAME".into(),
+            // Each replica's identity: its transactional id and its name in the group.
+            name: "SLUICE_REPLICA_ID".into(),
             value_from: Some(EnvVarSource {
                 field_ref: Some(ObjectFieldSelector {
                     field_path: "metadata.name".into(),
