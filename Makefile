@@ -36,9 +36,15 @@ test: lint unit
 	if [ $$rc -ne 0 ]; then echo "make test: FAILED (component logs: $(STATE)/logs, pod logs: $(STATE)/logs/pods)"; exit $$rc; fi; \
 	echo "make test: all checks passed"
 
+# Tests that start their own operators and processors run first; then Sluice is installed
+# with its Helm chart (make deploy) for the tests that use the installed operator.
+E2E_DEPLOYED := pipeline
+E2E_OWN := $(filter-out $(E2E_DEPLOYED),$(basename $(notdir $(wildcard e2e/tests/*.rs))))
 e2e: check-generated
-	$(CARGO) build -p sluice-operator -p sluice-processor -p sluice-e2e
-	$(CARGO) test -p sluice-e2e --tests -- --test-threads=2
+	$(CARGO) build -p sluice-operator -p sluice-processor -p sluice-e2e --bins --tests
+	$(CARGO) test -p sluice-e2e $(addprefix --test ,$(E2E_OWN)) -- --test-threads=2
+	e2e/deploy
+	$(CARGO) test -p sluice-e2e $(addprefix --test ,$(E2E_DEPLOYED)) -- --test-threads=3
 
 up:
 	e2e/up
