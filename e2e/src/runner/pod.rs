@@ -358,31 +358,26 @@ async fn plan_for(
     if spec.cwd.is_none() {
         spec.cwd = Some(common.dir.to_path_buf());
     }
-    let probe_of = |p: &Option<Probe>| {
-        p.as_ref().map(|p| {
-            (
-                probe::check_of(p, &c.name, common.ports, &spec),
-                probe::timing_of(p),
-            )
-        })
+    let binary_name = super::images::binary_name(&image).to_string();
+    let check_of = |p: &Probe| {
+        probe::check_of(p, &c.name, common.ports, &spec).with_image_binary(&binary_name, &binary)
     };
+    let probe_of = |p: &Option<Probe>| p.as_ref().map(|p| (check_of(p), probe::timing_of(p)));
+    let startup = probe_of(&c.startup_probe);
+    let readiness = probe_of(&c.readiness_probe);
     let liveness = c.liveness_probe.as_ref().map(|p| {
         let grace = p
             .termination_grace_period_seconds
             .and_then(|s| u64::try_from(s).ok())
             .map(Duration::from_secs);
-        (
-            probe::check_of(p, &c.name, common.ports, &spec),
-            probe::timing_of(p),
-            grace,
-        )
+        (check_of(p), probe::timing_of(p), grace)
     });
     Ok(Plan {
         name: c.name.clone(),
         image,
         binary,
-        startup: probe_of(&c.startup_probe),
-        readiness: probe_of(&c.readiness_probe),
+        startup,
+        readiness,
         liveness,
         spec,
         log: common.log.to_path_buf(),

@@ -166,6 +166,22 @@ pub fn check_of(probe: &Probe, container: &str, ports: &PortMap, process: &Launc
     Check::Invalid("probe has no handler".into())
 }
 
+impl Check {
+    /// Runs an exec probe naming the image's binary (`name` or a path ending in it) with
+    /// the mapped `binary`, as the container's command is.
+    pub fn with_image_binary(self, name: &str, binary: &std::path::Path) -> Self {
+        match self {
+            Check::Exec { mut spec } => {
+                if !name.is_empty() && spec.program.file_name().is_some_and(|f| f == name) {
+                    spec.program = binary.to_path_buf();
+                }
+                Check::Exec { spec }
+            }
+            other => other,
+        }
+    }
+}
+
 /// Runs one check within `timeout`.
 pub async fn check_once(check: &Check, timeout: Duration) -> bool {
     tokio::time::timeout(timeout, run_check(check))
@@ -353,6 +369,26 @@ mod tests {
             check_of(&Probe::default(), "main", &ports(), &process()),
             Check::Invalid(_)
         ));
+    }
+
+    #[test]
+    fn exec_probes_run_the_mapped_binary() {
+        let probe = Probe {
+            exec: Some(k8s_openapi::api::core::v1::ExecAction {
+                command: Some(vec!["/usr/bin/sluice-processor".into(), "health".into()]),
+            }),
+            ..Default::default()
+        };
+        let check = check_of(&probe, "main", &ports(), &process())
+            .with_image_binary("sluice-processor", std::path::Path::new("/t/proc"));
+        match check {
+            Check::Exec { spec } => {
+                assert_eq!(spec.program, std::path::PathBuf::from("/t/proc"));
+                assert_eq!(spec.args, vec!["health"]);
+                assert_eq!(spec.env, process().env);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]
