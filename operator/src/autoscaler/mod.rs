@@ -16,12 +16,20 @@
 //!   couple of seconds of its own traffic at both ends of an interval, the replicas
 //!   reading it worked flat out: that measures one replica's capacity.
 //! - Replicas are sized so each partition's backlog drains within the lag target while
-//!   keeping up with arrivals, at 90% of the measured capacity, a partition counting for
-//!   one replica at most, and the replica reading the hottest partition not overloaded.
-//! - Up at once when the replicas fall behind; down only when the lower count was
-//!   enough over the whole stabilization window; hold during rebalances and while new
-//!   replicas start; to zero after `idleAfter` with no arrivals and no lag (when
-//!   `minReplicas` is 0) and back as soon as a record arrives.
+//!   keeping up with arrivals (median rates, so a one-off batch is not also counted as a
+//!   lasting rate), at 90% of the measured capacity, a partition counting for one
+//!   replica at most, and the replica reading the hottest partition not overloaded. The
+//!   records that arrive while new replicas start and the group rebalances are counted
+//!   too; both delays are measured.
+//! - Up at once, but only when the current count cannot meet the target even flat out;
+//!   down only when the lower count was enough over the whole stabilization window and
+//!   can absorb its own rebalance. The band between the two stops flapping. Hold during
+//!   rebalances and until a change has taken effect. Without a capacity measurement yet,
+//!   wait one reading to measure; if nothing is consumed at all, double stepwise.
+//! - To zero after `idleAfter` with no arrivals and no lag (when `minReplicas` is 0),
+//!   and back as soon as a record arrives.
+//! - [`sim`] replays load traces through this and through a model of KEDA's Kafka
+//!   scaler with HPA (the `scaling-bench` binary).
 
 mod cost;
 mod history;

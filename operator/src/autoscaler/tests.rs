@@ -49,6 +49,7 @@ fn cluster(partitions: usize) -> ClusterConfig {
         capacity_per_replica: 1000.0,
         startup_secs: 10,
         rebalance_secs: 5,
+        lag_target_secs: 30.0,
     }
 }
 
@@ -217,6 +218,44 @@ fn steady_load_after_learning_capacity_settles_and_stays() {
     let late: Vec<_> = out.timeline.iter().filter(|(t, _)| *t > 600).collect();
     assert!(late.is_empty(), "{:?} / {:?}", out.timeline, scaler.log);
     assert!(out.changes <= 2, "{:?}", scaler.log);
+}
+
+/// A deterministic noise in [-1, 1] per second (splitmix64).
+fn noise(t: u64) -> f64 {
+    let mut z = t.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+}
+
+#[test]
+fn noisy_load_does_not_flap() {
+    // 2500/s +-40% every second for an hour.
+    let trace = Trace {
+        name: "noisy",
+        duration_secs: 3600,
+        rate: Box::new(|t| 2500.0 * (1.0 + 0.4 * noise(t))),
+        bursts: vec![],
+        weights: vec![],
+        initial_replicas: 1,
+        need: (3, 0),
+    };
+    let mut scaler = sluice(settings(1, 12));
+    let out = run(&cluster(12), &trace, &mut scaler);
+    assert!(out.changes <= 4, "{:?}", scaler.log);
+    // No reversal: once it went down it never came back up, or the other way round.
+    let steps: Vec<i64> = out
+        .timeline
+        .iter()
+        .scan(1i64, |prev, (_, n)| {
+            let step = (i64::from(*n) - *prev).signum();
+            *prev = i64::from(*n);
+            Some(step)
+        })
+        .collect();
+    let reversals = steps.windows(2).filter(|w| w[0] != w[1]).count();
+    assert!(reversals <= 1, "{:?}", scaler.log);
 }
 
 #[test]

@@ -27,6 +27,8 @@ pub struct ClusterConfig {
     pub startup_secs: u64,
     /// Seconds every replica stops while the group rebalances.
     pub rebalance_secs: u64,
+    /// The drain time the pipeline should meet, to count the seconds it did not.
+    pub lag_target_secs: f64,
 }
 
 /// A load trace: records arriving per second, plus one-off bursts.
@@ -121,6 +123,9 @@ pub struct Outcome {
     pub changes: u32,
     /// The most records waiting at any second.
     pub peak_lag: f64,
+    /// Seconds in which the records waiting could not drain within the lag target at
+    /// the ready replicas' full speed (with arrivals continuing).
+    pub over_target_secs: u64,
     /// Records still waiting at the end.
     pub final_lag: f64,
     /// Replicas asked for at the end.
@@ -277,7 +282,12 @@ pub fn run(config: &ClusterConfig, trace: &Trace, scaler: &mut dyn Scaler) -> Ou
         cluster.consume(t);
 
         replica_secs += cluster.replicas.len() as u64;
-        out.peak_lag = out.peak_lag.max(cluster.lag());
+        let lag = cluster.lag();
+        out.peak_lag = out.peak_lag.max(lag);
+        let spare = cluster.ready(t) as f64 * config.capacity_per_replica - rate;
+        if lag >= 1.0 && (spare <= 0.0 || lag / spare > config.lag_target_secs) {
+            out.over_target_secs += 1;
+        }
         if out.reach_secs.is_none() && t >= need_from && cluster.ready(t) >= need as usize {
             out.reach_secs = Some(t - need_from);
         }
@@ -324,6 +334,7 @@ mod tests {
             capacity_per_replica: 100.0,
             startup_secs: 10,
             rebalance_secs: 5,
+            lag_target_secs: 30.0,
         }
     }
 
