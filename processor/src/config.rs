@@ -51,11 +51,16 @@ pub struct PipelineConfig {
     pub namespace: String,
     /// The spec.
     pub spec: PipelineSpec,
+    /// A consumer group set by the operator (`SLUICE_GROUP_ID`), instead of the default.
+    pub group_override: Option<String>,
 }
 
 impl PipelineConfig {
     /// The consumer group: stable per pipeline, so restarts and rescales keep offsets.
     pub fn group_id(&self) -> String {
+        if let Some(g) = &self.group_override {
+            return g.clone();
+        }
         format!("sluice-{}-{}", self.namespace, self.name)
     }
 
@@ -115,6 +120,7 @@ impl PipelineConfig {
             name,
             namespace: namespace.unwrap_or_else(|| "default".to_string()),
             spec,
+            group_override: None,
         })
     }
 }

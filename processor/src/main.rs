@@ -28,7 +28,7 @@ struct KafkaArgs {
     #[arg(long, env = "SLUICE_KAFKA_BOOTSTRAP")]
     bootstrap: String,
     /// File of extra librdkafka properties (key=value lines), e.g. SASL/TLS from a Secret.
-    #[arg(long, env = "SLUICE_KAFKA_CONFIG")]
+    #[arg(long, env = "SLUICE_KAFKA_CONFIG_FILE")]
     kafka_config: Option<PathBuf>,
 }
 
@@ -44,9 +44,12 @@ enum Command {
         /// Address for /metrics, /healthz and /readyz.
         #[arg(long, env = "SLUICE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
         listen: SocketAddr,
-        /// Stable identity of this replica (the pod name), part of the transactional id.
+        /// Stable identity of this replica, part of the transactional id (default: POD_NAME, then HOSTNAME).
         #[arg(long, env = "SLUICE_REPLICA_ID")]
         replica_id: Option<String>,
+        /// Consumer group, overriding `sluice-<namespace>-<name>`.
+        #[arg(long, env = "SLUICE_GROUP_ID")]
+        group_id: Option<String>,
     },
     /// Run a Pipeline manifest locally, without Kubernetes.
     Run {
@@ -126,10 +129,13 @@ fn main() {
             kafka,
             listen,
             replica_id,
+            group_id,
         } => {
-            let cfg = PipelineConfig::load(&config).unwrap_or_else(|e| fail(2, e));
+            let mut cfg = PipelineConfig::load(&config).unwrap_or_else(|e| fail(2, e));
+            cfg.group_override = group_id;
             let settings = settings(&kafka).unwrap_or_else(|e| fail(2, e));
             let replica_id = replica_id
+                .or_else(|| std::env::var("POD_NAME").ok())
                 .or_else(|| std::env::var("HOSTNAME").ok())
                 .unwrap_or_else(|| "0".to_string());
             let opts = RunOptions {

@@ -4,7 +4,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -46,6 +47,20 @@ pub enum RestoreFailure {
     },
 }
 
+/// Client callbacks that do not log reaching the end of a partition as an error (it
+/// is how a restore knows it is done).
+struct QuietEof;
+
+impl ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::error!(%error, reason, "kafka client error while restoring");
+        }
+    }
+}
+
+impl ConsumerContext for QuietEof {}
+
 /// Reads `partitions` of `topic` from the beginning to their end into `agg`; returns the
 /// number of records applied.
 pub fn restore(
@@ -63,14 +78,14 @@ pub fn restore(
         topic: topic.to_string(),
         source,
     };
-    let consumer: BaseConsumer = settings
+    let consumer: BaseConsumer<QuietEof> = settings
         .client_config()
         .set("group.id", format!("{group_id}-restore"))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
-        .create()
+        .create_with_context(QuietEof)
         .map_err(kafka)?;
     let mut pending: BTreeSet<i32> = BTreeSet::new();
     let mut tpl = TopicPartitionList::new();

@@ -1,0 +1,547 @@
+//! The processor binary against the real Kafka broker: the seed's aggregation, a SIGKILL
+//! during an exactly-once run, dead-lettering, routing and the local `run` mode.
+//!
+//! The tests build `sluice-processor` with cargo once and run it as a child process
+//! (`sluice-processor run -f <manifest>`). Topic names are unique per test.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use sluice_e2e::cluster::unique;
+use sluice_e2e::env::TestEnv;
+use sluice_e2e::kafka::{self, Read};
+
+/// Long enough for a slow shared machine; the tests wait for events, not for time.
+const WAIT: Duration = Duration::from_secs(180);
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Builds the processor once per test binary and returns its path.
+fn processor_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "sluice-processor",
+                "--bin",
+                "sluice-processor",
+            ])
+            .current_dir(repo_root())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build -p sluice-processor failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target"));
+        target.join("debug").join("sluice-processor")
+    })
+    .clone()
+}
+
+fn log_dir() -> PathBuf {
+    let dir = TestEnv::state_dir().join("logs").join("processor");
+    std::fs::create_dir_all(&dir).expect("create log dir");
+    dir
+}
+
+/// A running `sluice-processor run`, killed when dropped.
+struct Processor {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Processor {
+    fn start(bootstrap: &str, manifest: &Path, tag: &str) -> Self {
+        let log = log_dir().join(format!("{tag}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open log");
+        let child = Command::new(processor_bin())
+            .args(["run", "-f"])
+            .arg(manifest)
+            .args(["--bootstrap", bootstrap])
+            .env("RUST_LOG", "info")
+            .stdout(out.try_clone().expect("clone log"))
+            .stderr(out)
+            .spawn()
+            .expect("start sluice-processor");
+        Self { child, log }
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.pid()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill {sig} {} failed", self.pid());
+    }
+
+    /// Waits for the process to exit (it must, within WAIT).
+    fn wait(&mut self) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "processor did not exit; log: {}",
+                self.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Processor {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let news: Vec<NewTopic> = topics
+        .iter()
+        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
+        .collect();
+    let results = admin
+        .create_topics(news.iter(), &AdminOptions::new())
+        .await
+        .expect("create topics");
+    for r in results {
+        r.expect("topic created");
+    }
+}
+
+fn write_manifest(name: &str, spec: serde_json::Value) -> PathBuf {
+    let doc = serde_json::json!({
+        "apiVersion": "sluice.dev/v1alpha1",
+        "kind": "Pipeline",
+        "metadata": {"name": name, "namespace": "e2e"},
+        "spec": spec,
+    });
+    let path = log_dir().join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_vec_pretty(&doc).expect("json")).expect("write manifest");
+    path
+}
+
+/// Orders `from..to`: region by index, total `(i % 50) - 5`; returns them with the
+/// totals per region of those that pass `total > 0`, and how many pass.
+fn orders(from: usize, to: usize) -> (Vec<(String, String)>, BTreeMap<String, f64>, usize) {
+    let regions = ["eu-west", "us-east", "ap-south"];
+    let mut records = Vec::new();
+    let mut totals = BTreeMap::new();
+    let mut kept = 0;
+    for i in from..to {
+        let region = regions[i % 3];
+        let total = (i % 50) as f64 - 5.0;
+        records.push((
+            format!("o-{i}"),
+            serde_json::json!({"orderId": format!("o-{i}"), "region": region, "total": total})
+                .to_string(),
+        ));
+        if total > 0.0 {
+            *totals.entry(region.to_string()).or_insert(0.0) += total;
+            kept += 1;
+        }
+    }
+    (records, totals, kept)
+}
+
+fn merge(a: &mut BTreeMap<String, f64>, b: BTreeMap<String, f64>) {
+    for (k, v) in b {
+        *a.entry(k).or_insert(0.0) += v;
+    }
+}
+
+fn read(bootstrap: &str, topic: &str) -> Vec<Read> {
+    kafka::read_all(bootstrap, topic, Duration::from_secs(2), WAIT).expect("read topic")
+}
+
+/// Reads `topic` until it holds at least `count` committed records.
+fn read_until(bootstrap: &str, topic: &str, count: usize, p: &Processor) -> Vec<Read> {
+    let start = Instant::now();
+    loop {
+        let records = read(bootstrap, topic);
+        if records.len() >= count {
+            return records;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "{topic} has {} of {count} records; processor log: {}\n{}",
+            records.len(),
+            p.log.display(),
+            p.log_text()
+        );
+    }
+}
+
+fn assert_totals(records: &[Read], expected: &BTreeMap<String, f64>) {
+    let latest = kafka::latest_by_key(records);
+    let got: BTreeMap<String, f64> = latest
+        .iter()
+        .map(|(k, v)| (k.clone(), v["total"].as_f64().expect("numeric total")))
+        .collect();
+    assert_eq!(&got, expected);
+    for (k, v) in &latest {
+        assert_eq!(
+            v["region"],
+            serde_json::json!(k),
+            "output record {v} keyed by its region"
+        );
+    }
+}
+
+fn seed_spec(input: &str, output: &str, dlq: &str) -> serde_json::Value {
+    serde_json::json!({
+        "inputs": [input],
+        "steps": [
+            {"name": "positive", "filter": "value.total > 0.0"},
+            {"name": "per-region", "aggregate": {
+                "groupBy": {"region": "value.region"},
+                "aggregations": [{"name": "total", "op": "sum", "of": "value.total"}]
+            }}
+        ],
+        "outputs": [{"topic": output}],
+        "deadLetter": {"topic": dlq},
+        "delivery": "exactlyOnce",
+        "commitInterval": "200ms"
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seed_aggregation_gives_exact_totals_per_region() {
+    let env = TestEnv::require();
+    let bootstrap = env.var("KAFKA_BOOTSTRAP");
+    let name = unique("seed");
+    let (input, output, dlq) = (
+        format!("{name}-orders"),
+        format!("{name}-totals"),
+        format!("{name}-dlq"),
+    );
+    create_topics(&bootstrap, &[(&input, 3), (&output, 1), (&dlq, 1)]).await;
+    let (records, totals, kept) = orders(0, 600);
+    kafka::produce(&kafka::producer(&bootstrap).unwrap(), &input, &records)
+        .await
+        .unwrap();
+
+    let manifest = write_manifest(&name, seed_spec(&input, &output, &dlq));
+    let mut p = Processor::start(&bootstrap, &manifest, &name);
+    let out = read_until(&bootstrap, &output, kept, &p);
+    p.signal("-TERM");
+    let status = p.wait();
+    assert!(
+        status.success(),
+        "SIGTERM should exit 0, got {status}; log: {}",
+        p.log.display()
+    );
+
+    let out_after = read(&bootstrap, &output);
+    assert_eq!(out_after.len(), kept, "one update per kept order, no more");
+    assert_totals(&out, &totals);
+    assert!(read(&bootstrap, &dlq).is_empty());
+    assert!(
+        p.log_text().contains("committed and left the group"),
+        "{}",
+        p.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_during_exactly_once_run_loses_and_duplicates_nothing() {
+    let env = TestEnv::require();
+    let bootstrap = env.var("KAFKA_BOOTSTRAP");
+    let name = unique("kill");
+    let (input, output, dlq) = (
+        format!("{name}-orders"),
+        format!("{name}-totals"),
+        format!("{name}-dlq"),
+    );
+    create_topics(&bootstrap, &[(&input, 3), (&output, 1), (&dlq, 1)]).await;
+    let producer = kafka::producer(&bootstrap).unwrap();
+    let (first, mut totals, kept_first) = orders(0, 4000);
+    kafka::produce(&producer, &input, &first).await.unwrap();
+    let manifest = write_manifest(&name, seed_spec(&input, &output, &dlq));
+
+    let mut p = Processor::start(&bootstrap, &manifest, &name);
+    // Kill as soon as the first transaction is visible: mid-stream.
+    read_until(&bootstrap, &output, 1, &p);
+    p.signal("-KILL");
+    p.wait();
+
+    let (second, more, kept_second) = orders(4000, 6000);
+    merge(&mut totals, more);
+    kafka::produce(&producer, &input, &second).await.unwrap();
+    let kept = kept_first + kept_second;
+    let mut p = Processor::start(&bootstrap, &manifest, &name);
+    read_until(&bootstrap, &output, kept, &p);
+    p.signal("-TERM");
+    let status = p.wait();
+    assert!(status.success(), "{status}; log: {}", p.log.display());
+
+    let out = read(&bootstrap, &output);
+    assert_eq!(
+        out.len(),
+        kept,
+        "exactly one committed update per kept order across the kill"
+    );
+    assert_totals(&out, &totals);
+    // Each region's running total only ever grows by that region's orders: no update
+    // was applied twice.
+    let mut last: BTreeMap<String, f64> = BTreeMap::new();
+    for r in &out {
+        let v: serde_json::Value = serde_json::from_str(r.value.as_deref().unwrap()).unwrap();
+        let key = r.key.clone().unwrap();
+        let total = v["total"].as_f64().unwrap();
+        let prev = last.insert(key.clone(), total).unwrap_or(0.0);
+        assert!(total > prev, "{key}: {total} after {prev}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_records_go_to_the_dead_letter_topic_with_headers() {
+    let env = TestEnv::require();
+    let bootstrap = env.var("KAFKA_BOOTSTRAP");
+    let name = unique("dlq");
+    let (input, output, dlq) = (
+        format!("{name}-in"),
+        format!("{name}-out"),
+        format!("{name}-dlq"),
+    );
+    create_topics(&bootstrap, &[(&input, 1), (&output, 1), (&dlq, 1)]).await;
+    let records: Vec<(String, String)> = [
+        ("a", r#"{"region":"eu","total":5.0}"#),
+        ("b", "{oops"),
+        ("c", r#"{"region":"eu"}"#),
+        ("d", r#"{"region":"us","total":150.0}"#),
+        ("e", r#"{"region":"us","total":-1.0}"#),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    kafka::produce(&kafka::producer(&bootstrap).unwrap(), &input, &records)
+        .await
+        .unwrap();
+    let manifest = write_manifest(
+        &name,
+        serde_json::json!({
+            "inputs": [input],
+            "steps": [
+                {"name": "positive", "filter": "value.total > 0.0"},
+                {"name": "shape", "map": {"set": {"big": "value.total > 100.0"}}}
+            ],
+            "outputs": [{"topic": output}],
+            "deadLetter": {"topic": dlq},
+        }),
+    );
+    let mut p = Processor::start(&bootstrap, &manifest, &name);
+    let dead = read_until(&bootstrap, &dlq, 2, &p);
+    let out = read_until(&bootstrap, &output, 2, &p);
+    p.signal("-TERM");
+    assert!(p.wait().success());
+
+    let values: Vec<serde_json::Value> = out
+        .iter()
+        .map(|r| serde_json::from_str(r.value.as_deref().unwrap()).unwrap())
+        .collect();
+    assert_eq!(
+        values,
+        vec![
+            serde_json::json!({"region": "eu", "total": 5.0, "big": false}),
+            serde_json::json!({"region": "us", "total": 150.0, "big": true}),
+        ]
+    );
+    assert_eq!(dead.len(), 2);
+    let (bad_json, bad_expr) = (&dead[0], &dead[1]);
+    assert_eq!(bad_json.key.as_deref(), Some("b"));
+    assert_eq!(
+        bad_json.value.as_deref(),
+        Some("{oops"),
+        "the original value is kept"
+    );
+    assert_eq!(bad_json.headers["sluice.step"], "decode");
+    assert_eq!(bad_json.headers["sluice.source.topic"], input);
+    assert_eq!(bad_json.headers["sluice.source.partition"], "0");
+    assert_eq!(bad_json.headers["sluice.source.offset"], "1");
+    assert!(
+        bad_json.headers["sluice.error"].contains("JSON"),
+        "{:?}",
+        bad_json.headers
+    );
+    assert_eq!(bad_expr.key.as_deref(), Some("c"));
+    assert_eq!(bad_expr.headers["sluice.step"], "positive");
+    assert_eq!(bad_expr.headers["sluice.source.offset"], "2");
+    assert!(
+        bad_expr.headers["sluice.error"].contains("value.total"),
+        "{:?}",
+        bad_expr.headers
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn route_sends_each_record_to_the_first_matching_topic() {
+    let env = TestEnv::require();
+    let bootstrap = env.var("KAFKA_BOOTSTRAP");
+    let name = unique("route");
+    let (input, eu, big, rest) = (
+        format!("{name}-in"),
+        format!("{name}-eu"),
+        format!("{name}-big"),
+        format!("{name}-rest"),
+    );
+    create_topics(&bootstrap, &[(&input, 2), (&eu, 1), (&big, 1), (&rest, 1)]).await;
+    let (records, _, _) = orders(0, 300);
+    kafka::produce(&kafka::producer(&bootstrap).unwrap(), &input, &records)
+        .await
+        .unwrap();
+    let manifest = write_manifest(
+        &name,
+        serde_json::json!({
+            "inputs": [input],
+            "steps": [{"name": "split", "route": {
+                "routes": [
+                    {"when": "value.region == 'eu-west'", "topic": eu},
+                    {"when": "value.total >= 40.0", "topic": big}
+                ],
+                "default": rest
+            }}],
+        }),
+    );
+    let expect = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+        let mut ids: Vec<String> = records
+            .iter()
+            .map(|(_, v)| serde_json::from_str::<serde_json::Value>(v).unwrap())
+            .filter(|v| pred(v))
+            .map(|v| v["orderId"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let is_eu = |v: &serde_json::Value| v["region"] == "eu-west";
+    let is_big = |v: &serde_json::Value| !is_eu(v) && v["total"].as_f64().unwrap() >= 40.0;
+    let is_rest = |v: &serde_json::Value| !is_eu(v) && !is_big(v);
+    let mut p = Processor::start(&bootstrap, &manifest, &name);
+    let ids = |records: Vec<Read>| {
+        let mut ids: Vec<String> = records
+            .iter()
+            .map(|r| {
+                serde_json::from_str::<serde_json::Value>(r.value.as_deref().unwrap()).unwrap()
+                        ["orderId"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+            })
+            .collect();
+        ids.sort();
+        ids
+    };
+    let want_eu = expect(&is_eu);
+    let want_big = expect(&is_big);
+    let want_rest = expect(&is_rest);
+    assert_eq!(ids(read_until(&bootstrap, &eu, want_eu.len(), &p)), want_eu);
+    assert_eq!(
+        ids(read_until(&bootstrap, &big, want_big.len(), &p)),
+        want_big
+    );
+    assert_eq!(
+        ids(read_until(&bootstrap, &rest, want_rest.len(), &p)),
+        want_rest
+    );
+    p.signal("-TERM");
+    assert!(p.wait().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_mode_names_the_missing_topics_and_exits_non_zero() {
+    let env = TestEnv::require();
+    let bootstrap = env.var("KAFKA_BOOTSTRAP");
+    let name = unique("missing");
+    let (input, output, dlq) = (
+        format!("{name}-in"),
+        format!("{name}-out"),
+        format!("{name}-dlq"),
+    );
+    create_topics(&bootstrap, &[(&output, 1)]).await;
+    let manifest = write_manifest(
+        &name,
+        serde_json::json!({"inputs": [input], "outputs": [{"topic": output}], "deadLetter": {"topic": dlq}}),
+    );
+    let out = Command::new(processor_bin())
+        .args(["run", "-f"])
+        .arg(&manifest)
+        .args(["--bootstrap", &bootstrap])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sluice-processor");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("missing topics: {dlq}, {input}")),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_dead_letter_topic_a_bad_record_stops_the_pipeline_after_committing_the_good_ones()
+ {
+    let env = TestEnv::require();
+    let bootstrap = env.var("KAFKA_BOOTSTRAP");
+    let name = unique("nodlq");
+    let (input, output) = (format!("{name}-in"), format!("{name}-out"));
+    create_topics(&bootstrap, &[(&input, 1), (&output, 1)]).await;
+    let records: Vec<(String, String)> = [r#"{"a":1}"#, r#"{"a":2}"#, "not json", r#"{"a":3}"#]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (i.to_string(), v.to_string()))
+        .collect();
+    kafka::produce(&kafka::producer(&bootstrap).unwrap(), &input, &records)
+        .await
+        .unwrap();
+    let manifest = write_manifest(
+        &name,
+        serde_json::json!({"inputs": [input], "outputs": [{"topic": output}], "delivery": "exactlyOnce"}),
+    );
+    let mut p = Processor::start(&bootstrap, &manifest, &name);
+    let status = p.wait();
+    assert_eq!(status.code(), Some(1), "log: {}", p.log_text());
+    assert!(
+        p.log_text().contains("has no spec.deadLetter topic"),
+        "{}",
+        p.log_text()
+    );
+    assert_eq!(
+        read(&bootstrap, &output).len(),
+        2,
+        "the records before the bad one are committed"
+    );
+}
