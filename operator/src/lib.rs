@@ -1,5 +1,7 @@
 //! The Sluice operator as a library: controllers, Kafka admin, metrics and the HTTP server.
-#![forbid(unsafe_code)]
+// Unsafe code is denied everywhere but the modules that call librdkafka functions rdkafka
+// does not wrap (kafka::incremental, pipeline::offsets).
+#![deny(unsafe_code)]
 
 pub mod backoff;
 pub mod cli;
@@ -117,12 +119,8 @@ fn controllers(ctx: &Arc<Context>, stop: &watch::Receiver<bool>) -> Vec<BoxFutur
 }
 
 /// Resolves when `stop` turns true (or its sender is gone).
-fn stopped(
-    mut stop: watch::Receiver<bool>,
-) -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
-    async move {
-        let _ = stop.wait_for(|s| *s).await;
-    }
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// The librdkafka properties: the file's, then the flags.

@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{
-    AdminClient, AdminOptions, AlterConfig, ConfigSource, NewPartitions, NewTopic,
-    ResourceSpecifier, TopicReplication,
+    AdminClient, AdminOptions, ConfigSource, NewPartitions, NewTopic, ResourceSpecifier,
+    TopicReplication,
 };
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
+use crate::kafka::incremental::{self, ConfigOp};
 use crate::metrics::Metrics;
 
 /// What Kafka has for one topic.
@@ -44,7 +45,7 @@ pub enum AdminError {
 }
 
 impl AdminError {
-    fn from_code(code: RDKafkaErrorCode) -> Self {
+    pub(crate) fn from_code(code: RDKafkaErrorCode) -> Self {
         if is_transient(code) {
             AdminError::Unavailable(code.to_string())
         } else {
@@ -250,28 +251,23 @@ impl KafkaAdmin {
         self.count("create_partitions", r)
     }
 
-    /// Replaces the topic-level configs of `topic` with `config` (keys left out go back to
-    /// the broker's defaults). With `validate_only`, Kafka checks and changes nothing.
-    pub async fn set_configs(
+    /// Applies config changes to `topic` key by key (incremental alter configs). With
+    /// `validate_only`, Kafka checks them and changes nothing. A refusal carries Kafka's message.
+    pub async fn alter_configs(
         &self,
         topic: &str,
-        config: &BTreeMap<String, String>,
+        ops: Vec<ConfigOp>,
         validate_only: bool,
     ) -> Result<(), AdminError> {
-        let mut alter = AlterConfig::new(ResourceSpecifier::Topic(topic));
-        for (k, v) in config {
-            alter = alter.set(k, v);
-        }
-        let r = self
-            .admin
-            .alter_configs(&[alter], &self.options().validate_only(validate_only))
-            .await
-            .map_err(AdminError::from_kafka)
-            .and_then(|results| match results.into_iter().next() {
-                Some(Ok(_)) => Ok(()),
-                Some(Err((_, code))) => Err(AdminError::from_code(code)),
-                None => Err(AdminError::Unavailable("empty AlterConfigs answer".into())),
-            });
+        let admin = self.admin.clone();
+        let name = topic.to_string();
+        let timeout = self.timeout;
+        let r = tokio::task::spawn_blocking(move || {
+            incremental::alter_topic_configs(&admin, &name, &ops, validate_only, timeout)
+        })
+        .await
+        .map_err(|e| AdminError::Unavailable(format!("alter configs task failed: {e}")))
+        .and_then(|r| r);
         self.count(
             if validate_only {
                 "validate_configs"

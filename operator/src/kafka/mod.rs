@@ -2,5 +2,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod incremental;
 
 pub use admin::{AdminError, KafkaAdmin, TopicState};
+pub use incremental::ConfigOp;

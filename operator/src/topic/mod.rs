@@ -234,7 +234,7 @@ async fn reconcile_topic(topic: &Topic, state: &TopicController) -> Result<Actio
         }
     }
 
-    let applied = match apply(&desired, observed.as_ref(), plan, ctx, &oref).await {
+    let applied = match apply(&desired, plan, ctx, &oref).await {
         Ok(a) => a,
         Err(e) => return kafka_failed(topic, &api, ctx, &oref, &desired.name, "change", e).await,
     };
@@ -281,7 +281,6 @@ enum Applied {
 
 async fn apply(
     desired: &Desired,
-    observed: Option<&TopicState>,
     plan: Plan,
     ctx: &Context,
     oref: &ObjectReference,
@@ -329,13 +328,12 @@ async fn apply(
                 return Ok(Applied::Nothing);
             }
             // Check configs before changing anything, so a refusal leaves the topic as it is.
-            if config.is_some() {
-                match ctx.kafka.set_configs(name, &desired.config, true).await {
+            if let Some(diff) = &config {
+                match ctx.kafka.alter_configs(name, diff.ops(), true).await {
                     Ok(()) => {}
                     Err(AdminError::Rejected { message, .. }) => {
-                        let culprits = invalid_configs(desired, observed, ctx).await;
                         return Ok(Applied::Refused(Refusal::InvalidConfig(format!(
-                            "Kafka refused the config of topic {name}: {message}{culprits}"
+                            "Kafka refused the config of topic {name}: {message}"
                         ))));
                     }
                     Err(e) => return Err(e),
@@ -360,7 +358,7 @@ async fn apply(
                 }
             }
             if let Some(diff) = config {
-                match ctx.kafka.set_configs(name, &desired.config, false).await {
+                match ctx.kafka.alter_configs(name, diff.ops(), false).await {
                     Ok(()) => {
                         let note =
                             format!("Changed config of Kafka topic {name}: {}", diff.describe());
@@ -376,35 +374,6 @@ async fn apply(
             }
             Ok(Applied::Changed)
         }
-    }
-}
-
-/// Names the keys Kafka refuses, by validating each changed key alone.
-async fn invalid_configs(
-    desired: &Desired,
-    observed: Option<&TopicState>,
-    ctx: &Context,
-) -> String {
-    let Some(current) = observed.map(|o| &o.config) else {
-        return String::new();
-    };
-    let mut bad = Vec::new();
-    for (key, value) in &desired.config {
-        if current.get(key) == Some(value) {
-            continue;
-        }
-        let mut one = current.clone();
-        one.insert(key.clone(), value.clone());
-        if let Err(AdminError::Rejected { .. }) =
-            ctx.kafka.set_configs(&desired.name, &one, true).await
-        {
-            bad.push(format!("{key}={value}"));
-        }
-    }
-    if bad.is_empty() {
-        String::new()
-    } else {
-        format!(" (refused: {})", bad.join(", "))
     }
 }
 

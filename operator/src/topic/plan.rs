@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use sluice_crds::Topic;
 
-use crate::kafka::TopicState;
+use crate::kafka::{ConfigOp, TopicState};
 
 /// The topic a Topic resource asks for, after validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +120,16 @@ impl ConfigDiff {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         (!set.is_empty() || !reset.is_empty()).then_some(Self { set, reset })
+    }
+
+    /// The incremental changes: set what differs, delete what the spec does not name.
+    pub fn ops(&self) -> Vec<ConfigOp> {
+        let sets = self
+            .set
+            .iter()
+            .map(|(k, (_, v))| ConfigOp::Set(k.clone(), v.clone()));
+        let deletes = self.reset.keys().map(|k| ConfigOp::Delete(k.clone()));
+        sets.chain(deletes).collect()
     }
 
     /// A sentence for an event: `retention.ms 1000 -> 2000, cleanup.policy reset to default (was compact)`.
@@ -354,6 +364,14 @@ mod tests {
         else {
             panic!("{p:?}")
         };
+        assert_eq!(
+            diff.ops(),
+            vec![
+                ConfigOp::Set("retention.ms".into(), "2000".into()),
+                ConfigOp::Set("segment.bytes".into(), "1048576".into()),
+                ConfigOp::Delete("cleanup.policy".into()),
+            ]
+        );
         assert_eq!(
             diff.describe(),
             "retention.ms 1000 -> 2000, segment.bytes set to 1048576, cleanup.policy reset to default (was compact)"
