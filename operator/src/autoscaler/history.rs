@@ -36,8 +36,15 @@ impl Sample {
         !self.rebalancing && self.ready > 0
     }
 
+    /// Distinct input partitions in this sample.
+    pub fn partition_count(&self) -> usize {
+        self.parts.len()
+    }
+
     pub fn total_lag(&self) -> u64 {
-        self.parts.values().map(|p| p.lag).sum()
+        self.parts
+            .values()
+            .fold(0u64, |total, p| total.saturating_add(p.lag))
     }
 
     /// The partition with the most lag, and that lag.
@@ -183,7 +190,11 @@ impl History {
             parts,
         });
         let now = obs.now;
-        while self.samples.len() > 2 && self.samples.get(1).is_some_and(|s| s.at + self.keep <= now)
+        while self.samples.len() > 2
+            && self
+                .samples
+                .get(1)
+                .is_some_and(|s| now.saturating_sub(s.at) >= self.keep)
         {
             self.samples.pop_front();
         }
@@ -198,7 +209,7 @@ impl History {
         let first = self
             .samples
             .iter()
-            .position(|s| s.at + window >= newest.at)
+            .position(|s| newest.at.saturating_sub(s.at) <= window)
             .unwrap_or(len - 1)
             .min(len.saturating_sub(2));
         let span = newest
@@ -224,8 +235,8 @@ impl History {
             for (id, pb) in &b.parts {
                 let Some(pa) = a.parts.get(id) else { continue };
                 let p = produced(pa, pb);
-                produced_total += p;
-                consumed_total += consumed(pa, pb);
+                produced_total = produced_total.saturating_add(p);
+                consumed_total = consumed_total.saturating_add(consumed(pa, pb));
                 by_partition.entry(id).or_default().push(p as f64 / dt);
             }
         }
@@ -291,12 +302,12 @@ impl History {
         for (id, pb) in &b.parts {
             let Some(pa) = a.parts.get(id) else { continue };
             let c = consumed(pa, pb);
-            consumed_all += c;
+            consumed_all = consumed_all.saturating_add(c);
             let rate = (c.max(produced(pa, pb))) as f64 / dt;
             let threshold = (rate * backlog_secs).max(MIN_BACKLOG_RECORDS);
             if pa.lag as f64 >= threshold && pb.lag as f64 >= threshold {
                 backlogged += 1;
-                consumed_there += c;
+                consumed_there = consumed_there.saturating_add(c);
             }
         }
         if backlogged == 0 {

@@ -352,7 +352,7 @@ impl Autoscaler {
                         c,
                         TARGET_UTILIZATION,
                     );
-                    let n = sizing.replicas.max(current + 1);
+                    let n = sizing.replicas.max(current.saturating_add(1));
                     Plan::now(n, self.explain(&sizing, n, lag, arrival, c, extra))
                 } else {
                     Plan::recommend(
@@ -462,7 +462,11 @@ impl Autoscaler {
     /// is read by one replica; more would idle). When `minReplicas` exceeds the
     /// partitions, the partitions win.
     fn bounds(&self, obs: &Observation) -> (u32, u32) {
-        let partitions = u32::try_from(obs.partitions.len()).unwrap_or(u32::MAX);
+        let partitions = self
+            .history
+            .latest()
+            .map_or(obs.partitions.len(), |s| s.partition_count());
+        let partitions = u32::try_from(partitions).unwrap_or(u32::MAX);
         let upper = self.settings.max_replicas.min(partitions);
         (self.settings.min_replicas.min(upper), upper)
     }
@@ -482,7 +486,9 @@ impl Autoscaler {
         if plan.replicas > upper {
             reason.push_str(&format!(
                 " (capped at {upper}: {} input partitions, maxReplicas {})",
-                obs.partitions.len(),
+                self.history
+                    .latest()
+                    .map_or(obs.partitions.len(), |s| s.partition_count()),
                 self.settings.max_replicas
             ));
         } else if plan.replicas < lower {
@@ -496,7 +502,7 @@ impl Autoscaler {
         let covered = self
             .recommendations
             .front()
-            .is_some_and(|(at, _)| *at + window <= obs.now);
+            .is_some_and(|(at, _)| obs.now.saturating_sub(*at) >= window);
         let highest = self
             .recommendations
             .iter()
@@ -537,7 +543,7 @@ impl Autoscaler {
             && self
                 .recommendations
                 .get(1)
-                .is_some_and(|(at, _)| *at + window <= now)
+                .is_some_and(|(at, _)| now.saturating_sub(*at) >= window)
         {
             self.recommendations.pop_front();
         }

@@ -291,6 +291,37 @@ fn stabilization_delays_scale_down() {
 }
 
 #[test]
+fn extreme_offsets_and_times_do_not_overflow() {
+    let mut scaler = Autoscaler::new(settings(0, 4));
+    let huge = [
+        (0, i64::MAX, Some(0)),
+        (0, i64::MAX, None),
+        (0, i64::MAX, Some(-5)),
+    ];
+    let d = scaler.observe(&obs(0, &huge, 1));
+    assert_eq!(d.metrics.total_lag, u64::MAX);
+    let mut far = obs(0, &huge, u32::MAX);
+    far.now = Duration::MAX;
+    let d = scaler.observe(&far);
+    assert_eq!(d.replicas, 3, "{}", d.reason);
+}
+
+#[test]
+fn duplicate_partitions_count_once() {
+    let mut scaler = Autoscaler::new(settings(1, 8));
+    let a = [(0, 1_000_000, Some(0)); 1];
+    let mut o = obs(0, &a, 1);
+    o.partitions.push(o.partitions[0].clone());
+    scaler.observe(&o);
+    o.now = Duration::from_secs(5);
+    for p in &mut o.partitions {
+        p.committed = Some(5_000);
+    }
+    let d = scaler.observe(&o);
+    assert_eq!(d.replicas, 1, "{}", d.reason);
+}
+
+#[test]
 fn a_clock_that_goes_backwards_starts_over_without_panicking() {
     let mut scaler = Autoscaler::new(settings(1, 4));
     scaler.observe(&obs(100, &[(0, 100, Some(0))], 1));
