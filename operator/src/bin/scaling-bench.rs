@@ -40,13 +40,13 @@ fn main() -> ExitCode {
     // Per KEDA run: traces where Sluice was as fast or faster, changed as rarely or more
     // rarely, and spent as little or less time over the lag target.
     let mut score = [[0usize; 3]; 2];
-    let traces = traces();
+    let traces = traces(67);
     println!(
         "\n{:<7} {:<26} {:>12} {:>11} {:>8} {:>9} {:>11}  replicas over time (count@second)",
         "trace", "scaler", "enough after", "replica-min", "changes", "peak lag", "over target"
     );
     for trace in &traces {
-        let min = if trace.initial_replicas == 0 { 0 } else { 1 };
+        let min = u32::from(trace.initial_replicas != 0);
         let mut sluice = sluice(min);
         let mut tuned = Keda::new(KedaSettings::defaults(threshold, min, MAX_REPLICAS));
         let mut default = Keda::new(KedaSettings::defaults(10.0, min, MAX_REPLICAS));
@@ -94,7 +94,8 @@ fn main() -> ExitCode {
             score[k][0], score[k][1], score[k][2]
         );
     }
-    println!("scaling-bench: done, {n} traces x 3 scalers");
+    sweep(&cluster, threshold, 60..90);
+    println!("scaling-bench: done, {n} traces x 3 scalers, then each again at 30 event times");
     ExitCode::SUCCESS
 }
 
@@ -192,24 +193,31 @@ fn noise(t: u64) -> f64 {
     (z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
 }
 
-fn traces() -> Vec<Trace> {
-    // The ramp passes 5000/s (the load needing 6 replicas) at this second.
-    let ramp_rate = |t: u64| match t {
-        0..60 => 300.0,
-        60..660 => 300.0 + 5700.0 * (t - 60) as f64 / 600.0,
-        _ => 6000.0,
+/// The traces, with their load event (burst, start of the ramp or of the noise) at
+/// second `at`; the wake trace's load starts 75 s later.
+fn traces(at: u64) -> Vec<Trace> {
+    let ramp_rate = move |t: u64| {
+        if t < at {
+            300.0
+        } else if t < at + 600 {
+            300.0 + 5700.0 * (t - at) as f64 / 600.0
+        } else {
+            6000.0
+        }
     };
-    let ramp_needs_six = (0..900).find(|&t| ramp_rate(t) > 5000.0).unwrap_or(0);
+    // The ramp passes 5000/s (the load needing 6 replicas) at this second.
+    let ramp_needs_six = (0..2000).find(|&t| ramp_rate(t) > 5000.0).unwrap_or(0);
+    let wake = at + 75;
     vec![
         Trace {
             name: "spike",
             duration_secs: 600,
             rate: Box::new(|_| 500.0),
-            bursts: vec![(67, 120_000.0)],
+            bursts: vec![(at, 120_000.0)],
             weights: vec![],
             initial_replicas: 1,
             // Drain 120k within 30 s while 500/s keep arriving: 4500/s -> 5 replicas.
-            need: (5, 67),
+            need: (5, at),
         },
         Trace {
             name: "ramp",
@@ -232,8 +240,8 @@ fn traces() -> Vec<Trace> {
         Trace {
             name: "noisy",
             duration_secs: 900,
-            rate: Box::new(|t| {
-                if t < 67 {
+            rate: Box::new(move |t| {
+                if t < at {
                     300.0
                 } else {
                     2500.0 * (1.0 + 0.4 * noise(t))
@@ -242,22 +250,28 @@ fn traces() -> Vec<Trace> {
             bursts: vec![],
             weights: vec![],
             initial_replicas: 1,
-            need: (3, 67),
+            need: (3, at),
         },
         Trace {
             name: "wake",
             duration_secs: 1200,
-            rate: Box::new(|t| if (142..442).contains(&t) { 800.0 } else { 0.0 }),
+            rate: Box::new(move |t| {
+                if (wake..wake + 300).contains(&t) {
+                    800.0
+                } else {
+                    0.0
+                }
+            }),
             bursts: vec![],
             weights: vec![],
             initial_replicas: 0,
-            need: (1, 142),
+            need: (1, wake),
         },
         Trace {
             name: "hot",
             duration_secs: 600,
             rate: Box::new(|_| 1200.0),
-            bursts: vec![(67, 60_000.0)],
+            bursts: vec![(at, 60_000.0)],
             // Partition 0 takes 20% of everything.
             weights: {
                 let mut w = vec![0.8 / 11.0; PARTITIONS];
@@ -269,9 +283,94 @@ fn traces() -> Vec<Trace> {
             // 640/s, each other partition 87/s + 4364/30 = 232/s. 4 replicas carry the
             // total (3200/s) but the one reading partition 0 then also reads two others
             // (1104/s > 1000/s); with 6 it reads one other (872/s).
-            need: (6, 67),
+            need: (6, at),
         },
     ]
+}
+
+/// Means over several runs of one scaler on one trace.
+#[derive(Default)]
+struct Sweep {
+    runs: u32,
+    reached: u32,
+    reach_secs: u64,
+    changes: u32,
+    over_target_secs: u64,
+    replica_minutes: f64,
+}
+
+impl Sweep {
+    fn add(&mut self, out: &Outcome) {
+        self.runs += 1;
+        if let Some(s) = out.reach_secs {
+            self.reached += 1;
+            self.reach_secs += s;
+        }
+        self.changes += out.changes;
+        self.over_target_secs += out.over_target_secs;
+        self.replica_minutes += out.replica_minutes;
+    }
+
+    fn print(&self, trace: &str, scaler: &str) {
+        let runs = f64::from(self.runs.max(1));
+        let reach = if self.reached == 0 {
+            "never".to_string()
+        } else {
+            let mean = self.reach_secs as f64 / f64::from(self.reached);
+            let never = self.runs - self.reached;
+            if never > 0 {
+                format!("{mean:.1} s ({never} never)")
+            } else {
+                format!("{mean:.1} s")
+            }
+        };
+        println!(
+            "{trace:<7} {scaler:<26} {reach:>18} {:>11.1} {:>8.2} {:>11.1}",
+            self.replica_minutes / runs,
+            f64::from(self.changes) / runs,
+            self.over_target_secs as f64 / runs
+        );
+    }
+}
+
+/// Runs every trace with its event at each second of `ats`, and prints the means.
+fn sweep(cluster: &ClusterConfig, threshold: f64, ats: std::ops::Range<u64>) {
+    println!(
+        "\nThe same, averaged over {} event times (second {} to {}), so no scaler gains from \
+         where its polls fall:",
+        ats.end - ats.start,
+        ats.start,
+        ats.end - 1
+    );
+    println!(
+        "{:<7} {:<26} {:>18} {:>11} {:>8} {:>11}",
+        "trace", "scaler", "enough after", "replica-min", "changes", "over target"
+    );
+    let names = traces(ats.start);
+    for (i, name) in names.iter().map(|t| t.name).enumerate() {
+        let mut sums: [Sweep; 3] = Default::default();
+        let mut labels = [String::new(), String::new(), String::new()];
+        for at in ats.clone() {
+            let trace = &traces(at)[i];
+            let min = u32::from(trace.initial_replicas != 0);
+            let mut scalers: [Box<dyn Scaler>; 3] = [
+                Box::new(sluice(min)),
+                Box::new(Keda::new(KedaSettings::defaults(
+                    threshold,
+                    min,
+                    MAX_REPLICAS,
+                ))),
+                Box::new(Keda::new(KedaSettings::defaults(10.0, min, MAX_REPLICAS))),
+            ];
+            for (k, scaler) in scalers.iter_mut().enumerate() {
+                sums[k].add(&run(cluster, trace, scaler.as_mut()));
+                labels[k] = scaler.name();
+            }
+        }
+        for (k, sum) in sums.iter().enumerate() {
+            sum.print(if k == 0 { name } else { "" }, &labels[k]);
+        }
+    }
 }
 
 fn row(trace: &str, scaler: &dyn Scaler, out: &Outcome) {
