@@ -8,7 +8,7 @@ pub mod finalizer;
 pub mod plan;
 pub mod status;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,8 +23,8 @@ use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use rdkafka::error::RDKafkaErrorCode;
 use serde_json::json;
-use sluice_crds::Topic;
 use sluice_crds::topic::DeletionPolicy;
+use sluice_crds::{Topic, TopicStatus};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::context::{Context, FIELD_MANAGER};
@@ -47,6 +47,35 @@ pub struct TopicController {
     ctx: Arc<Context>,
     store: Store<Guarded>,
     reported_malformed: Mutex<HashSet<String>>,
+    /// The status this process last wrote, by uid: the cache can lag behind our own writes,
+    /// and comparing against a stale copy would write again and repeat events.
+    written: Mutex<HashMap<String, TopicStatus>>,
+}
+
+impl TopicController {
+    /// The status `topic` has as far as this process knows.
+    fn previous(&self, topic: &Topic) -> Option<TopicStatus> {
+        let uid = topic.uid().unwrap_or_default();
+        let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        written.get(&uid).cloned().or_else(|| topic.status.clone())
+    }
+
+    fn remember(&self, topic: &Topic, status: TopicStatus) {
+        let uid = topic.uid().unwrap_or_default();
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        written.insert(uid, status);
+        // Forget Topics that are gone (deleted without a finalizer leave no last reconcile).
+        if written.len() > 2 * self.store.state().len() + 16 {
+            let live: HashSet<String> = self.store.state().iter().filter_map(|t| t.uid()).collect();
+            written.retain(|uid, _| live.contains(uid));
+        }
+    }
+
+    fn forget(&self, topic: &Topic) {
+        let uid = topic.uid().unwrap_or_default();
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        written.remove(&uid);
+    }
 }
 
 /// Runs the Topic controller until `shutdown` resolves.
@@ -59,6 +88,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         ctx,
         store,
         reported_malformed: Mutex::new(HashSet::new()),
+        written: Mutex::new(HashMap::new()),
     });
     controller
         // When a Topic changes or goes away, the others naming the same Kafka topic may
@@ -192,7 +222,7 @@ async fn reconcile_topic(topic: &Topic, state: &TopicController) -> Result<Actio
             write_status(
                 topic,
                 &api,
-                ctx,
+                state,
                 &oref,
                 &name,
                 None,
@@ -208,23 +238,21 @@ async fn reconcile_topic(topic: &Topic, state: &TopicController) -> Result<Actio
             owner: owner.key,
             topic: desired.name.clone(),
         };
-        write_status(topic, &api, ctx, &oref, &desired.name, None, outcome).await?;
+        write_status(topic, &api, state, &oref, &desired.name, None, outcome).await?;
         return Ok(Action::requeue(ctx.settings.resync));
     }
 
     let observed = match ctx.kafka.describe(&desired.name).await {
         Ok(o) => o,
-        Err(e) => return kafka_failed(topic, &api, ctx, &oref, &desired.name, "describe", e).await,
+        Err(e) => {
+            return kafka_failed(topic, &api, state, &oref, &desired.name, "describe", e).await;
+        }
     };
     let plan = plan::plan(&desired, observed.as_ref());
     debug!(?plan, "planned");
 
     if let Some(o) = &observed {
-        let first_sight = topic
-            .status
-            .as_ref()
-            .and_then(|s| s.topic_name.as_ref())
-            .is_none();
+        let first_sight = state.previous(topic).and_then(|s| s.topic_name).is_none();
         if first_sight {
             let note = format!(
                 "Adopted existing Kafka topic {} ({} partitions, replication factor {})",
@@ -236,7 +264,7 @@ async fn reconcile_topic(topic: &Topic, state: &TopicController) -> Result<Actio
 
     let applied = match apply(&desired, plan, ctx, &oref).await {
         Ok(a) => a,
-        Err(e) => return kafka_failed(topic, &api, ctx, &oref, &desired.name, "change", e).await,
+        Err(e) => return kafka_failed(topic, &api, state, &oref, &desired.name, "change", e).await,
     };
 
     let (observed, outcome, next) = match applied {
@@ -255,14 +283,14 @@ async fn reconcile_topic(topic: &Topic, state: &TopicController) -> Result<Actio
                 SETTLE,
             ),
             Err(e) => {
-                return kafka_failed(topic, &api, ctx, &oref, &desired.name, "describe", e).await;
+                return kafka_failed(topic, &api, state, &oref, &desired.name, "describe", e).await;
             }
         },
     };
     write_status(
         topic,
         &api,
-        ctx,
+        state,
         &oref,
         &desired.name,
         observed.as_ref(),
@@ -391,7 +419,7 @@ fn refusal(code: RDKafkaErrorCode, message: String) -> Refusal {
 async fn kafka_failed(
     topic: &Topic,
     api: &Api<Topic>,
-    ctx: &Context,
+    state: &TopicController,
     oref: &ObjectReference,
     name: &str,
     action: &'static str,
@@ -411,7 +439,7 @@ async fn kafka_failed(
             },
         ),
     };
-    write_status(topic, api, ctx, oref, name, None, outcome).await?;
+    write_status(topic, api, state, oref, name, None, outcome).await?;
     Err(error)
 }
 
@@ -435,14 +463,16 @@ fn other_owner(topic: &Topic, store: &Store<Guarded>, name: &str) -> Option<Clai
 async fn write_status(
     topic: &Topic,
     api: &Api<Topic>,
-    ctx: &Context,
+    state: &TopicController,
     oref: &ObjectReference,
     name: &str,
     observed: Option<&TopicState>,
     outcome: Outcome,
 ) -> Result<()> {
-    let new = status::compute(topic, name, observed, &outcome);
-    if status::changed(topic.status.as_ref(), &new) {
+    let ctx = &state.ctx;
+    let previous = state.previous(topic);
+    let new = status::compute(topic, previous.as_ref(), name, observed, &outcome);
+    if status::changed(previous.as_ref(), &new) {
         let patch = json!({
             "apiVersion": Topic::api_version(&()),
             "kind": KIND,
@@ -456,8 +486,9 @@ async fn write_status(
         .await
         .map_err(Error::kube("write status"))?;
         ctx.metrics.kube_write(KIND, "status");
+        state.remember(topic, new.clone());
     }
-    let before = status::ready_of(topic.status.as_ref()).map(|(s, r, _)| (s, r));
+    let before = status::ready_of(previous.as_ref()).map(|(s, r, _)| (s, r));
     let after = status::ready_of(Some(&new)).map(|(s, r, _)| (s, r));
     if before != after {
         let (_, reason, message) = outcome.condition(name, observed);
@@ -500,7 +531,7 @@ async fn cleanup(
             }
             None => {
                 if let Err(e) = ctx.kafka.delete(&name).await {
-                    return kafka_failed(topic, api, ctx, oref, &name, "delete", e).await;
+                    return kafka_failed(topic, api, state, oref, &name, "delete", e).await;
                 }
                 let note = format!("Deleted Kafka topic {name} (deletionPolicy: Delete)");
                 ctx.event(oref, KIND, false, "Deleted", note).await;
@@ -508,5 +539,6 @@ async fn cleanup(
         }
     }
     finalizer::remove(topic, api, ctx).await?;
+    state.forget(topic);
     Ok(Action::await_change())
 }

@@ -66,15 +66,17 @@ impl Outcome {
     }
 }
 
-/// The status to show. What Kafka has (`observed`) fills partitions, replication factor and
-/// config; when Kafka could not be read, the last known values are kept.
+/// The status to show for `topic`, whose last known status is `previous`. What Kafka has
+/// (`observed`) fills partitions, replication factor and config; when Kafka could not be
+/// read, the last known values are kept.
 pub fn compute(
     topic: &Topic,
+    previous: Option<&TopicStatus>,
     kafka_name: &str,
     observed: Option<&TopicState>,
     outcome: &Outcome,
 ) -> TopicStatus {
-    let previous = topic.status.clone().unwrap_or_default();
+    let previous = previous.cloned().unwrap_or_default();
     let generation = topic.metadata.generation;
     let (ready, reason, message) = outcome.condition(kafka_name, observed);
     let ready_condition = condition(
@@ -164,7 +166,13 @@ mod tests {
 
     #[test]
     fn ready_status_reports_what_kafka_has() {
-        let s = compute(&topic(2, None), "orders", Some(&state()), &Outcome::Ready);
+        let s = compute(
+            &topic(2, None),
+            None,
+            "orders",
+            Some(&state()),
+            &Outcome::Ready,
+        );
         assert_eq!(s.observed_generation, Some(2));
         assert_eq!(s.partitions, Some(3));
         assert_eq!(s.replication_factor, Some(1));
@@ -176,16 +184,29 @@ mod tests {
 
     #[test]
     fn same_outcome_twice_writes_nothing() {
-        let first = compute(&topic(1, None), "orders", Some(&state()), &Outcome::Ready);
+        let first = compute(
+            &topic(1, None),
+            None,
+            "orders",
+            Some(&state()),
+            &Outcome::Ready,
+        );
         let t = topic(1, Some(first.clone()));
-        let again = compute(&t, "orders", Some(&state()), &Outcome::Ready);
+        let again = compute(
+            &t,
+            t.status.as_ref(),
+            "orders",
+            Some(&state()),
+            &Outcome::Ready,
+        );
         assert!(!changed(Some(&first), &again));
         assert_eq!(
             first.conditions[0].last_transition_time,
             again.conditions[0].last_transition_time
         );
         let newer = compute(
-            &topic(2, Some(first.clone())),
+            &topic(2, None),
+            Some(&first),
             "orders",
             Some(&state()),
             &Outcome::Ready,
@@ -196,10 +217,17 @@ mod tests {
 
     #[test]
     fn unavailable_keeps_last_known_values() {
-        let first = compute(&topic(1, None), "orders", Some(&state()), &Outcome::Ready);
+        let first = compute(
+            &topic(1, None),
+            None,
+            "orders",
+            Some(&state()),
+            &Outcome::Ready,
+        );
         let t = topic(1, Some(first));
         let s = compute(
             &t,
+            t.status.as_ref(),
             "orders",
             None,
             &Outcome::KafkaUnavailable("all brokers down".into()),
@@ -214,6 +242,7 @@ mod tests {
     fn refusal_and_conflict_say_why() {
         let s = compute(
             &topic(1, None),
+            None,
             "orders",
             Some(&state()),
             &Outcome::Refused(Refusal::NotSupported("fewer partitions".into())),
@@ -228,6 +257,7 @@ mod tests {
         );
         let s = compute(
             &topic(1, None),
+            None,
             "orders",
             None,
             &Outcome::Conflict {
