@@ -1,0 +1,629 @@
+//! `sluice-bench`: the processor against its ceiling and its peer, on one broker, one data set.
+//!
+//! Candidates, each run as a child process on the same pre-loaded input topic:
+//! (a) a bare rdkafka consume-produce loop (no parsing: the ceiling),
+//! (b) Sluice filter+map, (c) Sluice per-region sum,
+//! (d) the same two topologies in Kafka Streams (processor/bench/kafka-streams, built with Maven).
+//!
+//! For each: records/s while draining the backlog, CPU seconds per million records (the
+//! child's utime+stime over the drain), peak memory (the child's VmHWM), then p99
+//! end-to-end latency under a steady live load (input CreateTime to the moment the output
+//! record is read; outputs carry their input's timestamp). All use at-least-once delivery
+//! and a 100 ms commit interval.
+//!
+//! Usage: `cargo run --release -p sluice-processor --bin sluice-bench -- [--records N]
+//! [--partitions P] [--rate R] [--latency-records L] [--bootstrap B] [--skip-streams]`.
+//! The bootstrap defaults to KAFKA_BOOTSTRAP, then to e2e/.state/env.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+struct Args {
+    bootstrap: String,
+    records: u64,
+    partitions: i32,
+    rate: u64,
+    latency_records: u64,
+    skip_streams: bool,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        bootstrap: String::new(),
+        records: 1_000_000,
+        partitions: 2,
+        rate: 10_000,
+        latency_records: 50_000,
+        skip_streams: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--bootstrap" => args.bootstrap = val()?,
+            "--records" => args.records = val()?.parse()?,
+            "--partitions" => args.partitions = val()?.parse()?,
+            "--rate" => args.rate = val()?.parse()?,
+            "--latency-records" => args.latency_records = val()?.parse()?,
+            "--skip-streams" => args.skip_streams = true,
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    if args.bootstrap.is_empty() {
+        args.bootstrap = std::env::var("KAFKA_BOOTSTRAP").or_else(|_| bootstrap_from_e2e())?;
+    }
+    Ok(args)
+}
+
+fn bootstrap_from_e2e() -> anyhow::Result<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/.state/env");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no --bootstrap, no KAFKA_BOOTSTRAP and no {}: start e2e/up",
+            path.display()
+        )
+    })?;
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("KAFKA_BOOTSTRAP="))
+        .map(|v| v.trim_matches('"').to_string())
+        .context("KAFKA_BOOTSTRAP missing from e2e/.state/env")
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn client(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap);
+    c
+}
+
+fn create_topic(bootstrap: &str, name: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client(bootstrap).create()?;
+    let t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for r in futures::executor::block_on(admin.create_topics([&t], &AdminOptions::new()))? {
+        r.map_err(|(t, e)| anyhow::anyhow!("create {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn order(i: u64) -> String {
+    let regions = ["eu-west", "us-east", "ap-south"];
+    format!(
+        r#"{{"orderId":"o-{i}","region":"{}","total":{:.1},"items":{}}}"#,
+        regions[(i % 3) as usize],
+        (i % 50) as f64 - 5.0,
+        i % 7 + 1
+    )
+}
+
+/// Produces orders `from..to`, at `rate`/s when given; each record's CreateTime is its send time.
+fn produce(
+    bootstrap: &str,
+    topic: &str,
+    from: u64,
+    to: u64,
+    rate: Option<u64>,
+) -> anyhow::Result<()> {
+    let producer: ThreadedProducer<_> = client(bootstrap)
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .create()?;
+    let start = Instant::now();
+    let mut last = Instant::now();
+    for i in from..to {
+        if let Some(r) = rate {
+            let due = start + Duration::from_secs_f64((i - from) as f64 / r as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let key = format!("o-{i}");
+        let value = order(i);
+        let mut rec = BaseRecord::<str, str>::to(topic)
+            .key(&key)
+            .payload(&value)
+            .timestamp(now_ms());
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    std::thread::sleep(Duration::from_millis(2));
+                    rec = back;
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+        if rate.is_none() && last.elapsed() > Duration::from_secs(2) {
+            eprintln!("  produced {} of {}", i - from, to - from);
+            last = Instant::now();
+        }
+    }
+    producer.flush(Duration::from_secs(120))?;
+    Ok(())
+}
+
+fn end_offsets(c: &BaseConsumer, topic: &str, partitions: i32) -> anyhow::Result<i64> {
+    let mut sum = 0;
+    for p in 0..partitions {
+        sum += c.fetch_watermarks(topic, p, Duration::from_secs(10))?.1;
+    }
+    Ok(sum)
+}
+
+fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> anyhow::Result<i64> {
+    let c: BaseConsumer = client(bootstrap).set("group.id", group).create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10))?;
+    Ok(got
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum())
+}
+
+/// utime+stime of a process in seconds, and its peak RSS in MiB.
+fn usage(pid: u32, ticks: f64) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let cpu = fields
+        .get(11)
+        .and_then(|u| u.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    (cpu / ticks, hwm_kb / 1024.0)
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+struct Result {
+    name: String,
+    records_per_s: f64,
+    cpu_s_per_million: f64,
+    p99_ms: f64,
+    peak_mib: f64,
+}
+
+struct Candidate {
+    name: &'static str,
+    group: String,
+    command: Command,
+}
+
+fn run_candidate(
+    args: &Args,
+    input: &str,
+    output: &str,
+    mut cand: Candidate,
+    ticks: f64,
+) -> anyhow::Result<Result> {
+    eprintln!("== {}: draining {} records", cand.name, args.records);
+    let log = std::env::temp_dir().join(format!("sluice-bench-{}.log", cand.group));
+    let out = std::fs::File::create(&log)?;
+    let mut child: Child = cand
+        .command
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("start {}", cand.name))?;
+    let pid = child.id();
+    let watcher: BaseConsumer = client(&args.bootstrap).create()?;
+    let started = Instant::now();
+    let mut first: Option<(Instant, f64)> = None;
+    let mut last_change = Instant::now();
+    let mut last_end = 0;
+    let (cpu_end, mut drained_at) = loop {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "{} exited early ({status}); log: {}",
+                cand.name,
+                log.display()
+            );
+        }
+        if started.elapsed() > Duration::from_secs(900) {
+            let _ = child.kill();
+            bail!(
+                "{} did not drain within 15 minutes; log: {}",
+                cand.name,
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let end = end_offsets(&watcher, output, args.partitions)?;
+        if end > 0 && first.is_none() {
+            first = Some((Instant::now(), usage(pid, ticks).0));
+        }
+        if end != last_end {
+            last_end = end;
+            last_change = Instant::now();
+            continue;
+        }
+        if first.is_some()
+            && last_change.elapsed() > Duration::from_millis(1500)
+            && committed(&args.bootstrap, &cand.group, input, args.partitions)?
+                >= args.records as i64
+        {
+            break (usage(pid, ticks).0, last_change);
+        }
+    };
+    let (t_first, cpu_first) = first.context("no output")?;
+    if drained_at <= t_first {
+        drained_at = t_first + Duration::from_millis(1);
+    }
+    let secs = (drained_at - t_first).as_secs_f64();
+    let records_per_s = args.records as f64 / secs;
+    let cpu_s_per_million = (cpu_end - cpu_first) / args.records as f64 * 1e6;
+    eprintln!("   {records_per_s:.0} records/s, {cpu_s_per_million:.2} CPU s per million records");
+
+    eprintln!(
+        "   latency: {} records at {}/s",
+        args.latency_records, args.rate
+    );
+    let p99_ms = latency(args, input, output)?;
+    let (_, peak_mib) = usage(pid, ticks);
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("   p99 {p99_ms:.1} ms, peak RSS {peak_mib:.0} MiB");
+    Ok(Result {
+        name: cand.name.to_string(),
+        records_per_s,
+        cpu_s_per_million,
+        p99_ms,
+        peak_mib,
+    })
+}
+
+/// Produces a steady load and measures output time minus input CreateTime.
+fn latency(args: &Args, input: &str, output: &str) -> anyhow::Result<f64> {
+    let consumer: BaseConsumer = client(&args.bootstrap)
+        .set("group.id", format!("latency-{output}"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..args.partitions {
+        let (_, hi) = consumer.fetch_watermarks(output, p, Duration::from_secs(10))?;
+        tpl.add_partition_offset(output, p, Offset::Offset(hi))?;
+    }
+    consumer.assign(&tpl)?;
+    let done = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (b, t, from, n, rate, done) = (
+            args.bootstrap.clone(),
+            input.to_string(),
+            args.records,
+            args.latency_records,
+            args.rate,
+            done.clone(),
+        );
+        std::thread::spawn(move || {
+            let r = produce(&b, &t, from * 10, from * 10 + n, Some(rate));
+            done.store(true, Ordering::Relaxed);
+            r
+        })
+    };
+    let mut lat = Vec::new();
+    let mut quiet_since: Option<Instant> = None;
+    loop {
+        match consumer.poll(Duration::from_millis(50)) {
+            Some(Ok(m)) => {
+                quiet_since = None;
+                if let Some(ts) = m.timestamp().to_millis() {
+                    lat.push((now_ms() - ts) as f64);
+                }
+            }
+            Some(Err(e)) => bail!("reading {output}: {e}"),
+            None => {
+                if done.load(Ordering::Relaxed) {
+                    let q = quiet_since.get_or_insert_with(Instant::now);
+                    if q.elapsed() > Duration::from_secs(2) {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    producer
+        .join()
+        .map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
+    if lat.is_empty() {
+        bail!("no output during the latency phase");
+    }
+    lat.sort_by(f64::total_cmp);
+    Ok(lat[((lat.len() as f64 * 0.99) as usize).min(lat.len() - 1)])
+}
+
+/// The ceiling: consume, produce the same bytes, commit every 100 ms after a flush.
+fn bare_loop(bootstrap: &str, input: &str, output: &str, group: &str) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = client(bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    let producer: BaseProducer = client(bootstrap)
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .create()?;
+    consumer.subscribe(&[input])?;
+    let mut offsets: HashMap<i32, i64> = HashMap::new();
+    let mut last = Instant::now();
+    loop {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m?;
+            let mut rec = BaseRecord::<[u8], [u8]>::to(output);
+            if let Some(k) = m.key() {
+                rec = rec.key(k);
+            }
+            if let Some(p) = m.payload() {
+                rec = rec.payload(p);
+            }
+            if let Some(ts) = m.timestamp().to_millis() {
+                rec = rec.timestamp(ts);
+            }
+            loop {
+                match producer.send(rec) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        producer.poll(Duration::from_millis(10));
+                        rec = back;
+                    }
+                    Err((e, _)) => return Err(e.into()),
+                }
+            }
+            offsets.insert(m.partition(), m.offset() + 1);
+        }
+        producer.poll(Duration::ZERO);
+        if last.elapsed() >= Duration::from_millis(100) && !offsets.is_empty() {
+            producer.flush(Duration::from_secs(30))?;
+            let mut tpl = TopicPartitionList::new();
+            for (p, o) in offsets.drain() {
+                tpl.add_partition_offset(input, p, Offset::Offset(o))?;
+            }
+            consumer.commit(&tpl, CommitMode::Sync)?;
+            last = Instant::now();
+        }
+    }
+}
+
+fn sluice_manifest(
+    dir: &Path,
+    name: &str,
+    input: &str,
+    output: &str,
+    aggregate: bool,
+) -> anyhow::Result<PathBuf> {
+    let steps = if aggregate {
+        serde_json::json!([
+            {"name": "positive", "filter": "value.total > 0.0"},
+            {"name": "per-region", "aggregate": {"groupBy": {"region": "value.region"},
+                "aggregations": [{"name": "total", "op": "sum", "of": "value.total"}]}}
+        ])
+    } else {
+        serde_json::json!([
+            {"name": "positive", "filter": "value.total > 0.0"},
+            {"name": "shape", "map": {"set": {"totalCents": "value.total * 100.0"}, "drop": ["orderId"]}}
+        ])
+    };
+    let doc = serde_json::json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "Pipeline",
+        "metadata": {"name": name, "namespace": "bench"},
+        "spec": {"inputs": [input], "steps": steps, "outputs": [{"topic": output}],
+                 "delivery": "atLeastOnce", "commitInterval": "100ms"}
+    });
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_vec_pretty(&doc)?)?;
+    Ok(path)
+}
+
+fn streams_jar() -> Option<PathBuf> {
+    let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/kafka-streams");
+    let jar = project.join("target/streams-bench.jar");
+    if jar.exists() {
+        return Some(jar);
+    }
+    eprintln!("building the Kafka Streams peer with Maven (first run downloads kafka-streams)...");
+    let ok = Command::new("mvn")
+        .args(["-q", "-B", "package", "-DskipTests"])
+        .current_dir(&project)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok && jar.exists() {
+        Some(jar)
+    } else {
+        eprintln!("Kafka Streams peer not built (is Maven installed?): skipping (d)");
+        None
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("bare") {
+        let [_, _, bootstrap, input, output, group] = argv.as_slice() else {
+            bail!("usage: sluice-bench bare <bootstrap> <input> <output> <group>");
+        };
+        return bare_loop(bootstrap, input, output, group);
+    }
+    let args = parse_args()?;
+    let ticks = clock_ticks();
+    let exe = std::env::current_exe()?;
+    let processor = exe.with_file_name("sluice-processor");
+    if !processor.exists() {
+        bail!(
+            "{} not found: build it (cargo build --release -p sluice-processor)",
+            processor.display()
+        );
+    }
+    let run = format!("bench-{}-{}", std::process::id(), now_ms() % 100_000);
+    let input = format!("{run}-orders");
+    let dir = std::env::temp_dir().join(&run);
+    std::fs::create_dir_all(&dir)?;
+    eprintln!(
+        "sluice-bench: broker {}, {} records of ~90 bytes on {} partitions ({input})",
+        args.bootstrap, args.records, args.partitions
+    );
+    create_topic(&args.bootstrap, &input, args.partitions)?;
+    produce(&args.bootstrap, &input, 0, args.records, None)?;
+
+    let mut cands = Vec::new();
+    let out = |c: &str| format!("{run}-{c}-out");
+    {
+        let group = format!("{run}-bare");
+        let mut cmd = Command::new(&exe);
+        cmd.args(["bare", &args.bootstrap, &input, &out("bare"), &group]);
+        cands.push((
+            Candidate {
+                name: "a bare rdkafka loop",
+                group,
+                command: cmd,
+            },
+            out("bare"),
+        ));
+    }
+    for (tag, aggregate, name) in [
+        ("filtermap", false, "b sluice filter+map"),
+        ("aggregate", true, "c sluice aggregate"),
+    ] {
+        let pname = format!("{run}-{tag}");
+        let manifest = sluice_manifest(&dir, &pname, &input, &out(tag), aggregate)?;
+        let mut cmd = Command::new(&processor);
+        cmd.arg("run")
+            .arg("-f")
+            .arg(&manifest)
+            .args(["--bootstrap", &args.bootstrap])
+            .env("RUST_LOG", "warn");
+        cands.push((
+            Candidate {
+                name,
+                group: format!("sluice-bench-{pname}"),
+                command: cmd,
+            },
+            out(tag),
+        ));
+    }
+    if !args.skip_streams
+        && let Some(jar) = streams_jar()
+    {
+        for (tag, name) in [
+            ("filtermap", "d kafka-streams filter+map"),
+            ("aggregate", "d kafka-streams aggregate"),
+        ] {
+            let app = format!("{run}-ks-{tag}");
+            let o = out(&format!("ks-{tag}"));
+            let mut cmd = Command::new("java");
+            cmd.arg("-jar")
+                .arg(&jar)
+                .args([&args.bootstrap, tag, &input, &o, &app]);
+            cands.push((
+                Candidate {
+                    name,
+                    group: app,
+                    command: cmd,
+                },
+                o,
+            ));
+        }
+    }
+    let mut results = Vec::new();
+    for (cand, output) in cands {
+        create_topic(&args.bootstrap, &output, args.partitions)?;
+        results.push(run_candidate(&args, &input, &output, cand, ticks)?);
+    }
+
+    println!();
+    println!(
+        "{:<28} {:>12} {:>16} {:>10} {:>10}",
+        "candidate", "records/s", "CPU s/M records", "p99 ms", "peak MiB"
+    );
+    for r in &results {
+        println!(
+            "{:<28} {:>12.0} {:>16.2} {:>10.1} {:>10.0}",
+            r.name, r.records_per_s, r.cpu_s_per_million, r.p99_ms, r.peak_mib
+        );
+    }
+    let find = |prefix: &str| results.iter().find(|r| r.name.starts_with(prefix));
+    let ratio = |a: &Result, b: &Result| {
+        println!(
+            "{} / {}: throughput {:.2}x, records per CPU second {:.2}x, peak memory {:.2}x, p99 {:.2}x",
+            a.name,
+            b.name,
+            a.records_per_s / b.records_per_s,
+            b.cpu_s_per_million / a.cpu_s_per_million,
+            a.peak_mib / b.peak_mib,
+            a.p99_ms / b.p99_ms
+        );
+    };
+    println!();
+    if let (Some(b), Some(a)) = (find("b "), find("a ")) {
+        ratio(b, a);
+    }
+    if let (Some(b), Some(d)) = (find("b "), find("d kafka-streams filter")) {
+        ratio(b, d);
+    }
+    if let (Some(c), Some(d)) = (find("c "), find("d kafka-streams agg")) {
+        ratio(c, d);
+    }
+    println!(
+        "sluice-bench: done ({} candidates, {} records each); child logs in {}",
+        results.len(),
+        args.records,
+        std::env::temp_dir().display()
+    );
+    Ok(())
+}
