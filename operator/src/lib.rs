@@ -48,8 +48,9 @@ pub async fn run(args: Args) -> Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
+    let listener = http::bind(args.listen).await?;
     let http = tokio::spawn(http::serve(
-        args.listen,
+        listener,
         http::HttpState {
             metrics: metrics.clone(),
             ready: ready.clone(),
