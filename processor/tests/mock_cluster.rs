@@ -1,0 +1,195 @@
+//! The worker against librdkafka's mock cluster (no broker needed): records flow,
+//! bad records are dead-lettered, and an output the broker rejects is dead-lettered
+//! after the rewind instead of being lost or retried forever.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use sluice_crds::pipeline::{PipelineSpec, StartFrom};
+use sluice_processor::engine::Engine;
+use sluice_processor::kafka::KafkaSettings;
+use sluice_processor::kafka::worker::{self, Status, WorkerOptions};
+use sluice_processor::metrics::Metrics;
+
+const SPEC: &str = r#"
+inputs: [in]
+steps:
+- name: positive
+  filter: value.total > 0.0
+- name: shape
+  map: {set: {cents: "value.total * 100.0"}}
+outputs: [{topic: out}]
+deadLetter: {topic: dlq}
+"#;
+
+struct Read {
+    value: String,
+    headers: Vec<(String, String)>,
+}
+
+fn produce(bootstrap: &str, topic: &str, values: &[&str]) {
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    for v in values {
+        p.send(BaseRecord::<str, str>::to(topic).key("k").payload(*v))
+            .unwrap();
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+}
+
+fn read(bootstrap: &str, topic: &str, want: usize) -> Vec<Read> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "reader")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let start = Instant::now();
+    while out.len() < want && start.elapsed() < Duration::from_secs(60) {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_string(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(Read {
+                value: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                headers,
+            });
+        }
+    }
+    out
+}
+
+fn start_worker(
+    bootstrap: &str,
+) -> (
+    Arc<Status>,
+    std::thread::JoinHandle<Result<(), worker::WorkerError>>,
+) {
+    let spec: PipelineSpec = serde_saphyr::from_str(SPEC).unwrap();
+    let engine = Engine::new("mock", &spec, Metrics::new().pipeline("mock")).unwrap();
+    let opts = WorkerOptions {
+        settings: KafkaSettings {
+            bootstrap: bootstrap.to_string(),
+            extra: Default::default(),
+        },
+        group_id: "sluice-test-mock".to_string(),
+        transactional_id: "sluice-test-mock-0".to_string(),
+        exactly_once: false,
+        commit_interval: Duration::from_millis(50),
+        dead_letter: Some("dlq".to_string()),
+        start_from: StartFrom::Earliest,
+        topics: vec!["in".to_string()],
+        state: None,
+        restore_timeout: Duration::from_secs(30),
+    };
+    let status = Arc::new(Status::default());
+    let s = status.clone();
+    let handle = std::thread::spawn(move || worker::run(opts, engine, s));
+    (status, handle)
+}
+
+fn header<'a>(r: &'a Read, key: &str) -> &'a str {
+    r.headers
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no header {key} in {:?}", r.headers))
+}
+
+#[test]
+fn good_records_flow_and_bad_ones_are_dead_lettered() {
+    let cluster = MockCluster::new(1).unwrap();
+    for t in ["in", "out", "dlq"] {
+        cluster.create_topic(t, 1, 1).unwrap();
+    }
+    let bootstrap = cluster.bootstrap_servers();
+    produce(
+        &bootstrap,
+        "in",
+        &[
+            r#"{"total": 1.5}"#,
+            "nope",
+            r#"{"total": -1.0}"#,
+            r#"{"x": 1}"#,
+            r#"{"total": 2.0}"#,
+        ],
+    );
+    let (status, handle) = start_worker(&bootstrap);
+    let out = read(&bootstrap, "out", 2);
+    let dlq = read(&bootstrap, "dlq", 2);
+    status.shutdown.store(true, Ordering::Relaxed);
+    handle.join().unwrap().unwrap();
+
+    let values: Vec<serde_json::Value> = out
+        .iter()
+        .map(|r| serde_json::from_str(&r.value).unwrap())
+        .collect();
+    assert_eq!(
+        values,
+        vec![
+            serde_json::json!({"total": 1.5, "cents": 150.0}),
+            serde_json::json!({"total": 2.0, "cents": 200.0})
+        ]
+    );
+    assert_eq!(dlq.len(), 2);
+    assert_eq!(dlq[0].value, "nope");
+    assert_eq!(header(&dlq[0], "sluice.step"), "decode");
+    assert_eq!(header(&dlq[0], "sluice.source.offset"), "1");
+    assert_eq!(header(&dlq[1], "sluice.step"), "positive");
+    assert_eq!(header(&dlq[1], "sluice.source.offset"), "3");
+    assert_eq!(header(&dlq[1], "sluice.source.topic"), "in");
+}
+
+#[test]
+fn an_output_the_broker_rejects_is_dead_lettered_after_a_rewind() {
+    let cluster = MockCluster::new(1).unwrap();
+    for t in ["in", "out", "dlq"] {
+        cluster.create_topic(t, 1, 1).unwrap();
+    }
+    let bootstrap = cluster.bootstrap_servers();
+    produce(&bootstrap, "in", &[r#"{"total": 1.0}"#]);
+    // The next produce request (the output) is refused for good.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_RECORD],
+    );
+    let (status, handle) = start_worker(&bootstrap);
+    let dlq = read(&bootstrap, "dlq", 1);
+    produce(&bootstrap, "in", &[r#"{"total": 2.0}"#]);
+    let out = read(&bootstrap, "out", 1);
+    status.shutdown.store(true, Ordering::Relaxed);
+    handle.join().unwrap().unwrap();
+
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(
+        dlq[0].value, r#"{"total": 1.0}"#,
+        "the original record is dead-lettered"
+    );
+    assert_eq!(header(&dlq[0], "sluice.step"), "produce");
+    assert_eq!(header(&dlq[0], "sluice.source.offset"), "0");
+    assert_eq!(out.len(), 1);
+    assert!(out[0].value.contains("200"), "{}", out[0].value);
+}
