@@ -283,6 +283,9 @@ impl Autoscaler {
         if let Some(changed_at) = self.last_change.filter(|_| current > 0) {
             let since = obs.now.saturating_sub(changed_at);
             if since < SETTLE_TIMEOUT && !self.history.settled_since(changed_at) {
+                if let Some(plan) = self.surge(current, demand, lag) {
+                    return plan;
+                }
                 return Plan::recommend(
                     current,
                     format!(
@@ -298,6 +301,9 @@ impl Autoscaler {
                 .unready_since
                 .map_or(Duration::ZERO, |since| obs.now.saturating_sub(since));
             if waiting < SETTLE_TIMEOUT {
+                if let Some(plan) = self.surge(current, demand, lag) {
+                    return plan;
+                }
                 return Plan::recommend(
                     current,
                     format!(
@@ -323,8 +329,10 @@ impl Autoscaler {
             return Plan::recommend(current.min(1), reason);
         }
         if current == 0 {
-            // Records keep arriving while the first replica starts.
-            let starting = demand.arrival * self.cost.delay_secs();
+            // Records keep arriving while the first replica starts. Right after a quiet
+            // spell the medians are still zero: the mean of the last 15 s says more.
+            let recent = short.arrival.max(demand.arrival);
+            let starting = recent * self.cost.delay_secs();
             let n = self
                 .capacity
                 .map_or(1, |c| {
@@ -334,7 +342,7 @@ impl Autoscaler {
                 .max(1);
             return Plan::now(
                 n,
-                format!("records arrived (lag {lag}, arrival {arrival:.0}/s): waking to {n}"),
+                format!("records arrived (lag {lag}, arrival {recent:.0}/s): waking to {n}"),
             );
         }
 
@@ -423,6 +431,30 @@ impl Autoscaler {
                 }
             }
         }
+    }
+
+    /// While a change settles, lag grows for reasons that pass (replicas starting, the
+    /// rebalance), so only a rise in arrivals alone beyond what the replicas asked for
+    /// can take, flat out, scales up again: it would stay behind whatever the lag does.
+    fn surge(&self, current: u32, demand: &Demand, lag: u64) -> Option<Plan> {
+        let c = self.capacity?;
+        if size(&demand.arrivals_only(), c, 1.0).replicas <= current {
+            return None;
+        }
+        let arrival = demand.arrival;
+        let extra = (arrival - f64::from(current) * c).max(0.0) * self.cost.delay_secs()
+            + arrival * self.cost.pause_secs();
+        let sizing = size(
+            &demand.plus_arriving(extra, self.target_secs()),
+            c,
+            TARGET_UTILIZATION,
+        );
+        let n = sizing.replicas.max(current.saturating_add(1));
+        let reason = self.explain(&sizing, n, lag, arrival, c, extra);
+        Some(Plan::now(
+            n,
+            format!("arrivals alone outgrow {}: {reason}", count(current)),
+        ))
     }
 
     fn target_secs(&self) -> f64 {

@@ -26,15 +26,36 @@ pub(crate) struct Demand {
 }
 
 impl Demand {
+    /// Only the arrivals, without the backlog.
+    pub fn arrivals_only(&self) -> Demand {
+        Demand {
+            by_partition: self
+                .by_partition
+                .iter()
+                .zip(&self.arrivals)
+                .map(|((id, _), a)| (id.clone(), *a))
+                .collect(),
+            arrivals: self.arrivals.clone(),
+            arrival: self.arrival,
+        }
+    }
+
     /// This demand plus `records` more to drain within `target_secs`, spread over the
-    /// partitions like the arrivals (they are records that will arrive).
+    /// partitions like the arrivals (they are records that will arrive), or evenly when
+    /// no arrival rate is known yet.
     pub fn plus_arriving(&self, records: f64, target_secs: f64) -> Demand {
-        if !(records > 0.0 && self.arrival > 0.0 && target_secs > 0.0) {
+        let partitions = self.by_partition.len();
+        if !(records > 0.0 && target_secs > 0.0 && partitions > 0) {
             return self.clone();
         }
         let mut more = self.clone();
-        for ((_, d), a) in more.by_partition.iter_mut().zip(&self.arrivals) {
-            *d += records * (a / self.arrival) / target_secs;
+        for (i, (_, d)) in more.by_partition.iter_mut().enumerate() {
+            let share = if self.arrival > 0.0 {
+                self.arrivals.get(i).copied().unwrap_or(0.0) / self.arrival
+            } else {
+                1.0 / partitions as f64
+            };
+            *d += records * share / target_secs;
         }
         more
     }
@@ -178,6 +199,18 @@ mod tests {
         // 950 + k*100 <= 1100 -> k = 1 -> ceil(12/n) = 2 -> n = 6.
         assert_eq!(s.replicas, 6);
         assert_eq!(s.hot.map(|h| h.2), Some(6));
+    }
+
+    #[test]
+    fn arriving_records_are_spread_like_the_arrivals() {
+        let mut d = demand(&[0.0; 2]);
+        let even = d.plus_arriving(600.0, 30.0);
+        assert_eq!(even.by_partition[0].1, 10.0);
+        d.arrivals = vec![3.0, 1.0];
+        d.arrival = 4.0;
+        let skewed = d.plus_arriving(600.0, 30.0);
+        assert_eq!(skewed.by_partition[0].1, 15.0);
+        assert_eq!(skewed.by_partition[1].1, 5.0);
     }
 
     #[test]

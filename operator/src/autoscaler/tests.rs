@@ -130,6 +130,36 @@ fn scales_to_zero_after_idle_and_wakes_on_the_next_record() {
 }
 
 #[test]
+fn waking_with_a_known_capacity_sizes_for_the_load() {
+    // A backlog at the start teaches the scaler what a replica does; then it idles to
+    // zero; at 900 s records arrive at 1800/s, more than one replica can take.
+    let trace = Trace {
+        name: "learn, idle, wake",
+        duration_secs: 1000,
+        rate: Box::new(|t| if t >= 900 { 1800.0 } else { 0.0 }),
+        bursts: vec![(0, 30_000.0)],
+        weights: vec![],
+        initial_replicas: 1,
+        need: (2, 900),
+    };
+    let mut scaler = sluice(settings(0, 12));
+    run(&cluster(12), &trace, &mut scaler);
+    // Woken at the first reading with records; sized up once the rate is known and the
+    // rebalance of the first replica's join is over (915), without waiting for that
+    // replica to have consumed for a whole interval (920).
+    let after: Vec<_> = scaler.log.iter().filter(|(t, ..)| *t >= 900).collect();
+    assert_eq!(
+        after.first().map(|c| (c.0, c.1, c.2)),
+        Some((900, 0, 1)),
+        "{after:?}"
+    );
+    let up = after.iter().find(|c| c.2 >= 2);
+    assert!(up.is_some_and(|c| c.0 <= 915), "{after:?}");
+    let slept = scaler.log.iter().any(|(t, _, to, _)| *t < 900 && *to == 0);
+    assert!(slept, "{:?}", scaler.log);
+}
+
+#[test]
 fn min_replicas_above_zero_never_scales_to_zero() {
     let mut scaler = Autoscaler::new(settings(1, 4));
     for tick in 0..=200 {
