@@ -240,6 +240,22 @@ impl Engine {
         } else {
             0
         };
+        let before = out.len();
+        let result = self.run_from(start, record, from_repartition, sample, out);
+        if result.is_err() {
+            out.truncate(before);
+        }
+        result
+    }
+
+    fn run_from(
+        &mut self,
+        start: usize,
+        record: Record,
+        from_repartition: bool,
+        sample: bool,
+        out: &mut Vec<Emit>,
+    ) -> Result<(), Failure> {
         let mut record = record;
         for i in start..self.steps.len() {
             let started = sample.then(Instant::now);
@@ -270,9 +286,23 @@ impl Engine {
                         };
                     }
                     let partition = record.partition;
-                    let r = agg.update(partition, record, &scope).map(Outcome::Continue);
+                    let r = agg.update(partition, record, &scope);
                     drop(scope);
-                    r
+                    if let Some(t) = started {
+                        metrics.latency.observe(t.elapsed().as_secs_f64());
+                    }
+                    match r {
+                        Ok(records) => {
+                            for r in records {
+                                self.run_from(i + 1, r, from_repartition, false, out)?;
+                            }
+                            return Ok(());
+                        }
+                        Err(e) => {
+                            metrics.failed.inc();
+                            return Err(step_failure(&step.name, e));
+                        }
+                    }
                 }
                 _ => {
                     let r = step.apply(record, &scope);
@@ -544,6 +574,45 @@ outputs: [{topic: rest, key: "value.region + '-' + string(value.total)"}, {topic
         assert_eq!(out[1].topic, "copy");
         assert_eq!(out[1].record.key.as_deref(), Some(&b"k"[..]));
         assert_eq!(e.output_topics(), vec!["copy", "eu", "rest"]);
+    }
+
+    #[test]
+    fn a_closing_window_emits_every_final_group_through_the_later_steps() {
+        let mut e = engine(
+            r#"
+inputs: [orders]
+steps:
+- name: per-region
+  aggregate:
+    groupBy: {region: value.region}
+    aggregations: [{name: n, op: count}]
+    window: {tumbling: 10s}
+    emit: onWindowClose
+- name: busy
+  filter: value.n > 1
+outputs: [{topic: counts}]
+"#,
+        );
+        let mut out = Vec::new();
+        for (ts, region) in [(1_000, "eu"), (2_000, "us"), (3_000, "eu"), (11_000, "eu")] {
+            let r = Record::new(
+                "orders",
+                0,
+                0,
+                ts,
+                None,
+                Payload::Json(serde_json::json!({"region": region})),
+            );
+            e.process(r, &mut out).unwrap();
+        }
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(
+            out[0].record.value,
+            Payload::Json(
+                serde_json::json!({"region": "eu", "windowStart": 0, "windowEnd": 10000, "n": 2})
+            )
+        );
+        assert_eq!(out[0].record.key.as_deref(), Some(&br#"["eu",0]"#[..]));
     }
 
     #[test]

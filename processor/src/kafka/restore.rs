@@ -117,8 +117,8 @@ pub fn restore(
         }
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
-                if let (Some(k), Some(v)) = (m.key(), m.payload()) {
-                    agg.restore(m.partition(), k, v)
+                if let Some(k) = m.key() {
+                    agg.restore(m.partition(), k, m.payload())
                         .map_err(|source| RestoreFailure::Corrupt {
                             topic: topic.to_string(),
                             source,

@@ -503,11 +503,13 @@ impl Core {
             && let Some(agg) = self.engine.aggregate_mut()
         {
             for (partition, key, value) in agg.take_changes() {
-                let rec: BaseRecord<'_, str, [u8], Box<Origin>> =
+                let mut rec: BaseRecord<'_, str, [u8], Box<Origin>> =
                     BaseRecord::with_opaque_to(&changelog, Origin::internal())
                         .partition(partition)
-                        .key(key.as_str())
-                        .payload(value.as_slice());
+                        .key(key.as_str());
+                if let Some(v) = &value {
+                    rec = rec.payload(v.as_slice());
+                }
                 send(&self.producer, rec).map_err(WorkerError::Flush)?;
             }
         }

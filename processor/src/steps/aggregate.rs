@@ -152,6 +152,12 @@ pub struct GroupState {
     pub group: Vec<serde_json::Value>,
     /// One accumulator per aggregation, in spec order.
     pub accs: Vec<Acc>,
+    /// Start of the window (ms) for windowed aggregates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_start: Option<i64>,
+    /// Largest record timestamp added (ms): restores the partition's stream time.
+    #[serde(default)]
+    pub max_ts: i64,
 }
 
 /// A changelog record that does not decode.
@@ -164,10 +170,39 @@ pub struct RestoreError {
     pub message: String,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct PartitionState {
     groups: HashMap<String, GroupState>,
+    /// Changed (or removed) since the last changelog flush.
     dirty: HashSet<String>,
+    /// Largest record timestamp seen: windows close by it.
+    stream_time: i64,
+    /// Earliest time at which an open window closes.
+    next_close: i64,
+}
+
+impl Default for PartitionState {
+    fn default() -> Self {
+        Self {
+            groups: HashMap::new(),
+            dirty: HashSet::new(),
+            stream_time: i64::MIN,
+            next_close: i64::MAX,
+        }
+    }
+}
+
+/// Tumbling windows by record timestamp.
+#[derive(Debug, Clone, Copy)]
+struct Tumbling {
+    size: i64,
+    grace: i64,
+}
+
+impl Tumbling {
+    fn closes_at(&self, start: i64) -> i64 {
+        start.saturating_add(self.size).saturating_add(self.grace)
+    }
 }
 
 /// A compiled aggregate step with its state.
@@ -175,19 +210,54 @@ struct PartitionState {
 pub struct Aggregate {
     group_by: Vec<(String, Expr)>,
     aggs: Vec<AggSpec>,
+    window: Option<Tumbling>,
+    emit_on_close: bool,
     state: HashMap<i32, PartitionState>,
 }
 
+fn millis(step: &str, field: &str, value: &str) -> Result<i64, ConfigError> {
+    humantime::parse_duration(value)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+        .filter(|ms| *ms > 0 || field == "grace")
+        .ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "step {step}: window {field} {value:?} is not a duration like 1m"
+            ))
+        })
+}
+
 impl Aggregate {
-    /// Compiles the step; windows are refused until they are implemented.
+    /// Compiles the step. Tumbling windows are supported; hopping and session windows
+    /// are refused until they are implemented.
     pub fn compile(step: &str, spec: &AggregateStep) -> Result<Self, ConfigError> {
-        if spec.window.is_some() {
-            return Err(ConfigError::Unsupported {
-                step: step.to_string(),
-                what: "a windowed aggregate".to_string(),
-            });
-        }
-        if spec.emit == sluice_crds::pipeline::Emit::OnWindowClose {
+        let unsupported = |what: &str| ConfigError::Unsupported {
+            step: step.to_string(),
+            what: what.to_string(),
+        };
+        let window = match &spec.window {
+            None => None,
+            Some(w) if w.hopping.is_some() => return Err(unsupported("a hopping window")),
+            Some(w) if w.session.is_some() => return Err(unsupported("a session window")),
+            Some(w) => {
+                let size = w.tumbling.as_deref().ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "step {step}: a window sets tumbling, hopping or session"
+                    ))
+                })?;
+                Some(Tumbling {
+                    size: millis(step, "tumbling", size)?,
+                    grace: w
+                        .grace
+                        .as_deref()
+                        .map(|g| millis(step, "grace", g))
+                        .transpose()?
+                        .unwrap_or(0),
+                })
+            }
+        };
+        let emit_on_close = spec.emit == sluice_crds::pipeline::Emit::OnWindowClose;
+        if emit_on_close && window.is_none() {
             return Err(ConfigError::Invalid(format!(
                 "step {step}: emit onWindowClose needs a window"
             )));
@@ -222,6 +292,8 @@ impl Aggregate {
         Ok(Self {
             group_by,
             aggs,
+            window,
+            emit_on_close,
             state: HashMap::new(),
         })
     }
@@ -255,16 +327,18 @@ impl Aggregate {
         Ok((key, values))
     }
 
-    /// Adds a record to its group in `partition` and returns the updated aggregate as a
-    /// record. Every expression is evaluated before the state changes, so a failing
-    /// record leaves no trace.
+    /// Adds a record to its group in `partition` and returns the records to emit: the
+    /// updated aggregate (`onUpdate`), and for windowed aggregates the final value of
+    /// every window the record's timestamp closed (`onWindowClose`). Every expression is
+    /// evaluated before the state changes, so a failing record leaves no trace. A record
+    /// for a window that already closed is an error (it goes to the dead-letter topic).
     pub fn update(
         &mut self,
         partition: i32,
         record: Record,
         scope: &Context,
-    ) -> Result<Record, StepError> {
-        let (key, group) = self.group_key(scope)?;
+    ) -> Result<Vec<Record>, StepError> {
+        let (mut key, group) = self.group_key(scope)?;
         let mut inputs = Vec::with_capacity(self.aggs.len());
         for (_, _, of) in &self.aggs {
             inputs.push(match of {
@@ -272,7 +346,25 @@ impl Aggregate {
                 None => None,
             });
         }
+        let ts = record.timestamp;
         let part = self.state.entry(partition).or_default();
+        let window_start = match self.window {
+            Some(w) => {
+                let start = ts.div_euclid(w.size) * w.size;
+                if w.closes_at(start) <= part.stream_time {
+                    return Err(StepError::Shape(format!(
+                        "late record: timestamp {ts} belongs to window [{start}, {}), closed at stream time {}",
+                        start + w.size,
+                        part.stream_time
+                    )));
+                }
+                key.pop();
+                key.push_str(&format!(",{start}]"));
+                part.next_close = part.next_close.min(w.closes_at(start));
+                Some(start)
+            }
+            None => None,
+        };
         let aggs = &self.aggs;
         let state = part
             .groups
@@ -280,29 +372,73 @@ impl Aggregate {
             .or_insert_with(|| GroupState {
                 group,
                 accs: aggs.iter().map(|(_, op, _)| Acc::new(*op)).collect(),
+                window_start,
+                max_ts: ts,
             });
         for (acc, x) in state.accs.iter_mut().zip(inputs) {
             acc.add(x);
         }
-        let value = output_value(&self.group_by, &self.aggs, state);
-        let out_key = output_key(&key, &state.group);
+        state.max_ts = state.max_ts.max(ts);
+        part.stream_time = part.stream_time.max(ts);
+        let mut out = Vec::new();
+        if !self.emit_on_close {
+            out.push(Record {
+                key: Some(output_key(&key, &state.group, self.window.is_some()).into_bytes()),
+                value: Payload::Json(output_value(&self.group_by, &self.aggs, self.window, state)),
+                ..record.clone()
+            });
+        }
         part.dirty.insert(key);
-        Ok(Record {
-            key: Some(out_key.into_bytes()),
-            value: Payload::Json(value),
-            ..record
-        })
+        if let Some(w) = self.window
+            && part.next_close <= part.stream_time
+        {
+            let stream_time = part.stream_time;
+            let mut closed: Vec<(String, GroupState)> = Vec::new();
+            let mut next = i64::MAX;
+            part.groups.retain(|k, g| {
+                let at = w.closes_at(g.window_start.unwrap_or(0));
+                if at <= stream_time {
+                    closed.push((k.clone(), g.clone()));
+                    false
+                } else {
+                    next = next.min(at);
+                    true
+                }
+            });
+            part.next_close = next;
+            closed.sort_by(|a, b| (a.1.window_start, &a.0).cmp(&(b.1.window_start, &b.0)));
+            for (k, g) in closed {
+                part.dirty.insert(k.clone());
+                if self.emit_on_close {
+                    out.push(Record {
+                        key: Some(output_key(&k, &g.group, self.window.is_some()).into_bytes()),
+                        value: Payload::Json(output_value(
+                            &self.group_by,
+                            &self.aggs,
+                            self.window,
+                            &g,
+                        )),
+                        ..record.clone()
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 
-    /// Changelog records for the groups changed since the last call, per partition.
-    pub fn take_changes(&mut self) -> Vec<(i32, String, Vec<u8>)> {
+    /// Changelog records for the groups changed since the last call, per partition; `None`
+    /// (a tombstone) for groups removed when their window closed.
+    pub fn take_changes(&mut self) -> Vec<(i32, String, Option<Vec<u8>>)> {
         let mut out = Vec::new();
         for (p, part) in &mut self.state {
             for key in part.dirty.drain() {
-                if let Some(state) = part.groups.get(&key)
-                    && let Ok(bytes) = serde_json::to_vec(state)
-                {
-                    out.push((*p, key, bytes));
+                match part.groups.get(&key) {
+                    Some(state) => {
+                        if let Ok(bytes) = serde_json::to_vec(state) {
+                            out.push((*p, key, Some(bytes)));
+                        }
+                    }
+                    None => out.push((*p, key, None)),
                 }
             }
         }
@@ -314,9 +450,15 @@ impl Aggregate {
         &mut self,
         partition: i32,
         key: &[u8],
-        value: &[u8],
+        value: Option<&[u8]>,
     ) -> Result<(), RestoreError> {
         let key = String::from_utf8_lossy(key).into_owned();
+        let Some(value) = value else {
+            if let Some(part) = self.state.get_mut(&partition) {
+                part.groups.remove(&key);
+            }
+            return Ok(());
+        };
         let state: GroupState = serde_json::from_slice(value).map_err(|e| RestoreError {
             key: key.clone(),
             message: e.to_string(),
@@ -327,11 +469,12 @@ impl Aggregate {
                 message: "the aggregations changed since it was written; use a new pipeline name to start over".to_string(),
             });
         }
-        self.state
-            .entry(partition)
-            .or_default()
-            .groups
-            .insert(key, state);
+        let part = self.state.entry(partition).or_default();
+        part.stream_time = part.stream_time.max(state.max_ts);
+        if let (Some(w), Some(start)) = (self.window, state.window_start) {
+            part.next_close = part.next_close.min(w.closes_at(start));
+        }
+        part.groups.insert(key, state);
         Ok(())
     }
 
@@ -360,7 +503,12 @@ impl Aggregate {
         self.state
             .values()
             .flat_map(|p| p.groups.iter())
-            .map(|(k, s)| (k.clone(), output_value(&self.group_by, &self.aggs, s)))
+            .map(|(k, s)| {
+                (
+                    k.clone(),
+                    output_value(&self.group_by, &self.aggs, self.window, s),
+                )
+            })
             .collect()
     }
 }
@@ -370,11 +518,19 @@ type AggSpec = (String, AggregateOp, Option<Expr>);
 fn output_value(
     group_by: &[(String, Expr)],
     aggs: &[AggSpec],
+    window: Option<Tumbling>,
     state: &GroupState,
 ) -> serde_json::Value {
-    let mut obj = serde_json::Map::with_capacity(group_by.len() + aggs.len());
+    let mut obj = serde_json::Map::with_capacity(group_by.len() + aggs.len() + 2);
     for ((field, _), v) in group_by.iter().zip(&state.group) {
         obj.insert(field.clone(), v.clone());
+    }
+    if let (Some(w), Some(start)) = (window, state.window_start) {
+        obj.insert("windowStart".to_string(), serde_json::Value::from(start));
+        obj.insert(
+            "windowEnd".to_string(),
+            serde_json::Value::from(start.saturating_add(w.size)),
+        );
     }
     for ((name, _, _), acc) in aggs.iter().zip(&state.accs) {
         obj.insert(name.clone(), acc.value());
@@ -382,10 +538,11 @@ fn output_value(
     serde_json::Value::Object(obj)
 }
 
-/// The output key: a single string group value as is, otherwise the JSON array.
-fn output_key(key: &str, group: &[serde_json::Value]) -> String {
+/// The output key: a single string group value as is (unwindowed), otherwise the JSON
+/// array of the group values (and the window start).
+fn output_key(key: &str, group: &[serde_json::Value], windowed: bool) -> String {
     match group {
-        [serde_json::Value::String(s)] => s.clone(),
+        [serde_json::Value::String(s)] if !windowed => s.clone(),
         _ => key.to_string(),
     }
 }
@@ -402,12 +559,218 @@ mod tests {
         Aggregate::compile("per-region", &serde_saphyr::from_str(SPEC).unwrap()).unwrap()
     }
 
-    fn feed(a: &mut Aggregate, partition: i32, v: serde_json::Value) -> Result<Record, StepError> {
+    fn feed_at(
+        a: &mut Aggregate,
+        partition: i32,
+        ts: i64,
+        v: serde_json::Value,
+    ) -> Result<Vec<Record>, StepError> {
         let root = root_context();
-        let r = Record::new("in", partition, 0, 0, None, Payload::Json(v));
+        let r = Record::new("in", partition, 0, ts, None, Payload::Json(v));
         let needs = a.needs();
         let s = scope(&root, &r, &needs);
         a.update(partition, r.clone(), &s)
+    }
+
+    fn feed(a: &mut Aggregate, partition: i32, v: serde_json::Value) -> Result<Record, StepError> {
+        let mut out = feed_at(a, partition, 0, v)?;
+        assert_eq!(out.len(), 1);
+        Ok(out.remove(0))
+    }
+
+    fn values(records: &[Record]) -> Vec<serde_json::Value> {
+        records
+            .iter()
+            .map(|r| match &r.value {
+                Payload::Json(v) => v.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    fn windowed(extra: &str) -> Aggregate {
+        let spec = format!(
+            "groupBy: {{region: value.region}}\naggregations: [{{name: total, op: sum, of: value.total}}]\n{extra}"
+        );
+        Aggregate::compile("w", &serde_saphyr::from_str(&spec).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn tumbling_windows_on_update_keep_windows_apart() {
+        let mut a = windowed("window: {tumbling: 1m}\n");
+        feed_at(
+            &mut a,
+            0,
+            1_000,
+            serde_json::json!({"region": "eu", "total": 1}),
+        )
+        .unwrap();
+        let out = feed_at(
+            &mut a,
+            0,
+            59_999,
+            serde_json::json!({"region": "eu", "total": 2}),
+        )
+        .unwrap();
+        assert_eq!(
+            values(&out),
+            vec![
+                serde_json::json!({"region": "eu", "windowStart": 0, "windowEnd": 60000, "total": 3})
+            ]
+        );
+        let out = feed_at(
+            &mut a,
+            0,
+            60_000,
+            serde_json::json!({"region": "eu", "total": 5}),
+        )
+        .unwrap();
+        assert_eq!(
+            values(&out),
+            vec![
+                serde_json::json!({"region": "eu", "windowStart": 60000, "windowEnd": 120000, "total": 5})
+            ]
+        );
+        assert_eq!(
+            a.group_count(),
+            1,
+            "the first window closed and was forgotten"
+        );
+        let changes = a.take_changes();
+        assert!(
+            changes
+                .iter()
+                .any(|(_, k, v)| k == "[\"eu\",0]" && v.is_none()),
+            "{changes:?}"
+        );
+    }
+
+    #[test]
+    fn on_window_close_emits_final_values_after_grace() {
+        let mut a = windowed("window: {tumbling: 10s, grace: 5s}\nemit: onWindowClose\n");
+        assert!(
+            feed_at(
+                &mut a,
+                0,
+                1_000,
+                serde_json::json!({"region": "eu", "total": 1})
+            )
+            .unwrap()
+            .is_empty()
+        );
+        assert!(
+            feed_at(
+                &mut a,
+                0,
+                2_000,
+                serde_json::json!({"region": "us", "total": 4})
+            )
+            .unwrap()
+            .is_empty()
+        );
+        // In the next window but within grace: the first window stays open.
+        assert!(
+            feed_at(
+                &mut a,
+                0,
+                12_000,
+                serde_json::json!({"region": "eu", "total": 7})
+            )
+            .unwrap()
+            .is_empty()
+        );
+        // Late but within grace: still counted.
+        assert!(
+            feed_at(
+                &mut a,
+                0,
+                9_000,
+                serde_json::json!({"region": "eu", "total": 2})
+            )
+            .unwrap()
+            .is_empty()
+        );
+        let out = feed_at(
+            &mut a,
+            0,
+            15_000,
+            serde_json::json!({"region": "eu", "total": 1}),
+        )
+        .unwrap();
+        assert_eq!(
+            values(&out),
+            vec![
+                serde_json::json!({"region": "eu", "windowStart": 0, "windowEnd": 10000, "total": 3}),
+                serde_json::json!({"region": "us", "windowStart": 0, "windowEnd": 10000, "total": 4}),
+            ]
+        );
+        let err = feed_at(
+            &mut a,
+            0,
+            3_000,
+            serde_json::json!({"region": "eu", "total": 1}),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("late record"), "{err}");
+    }
+
+    #[test]
+    fn window_close_survives_a_restart() {
+        let mut a = windowed("window: {tumbling: 10s}\nemit: onWindowClose\n");
+        feed_at(
+            &mut a,
+            0,
+            1_000,
+            serde_json::json!({"region": "eu", "total": 1}),
+        )
+        .unwrap();
+        feed_at(
+            &mut a,
+            0,
+            5_000,
+            serde_json::json!({"region": "eu", "total": 2}),
+        )
+        .unwrap();
+        let mut b = windowed("window: {tumbling: 10s}\nemit: onWindowClose\n");
+        for (p, k, v) in a.take_changes() {
+            b.restore(p, k.as_bytes(), v.as_deref()).unwrap();
+        }
+        let err = feed_at(
+            &mut b,
+            0,
+            100,
+            serde_json::json!({"region": "eu", "total": 1}),
+        );
+        assert!(
+            err.unwrap().is_empty(),
+            "stream time restored: not late, window still open"
+        );
+        let out = feed_at(
+            &mut b,
+            0,
+            10_000,
+            serde_json::json!({"region": "eu", "total": 1}),
+        )
+        .unwrap();
+        assert_eq!(
+            values(&out),
+            vec![
+                serde_json::json!({"region": "eu", "windowStart": 0, "windowEnd": 10000, "total": 4})
+            ]
+        );
+    }
+
+    #[test]
+    fn hopping_and_session_windows_are_refused() {
+        let err = Aggregate::compile(
+            "h",
+            &serde_saphyr::from_str("groupBy: {r: value.r}\naggregations: [{name: n, op: count}]\nwindow: {hopping: {size: 1m, advance: 10s}}\n").unwrap(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "step h: a hopping window is not supported yet"
+        );
     }
 
     #[test]
@@ -473,13 +836,6 @@ mod tests {
     }
 
     #[test]
-    fn windows_are_refused_until_implemented() {
-        let spec = format!("{SPEC}window: {{tumbling: 1m}}\nemit: onWindowClose\n");
-        let err = Aggregate::compile("w", &serde_saphyr::from_str(&spec).unwrap()).unwrap_err();
-        assert!(err.to_string().contains("not supported yet"), "{err}");
-    }
-
-    #[test]
     fn sum_without_of_is_refused() {
         let err = Aggregate::compile(
             "s",
@@ -493,9 +849,9 @@ mod tests {
     #[test]
     fn corrupt_changelog_is_an_error() {
         let mut a = agg();
-        assert!(a.restore(0, b"[\"x\"]", b"not json").is_err());
+        assert!(a.restore(0, b"[\"x\"]", Some(b"not json")).is_err());
         assert!(
-            a.restore(0, b"[\"x\"]", br#"{"group":["x"],"accs":[]}"#)
+            a.restore(0, b"[\"x\"]", Some(br#"{"group":["x"],"accs":[]}"#))
                 .is_err()
         );
     }
@@ -529,12 +885,12 @@ mod tests {
             bounds.push(0);
             bounds.push(records.len());
             bounds.sort_unstable();
-            let mut changelog: HashMap<String, Vec<u8>> = HashMap::new();
+            let mut changelog: HashMap<String, Option<Vec<u8>>> = HashMap::new();
             let mut last = HashMap::new();
             for w in bounds.windows(2) {
                 let mut step = agg();
                 for (k, v) in &changelog {
-                    step.restore(0, k.as_bytes(), v).unwrap();
+                    step.restore(0, k.as_bytes(), v.as_deref()).unwrap();
                 }
                 for r in &records[w[0]..w[1]] {
                     let out = feed(&mut step, 0, r.clone()).unwrap();
@@ -546,7 +902,7 @@ mod tests {
             }
             let mut restored = agg();
             for (k, v) in &changelog {
-                restored.restore(0, k.as_bytes(), v).unwrap();
+                restored.restore(0, k.as_bytes(), v.as_deref()).unwrap();
             }
             prop_assert_eq!(restored.snapshot(), whole.snapshot());
             prop_assert_eq!(last, expected_last);
