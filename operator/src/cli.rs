@@ -54,6 +54,26 @@ pub struct Args {
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
 
+    /// Image of the processor Deployments (unless a Pipeline sets `spec.image`).
+    #[arg(
+        long,
+        env = "SLUICE_PROCESSOR_IMAGE",
+        default_value = "ghcr.io/sluice/sluice-processor:0.1.0"
+    )]
+    pub processor_image: String,
+
+    /// Default resources of a processor container, as JSON (`{"requests":{"cpu":"100m"}}`).
+    #[arg(long, env = "SLUICE_PROCESSOR_RESOURCES")]
+    pub processor_resources: Option<String>,
+
+    /// Secret (in each Pipeline's namespace) whose `client.properties` processors use for SASL/TLS.
+    #[arg(long, env = "SLUICE_KAFKA_CLIENT_SECRET")]
+    pub kafka_client_secret: Option<String>,
+
+    /// How often each pipeline's lag is read and its size decided.
+    #[arg(long, env = "SLUICE_AUTOSCALE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub autoscale_interval: Duration,
+
     /// Log as JSON lines instead of text.
     #[arg(long, env = "SLUICE_LOG_JSON", default_value_t = false)]
     pub log_json: bool,

@@ -3,6 +3,7 @@
 // does not wrap (kafka::incremental, pipeline::offsets).
 #![deny(unsafe_code)]
 
+pub mod autoscaler;
 pub mod backoff;
 pub mod cli;
 pub mod context;
@@ -11,6 +12,7 @@ pub mod http;
 pub mod kafka;
 pub mod leader;
 pub mod metrics;
+pub mod pipeline;
 pub mod startup;
 pub mod topic;
 
@@ -29,6 +31,9 @@ use context::{Context, Settings};
 use kafka::KafkaAdmin;
 use leader::Leadership;
 use metrics::Metrics;
+
+/// How long controllers get to finish their reconciles at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs the operator until SIGTERM/SIGINT (Ok) or until it loses the lease (Err).
 pub async fn run(args: Args) -> Result<()> {
@@ -94,7 +99,10 @@ pub async fn run(args: Args) -> Result<()> {
     tracing::info!(%identity, "leading: starting controllers");
     metrics.set_leader(true);
 
-    let mut controllers = tokio::spawn(futures::future::join_all(controllers(&ctx, &stop_rx)));
+    let pipelines = pipeline::PipelineSettings::from_args(&args)?;
+    let mut controllers = tokio::spawn(futures::future::join_all(controllers(
+        &ctx, pipelines, &stop_rx,
+    )));
     let lost = tokio::select! {
         _ = &mut signals => false,
         _ = leadership.lost() => true,
@@ -102,8 +110,14 @@ pub async fn run(args: Args) -> Result<()> {
     };
     let _ = stop_tx.send(true);
     metrics.set_leader(false);
-    if !controllers.is_finished() {
-        let _ = controllers.await;
+    // Controllers finish their current reconcile and stop; do not wait forever for one that hangs.
+    if !controllers.is_finished()
+        && tokio::time::timeout(SHUTDOWN_GRACE, &mut controllers)
+            .await
+            .is_err()
+    {
+        tracing::warn!("controllers did not stop within {SHUTDOWN_GRACE:?}; exiting anyway");
+        controllers.abort();
     }
     let _ = http.await;
     if lost {
@@ -115,8 +129,15 @@ pub async fn run(args: Args) -> Result<()> {
 }
 
 /// Every controller this operator runs; each stops when `stop` turns true.
-fn controllers(ctx: &Arc<Context>, stop: &watch::Receiver<bool>) -> Vec<BoxFuture<'static, ()>> {
-    vec![topic::run(ctx.clone(), stopped(stop.clone())).boxed()]
+fn controllers(
+    ctx: &Arc<Context>,
+    pipelines: pipeline::PipelineSettings,
+    stop: &watch::Receiver<bool>,
+) -> Vec<BoxFuture<'static, ()>> {
+    vec![
+        topic::run(ctx.clone(), stopped(stop.clone())).boxed(),
+        pipeline::run(ctx.clone(), pipelines, stopped(stop.clone())).boxed(),
+    ]
 }
 
 /// Resolves when `stop` turns true (or its sender is gone).
