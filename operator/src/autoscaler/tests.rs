@@ -140,6 +140,7 @@ fn waking_with_a_known_capacity_sizes_for_the_load() {
         bursts: vec![(0, 30_000.0)],
         weights: vec![],
         initial_replicas: 1,
+        new_group: false,
         need: (2, 900),
     };
     let mut scaler = sluice(settings(0, 12));
@@ -240,6 +241,7 @@ fn steady_load_after_learning_capacity_settles_and_stays() {
         bursts: vec![(30, 60_000.0)],
         weights: vec![],
         initial_replicas: 1,
+        new_group: false,
         need: (1, 0),
     };
     let mut scaler = sluice(settings(1, 12));
@@ -269,6 +271,7 @@ fn noisy_load_does_not_flap() {
         bursts: vec![],
         weights: vec![],
         initial_replicas: 1,
+        new_group: false,
         need: (3, 0),
     };
     let mut scaler = sluice(settings(1, 12));
@@ -297,6 +300,7 @@ fn stabilization_delays_scale_down() {
         bursts: vec![(30, 100_000.0)],
         weights: vec![],
         initial_replicas: 1,
+        new_group: false,
         need: (1, 0),
     };
     let first_down = |window: u64| {
@@ -494,6 +498,7 @@ proptest! {
             bursts: vec![],
             weights: vec![],
             initial_replicas: 1,
+            new_group: false,
             need: (1, 0),
         };
         let mut scaler = sluice(settings(1, 12));

@@ -38,12 +38,20 @@ fn main() -> ExitCode {
     print_setup(&cluster, threshold);
 
     // Per KEDA run: traces where Sluice was as fast or faster, changed as rarely or more
-    // rarely, and spent as little or less time over the lag target.
-    let mut score = [[0usize; 3]; 2];
+    // rarely, spent as little or less time over the lag target, and as few or fewer
+    // replica-minutes idle.
+    let mut score = [[0usize; 4]; 2];
     let traces = traces(67);
     println!(
-        "\n{:<7} {:<26} {:>12} {:>11} {:>8} {:>9} {:>11}  replicas over time (count@second)",
-        "trace", "scaler", "enough after", "replica-min", "changes", "peak lag", "over target"
+        "\n{:<7} {:<26} {:>12} {:>11} {:>8} {:>8} {:>9} {:>11}  replicas over time (count@second)",
+        "trace",
+        "scaler",
+        "enough after",
+        "replica-min",
+        "idle",
+        "changes",
+        "peak lag",
+        "over target"
     );
     for trace in &traces {
         let min = u32::from(trace.initial_replicas != 0);
@@ -78,6 +86,7 @@ fn main() -> ExitCode {
             score[k][0] += usize::from(reach(&ours) <= reach(theirs));
             score[k][1] += usize::from(ours.changes <= theirs.changes);
             score[k][2] += usize::from(ours.over_target_secs <= theirs.over_target_secs);
+            score[k][3] += usize::from(ours.idle_replica_minutes <= theirs.idle_replica_minutes);
         }
     }
     let n = traces.len();
@@ -90,8 +99,9 @@ fn main() -> ExitCode {
     {
         println!(
             "\nSluice vs KEDA {name}: as fast or faster to enough replicas on {}/{n} traces, as \
-             few or fewer changes on {}/{n}, as little or less time over the lag target on {}/{n}",
-            score[k][0], score[k][1], score[k][2]
+             few or fewer changes on {}/{n}, as little or less time over the lag target on {}/{n}, \
+             as few or fewer idle replica-minutes on {}/{n}",
+            score[k][0], score[k][1], score[k][2], score[k][3]
         );
     }
     sweep(&cluster, threshold, 60..90);
@@ -148,7 +158,7 @@ fn print_setup(cluster: &ClusterConfig, threshold: f64) {
     );
     println!(
         "Sluice: reads offsets every 5 s; maxReplicas {MAX_REPLICAS}, lagTarget {LAG_TARGET_SECS}s, \
-         scaleDownStabilization 2m, idleAfter 5m; minReplicas 1 (0 on the wake trace)"
+         scaleDownStabilization 2m, idleAfter 5m; minReplicas 1 (0 on the wake and sparse traces, as for KEDA)"
     );
     println!(
         "KEDA:   lag per partition logEnd - committed (offsetResetPolicy latest), total capped at \
@@ -163,7 +173,9 @@ fn print_setup(cluster: &ClusterConfig, threshold: f64) {
     );
     println!(
         "enough after: seconds from when the load needs N replicas until N are ready (N per trace \
-         below); replica-min: replicas asked for x minutes"
+         below); replica-min: replicas asked for x minutes; idle: the part of it with nothing \
+         arriving or waiting; over target: seconds in which the backlog could not drain within \
+         lagTarget at the ready replicas' full speed"
     );
 }
 
@@ -216,6 +228,7 @@ fn traces(at: u64) -> Vec<Trace> {
             bursts: vec![(at, 120_000.0)],
             weights: vec![],
             initial_replicas: 1,
+            new_group: false,
             // Drain 120k within 30 s while 500/s keep arriving: 4500/s -> 5 replicas.
             need: (5, at),
         },
@@ -226,6 +239,7 @@ fn traces(at: u64) -> Vec<Trace> {
             bursts: vec![],
             weights: vec![],
             initial_replicas: 1,
+            new_group: false,
             need: (6, ramp_needs_six),
         },
         Trace {
@@ -235,6 +249,7 @@ fn traces(at: u64) -> Vec<Trace> {
             bursts: vec![],
             weights: vec![],
             initial_replicas: 1,
+            new_group: false,
             need: (1, 0),
         },
         Trace {
@@ -250,6 +265,7 @@ fn traces(at: u64) -> Vec<Trace> {
             bursts: vec![],
             weights: vec![],
             initial_replicas: 1,
+            new_group: false,
             need: (3, at),
         },
         Trace {
@@ -265,7 +281,28 @@ fn traces(at: u64) -> Vec<Trace> {
             bursts: vec![],
             weights: vec![],
             initial_replicas: 0,
+            new_group: false,
             need: (1, wake),
+        },
+        Trace {
+            name: "sparse",
+            duration_secs: 1200,
+            rate: Box::new(move |t| {
+                if (at..at + 180).contains(&t) {
+                    600.0
+                } else {
+                    0.0
+                }
+            }),
+            bursts: vec![],
+            // A new group, and records only ever reach half of the partitions: the other
+            // half never gets a committed offset.
+            weights: (0..PARTITIONS)
+                .map(|i| if i < PARTITIONS / 2 { 1.0 } else { 0.0 })
+                .collect(),
+            initial_replicas: 0,
+            new_group: true,
+            need: (1, at),
         },
         Trace {
             name: "hot",
@@ -279,6 +316,7 @@ fn traces(at: u64) -> Vec<Trace> {
                 w
             },
             initial_replicas: 1,
+            new_group: false,
             // Partition 0 gets 12k of the burst plus 240/s: to drain in 30 s it needs
             // 640/s, each other partition 87/s + 4364/30 = 232/s. 4 replicas carry the
             // total (3200/s) but the one reading partition 0 then also reads two others
@@ -297,6 +335,7 @@ struct Sweep {
     changes: u32,
     over_target_secs: u64,
     replica_minutes: f64,
+    idle_replica_minutes: f64,
 }
 
 impl Sweep {
@@ -309,6 +348,7 @@ impl Sweep {
         self.changes += out.changes;
         self.over_target_secs += out.over_target_secs;
         self.replica_minutes += out.replica_minutes;
+        self.idle_replica_minutes += out.idle_replica_minutes;
     }
 
     fn print(&self, trace: &str, scaler: &str) {
@@ -325,8 +365,9 @@ impl Sweep {
             }
         };
         println!(
-            "{trace:<7} {scaler:<26} {reach:>18} {:>11.1} {:>8.2} {:>11.1}",
+            "{trace:<7} {scaler:<26} {reach:>18} {:>11.1} {:>8.1} {:>8.2} {:>11.1}",
             self.replica_minutes / runs,
+            self.idle_replica_minutes / runs,
             f64::from(self.changes) / runs,
             self.over_target_secs as f64 / runs
         );
@@ -343,8 +384,8 @@ fn sweep(cluster: &ClusterConfig, threshold: f64, ats: std::ops::Range<u64>) {
         ats.end - 1
     );
     println!(
-        "{:<7} {:<26} {:>18} {:>11} {:>8} {:>11}",
-        "trace", "scaler", "enough after", "replica-min", "changes", "over target"
+        "{:<7} {:<26} {:>18} {:>11} {:>8} {:>8} {:>11}",
+        "trace", "scaler", "enough after", "replica-min", "idle", "changes", "over target"
     );
     let names = traces(ats.start);
     for (i, name) in names.iter().map(|t| t.name).enumerate() {
@@ -387,11 +428,12 @@ fn row(trace: &str, scaler: &dyn Scaler, out: &Outcome) {
         timeline.push(format!("... {} more", out.timeline.len() - 10));
     }
     println!(
-        "{:<7} {:<26} {:>12} {:>11.1} {:>8} {:>9.0} {:>11}  {}",
+        "{:<7} {:<26} {:>12} {:>11.1} {:>8.1} {:>8} {:>9.0} {:>11}  {}",
         trace,
         scaler.name(),
         reach,
         out.replica_minutes,
+        out.idle_replica_minutes,
         out.changes,
         out.peak_lag,
         format!("{} s", out.over_target_secs),

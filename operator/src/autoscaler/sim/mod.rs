@@ -45,6 +45,9 @@ pub struct Trace {
     pub weights: Vec<f64>,
     /// Replicas at the start.
     pub initial_replicas: u32,
+    /// The group starts with no committed offsets; a partition gets one once the group
+    /// has consumed from it (so a partition that never receives a record has none).
+    pub new_group: bool,
     /// Replicas the load needs, and from which second: "time to enough replicas" counts
     /// from then until that many replicas are ready.
     pub need: (u32, u64),
@@ -119,6 +122,8 @@ pub struct Outcome {
     pub reach_secs: Option<u64>,
     /// Replicas asked for, summed over time, in minutes.
     pub replica_minutes: f64,
+    /// The part of `replica_minutes` spent with nothing arriving and nothing waiting.
+    pub idle_replica_minutes: f64,
     /// How many times the replica count changed.
     pub changes: u32,
     /// The most records waiting at any second.
@@ -137,6 +142,8 @@ pub struct Outcome {
 struct Partition {
     produced: f64,
     consumed: f64,
+    /// The group has committed an offset here.
+    committed: bool,
 }
 
 struct Cluster {
@@ -173,7 +180,7 @@ impl Cluster {
                     },
                     log_start: 0,
                     log_end: p.produced.floor() as i64,
-                    committed: Some(p.consumed.floor() as i64),
+                    committed: p.committed.then(|| p.consumed.floor() as i64),
                 })
                 .collect(),
             replicas: u32::try_from(self.replicas.len()).unwrap_or(u32::MAX),
@@ -235,6 +242,7 @@ impl Cluster {
                 let share = budget / (count - k) as f64;
                 let take = (p.produced - p.consumed).min(share).max(0.0);
                 p.consumed += take;
+                p.committed |= take > 0.0;
                 budget -= take;
             }
         }
@@ -251,6 +259,7 @@ pub fn run(config: &ClusterConfig, trace: &Trace, scaler: &mut dyn Scaler) -> Ou
             .map(|_| Partition {
                 produced: 0.0,
                 consumed: 0.0,
+                committed: !trace.new_group,
             })
             .collect(),
         replicas: vec![0; trace.initial_replicas as usize],
@@ -259,6 +268,7 @@ pub fn run(config: &ClusterConfig, trace: &Trace, scaler: &mut dyn Scaler) -> Ou
     let (need, need_from) = trace.need;
     let mut out = Outcome::default();
     let mut replica_secs = 0u64;
+    let mut idle_replica_secs = 0u64;
     for t in 0..trace.duration_secs {
         let rate = (trace.rate)(t).max(0.0);
         let burst: f64 = trace
@@ -283,6 +293,9 @@ pub fn run(config: &ClusterConfig, trace: &Trace, scaler: &mut dyn Scaler) -> Ou
 
         replica_secs += cluster.replicas.len() as u64;
         let lag = cluster.lag();
+        if rate + burst <= 0.0 && lag < 1.0 {
+            idle_replica_secs += cluster.replicas.len() as u64;
+        }
         out.peak_lag = out.peak_lag.max(lag);
         let spare = cluster.ready(t) as f64 * config.capacity_per_replica - rate;
         if lag >= 1.0 && (spare <= 0.0 || lag / spare > config.lag_target_secs) {
@@ -293,6 +306,7 @@ pub fn run(config: &ClusterConfig, trace: &Trace, scaler: &mut dyn Scaler) -> Ou
         }
     }
     out.replica_minutes = replica_secs as f64 / 60.0;
+    out.idle_replica_minutes = idle_replica_secs as f64 / 60.0;
     out.final_lag = cluster.lag();
     out.final_replicas = u32::try_from(cluster.replicas.len()).unwrap_or(u32::MAX);
     out
@@ -347,6 +361,7 @@ mod tests {
             bursts: vec![(0, 10_000.0)],
             weights: vec![],
             initial_replicas: 0,
+            new_group: false,
             need: (2, 0),
         };
         let out = run(&config(), &trace, &mut Fixed(2));
@@ -369,6 +384,7 @@ mod tests {
             bursts: vec![(0, 1_000.0)],
             weights: vec![1.0, 0.0, 0.0, 0.0],
             initial_replicas: 4,
+            new_group: false,
             need: (1, 0),
         };
         let out = run(&config(), &trace, &mut Fixed(4));
