@@ -24,7 +24,8 @@
 //! - Up at once, but only when the current count cannot meet the target even flat out;
 //!   down only when the lower count was enough over the whole stabilization window and
 //!   can absorb its own rebalance. The band between the two stops flapping. Hold during
-//!   rebalances and until a change has taken effect. Without a capacity measurement yet,
+//!   rebalances and until a change has taken effect (unless arrivals alone outgrow the
+//!   count asked for). Without a capacity measurement yet,
 //!   wait one reading to measure; if nothing is consumed at all, double stepwise.
 //! - To zero after `idleAfter` with no arrivals and no lag (when `minReplicas` is 0),
 //!   and back as soon as a record arrives.
