@@ -147,7 +147,9 @@ impl Operator {
 }
 
 async fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
     let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
     stream.write_all(req.as_bytes()).await.ok()?;
     let mut body = String::new();
@@ -240,6 +242,32 @@ async fn kafka_set_config(bootstrap: &str, topic: &str, config: &[(&str, &str)])
 // ---------------------------------------------------------------------------------------
 // Kubernetes helpers.
 
+/// Installs (server-side applies) the Topic CRD, the only one these tests need, and waits
+/// until it is Established.
+async fn install_topic_crd(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = sluice_crds::generate::crds()
+        .into_iter()
+        .find(|c| c.metadata.name.as_deref() == Some("topics.sluice.dev"))
+        .expect("the Topic CRD");
+    api.patch(
+        "topics.sluice.dev",
+        &PatchParams::apply(cluster::FIELD_MANAGER).force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .unwrap();
+    let established = kube::runtime::wait::conditions::is_crd_established();
+    tokio::time::timeout(
+        WAIT,
+        kube::runtime::wait::await_condition(api, "topics.sluice.dev", established),
+    )
+    .await
+    .expect("Topic CRD Established")
+    .unwrap();
+}
+
 struct Setup {
     env: TestEnv,
     client: Client,
@@ -251,7 +279,7 @@ struct Setup {
 async fn setup(prefix: &str) -> Setup {
     let env = TestEnv::require();
     let client = cluster::client(&env).await.unwrap();
-    cluster::install_crds(&client).await.unwrap();
+    install_topic_crd(&client).await;
     let ns = cluster::namespace(&client, prefix).await.unwrap();
     let bootstrap = env.var("KAFKA_BOOTSTRAP");
     let topics = Api::namespaced(client.clone(), &ns);
@@ -302,7 +330,12 @@ fn ready(t: &Topic) -> Option<(String, String, String)> {
 }
 
 /// Polls `name` until `check` holds, failing with the last state seen.
-async fn wait_until(api: &Api<Topic>, name: &str, what: &str, check: impl Fn(&Topic) -> bool) -> Topic {
+async fn wait_until(
+    api: &Api<Topic>,
+    name: &str,
+    what: &str,
+    check: impl Fn(&Topic) -> bool,
+) -> Topic {
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut last = None;
     while tokio::time::Instant::now() < deadline {
@@ -371,7 +404,11 @@ async fn events(client: &Client, ns: &str, name: &str) -> Vec<(String, String, S
 }
 
 async fn event_reasons(client: &Client, ns: &str, name: &str) -> Vec<String> {
-    events(client, ns, name).await.into_iter().map(|e| e.0).collect()
+    events(client, ns, name)
+        .await
+        .into_iter()
+        .map(|e| e.0)
+        .collect()
 }
 
 async fn wait_event(client: &Client, ns: &str, name: &str, reason: &str) {
@@ -410,14 +447,27 @@ async fn creates_a_topic_with_its_partitions_and_config() {
     assert_eq!(st.topic_name.as_deref(), Some(kname.as_str()));
     assert_eq!(st.partitions, Some(3));
     assert_eq!(st.replication_factor, Some(1));
-    assert_eq!(st.config.get("retention.ms").map(String::as_str), Some("3600000"));
+    assert_eq!(
+        st.config.get("retention.ms").map(String::as_str),
+        Some("3600000")
+    );
     assert_eq!(kafka_layout(&s.bootstrap, &kname).await, Some((3, 1)));
     let config = kafka_config(&s.bootstrap, &kname).await;
-    assert_eq!(config.get("retention.ms").map(String::as_str), Some("3600000"));
-    assert_eq!(config.get("cleanup.policy").map(String::as_str), Some("delete"));
+    assert_eq!(
+        config.get("retention.ms").map(String::as_str),
+        Some("3600000")
+    );
+    assert_eq!(
+        config.get("cleanup.policy").map(String::as_str),
+        Some("delete")
+    );
     assert!(t.finalizers().is_empty(), "Retain must leave no finalizer");
     wait_event(&s.client, &s.ns, "orders", "Created").await;
-    assert!(op.metric("sluice_operator_reconciles_total", "result=\"ok\"").await > 0.0);
+    assert!(
+        op.metric("sluice_operator_reconciles_total", "result=\"ok\"")
+            .await
+            > 0.0
+    );
     assert!(op.stop().await.success());
 }
 
@@ -505,10 +555,22 @@ async fn refuses_what_kafka_cannot_do_and_recovers_when_the_spec_is_fixed() {
     wait_event(&s.client, &s.ns, "payments", "Refused").await;
 
     // Another replication factor.
-    patch_spec(&s.topics, "payments", json!({"partitions": 3, "replicationFactor": 2})).await;
-    let t = wait_until(&s.topics, "payments", "refusing the replication factor", |t| {
-        ready(t).is_some_and(|(s, r, m)| s == "False" && r == "NotSupported" && m.contains("replication factor"))
-    })
+    patch_spec(
+        &s.topics,
+        "payments",
+        json!({"partitions": 3, "replicationFactor": 2}),
+    )
+    .await;
+    let t = wait_until(
+        &s.topics,
+        "payments",
+        "refusing the replication factor",
+        |t| {
+            ready(t).is_some_and(|(s, r, m)| {
+                s == "False" && r == "NotSupported" && m.contains("replication factor")
+            })
+        },
+    )
     .await;
     assert_eq!(t.status.unwrap().replication_factor, Some(1));
 
@@ -523,7 +585,10 @@ async fn refuses_what_kafka_cannot_do_and_recovers_when_the_spec_is_fixed() {
     let (_, _, msg) = ready(&t).unwrap();
     assert!(msg.contains("retention.ms"), "{msg}");
     assert_eq!(
-        kafka_config(&s.bootstrap, &kname).await.get("retention.ms").map(String::as_str),
+        kafka_config(&s.bootstrap, &kname)
+            .await
+            .get("retention.ms")
+            .map(String::as_str),
         Some("3600000")
     );
 
@@ -535,7 +600,9 @@ async fn refuses_what_kafka_cannot_do_and_recovers_when_the_spec_is_fixed() {
     )
     .await;
     let t = wait_until(&s.topics, "payments", "refusing the unknown key", |t| {
-        ready(t).is_some_and(|(s, r, m)| s == "False" && r == "InvalidConfig" && m.contains("no.such.setting"))
+        ready(t).is_some_and(|(s, r, m)| {
+            s == "False" && r == "InvalidConfig" && m.contains("no.such.setting")
+        })
     })
     .await;
     drop(t);
@@ -551,7 +618,10 @@ async fn refuses_what_kafka_cannot_do_and_recovers_when_the_spec_is_fixed() {
     assert_eq!(t.status.as_ref().unwrap().partitions, Some(4));
     assert_eq!(kafka_layout(&s.bootstrap, &kname).await, Some((4, 1)));
     assert_eq!(
-        kafka_config(&s.bootstrap, &kname).await.get("retention.ms").map(String::as_str),
+        kafka_config(&s.bootstrap, &kname)
+            .await
+            .get("retention.ms")
+            .map(String::as_str),
         Some("5400000")
     );
     assert!(op.stop().await.success());
@@ -562,9 +632,19 @@ async fn the_oldest_of_two_topics_for_one_kafka_topic_owns_it() {
     let s = setup("topic-conflict").await;
     let op = Operator::start(&s.env, &s.ns, "a", &s.bootstrap).await;
     let kname = cluster::unique("conflict");
-    create(&s.topics, "first", json!({"topicName": kname, "partitions": 2})).await;
+    create(
+        &s.topics,
+        "first",
+        json!({"topicName": kname, "partitions": 2}),
+    )
+    .await;
     wait_ready(&s.topics, "first").await;
-    create(&s.topics, "second", json!({"topicName": kname, "partitions": 6})).await;
+    create(
+        &s.topics,
+        "second",
+        json!({"topicName": kname, "partitions": 6}),
+    )
+    .await;
     let t = wait_reason(&s.topics, "second", "ResourceConflict").await;
     let (_, _, msg) = ready(&t).unwrap();
     assert!(msg.contains(&format!("{}/first", s.ns)), "{msg}");
@@ -594,7 +674,12 @@ async fn deletion_follows_the_deletion_policy() {
     let keep = cluster::unique("keep");
     let gone = cluster::unique("gone");
     create(&s.topics, "keep", json!({"topicName": keep})).await;
-    create(&s.topics, "gone", json!({"topicName": gone, "deletionPolicy": "Delete"})).await;
+    create(
+        &s.topics,
+        "gone",
+        json!({"topicName": gone, "deletionPolicy": "Delete"}),
+    )
+    .await;
     let k = wait_ready(&s.topics, "keep").await;
     let g = wait_ready(&s.topics, "gone").await;
     assert!(k.finalizers().is_empty());
@@ -602,20 +687,38 @@ async fn deletion_follows_the_deletion_policy() {
 
     // The finalizer follows the policy both ways.
     patch_spec(&s.topics, "keep", json!({"deletionPolicy": "Delete"})).await;
-    wait_until(&s.topics, "keep", "given the finalizer", |t| !t.finalizers().is_empty()).await;
+    wait_until(&s.topics, "keep", "given the finalizer", |t| {
+        !t.finalizers().is_empty()
+    })
+    .await;
     patch_spec(&s.topics, "keep", json!({"deletionPolicy": "Retain"})).await;
-    wait_until(&s.topics, "keep", "rid of the finalizer", |t| t.finalizers().is_empty()).await;
+    wait_until(&s.topics, "keep", "rid of the finalizer", |t| {
+        t.finalizers().is_empty()
+    })
+    .await;
 
-    s.topics.delete("keep", &DeleteParams::default()).await.unwrap();
-    s.topics.delete("gone", &DeleteParams::default()).await.unwrap();
+    s.topics
+        .delete("keep", &DeleteParams::default())
+        .await
+        .unwrap();
+    s.topics
+        .delete("gone", &DeleteParams::default())
+        .await
+        .unwrap();
     for name in ["keep", "gone"] {
         let deadline = tokio::time::Instant::now() + WAIT;
         while s.topics.get_opt(name).await.unwrap().is_some() {
-            assert!(tokio::time::Instant::now() < deadline, "{name} was not deleted");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} was not deleted"
+            );
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
-    wait_kafka("Delete removed the Kafka topic", None, || kafka_layout(&s.bootstrap, &gone)).await;
+    wait_kafka("Delete removed the Kafka topic", None, || {
+        kafka_layout(&s.bootstrap, &gone)
+    })
+    .await;
     assert_eq!(kafka_layout(&s.bootstrap, &keep).await, Some((1, 1)));
     assert!(op.stop().await.success());
 }
@@ -623,7 +726,9 @@ async fn deletion_follows_the_deletion_policy() {
 /// Forwards connections from a local port to Kafka's bootstrap address, while running.
 async fn forward(listener: tokio::net::TcpListener, target: String) {
     loop {
-        let Ok((mut inbound, _)) = listener.accept().await else { return };
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            return;
+        };
         let target = target.clone();
         tokio::spawn(async move {
             if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
@@ -640,17 +745,26 @@ async fn kafka_unreachable_is_reported_and_recovered_from() {
     let port = free_port();
     let op = Operator::start(&s.env, &s.ns, "a", &format!("127.0.0.1:{port}")).await;
     let kname = cluster::unique("unreach");
-    create(&s.topics, "late", json!({"topicName": kname, "partitions": 2})).await;
+    create(
+        &s.topics,
+        "late",
+        json!({"topicName": kname, "partitions": 2}),
+    )
+    .await;
     let t = wait_reason(&s.topics, "late", "KafkaUnavailable").await;
     let (_, _, msg) = ready(&t).unwrap();
     assert!(!msg.is_empty());
     wait_event(&s.client, &s.ns, "late", "KafkaUnavailable").await;
     assert!(
-        op.metric("sluice_operator_kafka_admin_errors_total", "describe").await > 0.0
+        op.metric("sluice_operator_kafka_admin_errors_total", "describe")
+            .await
+            > 0.0
     );
 
     // Kafka comes back (bootstrap through a forwarder on that port): the operator recovers.
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
     let fwd = tokio::spawn(forward(listener, s.bootstrap.clone()));
     wait_ready(&s.topics, "late").await;
     assert_eq!(kafka_layout(&s.bootstrap, &kname).await, Some((2, 1)));
@@ -662,16 +776,28 @@ async fn kafka_unreachable_is_reported_and_recovered_from() {
 async fn a_restart_midway_loses_and_duplicates_nothing() {
     let s = setup("topic-restart").await;
     let op = Operator::start(&s.env, &s.ns, "a", &s.bootstrap).await;
-    let names: Vec<String> = (0..4).map(|i| cluster::unique(&format!("restart{i}"))).collect();
+    let names: Vec<String> = (0..4)
+        .map(|i| cluster::unique(&format!("restart{i}")))
+        .collect();
     for (i, k) in names.iter().enumerate() {
-        create(&s.topics, &format!("t{i}"), json!({"topicName": k, "partitions": 2})).await;
+        create(
+            &s.topics,
+            &format!("t{i}"),
+            json!({"topicName": k, "partitions": 2}),
+        )
+        .await;
     }
     // Crash while it is working through them.
     wait_until(&s.topics, "t0", "seen", |t| t.status.is_some()).await;
     op.kill().await;
     // Changes while no operator runs.
     patch_spec(&s.topics, "t1", json!({"partitions": 3})).await;
-    create(&s.topics, "t4", json!({"topicName": cluster::unique("restart4"), "partitions": 1})).await;
+    create(
+        &s.topics,
+        "t4",
+        json!({"topicName": cluster::unique("restart4"), "partitions": 1}),
+    )
+    .await;
 
     let op = Operator::start(&s.env, &s.ns, "b", &s.bootstrap).await;
     for i in 0..5 {
@@ -703,7 +829,10 @@ async fn with_two_replicas_only_the_leader_writes() {
         if holder.as_deref() == Some("replica-a") {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "replica-a never led");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replica-a never led"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let b = Operator::start(&s.env, &s.ns, "replica-b", &s.bootstrap).await;
@@ -714,7 +843,10 @@ async fn with_two_replicas_only_the_leader_writes() {
     // b is up (serves metrics) but has not reconciled anything.
     let deadline = tokio::time::Instant::now() + WAIT;
     while b.metrics().await.is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "replica-b metrics never came up");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replica-b metrics never came up"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(a.metric("sluice_operator_leader", "").await, 1.0);
@@ -734,7 +866,9 @@ async fn with_two_replicas_only_the_leader_writes() {
     assert_eq!(b.metric("sluice_operator_leader", "").await, 1.0);
     let created: Vec<_> = events(&s.client, &s.ns, "two").await;
     assert!(
-        created.iter().any(|(r, _, i)| r == "Created" && i == "replica-b"),
+        created
+            .iter()
+            .any(|(r, _, i)| r == "Created" && i == "replica-b"),
         "{created:?}"
     );
     assert_eq!(b.identity, "replica-b");

@@ -1,4 +1,7 @@
 //! Which Topic resource owns a Kafka topic when several name it: the oldest. Pure.
+//!
+//! Creation times have one-second resolution, so two resources made in the same second tie;
+//! then the one already managing the topic keeps it, and only then does the uid decide.
 
 use k8s_openapi::jiff::Timestamp;
 use sluice_crds::Topic;
@@ -12,6 +15,8 @@ pub struct Claim {
     pub uid: String,
     /// When the resource was created; a claim without a time sorts last.
     pub created: Option<Timestamp>,
+    /// The resource already manages the topic (its status names it, and not as a conflict).
+    pub managing: bool,
 }
 
 impl Claim {
@@ -25,11 +30,21 @@ impl Claim {
             ),
             uid: topic.metadata.uid.clone().unwrap_or_default(),
             created: topic.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            managing: topic.status.as_ref().is_some_and(|s| {
+                s.topic_name.as_deref() == Some(topic.kafka_name().as_str())
+                    && !s.conditions.iter().any(|c| c.reason == "ResourceConflict")
+            }),
         }
     }
 
-    fn order(&self) -> (bool, Option<Timestamp>, &str, &str) {
-        (self.created.is_none(), self.created, &self.uid, &self.key)
+    fn order(&self) -> (bool, Option<Timestamp>, bool, &str, &str) {
+        (
+            self.created.is_none(),
+            self.created,
+            !self.managing,
+            &self.uid,
+            &self.key,
+        )
     }
 }
 
@@ -55,7 +70,21 @@ mod tests {
             key: key.into(),
             uid: uid.into(),
             created: secs.map(|s| Timestamp::from_second(s).unwrap()),
+            managing: false,
         }
+    }
+
+    #[test]
+    fn in_the_same_second_the_one_already_managing_keeps_the_topic() {
+        let mut first = claim("ns/first", "zzz", Some(100));
+        first.managing = true;
+        let second = claim("ns/second", "aaa", Some(100));
+        let claims = [first.clone(), second.clone()];
+        assert_eq!(owner(&claims), Some(&first));
+        assert_eq!(other_owner(&second, &claims), Some(&first));
+        // An older resource still wins over one that manages the topic.
+        let older = claim("ns/older", "zzz", Some(99));
+        assert_eq!(owner(&[first, older.clone()]), Some(&older));
     }
 
     #[test]

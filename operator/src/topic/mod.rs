@@ -450,12 +450,10 @@ fn other_owner(topic: &Topic, store: &Store<Guarded>, name: &str) -> Option<Clai
         .state()
         .iter()
         .filter_map(|g| g.0.as_ref().ok())
-        .filter(|t| t.kafka_name() == name)
+        .filter(|t| t.kafka_name() == name && t.uid() != topic.uid())
         .map(Claim::of)
         .collect();
-    if !claims.iter().any(|c| c.uid == me.uid) {
-        claims.push(me.clone());
-    }
+    claims.push(me.clone());
     conflict::other_owner(&me, &claims).cloned()
 }
 
