@@ -107,7 +107,9 @@ fn settings(k: &KafkaArgs) -> Result<KafkaSettings, String> {
 }
 
 fn fail(code: i32, msg: impl std::fmt::Display) -> ! {
-    tracing::error!("{msg}");
+    if std::env::var("SLUICE_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json")) {
+        tracing::error!("{msg}");
+    }
     eprintln!("sluice-processor: {msg}");
     std::process::exit(code);
 }

@@ -24,7 +24,7 @@ pub enum TopicError {
         source: KafkaError,
     },
     /// Topics the pipeline reads or writes do not exist.
-    #[error("missing topics: {}", .0.join(", "))]
+    #[error("missing topics: {} (create them first: Sluice creates only its internal changelog and repartition topics)", .0.join(", "))]
     Missing(Vec<String>),
     /// An internal topic could not be created.
     #[error("cannot create topic {topic}: {message}")]
