@@ -59,6 +59,7 @@ pub struct ConnectorSpec {
     pub topics: Vec<String>,
     /// Plugin settings (table, bucket, flush sizes, ...). No credentials here: use `secretRef`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
     #[x_kube(validation = Rule::new(NO_INLINE_SECRETS).message(NO_INLINE_SECRETS_MESSAGE))]
     pub config: BTreeMap<String, String>,
     /// Secret whose keys are passed to the plugin as settings (passwords, access keys).
@@ -111,6 +112,7 @@ pub struct KafkaConnectSpec {
     /// Connector settings passed to Kafka Connect. Credentials through config providers
     /// (`${secrets:...}`, `${file:...}`), never inline.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
     #[x_kube(validation = Rule::new(NO_INLINE_SECRETS).message(NO_INLINE_SECRETS_MESSAGE))]
     pub config: BTreeMap<String, String>,
 }
