@@ -62,6 +62,9 @@ pub struct Engine {
     format: RecordFormat,
     steps: Vec<Step>,
     step_metrics: Vec<Arc<StepMetrics>>,
+    /// What step i and the steps after it up to the next one that changes the record
+    /// read: one scope serves them all.
+    segment_needs: Vec<Needs>,
     outputs: Vec<(String, Option<Expr>)>,
     output_needs: Needs,
     aggregate: Option<usize>,
@@ -150,11 +153,20 @@ impl Engine {
             .filter_map(|(_, k)| k.as_ref())
             .for_each(|k| output_needs.merge(k.needs()));
         let step_metrics = steps.iter().map(|s| metrics.step(&s.name)).collect();
+        let mut segment_needs = vec![Needs::default(); steps.len()];
+        for i in (0..steps.len()).rev() {
+            let mut needs = steps[i].needs.clone();
+            if !changes_record(&steps[i].kind) && i + 1 < steps.len() {
+                needs.merge(&segment_needs[i + 1]);
+            }
+            segment_needs[i] = needs;
+        }
         Ok(Self {
             name: name.to_string(),
             format,
             steps,
             step_metrics,
+            segment_needs,
             outputs,
             output_needs,
             aggregate: aggregates.first().copied(),
@@ -257,11 +269,16 @@ impl Engine {
         out: &mut Vec<Emit>,
     ) -> Result<(), Failure> {
         let mut record = record;
+        let mut cached: Option<Context> = None;
         for i in start..self.steps.len() {
             let started = sample.then(Instant::now);
             let step = &mut self.steps[i];
             let metrics = &self.step_metrics[i];
-            let scope = scope(&self.root, &record, &step.needs);
+            let scope = match cached.take() {
+                Some(s) => s,
+                None => scope(&self.root, &record, &self.segment_needs[i]),
+            };
+            let keep_scope = !changes_record(&step.kind);
             let result = match &mut step.kind {
                 Kind::Aggregate(agg) => {
                     if let (Some(topic), false) = (&self.repartition, from_repartition) {
@@ -306,7 +323,9 @@ impl Engine {
                 }
                 _ => {
                     let r = step.apply(record, &scope);
-                    drop(scope);
+                    if keep_scope {
+                        cached = Some(scope);
+                    }
                     r
                 }
             };
@@ -376,6 +395,11 @@ impl Engine {
     pub fn metrics(&self) -> &PipelineMetrics {
         &self.metrics
     }
+}
+
+/// Whether a step hands on a different record than it got (so a new scope is needed).
+fn changes_record(kind: &Kind) -> bool {
+    matches!(kind, Kind::Map(_) | Kind::Aggregate(_))
 }
 
 fn step_failure(step: &str, e: StepError) -> Failure {
