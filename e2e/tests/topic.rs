@@ -552,7 +552,7 @@ async fn refuses_what_kafka_cannot_do_and_recovers_when_the_spec_is_fixed() {
     let (_, _, msg) = ready(&t).unwrap();
     assert!(msg.contains("cannot remove partitions"), "{msg}");
     assert_eq!(kafka_layout(&s.bootstrap, &kname).await, Some((3, 1)));
-    wait_event(&s.client, &s.ns, "payments", "Refused").await;
+    wait_event(&s.client, &s.ns, "payments", "NotSupported").await;
 
     // Another replication factor.
     patch_spec(
@@ -583,7 +583,12 @@ async fn refuses_what_kafka_cannot_do_and_recovers_when_the_spec_is_fixed() {
     .await;
     let t = wait_reason(&s.topics, "payments", "InvalidConfig").await;
     let (_, _, msg) = ready(&t).unwrap();
-    assert!(msg.contains("retention.ms"), "{msg}");
+    // Kafka's own words.
+    assert!(
+        msg.contains("Invalid value not-a-number for configuration retention.ms"),
+        "{msg}"
+    );
+    wait_event(&s.client, &s.ns, "payments", "InvalidConfig").await;
     assert_eq!(
         kafka_config(&s.bootstrap, &kname)
             .await
@@ -660,6 +665,7 @@ async fn the_oldest_of_two_topics_for_one_kafka_topic_owns_it() {
         .await
         .unwrap();
     wait_ready(&s.topics, "second").await;
+    wait_event(&s.client, &s.ns, "second", "Adopted").await;
     wait_kafka("the new owner grew the topic", Some((6, 1)), || {
         kafka_layout(&s.bootstrap, &kname)
     })

@@ -252,10 +252,14 @@ async fn reconcile_topic(topic: &Topic, state: &TopicController) -> Result<Actio
     debug!(?plan, "planned");
 
     if let Some(o) = &observed {
-        let first_sight = state.previous(topic).and_then(|s| s.topic_name).is_none();
+        // First sight: never reconciled to this topic, or only seen as a conflict (taking over).
+        let first_sight = state.previous(topic).is_none_or(|s| {
+            s.topic_name.is_none()
+                || status::ready_of(Some(&s)).is_some_and(|(_, r, _)| r == "ResourceConflict")
+        });
         if first_sight {
             let note = format!(
-                "Adopted existing Kafka topic {} ({} partitions, replication factor {})",
+                "Adopted existing Kafka topic {} (partitions: {}, replication factor: {})",
                 desired.name, o.partitions, o.replication_factor
             );
             ctx.event(&oref, KIND, false, "Adopted", note).await;
@@ -329,11 +333,11 @@ async fn apply(
             match created {
                 Ok(()) => {
                     let note = format!(
-                        "Created Kafka topic {name} with {} partitions, replication factor {} and {} configs",
+                        "Created Kafka topic {name} (partitions: {}, replication factor: {}, configs: {})",
                         desired.partitions,
                         desired
                             .replication_factor
-                            .map_or("of the broker default".to_string(), |r| r.to_string()),
+                            .map_or("broker default".to_string(), |r| r.to_string()),
                         desired.config.len()
                     );
                     ctx.event(oref, KIND, false, "Created", note).await;
@@ -489,18 +493,10 @@ async fn write_status(
     let before = status::ready_of(previous.as_ref()).map(|(s, r, _)| (s, r));
     let after = status::ready_of(Some(&new)).map(|(s, r, _)| (s, r));
     if before != after {
-        let (_, reason, message) = outcome.condition(name, observed);
-        let event = match &outcome {
-            Outcome::Refused(_) => Some("Refused"),
-            Outcome::Conflict { .. } => Some("ResourceConflict"),
-            Outcome::KafkaUnavailable(_) => Some("KafkaUnavailable"),
-            Outcome::KafkaError(_) => Some("KafkaError"),
-            Outcome::InvalidSpec(_) => Some("InvalidSpec"),
-            Outcome::Ready | Outcome::Creating(_) => None,
-        };
-        if let Some(event) = event {
-            ctx.event(oref, KIND, true, event, format!("{reason}: {message}"))
-                .await;
+        // A refusal, conflict or Kafka failure is worth a Warning event, named by its reason.
+        if !matches!(outcome, Outcome::Ready | Outcome::Creating(_)) {
+            let (_, reason, message) = outcome.condition(name, observed);
+            ctx.event(oref, KIND, true, reason, message).await;
         }
     }
     Ok(())
