@@ -198,11 +198,9 @@ fn deployment(name: &str) -> Deployment {
     .expect("deployment")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn runs_a_deployment_as_local_processes() {
-    let env = TestEnv::require();
-    let client = client_from(&env.var("KUBECONFIG")).await;
-    let ns = unique("runner");
+/// Creates a fresh namespace and waits for its default ServiceAccount.
+async fn namespace(client: &Client, prefix: &str) -> String {
+    let ns = unique(prefix);
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
         .create(
@@ -216,6 +214,147 @@ async fn runs_a_deployment_as_local_processes() {
         accounts.get_opt("default").await.ok().flatten()
     })
     .await;
+    ns
+}
+
+fn shell_pod(name: &str, restart: &str, script: &str, env: serde_json::Value) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": {
+            "restartPolicy": restart,
+            "terminationGracePeriodSeconds": 5,
+            "containers": [{ "name": "sh", "image": SHELL_IMAGE, "args": ["-c", script], "env": env }],
+        },
+    }))
+    .expect("pod")
+}
+
+fn container_status(pod: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerStatus> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_config_errors_exit_codes_and_deletes_pods() {
+    let env = TestEnv::require();
+    let client = client_from(&env.var("KUBECONFIG")).await;
+    let ns = namespace(&client, "runner-pods").await;
+    let mut runner = Runner::start(&env, &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+
+    // restartPolicy Never: the exit code ends the pod as Failed.
+    pods.create(
+        &PostParams::default(),
+        &shell_pod("fails", "Never", "exit 3", json!([])),
+    )
+    .await
+    .expect("create pod");
+    let failed = wait_for("pod phase Failed", || async {
+        let p = pods.get("fails").await.ok()?;
+        (p.status.as_ref()?.phase.as_deref() == Some("Failed")).then_some(p)
+    })
+    .await;
+    let status = container_status(&failed).expect("container status");
+    assert_eq!(
+        status.state.and_then(|s| s.terminated).map(|t| t.exit_code),
+        Some(3)
+    );
+    assert_eq!(status.restart_count, 0);
+
+    // A missing Secret is a CreateContainerConfigError until the Secret exists.
+    let secret_env = json!([{ "name": "TOKEN", "valueFrom": { "secretKeyRef": { "name": "later", "key": "token" } } }]);
+    let script = "echo \"token=$TOKEN\"; exec sleep 300";
+    pods.create(
+        &PostParams::default(),
+        &shell_pod("waits", "Always", script, secret_env),
+    )
+    .await
+    .expect("create pod");
+    wait_for("CreateContainerConfigError", || async {
+        let p = pods.get("waits").await.ok()?;
+        let waiting = container_status(&p)?.state?.waiting?;
+        (waiting.reason.as_deref() == Some("CreateContainerConfigError")
+            && waiting.message.is_some_and(|m| m.contains("later")))
+        .then_some(())
+    })
+    .await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({ "metadata": { "name": "later" }, "stringData": { "token": "s3cr3t" } }),
+            )
+            .expect("secret"),
+        )
+        .await
+        .expect("create secret");
+    let running = wait_for("the pod to run once its Secret exists", || async {
+        let p = pods.get("waits").await.ok()?;
+        is_ready(&p).then_some(p)
+    })
+    .await;
+    let log = PathBuf::from(env.var("E2E_LOGS"))
+        .join("pods")
+        .join(format!("{ns}_waits.log"));
+    wait_for("the process output in the pod log", || async {
+        std::fs::read_to_string(&log)
+            .ok()?
+            .contains("token=s3cr3t")
+            .then_some(())
+    })
+    .await;
+
+    // Deleting the pod stops its process and removes it from the API.
+    let pid = annotation_map(&running, "e2e.sluice.dev/pids")["sh"];
+    let pid = i32::try_from(pid).expect("pid");
+    pods.delete("waits", &DeleteParams::default())
+        .await
+        .expect("delete pod");
+    wait_for("the pod to be removed", || async {
+        pods.get_opt("waits").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    wait_for("the process to exit", || async {
+        (!alive(pid)).then_some(())
+    })
+    .await;
+
+    // Stopping the runner stops the processes it still runs.
+    pods.create(
+        &PostParams::default(),
+        &shell_pod("lingers", "Always", "exec sleep 300", json!([])),
+    )
+    .await
+    .expect("create pod");
+    let lingering = wait_for("the lingering pod to run", || async {
+        let p = pods.get("lingers").await.ok()?;
+        is_ready(&p).then_some(p)
+    })
+    .await;
+    let lingering_pid =
+        i32::try_from(annotation_map(&lingering, "e2e.sluice.dev/pids")["sh"]).expect("pid");
+    assert!(alive(lingering_pid));
+    assert!(
+        runner.stop(),
+        "runner exited with an error; see {}",
+        runner.log.display()
+    );
+    assert!(!alive(lingering_pid), "the runner left a process behind");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_a_deployment_as_local_processes() {
+    let env = TestEnv::require();
+    let client = client_from(&env.var("KUBECONFIG")).await;
+    let ns = namespace(&client, "runner").await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
 
     let mut runner = Runner::start(&env, &ns);
     let name = "web";
