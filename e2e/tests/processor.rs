@@ -545,3 +545,33 @@ async fn without_a_dead_letter_topic_a_bad_record_stops_the_pipeline_after_commi
         "the records before the bad one are committed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn generate_writes_records_from_the_template() {
+    let env = TestEnv::require();
+    let bootstrap = env.var("KAFKA_BOOTSTRAP");
+    let topic = unique("gen");
+    create_topics(&bootstrap, &[(&topic, 1)]).await;
+    let out = Command::new(processor_bin())
+        .args(["generate", "--topic", &topic, "--bootstrap", &bootstrap, "--count", "30"])
+        .args([
+            "--template",
+            r#"{"orderId": "'o-' + string(i)", "region": "['eu-west','us-east','ap-south'][i % 3]", "total": "double(i % 50) - 5.0"}"#,
+        ])
+        .args(["--key", "'o-' + string(i)"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run generate");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("30 records written"), "{stderr}");
+    let records = read(&bootstrap, &topic);
+    assert_eq!(records.len(), 30);
+    let r7 = &records[7];
+    assert_eq!(r7.key.as_deref(), Some("o-7"));
+    let v: serde_json::Value = serde_json::from_str(r7.value.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"orderId": "o-7", "region": "us-east", "total": 2.0})
+    );
+}
