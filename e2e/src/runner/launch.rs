@@ -229,6 +229,20 @@ mod tests {
     }
 
     #[test]
+    fn a_listen_address_set_in_env_gets_the_allocated_port() {
+        let c = container(&[], &[]);
+        let base = ports(&c).env("main");
+        let env = vec![entry("SLUICE_HTTP_ADDR", "0.0.0.0:8080", true)];
+        let spec = build(&c, Path::new("/bin/proc"), base, &env, &remap(), &ports(&c));
+        let addr = spec
+            .env
+            .iter()
+            .find(|(k, _)| k == "SLUICE_HTTP_ADDR")
+            .map(|(_, v)| v.as_str());
+        assert_eq!(addr, Some("127.0.0.1:41000"));
+    }
+
+    #[test]
     fn working_dir_is_remapped() {
         let mut c = container(&[], &[]);
         c.working_dir = Some("/etc/sluice/work".into());
