@@ -575,3 +575,108 @@ async fn generate_writes_records_from_the_template() {
         serde_json::json!({"orderId": "o-7", "region": "us-east", "total": 2.0})
     );
 }
+
+/// A plain HTTP/1.0 GET: (status code, body).
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pipeline_mode_serves_readiness_and_metrics_and_exits_zero_on_sigterm() {
+    let env = TestEnv::require();
+    let bootstrap = env.var("KAFKA_BOOTSTRAP");
+    let name = unique("http");
+    let (input, output, dlq) = (
+        format!("{name}-in"),
+        format!("{name}-out"),
+        format!("{name}-dlq"),
+    );
+    create_topics(&bootstrap, &[(&input, 1), (&output, 1), (&dlq, 1)]).await;
+    let (records, _, kept) = orders(0, 100);
+    kafka::produce(&kafka::producer(&bootstrap).unwrap(), &input, &records)
+        .await
+        .unwrap();
+    // The file the operator mounts: a Pipeline manifest.
+    let config = write_manifest(
+        &name,
+        serde_json::json!({
+            "inputs": [input],
+            "steps": [{"name": "positive", "filter": "value.total > 0.0"}],
+            "outputs": [{"topic": output}],
+            "deadLetter": {"topic": dlq},
+        }),
+    );
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let log = log_dir().join(format!("{name}.log"));
+    let out = std::fs::File::create(&log).unwrap();
+    let child = Command::new(processor_bin())
+        .args(["pipeline", "--config"])
+        .arg(&config)
+        .env("SLUICE_KAFKA_BOOTSTRAP", &bootstrap)
+        .env("SLUICE_HTTP_ADDR", &addr)
+        .env("SLUICE_LOG_FORMAT", "json")
+        .env("POD_NAME", format!("{name}-0"))
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let mut p = Processor { child, log };
+    let start = Instant::now();
+    loop {
+        if let Some((200, body)) = http_get(&addr, "/readyz") {
+            assert!(body.contains("ready"));
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "never ready; log: {}", p.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(http_get(&addr, "/healthz").map(|r| r.0), Some(200));
+    read_until(&bootstrap, &output, kept, &p);
+    let filtered = records.len() - kept;
+    let want = [
+        format!(
+            "sluice_records_in_total{{pipeline=\"{name}\"}} {}",
+            records.len()
+        ),
+        format!("sluice_records_out_total{{pipeline=\"{name}\"}} {kept}"),
+        format!(
+            "sluice_records_filtered_total{{pipeline=\"{name}\",step=\"positive\"}} {filtered}"
+        ),
+    ];
+    let start = Instant::now();
+    loop {
+        let (code, metrics) = http_get(&addr, "/metrics").expect("metrics");
+        assert_eq!(code, 200);
+        if want.iter().all(|w| metrics.contains(w.as_str())) {
+            assert!(metrics.contains("sluice_rebalances_total"), "{metrics}");
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "metrics never showed {want:?}:\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    p.signal("-TERM");
+    let status = p.wait();
+    assert!(status.success(), "{status}: {}", p.log_text());
+    let first = p.log_text().lines().next().unwrap_or_default().to_string();
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&first).is_ok(),
+        "SLUICE_LOG_FORMAT=json gives JSON lines: {first}"
+    );
+}
