@@ -250,6 +250,7 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<(), AppError> 
         exactly_once: cfg.spec.delivery == Delivery::ExactlyOnce,
         commit_interval,
         dead_letter: cfg.spec.dead_letter.as_ref().map(|d| d.topic.clone()),
+        produce_retries: cfg.spec.dead_letter.as_ref().map(|d| d.retries),
         start_from: cfg.spec.start_from,
         topics: consumed,
         state: plan.state.clone(),

@@ -100,6 +100,7 @@ fn start_worker(
         exactly_once: false,
         commit_interval: Duration::from_millis(50),
         dead_letter: Some("dlq".to_string()),
+        produce_retries: Some(0),
         start_from: StartFrom::Earliest,
         topics: vec!["in".to_string()],
         state: None,

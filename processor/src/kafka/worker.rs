@@ -60,6 +60,8 @@ pub struct WorkerOptions {
     pub commit_interval: Duration,
     /// Dead-letter topic.
     pub dead_letter: Option<String>,
+    /// Produce retries before an output counts as undeliverable (`deadLetter.retries`).
+    pub produce_retries: Option<i32>,
     /// Where a new group starts.
     pub start_from: StartFrom,
     /// Topics to consume (inputs, and the repartition topic when there is one).
@@ -642,6 +644,10 @@ pub fn run(opts: WorkerOptions, engine: Engine, status: Arc<Status>) -> Result<(
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("queue.buffering.max.kbytes", "65536");
+    if let Some(r) = opts.produce_retries {
+        // The idempotent producer needs at least one retry.
+        pcfg.set("message.send.max.retries", r.max(1).to_string());
+    }
     if opts.exactly_once {
         pcfg.set("transactional.id", &opts.transactional_id)
             .set("transaction.timeout.ms", "10000");
