@@ -184,6 +184,7 @@ fn deployment(name: &str) -> Deployment {
                             { "name": "GREETING", "valueFrom": { "configMapKeyRef": { "name": name, "key": "greeting" } } },
                         ],
                         "ports": [{ "name": "http", "containerPort": 8080 }],
+                        "resources": { "requests": { "cpu": "10m", "memory": "16Mi" } },
                         "readinessProbe": {
                             "httpGet": { "port": "http", "path": "/index.html" },
                             "periodSeconds": 1,

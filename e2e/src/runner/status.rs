@@ -134,7 +134,6 @@ pub fn pod_status(input: &Input<'_>, conditions: &mut Conditions) -> PodStatus {
         pod_ip: Some(POD_IP.into()),
         pod_ips: Some(vec![PodIP { ip: POD_IP.into() }]),
         start_time: Some(Time(input.start_time)),
-        qos_class: Some("BestEffort".into()),
         init_container_statuses: (!input.init.is_empty())
             .then(|| input.init.iter().map(container_status).collect()),
         container_statuses: Some(input.main.iter().map(container_status).collect()),
