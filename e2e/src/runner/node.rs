@@ -1,5 +1,6 @@
 //! The Node this runner plays the kubelet of: registration, status and Lease heartbeats.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -22,21 +23,27 @@ const LEASE_SECONDS: i32 = 40;
 /// Pods the node accepts.
 pub const MAX_PODS: u32 = 110;
 
+/// The labels of the Node (what `nodeSelector`s are matched against).
+pub fn node_labels(name: &str) -> BTreeMap<&'static str, String> {
+    [
+        ("kubernetes.io/hostname", name.to_string()),
+        ("kubernetes.io/os", "linux".to_string()),
+        ("kubernetes.io/arch", go_arch().to_string()),
+        (
+            "node.kubernetes.io/instance-type",
+            "sluice-runner".to_string(),
+        ),
+        ("sluice.dev/e2e-runner", "true".to_string()),
+    ]
+    .into()
+}
+
 /// The Node object (labels) to apply.
 pub fn node_object(name: &str) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {
-            "name": name,
-            "labels": {
-                "kubernetes.io/hostname": name,
-                "kubernetes.io/os": "linux",
-                "kubernetes.io/arch": std::env::consts::ARCH,
-                "node.kubernetes.io/instance-type": "sluice-runner",
-                "sluice.dev/e2e-runner": "true",
-            },
-        },
+        "metadata": { "name": name, "labels": node_labels(name) },
     })
 }
 

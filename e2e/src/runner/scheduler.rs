@@ -43,6 +43,17 @@ pub fn decide(pod: &Pod, node: &str, images: &ImageMap, namespaces: &[String]) -
     if scheduler != DEFAULT_SCHEDULER && !scheduler.is_empty() {
         return Decision::Ignore;
     }
+    let labels = super::node::node_labels(node);
+    if let Some((key, value)) = spec
+        .node_selector
+        .iter()
+        .flatten()
+        .find(|(k, v)| labels.get(k.as_str()) != Some(v))
+    {
+        return Decision::CannotRun(format!(
+            "nodeSelector {key}={value} does not match node {node}"
+        ));
+    }
     let all = spec
         .init_containers
         .iter()
@@ -157,6 +168,26 @@ mod tests {
             d(&pod("ghcr.io/sluice/p:1", None, None), &["ns".to_string()]),
             Decision::Bind
         );
+    }
+
+    #[test]
+    fn honours_node_selectors() {
+        let images = ImageMap::parse(&["ghcr.io/sluice/p=/bin/p"]).unwrap();
+        let mut p = pod("ghcr.io/sluice/p:1", None, None);
+        let select = |p: &mut Pod, k: &str, v: &str| {
+            if let Some(spec) = p.spec.as_mut() {
+                spec.node_selector = Some([(k.to_string(), v.to_string())].into());
+            }
+        };
+        select(&mut p, "kubernetes.io/hostname", "n1");
+        assert_eq!(decide(&p, "n1", &images, &[]), Decision::Bind);
+        select(&mut p, "kubernetes.io/hostname", "n2");
+        assert!(matches!(
+            decide(&p, "n1", &images, &[]),
+            Decision::CannotRun(_)
+        ));
+        select(&mut p, "kubernetes.io/os", "linux");
+        assert_eq!(decide(&p, "n1", &images, &[]), Decision::Bind);
     }
 
     #[test]
