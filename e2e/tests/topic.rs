@@ -25,6 +25,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
 const WAIT: Duration = Duration::from_secs(60);
+/// The operator instance of these tests: their Topics carry `sluice.dev/instance` with this
+/// value, so an operator installed in the same cluster (which handles unlabelled resources)
+/// leaves them to the operators these tests start.
+const INSTANCE: &str = "e2e-topic-tests";
 const RESYNC: Duration = Duration::from_secs(3);
 
 // ---------------------------------------------------------------------------------------
@@ -87,6 +91,8 @@ impl Operator {
                 bootstrap,
                 "--namespace",
                 ns,
+                "--instance",
+                INSTANCE,
                 "--lease-namespace",
                 ns,
                 "--lease-duration",
@@ -296,7 +302,7 @@ fn topic(name: &str, spec: serde_json::Value) -> Topic {
     serde_json::from_value(json!({
         "apiVersion": "sluice.dev/v1alpha1",
         "kind": "Topic",
-        "metadata": {"name": name},
+        "metadata": {"name": name, "labels": {"sluice.dev/instance": INSTANCE}},
         "spec": spec,
     }))
     .unwrap()

@@ -38,6 +38,11 @@ pub struct Args {
     #[arg(long, env = "SLUICE_WATCH_NAMESPACE")]
     pub namespace: Option<String>,
 
+    /// Handle only resources labelled `sluice.dev/instance=<this>` (default: only resources
+    /// without that label). Lets a test or a second installation run beside the main one.
+    #[arg(long, env = "SLUICE_INSTANCE")]
+    pub instance: Option<String>,
+
     /// Name of the coordination.k8s.io Lease used for leader election.
     #[arg(long, env = "SLUICE_LEASE_NAME", default_value = "sluice-operator")]
     pub lease_name: String,

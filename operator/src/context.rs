@@ -21,6 +21,26 @@ pub struct Settings {
     pub resync: Duration,
     /// Watch only this namespace; `None` for all.
     pub namespace: Option<String>,
+    /// Handle only resources labelled with this instance; `None` for unlabelled ones.
+    pub instance: Option<String>,
+}
+
+/// The label that assigns a resource to one operator instance.
+pub const INSTANCE_LABEL: &str = "sluice.dev/instance";
+
+impl Settings {
+    /// The label selector of the resources this operator handles.
+    pub fn selector(&self) -> String {
+        match &self.instance {
+            Some(instance) => format!("{INSTANCE_LABEL}={instance}"),
+            None => format!("!{INSTANCE_LABEL}"),
+        }
+    }
+
+    /// The watcher configuration of the resources this operator handles.
+    pub fn watcher_config(&self) -> kube::runtime::watcher::Config {
+        kube::runtime::watcher::Config::default().labels(&self.selector())
+    }
 }
 
 /// Shared by every controller.

@@ -3,6 +3,7 @@
 // does not wrap (kafka::incremental, pipeline::offsets).
 #![deny(unsafe_code)]
 
+pub mod autoscaler;
 pub mod backoff;
 pub mod cli;
 pub mod context;
@@ -11,6 +12,7 @@ pub mod http;
 pub mod kafka;
 pub mod leader;
 pub mod metrics;
+pub mod pipeline;
 pub mod startup;
 pub mod topic;
 
@@ -68,6 +70,7 @@ pub async fn run(args: Args) -> Result<()> {
         Settings {
             resync: args.resync,
             namespace: args.namespace.clone(),
+            instance: args.instance.clone(),
         },
         &identity,
     ));
@@ -97,7 +100,10 @@ pub async fn run(args: Args) -> Result<()> {
     tracing::info!(%identity, "leading: starting controllers");
     metrics.set_leader(true);
 
-    let mut controllers = tokio::spawn(futures::future::join_all(controllers(&ctx, &stop_rx)));
+    let pipelines = pipeline::PipelineSettings::from_args(&args)?;
+    let mut controllers = tokio::spawn(futures::future::join_all(controllers(
+        &ctx, pipelines, &stop_rx,
+    )));
     let lost = tokio::select! {
         _ = &mut signals => false,
         _ = leadership.lost() => true,
@@ -124,8 +130,15 @@ pub async fn run(args: Args) -> Result<()> {
 }
 
 /// Every controller this operator runs; each stops when `stop` turns true.
-fn controllers(ctx: &Arc<Context>, stop: &watch::Receiver<bool>) -> Vec<BoxFuture<'static, ()>> {
-    vec![topic::run(ctx.clone(), stopped(stop.clone())).boxed()]
+fn controllers(
+    ctx: &Arc<Context>,
+    pipelines: pipeline::PipelineSettings,
+    stop: &watch::Receiver<bool>,
+) -> Vec<BoxFuture<'static, ()>> {
+    vec![
+        topic::run(ctx.clone(), stopped(stop.clone())).boxed(),
+        pipeline::run(ctx.clone(), pipelines, stopped(stop.clone())).boxed(),
+    ]
 }
 
 /// Resolves when `stop` turns true (or its sender is gone).

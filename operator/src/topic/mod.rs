@@ -19,7 +19,6 @@ use kube::api::{Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use rdkafka::error::RDKafkaErrorCode;
 use serde_json::json;
@@ -81,7 +80,8 @@ impl TopicController {
 /// Runs the Topic controller until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let api: Api<Guarded> = ctx.watched_api();
-    let controller = Controller::new(api.clone(), watcher::Config::default());
+    let config = ctx.settings.watcher_config();
+    let controller = Controller::new(api.clone(), config.clone());
     let store = controller.store();
     let peers_store = store.clone();
     let state = Arc::new(TopicController {
@@ -93,7 +93,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     controller
         // When a Topic changes or goes away, the others naming the same Kafka topic may
         // change owner: reconcile them too.
-        .watches(api, watcher::Config::default(), move |guard: Guarded| {
+        .watches(api, config, move |guard: Guarded| {
             peers(&peers_store, &guard)
         })
         .graceful_shutdown_on(shutdown)
