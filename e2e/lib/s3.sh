@@ -32,7 +32,7 @@ s3_up() {
         wait_until minio 60 s3_ready "$endpoint" || die "MinIO did not become ready; see $LOGS/minio.log"
     fi
     # Create the bucket unless it is there (HEAD answers 200 for an existing bucket).
-    if ! s3_request HEAD "$endpoint/$S3_BUCKET"; then
+    if ! s3_request HEAD "$endpoint/$S3_BUCKET" 2>/dev/null; then
         s3_request PUT "$endpoint/$S3_BUCKET" || die "could not create bucket $S3_BUCKET; see $LOGS/minio.log"
     fi
     set_env S3_ENDPOINT "$endpoint"
