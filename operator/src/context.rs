@@ -78,7 +78,9 @@ impl Context {
             kafka,
             metrics,
             settings,
-            backoff: Backoff::default(),
+            // Retries start at 1 s and double; capped at a minute so a long Kafka outage
+            // is noticed as over within a minute of its end.
+            backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
         }
     }
 
@@ -119,5 +121,22 @@ impl Context {
         if let Err(err) = self.recorder.publish(&event, object).await {
             tracing::warn!(%err, reason, "could not publish event");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instances_select_their_own_resources() {
+        let mut s = Settings {
+            resync: Duration::from_secs(60),
+            namespace: None,
+            instance: None,
+        };
+        assert_eq!(s.selector(), "!sluice.dev/instance");
+        s.instance = Some("e2e-1".into());
+        assert_eq!(s.selector(), "sluice.dev/instance=e2e-1");
     }
 }
