@@ -21,7 +21,8 @@ pub enum Stop {
         /// The grace period.
         grace: Duration,
     },
-    /// The runner is exiting: stop within the pod's grace period (at most 30 s).
+    /// The runner is exiting: stop within the pod's grace period, at most 10 s (so a
+    /// supervisor that kills the runner after 20 s never leaves processes behind).
     Shutdown,
     /// The pod vanished from the API without us: stop within the pod's grace period.
     Gone,
@@ -175,7 +176,7 @@ pub struct Plan {
 }
 
 /// Longest grace the runner gives processes when it exits.
-const SHUTDOWN_GRACE_CAP: Duration = Duration::from_secs(30);
+const SHUTDOWN_GRACE_CAP: Duration = Duration::from_secs(10);
 
 /// Waits until a stop is requested (a dropped sender means the pod task is gone).
 pub async fn stopped(stop: &mut watch::Receiver<Option<Stop>>) -> Stop {
