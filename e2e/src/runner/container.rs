@@ -483,6 +483,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_failing_liveness_probe_restarts_the_process() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut p = plan("exec sleep 60", Restart::Always);
+        let timing = probe::timing_of(&k8s_openapi::api::core::v1::Probe {
+            period_seconds: Some(1),
+            failure_threshold: Some(1),
+            ..Default::default()
+        });
+        p.liveness = Some((
+            Check::Tcp { port: closed },
+            timing,
+            Some(Duration::from_secs(5)),
+        ));
+        let (stop_tx, stop_rx) = watch::channel(None);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(supervise(p, 0, stop_rx, tx));
+        let restarted = loop {
+            let (_, r) = rx.recv().await.unwrap();
+            if r.restart_count >= 1 && matches!(r.state, State::Running { .. }) {
+                break r;
+            }
+        };
+        let last = restarted.last.expect("previous run");
+        assert_eq!(last.message.as_deref(), Some("liveness probe failed"));
+        assert_eq!(last.exit_code, 143);
+        stop_tx.send_replace(Some(Stop::Shutdown));
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
     async fn never_reports_the_failure() {
         let (_stop_tx, stop_rx) = watch::channel(None);
         let (tx, _rx) = mpsc::unbounded_channel();
