@@ -113,13 +113,14 @@ connect_ready() {
     curl -fsS "$1/connector-plugins" | grep -q FileStreamSourceConnector
 }
 
-connect_up() {
+# Starts the Connect worker unless it runs; connect_wait waits for it (it takes ~20s, so
+# e2e/up starts other parts meanwhile).
+connect_start() {
     local port url dir=$STATE/connect props
     port=$(port_for connect)
     url=http://127.0.0.1:$port
     if running connect && connect_ready "$url"; then
         say "Kafka Connect already running at $url"
-        set_env CONNECT_URL "$url"
         return 0
     fi
     stop connect
@@ -153,6 +154,11 @@ EOF
     start connect java -Xms256m -Xmx1g -Djava.awt.headless=true \
         -Dlog4j2.configurationFile="$(kafka_log4j)" \
         -cp "$KAFKA_CACHE/connect/*" org.apache.kafka.connect.cli.ConnectDistributed "$props"
+}
+
+connect_wait() {
+    local url
+    url=http://127.0.0.1:$(port_for connect)
     wait_until connect 180 connect_ready "$url" || die "Kafka Connect did not become ready; see $LOGS/connect.log"
     set_env CONNECT_URL "$url"
     say "Kafka Connect ready at $url"

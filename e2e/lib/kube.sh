@@ -135,12 +135,14 @@ controller_manager_up() {
     stop kube-controller-manager
     kubeconfig "$STATE/controller-manager.kubeconfig" controller-manager
     say "starting kube-controller-manager $KUBERNETES_VERSION"
+    # Each controller acts as its own service account in kube-system, bound to its bootstrap
+    # RBAC role (the controller manager's own identity may only mint their tokens).
     start kube-controller-manager "$BIN/kube-controller-manager" \
         --kubeconfig "$STATE/controller-manager.kubeconfig" \
         --authentication-kubeconfig "$STATE/controller-manager.kubeconfig" \
         --authorization-kubeconfig "$STATE/controller-manager.kubeconfig" \
         --bind-address 127.0.0.1 --secure-port "$port" \
-        --controllers '*' --leader-elect=false --use-service-account-credentials=false \
+        --controllers '*' --leader-elect=false --use-service-account-credentials=true \
         --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
         --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
         --service-cluster-ip-range "$SERVICE_CIDR" \
