@@ -94,10 +94,9 @@ pub struct Shared {
 }
 
 /// Variables passed from the runner's environment to every process, standing in for an
-/// image's own environment.
-const INHERITED_ENV: [&str; 8] = [
+/// image's own environment (HOME is the pod's work directory instead).
+const INHERITED_ENV: [&str; 7] = [
     "PATH",
-    "HOME",
     "USER",
     "LANG",
     "LC_ALL",

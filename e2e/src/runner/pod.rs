@@ -344,6 +344,9 @@ async fn plan_for(
         Some((m.mount_path.clone(), path))
     }));
     let mut base = common.shared.base_env.clone();
+    // The pod's own home, as an image would have: nothing of the runner's (such as
+    // ~/.kube/config) leaks into the pod.
+    base.push(("HOME".into(), common.dir.to_string_lossy().into_owned()));
     base.push((
         "HOSTNAME".into(),
         common.pod.metadata.name.clone().unwrap_or_default(),
