@@ -450,6 +450,24 @@ async fn runs_a_deployment_as_local_processes() {
         .and_then(|s| s.terminated.as_ref())
         .map(|t| t.exit_code);
     assert_eq!(last, Some(137));
+    // What happened is told by events, as a kubelet tells it.
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns);
+    wait_for("Scheduled, Started and BackOff events", || async {
+        let reasons: Vec<String> = events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter(|e| e.involved_object.name.as_deref() == Some(victim.as_str()))
+            .filter_map(|e| e.reason)
+            .collect();
+        ["Scheduled", "Started", "BackOff"]
+            .iter()
+            .all(|r| reasons.iter().any(|x| x == r))
+            .then_some(())
+    })
+    .await;
 
     // Scale to 1: one pod is terminated, its process stopped and the pod removed.
     let pids: Vec<i32> = pods

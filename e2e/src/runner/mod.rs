@@ -15,6 +15,7 @@ pub mod backoff;
 pub mod container;
 mod env;
 pub mod error;
+pub mod events;
 pub mod expand;
 pub mod fields;
 pub mod images;
@@ -248,7 +249,19 @@ impl Kubelet {
                     pod.metadata.namespace.as_deref().unwrap_or_default(),
                 );
                 match scheduler::bind(&api, &pod, &self.shared.node_name).await {
-                    Ok(()) => tracing::info!(pod = %label, node = %self.shared.node_name, "bound"),
+                    Ok(()) => {
+                        tracing::info!(pod = %label, node = %self.shared.node_name, "bound");
+                        let note =
+                            format!("Successfully assigned {label} to {}", self.shared.node_name);
+                        self.event(
+                            &pod,
+                            events::PodEvent {
+                                warning: false,
+                                reason: "Scheduled",
+                                note,
+                            },
+                        );
+                    }
                     Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {}
                     Err(err) => tracing::warn!(pod = %label, %err, "binding failed"),
                 }
@@ -276,6 +289,15 @@ impl Kubelet {
                     if r.stop.borrow().is_none() {
                         tracing::info!(pod = %label, grace, "pod deleted: stopping its processes");
                         r.stop.send_replace(Some(stop));
+                        let note = format!("Stopping the pod's processes (grace period {grace}s)");
+                        self.event(
+                            &pod,
+                            events::PodEvent {
+                                warning: false,
+                                reason: "Killing",
+                                note,
+                            },
+                        );
                     }
                 }
                 _ => {
@@ -305,6 +327,13 @@ impl Kubelet {
         let (stop, stop_rx) = watch::channel(None);
         let task = tokio::spawn(pod::run(self.shared.clone(), pod, stop_rx));
         self.pods.insert(uid, Running { stop, task });
+    }
+
+    /// Publishes an event about `pod` in the background.
+    fn event(&self, pod: &Pod, event: events::PodEvent) {
+        let publisher =
+            events::PodEvents::new(self.shared.client.clone(), &self.shared.node_name, pod);
+        tokio::spawn(async move { publisher.publish(&event).await });
     }
 
     fn on_gone(&mut self, uid: &str) {

@@ -18,6 +18,7 @@ use super::Shared;
 use super::backoff::Backoff;
 use super::container::{self, Plan, Report, Restart, State, Stop};
 use super::error::PrepareError;
+use super::events::{self, PodEvents};
 use super::kubeconfig;
 use super::launch;
 use super::objects::Objects;
@@ -58,7 +59,7 @@ pub async fn run(shared: Arc<Shared>, pod: Pod, mut stop: watch::Receiver<Option
         uid,
     };
     let dir = shared.work_dir.join(pod_dir_name(&pod));
-    let mut reporter = Reporter::new(&me, &pod);
+    let mut reporter = Reporter::new(&me, &shared.node_name, &pod);
     let stop_kind = run_inner(&shared, &pod, &me, &dir, &mut stop, &mut reporter).await;
     if let Err(err) = std::fs::remove_dir_all(&dir)
         && err.kind() != std::io::ErrorKind::NotFound
@@ -407,10 +408,12 @@ struct Reporter {
     ports: String,
     last_status: Option<serde_json::Value>,
     last_annotations: Option<(String, String)>,
+    events: PodEvents,
+    evented: Vec<Report>,
 }
 
 impl Reporter {
-    fn new(me: &PodRef, pod: &Pod) -> Self {
+    fn new(me: &PodRef, node: &str, pod: &Pod) -> Self {
         Self {
             api: me.api.clone(),
             name: me.name.clone(),
@@ -426,10 +429,13 @@ impl Reporter {
             ports: "{}".into(),
             last_status: None,
             last_annotations: None,
+            events: PodEvents::new(me.api.clone().into_client(), node, pod),
+            evented: Vec::new(),
         }
     }
 
     async fn publish(&mut self, stage: Stage) {
+        self.publish_events().await;
         let input = status::Input {
             start_time: self.start_time,
             stage,
@@ -458,6 +464,26 @@ impl Reporter {
             }
         }
         self.publish_annotations().await;
+    }
+
+    /// Publishes the events the containers' changes since the last call mean.
+    async fn publish_events(&mut self) {
+        let current: Vec<Report> = self.init.iter().chain(self.main.iter()).cloned().collect();
+        for (i, now) in current.iter().enumerate() {
+            let before = self.evented.get(i).cloned().unwrap_or_else(|| {
+                Report::waiting(
+                    &now.name,
+                    &now.image,
+                    now.binary.clone(),
+                    "ContainerCreating",
+                    None,
+                )
+            });
+            for event in events::between(&before, now) {
+                self.events.publish(&event).await;
+            }
+        }
+        self.evented = current;
     }
 
     async fn publish_annotations(&mut self) {
