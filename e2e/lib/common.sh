@@ -41,13 +41,21 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
-# The port a component used before (kept in $STATE/ports/NAME), or a new free one.
+# Whether something listens on 127.0.0.1:PORT.
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# port_for NAME [OWNER]: the port a component used before (kept in $STATE/ports/NAME), or a
+# new free one when there is none or another program took it while OWNER (default NAME)
+# was not running.
 port_for() {
-    local name=$1 file=$STATE/ports/$1 port
+    local name=$1 owner=${2:-$1} file=$STATE/ports/$1 port
     mkdir -p "$STATE/ports"
     if [ -s "$file" ]; then
-        cat "$file"
-        return
+        port=$(cat "$file")
+        if running "$owner" || ! port_in_use "$port"; then
+            echo "$port"
+            return
+        fi
     fi
     port=$(free_port)
     echo "$port" >"$file"

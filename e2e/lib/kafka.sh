@@ -63,7 +63,7 @@ kafka_up() {
     fi
     stop kafka
     kafka_jars
-    cport=$(port_for kafka-controller)
+    cport=$(port_for kafka-controller kafka)
     mkdir -p "$dir/data"
     local log4j
     log4j=$(kafka_log4j)

@@ -88,7 +88,7 @@ etcd_up() {
         return 0
     fi
     stop etcd
-    peer=$(port_for etcd-peer)
+    peer=$(port_for etcd-peer etcd)
     mkdir -p "$STATE/etcd"
     chmod 700 "$STATE/etcd"
     say "starting etcd $ETCD_VERSION on 127.0.0.1:$port"

@@ -22,7 +22,7 @@ s3_up() {
         say "MinIO already running at $endpoint"
     else
         stop minio
-        console=$(port_for minio-console)
+        console=$(port_for minio-console minio)
         mkdir -p "$STATE/minio"
         say "starting MinIO on $endpoint"
         MINIO_ROOT_USER=$S3_ACCESS_KEY MINIO_ROOT_PASSWORD=$S3_SECRET_KEY MINIO_REGION=$S3_REGION \
