@@ -4,10 +4,15 @@
 
 KAFKA_CACHE=$CACHE/kafka-$KAFKA_VERSION
 
+# Kafka 4 brokers need Java 17 or newer.
+ensure_java() {
+    command -v java >/dev/null 2>&1 || apt_install openjdk-17-jre-headless
+}
+
 # Resolves the jars with Maven into the cache: broker/, connect/, plugins/connect-file/.
 kafka_jars() {
     [ -f "$KAFKA_CACHE/.complete" ] && return 0
-    apt_install maven openjdk-17-jre-headless
+    command -v mvn >/dev/null 2>&1 || apt_install maven
     say "downloading Kafka $KAFKA_VERSION jars from Maven Central (mvn dependency:copy-dependencies)"
     local pom=$E2E_DIR/toolchain/pom.xml log=$LOGS/maven.log
     mkdir -p "$LOGS"
@@ -62,6 +67,7 @@ kafka_up() {
         return 0
     fi
     stop kafka
+    ensure_java
     kafka_jars
     cport=$(port_for kafka-controller kafka)
     mkdir -p "$dir/data"
@@ -124,6 +130,7 @@ connect_start() {
         return 0
     fi
     stop connect
+    ensure_java
     kafka_jars
     mkdir -p "$dir"
     props=$dir/worker.properties
