@@ -298,6 +298,19 @@ async fn setup(prefix: &str) -> Setup {
     }
 }
 
+impl Setup {
+    /// Deletes the test namespace after a passing test (a failing one leaves it to look at).
+    /// Tests delete their Delete-policy Topics while their operator still runs, so nothing
+    /// is left with a finalizer.
+    async fn finish(self) {
+        use k8s_openapi::api::core::v1::Namespace;
+        Api::<Namespace>::all(self.client.clone())
+            .delete(&self.ns, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+}
+
 fn topic(name: &str, spec: serde_json::Value) -> Topic {
     serde_json::from_value(json!({
         "apiVersion": "sluice.dev/v1alpha1",
@@ -475,6 +488,7 @@ async fn creates_a_topic_with_its_partitions_and_config() {
             > 0.0
     );
     assert!(op.stop().await.success());
+    s.finish().await;
 }
 
 #[tokio::test]
@@ -505,6 +519,7 @@ async fn adopts_an_existing_topic_and_grows_its_partitions() {
     assert_eq!(kafka_layout(&s.bootstrap, &kname).await, Some((5, 1)));
     wait_event(&s.client, &s.ns, "users", "PartitionsIncreased").await;
     assert!(op.stop().await.success());
+    s.finish().await;
 }
 
 #[tokio::test]
@@ -536,6 +551,7 @@ async fn config_changed_behind_its_back_is_corrected_within_a_resync() {
     let t = wait_ready(&s.topics, "events").await;
     assert_eq!(t.status.unwrap().config, want);
     assert!(op.stop().await.success());
+    s.finish().await;
 }
 
 #[tokio::test]
@@ -636,6 +652,7 @@ async fn refuses_what_kafka_cannot_do_and_recovers_when_the_spec_is_fixed() {
         Some("5400000")
     );
     assert!(op.stop().await.success());
+    s.finish().await;
 }
 
 #[tokio::test]
@@ -677,6 +694,7 @@ async fn the_oldest_of_two_topics_for_one_kafka_topic_owns_it() {
     })
     .await;
     assert!(op.stop().await.success());
+    s.finish().await;
 }
 
 #[tokio::test]
@@ -733,6 +751,7 @@ async fn deletion_follows_the_deletion_policy() {
     .await;
     assert_eq!(kafka_layout(&s.bootstrap, &keep).await, Some((1, 1)));
     assert!(op.stop().await.success());
+    s.finish().await;
 }
 
 /// Forwards connections from a local port to Kafka's bootstrap address, while running.
@@ -782,6 +801,7 @@ async fn kafka_unreachable_is_reported_and_recovered_from() {
     assert_eq!(kafka_layout(&s.bootstrap, &kname).await, Some((2, 1)));
     fwd.abort();
     assert!(op.stop().await.success());
+    s.finish().await;
 }
 
 #[tokio::test]
@@ -823,6 +843,7 @@ async fn a_restart_midway_loses_and_duplicates_nothing() {
         assert!(created <= 1, "t{i} created {created} times: {reasons:?}");
     }
     assert!(op.stop().await.success());
+    s.finish().await;
 }
 
 #[tokio::test]
@@ -885,6 +906,7 @@ async fn with_two_replicas_only_the_leader_writes() {
     );
     assert_eq!(b.identity, "replica-b");
     assert!(b.stop().await.success());
+    s.finish().await;
 }
 
 #[tokio::test]
@@ -945,5 +967,18 @@ async fn an_idle_operator_writes_nothing() {
         op.metric("sluice_operator_kube_writes_total", "").await,
         "the operator counted writes while idle"
     );
+    s.topics
+        .delete("configured", &DeleteParams::default())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while s.topics.get_opt("configured").await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "configured was not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     assert!(op.stop().await.success());
+    s.finish().await;
 }
