@@ -371,31 +371,87 @@ async fn backlog_scales_up_to_the_partition_count_and_back_down_after_draining()
     let f = fixture("backlog").await;
     f.topics(&[("orders", 4), ("totals", 4), ("dlq", 1)]).await;
     // The backlog exists before the pipeline: a new group counts it from the log start.
-    let (records, expected, kept) = orders(0, 60_000);
-    f.produce("orders", &records).await;
+    // It is large enough that one replica cannot drain it within the 5 s lag target.
+    for chunk in 0..8 {
+        let (records, _, _) = orders(chunk * 50_000, (chunk + 1) * 50_000);
+        f.produce("orders", &records).await;
+    }
     let scaling = json!({"minReplicas": 1, "maxReplicas": 8, "lagTarget": "5s", "scaleDownStabilization": "15s"});
-    let mut spec = seed_spec(&f, scaling);
-    spec["delivery"] = json!("atLeastOnce");
-    spec["steps"] = json!([{"name": "positive-orders", "filter": "value.total > 0.0"}]);
-    spec["outputs"] = json!([{"topic": f.topic("totals")}]);
-    f.pipeline("busy", spec).await;
+    f.pipeline("busy", seed_spec(&f, scaling)).await;
     let api = f.pipelines();
-    let peak = wait_for(Duration::from_secs(180), "scale up to 4", || async {
-        let s = api.get("busy").await.ok()?.status?;
-        (s.desired_replicas == 4).then_some(s)
-    })
-    .await;
-    assert!(peak.last_scale.is_some());
-    let out = f.read_until("totals", kept, Duration::from_secs(300)).await;
-    assert!(out.len() >= kept, "at least once: {} of {kept}", out.len());
-    let _ = expected;
-    wait_for(
-        Duration::from_secs(180),
-        "scale back down after draining",
+    let peak = wait_for(
+        Duration::from_secs(240),
+        "scale up to the 4 input partitions",
         || async {
             let s = api.get("busy").await.ok()?.status?;
-            (s.desired_replicas < 4 && s.lag == 0).then_some(())
+            (s.desired_replicas == 4).then_some(s)
         },
     )
     .await;
+    let last = peak.last_scale.expect("a scaling decision in status");
+    assert_eq!(last.to, 4, "{}", last.reason);
+    assert!(
+        last.reason.contains("lag"),
+        "the reason gives the numbers: {}",
+        last.reason
+    );
+    let drained = wait_for(
+        Duration::from_secs(300),
+        "drain and scale back down",
+        || async {
+            let s = api.get("busy").await.ok()?.status?;
+            (s.desired_replicas < 4 && s.lag == 0).then_some(s)
+        },
+    )
+    .await;
+    assert!(drained.desired_replicas >= 1);
+    // Every kept order was summed once: the totals are exact.
+    let (_, expected, _) = orders(0, 400_000);
+    let latest = kafka::latest_by_key(&f.read("totals"));
+    for (region, total) in &expected {
+        let value = latest[region]["total"].as_f64().unwrap();
+        assert!((value - total).abs() < 1e-3, "{region}: {value} != {total}");
+    }
+}
+
+#[tokio::test]
+async fn steady_load_under_one_replicas_capacity_causes_no_scaling_for_five_minutes() {
+    let f = fixture("steady").await;
+    f.topics(&[("orders", 4), ("totals", 4), ("dlq", 1)]).await;
+    let scaling = json!({"minReplicas": 1, "maxReplicas": 4, "lagTarget": "10s"});
+    f.pipeline("steady", seed_spec(&f, scaling)).await;
+    let api = f.pipelines();
+    let deployments: Api<Deployment> = Api::namespaced(f.client.clone(), &f.ns);
+    wait_for(Duration::from_secs(60), "the first replica", || async {
+        let s = api.get("steady").await.ok()?.status?;
+        (s.ready_replicas == 1).then_some(())
+    })
+    .await;
+    let first = api.get("steady").await.unwrap().status.unwrap().last_scale;
+
+    // 200 orders a second, far below what one replica consumes, for five minutes.
+    let producer = kafka::producer(&f.env.var("KAFKA_BOOTSTRAP")).unwrap();
+    let topic = f.topic("orders");
+    let start = Instant::now();
+    let mut sent = 0;
+    let mut replicas_seen = std::collections::BTreeSet::new();
+    while start.elapsed() < Duration::from_secs(300) {
+        let (records, _, _) = orders(sent, sent + 100);
+        kafka::produce(&producer, &topic, &records).await.unwrap();
+        sent += 100;
+        let d = deployments.get("steady-processor").await.unwrap();
+        replicas_seen.insert(d.spec.unwrap().replicas.unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        replicas_seen.into_iter().collect::<Vec<_>>(),
+        vec![1],
+        "no scaling under a steady load"
+    );
+    let status = api.get("steady").await.unwrap().status.unwrap();
+    assert_eq!(status.last_scale, first, "no new scaling decision");
+    assert!(
+        status.records_per_second > 0.0,
+        "the rate is measured: {status:?}"
+    );
 }
