@@ -28,7 +28,7 @@ struct Args {
     /// Directory of the pod log files (default: $E2E_LOGS/pods, else e2e/.state/logs/pods).
     #[arg(long)]
     logs_dir: Option<PathBuf>,
-    /// Directory of the per-pod work directories (default: e2e/.state/runner/<node>).
+    /// Directory of the per-pod work directories (default: `e2e/.state/runner/<node>`).
     #[arg(long)]
     work_dir: Option<PathBuf>,
     /// First restart delay in seconds (the kubelet uses 10; tests want less).

@@ -2,14 +2,45 @@
 //!
 //! There is no container runtime on the e2e machine, so the runner registers a Node,
 //! binds the pods it can run (those whose images map to locally built binaries) and runs
-//! each as local processes: command and args from the pod spec, env and envFrom
-//! resolved against the API, volumes written to a per-pod directory, a real
-//! ServiceAccount token and kubeconfig per pod, a free port per declared containerPort,
-//! probes, restarts with backoff, graceful termination on deletion, and Pod status
-//! written back through the status subresource. kube-controller-manager's Deployment and
-//! ReplicaSet controllers do the rest, so rollouts and rescales behave as on a cluster.
+//! each as local processes. kube-controller-manager's Deployment and ReplicaSet
+//! controllers do the rest, so rollouts and rescales behave as on a cluster.
 //!
-//! The rewriting rules for paths and ports are in [`paths`] and [`ports`].
+//! What a pod gets, and the rules that stand in for what a container would have:
+//! - **Scheduling** ([`scheduler`]): unscheduled pods of the default scheduler whose
+//!   every (init) container image is mapped (`--image REPOSITORY=PATH`, tag ignored) and
+//!   whose `nodeSelector` matches the node's labels are bound through `pods/binding`.
+//!   Other pods are left alone (logged once). `--namespace` limits the runner to some
+//!   namespaces, so a test can run its own runner next to the shared one.
+//! - **Command** ([`launch`]): `command`/`args` with `$(VAR)` expansion; an empty
+//!   command runs the mapped binary, a `command[0]` naming the image's binary is
+//!   replaced by it. The process leads its own process group, runs with only the pod's
+//!   environment (plus PATH, LANG, ... of the runner; HOME is the pod's work directory)
+//!   and appends stdout/stderr to `<logs>/<namespace>_<pod>.log`.
+//! - **Env**: `value`, `valueFrom` (ConfigMap/Secret keys, `fieldRef`, `resourceFieldRef`)
+//!   and `envFrom`; a missing required ConfigMap/Secret is a `CreateContainerConfigError`,
+//!   retried with backoff.
+//! - **Volumes** ([`volumes`], [`paths`]): written under the pod's work directory; mount
+//!   paths are rewritten in args, env values and workingDir, and listed in
+//!   `SLUICE_PATH_REMAP`.
+//! - **Identity** ([`kubeconfig`]): the projected ServiceAccount token is a real bound
+//!   token (TokenRequest), refreshed at 80 % of its life; `KUBECONFIG` points at a
+//!   kubeconfig using it, so in-cluster clients act as the pod's ServiceAccount.
+//! - **Ports** ([`ports`]): every declared containerPort gets a free local port:
+//!   `SLUICE_HTTP_ADDR`, `SLUICE_PORT_<NAME>`, listen addresses rewritten, probes mapped,
+//!   and the annotation `e2e.sluice.dev/ports`. The annotation `e2e.sluice.dev/pids` has
+//!   the process ids.
+//! - **Lifecycle** ([`container`], [`probe`], [`backoff`]): startup/readiness/liveness
+//!   probes; restarts per restartPolicy with backoff (1 s doubling to 30 s by default,
+//!   instead of the kubelet's 10 s to 5 min, for test speed); on deletion SIGTERM, the
+//!   grace period, SIGKILL, then the pod is deleted with grace 0; on runner exit every
+//!   process is stopped the same way (grace at most 10 s).
+//! - **Status** ([`status`], [`events`]): phase, conditions (PodScheduled, Initialized,
+//!   ContainersReady, Ready), container statuses and events, as the kubelet writes them.
+//!
+//! Not emulated: securityContext (processes run as the runner's user), resource limits,
+//! node affinity and taints, hostNetwork, and Services: a Service's endpoints name the
+//! containerPort on 127.0.0.1, not the replica's port, so tests reach replicas through
+//! `e2e.sluice.dev/ports`.
 
 pub mod backoff;
 pub mod container;
