@@ -12,7 +12,7 @@ use cel::objects::{Key, Map};
 use cel::parser::Expression;
 use cel::{Context, Program, Value};
 
-use crate::record::Record;
+use crate::record::{Payload, Record};
 
 /// An expression that failed to compile.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +54,8 @@ pub struct Needs {
     pub whole_value: bool,
     /// Top-level fields selected as `value.<field>`.
     pub fields: BTreeSet<String>,
+    /// Fields tested with `has(value.<field>)`: these need a `value` map.
+    pub tested: BTreeSet<String>,
     /// `key` is read.
     pub key: bool,
     /// `headers` is read.
@@ -73,6 +75,7 @@ impl Needs {
     pub fn merge(&mut self, other: &Needs) {
         self.whole_value |= other.whole_value;
         self.fields.extend(other.fields.iter().cloned());
+        self.tested.extend(other.tested.iter().cloned());
         self.key |= other.key;
         self.headers |= other.headers;
         self.topic |= other.topic;
@@ -94,7 +97,11 @@ fn walk(expr: &Expression, needs: &mut Needs) {
             if let Ast::Ident(name) = &select.operand.expr
                 && name == "value"
             {
-                needs.fields.insert(select.field.clone());
+                if select.test {
+                    needs.tested.insert(select.field.clone());
+                } else {
+                    needs.fields.insert(select.field.clone());
+                }
             } else {
                 walk(&select.operand, needs);
             }
@@ -253,8 +260,8 @@ pub fn scope<'a>(
 fn bind(scope: &mut Context<'_, 'static>, record: &Record, needs: &Needs) {
     if needs.whole_value {
         scope.add_variable_from_value("value", record.value.to_cel());
-    } else if !needs.fields.is_empty() {
-        scope.add_variable_from_value("value", record.value.to_cel_fields(&needs.fields));
+    } else if !needs.fields.is_empty() || !needs.tested.is_empty() {
+        bind_fields(scope, &record.value, needs);
     }
     if needs.key {
         let key = match &record.key {
@@ -287,6 +294,35 @@ fn bind(scope: &mut Context<'_, 'static>, record: &Record, needs: &Needs) {
     }
     if needs.timestamp {
         scope.add_variable_from_value("timestamp", Value::Int(record.timestamp));
+    }
+}
+
+/// Binds each selected field of a JSON object as its own variable `value.<field>`: CEL
+/// resolves the qualified name `value.total` to it directly, with no map built. A `value`
+/// map (of the selected fields only) is bound as well when a field is tested with
+/// `has()` or is absent, so those behave as on the whole record.
+fn bind_fields(scope: &mut Context<'_, 'static>, value: &Payload, needs: &Needs) {
+    let serde_json::Value::Object(obj) = (match value {
+        Payload::Json(v) => v,
+        other => {
+            scope.add_variable_from_value("value", other.to_cel());
+            return;
+        }
+    }) else {
+        scope.add_variable_from_value("value", value.to_cel());
+        return;
+    };
+    let mut need_map = !needs.tested.is_empty();
+    for f in &needs.fields {
+        match obj.get(f) {
+            Some(v) => scope.add_variable_from_value(format!("value.{f}"), json_to_cel(v)),
+            None => need_map = true,
+        }
+    }
+    if need_map {
+        let mut all = needs.fields.clone();
+        all.extend(needs.tested.iter().cloned());
+        scope.add_variable_from_value("value", value.to_cel_fields(&all));
     }
 }
 
@@ -384,7 +420,7 @@ mod tests {
         let whole = Expr::compile("size(value) > 1").unwrap();
         assert!(whole.needs().whole_value);
         let has = Expr::compile("has(value.x)").unwrap();
-        assert!(has.needs().fields.contains("x"));
+        assert!(has.needs().tested.contains("x"));
         assert!(!has.needs().whole_value);
     }
 
@@ -399,6 +435,33 @@ mod tests {
             e.eval_number(&scope(&root, &r, e.needs())).unwrap(),
             Number::Int(2)
         );
+    }
+
+    #[test]
+    fn has_and_absent_fields_behave_as_on_the_whole_record() {
+        let root = root_context();
+        let r = rec(serde_json::json!({"a": 1, "n": {"x": 2}}));
+        for (src, want) in [
+            ("has(value.a) && !has(value.b)", true),
+            ("value.a == 1 && has(value.a)", true),
+            ("value.n.x == 2", true),
+            ("has(value.n.x)", true),
+        ] {
+            let e = Expr::compile(src).unwrap();
+            assert_eq!(
+                e.eval_bool(&scope(&root, &r, e.needs())).unwrap(),
+                want,
+                "{src}"
+            );
+        }
+        let e = Expr::compile("value.b == 1").unwrap();
+        let err = e.eval_bool(&scope(&root, &r, e.needs())).unwrap_err();
+        assert!(err.to_string().contains("No such key"), "{err}");
+        let text = Record::new("t", 0, 0, 0, None, Payload::Text("hi".to_string()));
+        let e = Expr::compile("size(value) == 2").unwrap();
+        assert!(e.eval_bool(&scope(&root, &text, e.needs())).unwrap());
+        let e = Expr::compile("value.x == 1").unwrap();
+        assert!(e.eval_bool(&scope(&root, &text, e.needs())).is_err());
     }
 
     #[test]

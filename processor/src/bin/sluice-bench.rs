@@ -127,6 +127,10 @@ fn produce(
         .set("linger.ms", "5")
         .set("enable.idempotence", "true")
         .create()?;
+    // Connect before the clock starts: CreateTime is taken at send.
+    producer
+        .client()
+        .fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let start = Instant::now();
     let mut last = Instant::now();
     for i in from..to {
@@ -341,6 +345,13 @@ fn latency(args: &Args, input: &str, output: &str) -> anyhow::Result<f64> {
         tpl.add_partition_offset(output, p, Offset::Offset(hi))?;
     }
     consumer.assign(&tpl)?;
+    // Let the consumer connect and start fetching before the load starts.
+    let warm = Instant::now();
+    while warm.elapsed() < Duration::from_secs(2) {
+        if let Some(Err(e)) = consumer.poll(Duration::from_millis(100)) {
+            bail!("reading {output}: {e}");
+        }
+    }
     let done = Arc::new(AtomicBool::new(false));
     let producer = {
         let (b, t, from, n, rate, done) = (
