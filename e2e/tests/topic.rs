@@ -550,6 +550,19 @@ async fn config_changed_behind_its_back_is_corrected_within_a_resync() {
     wait_event(&s.client, &s.ns, "events", "ConfigChanged").await;
     let t = wait_ready(&s.topics, "events").await;
     assert_eq!(t.status.unwrap().config, want);
+
+    // Someone deletes the topic in Kafka: it comes back as specified.
+    let a = admin(&s.bootstrap);
+    let r = a.delete_topics(&[kname.as_str()], &opts()).await.unwrap();
+    r[0].as_ref().unwrap();
+    wait_kafka("the topic recreated", Some((1, 1)), || {
+        kafka_layout(&s.bootstrap, &kname)
+    })
+    .await;
+    wait_kafka("its config recreated", want.clone(), || {
+        kafka_config(&s.bootstrap, &kname)
+    })
+    .await;
     assert!(op.stop().await.success());
     s.finish().await;
 }
