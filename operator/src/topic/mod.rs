@@ -280,7 +280,7 @@ async fn reconcile_topic(topic: &Topic, state: &TopicController) -> Result<Actio
             }
             Ok(now) => (
                 now,
-                Outcome::Creating(format!(
+                Outcome::Pending(format!(
                     "waiting for Kafka to show the changes to topic {}",
                     desired.name
                 )),
@@ -494,7 +494,7 @@ async fn write_status(
     let after = status::ready_of(Some(&new)).map(|(s, r, _)| (s, r));
     if before != after {
         // A refusal, conflict or Kafka failure is worth a Warning event, named by its reason.
-        if !matches!(outcome, Outcome::Ready | Outcome::Creating(_)) {
+        if !matches!(outcome, Outcome::Ready | Outcome::Pending(_)) {
             let (_, reason, message) = outcome.condition(name, observed);
             ctx.event(oref, KIND, true, reason, message).await;
         }

@@ -26,8 +26,8 @@ pub enum Outcome {
     KafkaUnavailable(String),
     /// Kafka answered with an error that is not a refusal of the spec.
     KafkaError(String),
-    /// The topic was just created and Kafka does not show it yet.
-    Creating(String),
+    /// A change was made and Kafka does not show it yet.
+    Pending(String),
 }
 
 impl Outcome {
@@ -61,7 +61,7 @@ impl Outcome {
             ),
             Outcome::KafkaUnavailable(m) => (false, "KafkaUnavailable", m.clone()),
             Outcome::KafkaError(m) => (false, "KafkaError", m.clone()),
-            Outcome::Creating(m) => (false, "Creating", m.clone()),
+            Outcome::Pending(m) => (false, "Pending", m.clone()),
         }
     }
 }
