@@ -266,6 +266,45 @@ async fn reports_config_errors_exit_codes_and_deletes_pods() {
     );
     assert_eq!(status.restart_count, 0);
 
+    // Init containers run first, to completion; an emptyDir is shared through its
+    // rewritten mount path; a zero exit with restartPolicy Never is Succeeded.
+    let inits: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "inits" },
+        "spec": {
+            "restartPolicy": "Never",
+            "initContainers": [{
+                "name": "prepare", "image": SHELL_IMAGE,
+                "args": ["-c", "echo from-init > /data/msg"],
+                "volumeMounts": [{ "name": "data", "mountPath": "/data" }],
+            }],
+            "containers": [{
+                "name": "main", "image": SHELL_IMAGE,
+                "args": ["-c", "echo \"read $(cat /data/msg)\"; test \"$(cat /data/msg)\" = from-init"],
+                "volumeMounts": [{ "name": "data", "mountPath": "/data" }],
+            }],
+            "volumes": [{ "name": "data", "emptyDir": {} }],
+        },
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &inits)
+        .await
+        .expect("create pod");
+    let done = wait_for("the init pod to finish", || async {
+        let p = pods.get("inits").await.ok()?;
+        let phase = p.status.as_ref()?.phase.clone()?;
+        matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
+    })
+    .await;
+    let log = PathBuf::from(env.var("E2E_LOGS"))
+        .join("pods")
+        .join(format!("{ns}_inits.log"));
+    assert_eq!(done, "Succeeded", "see {}", log.display());
+    assert!(
+        std::fs::read_to_string(&log)
+            .expect("pod log")
+            .contains("read from-init")
+    );
+
     // A missing Secret is a CreateContainerConfigError until the Secret exists.
     let secret_env = json!([{ "name": "TOKEN", "valueFrom": { "secretKeyRef": { "name": "later", "key": "token" } } }]);
     let script = "echo \"token=$TOKEN\"; exec sleep 300";
