@@ -128,6 +128,17 @@ mod tests {
     }
 
     #[test]
+    fn multibyte_text_around_paths_is_kept() {
+        let r = remap();
+        assert_eq!(r.rewrite("é /data/ü"), "é /tmp/pod/vol/data/ü");
+        assert_eq!(r.rewrite("é/data"), "é/data");
+        assert_eq!(r.rewrite("/dataé"), "/dataé");
+        assert_eq!(r.rewrite("€=/data€"), "€=/tmp/pod/vol/data€");
+        assert_eq!(r.rewrite("/"), "/");
+        assert_eq!(r.rewrite(""), "");
+    }
+
+    #[test]
     fn longest_mount_wins() {
         assert_eq!(
             remap().rewrite("/etc/sluice/tls/ca.crt"),

@@ -288,6 +288,17 @@ mod tests {
     }
 
     #[test]
+    fn multibyte_text_is_kept() {
+        let m = map();
+        assert_eq!(
+            m.rewrite_listen("main", "é0.0.0.0:8080ü"),
+            "é127.0.0.1:40002ü"
+        );
+        assert_eq!(m.rewrite_listen("main", "ü:8080"), "ü:8080");
+        assert_eq!(m.rewrite_listen("main", ""), "");
+    }
+
+    #[test]
     fn annotation_names_every_port() {
         let json: BTreeMap<String, u16> = serde_json::from_str(&map().annotation()).unwrap();
         assert_eq!(json["http"], 40002);
