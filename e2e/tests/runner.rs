@@ -68,6 +68,7 @@ fn python() -> PathBuf {
 struct Runner {
     child: Child,
     log: PathBuf,
+    work: PathBuf,
 }
 
 impl Runner {
@@ -95,7 +96,7 @@ impl Runner {
             .stderr(file)
             .spawn()
             .expect("start sluice-runner");
-        Self { child, log }
+        Self { child, log, work }
     }
 
     /// SIGTERM, then waits; returns whether it exited successfully.
@@ -112,6 +113,7 @@ impl Drop for Runner {
         if matches!(self.child.try_wait(), Ok(None)) {
             self.stop();
         }
+        let _ = std::fs::remove_dir_all(&self.work);
     }
 }
 
