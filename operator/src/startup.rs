@@ -2,21 +2,30 @@
 
 use kube::api::ListParams;
 use kube::{Api, Client};
-use sluice_crds::Topic;
+use sluice_crds::{Pipeline, Topic};
 
 use crate::error::{Error, Result};
 
 /// Fails with [`Error::CrdMissing`] when the Topic CRD is not served by the API server.
 pub async fn check_crds(client: &Client, namespace: Option<&str>) -> Result<()> {
-    let api: Api<Topic> = match namespace {
+    check_crd::<Topic>(client, namespace, "topics.sluice.dev").await?;
+    check_crd::<Pipeline>(client, namespace, "pipelines.sluice.dev").await
+}
+
+async fn check_crd<K>(client: &Client, namespace: Option<&str>, crd: &str) -> Result<()>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+{
+    let api: Api<K> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
     match api.list_metadata(&ListParams::default().limit(1)).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => {
-            Err(Error::CrdMissing("topics.sluice.dev".into()))
-        }
+        Err(kube::Error::Api(status)) if status.code == 404 => Err(Error::CrdMissing(crd.into())),
         Err(source) => Err(Error::Kube {
             action: "check that the CRDs are installed",
             source,

@@ -172,7 +172,8 @@ pub async fn run(
         settings,
         scalers: Scalers::default(),
     });
-    Controller::new(pipelines, watcher::Config::default())
+    let selector = state.ctx.settings.watcher_config();
+    Controller::new(pipelines, selector)
         .owns(deployments, owned)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, state)
