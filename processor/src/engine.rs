@@ -11,7 +11,7 @@ use crate::expr::{Expr, Needs, root_context, scope};
 use crate::format::RecordFormat;
 use crate::metrics::{PipelineMetrics, StepMetrics};
 use crate::record::{Payload, Record};
-use crate::steps::{Aggregate, ConfigError, Kind, Outcome, Step, StepError};
+use crate::steps::{ConfigError, Kind, Outcome, StateStep, Step, StepError};
 
 /// Measure step latency on one record in this many.
 const LATENCY_SAMPLE: u64 = 16;
@@ -103,16 +103,18 @@ impl Engine {
         let aggregates: Vec<usize> = steps
             .iter()
             .enumerate()
-            .filter(|(_, s)| matches!(s.kind, Kind::Aggregate(_)))
+            .filter(|(_, s)| s.kind.state().is_some())
             .map(|(i, _)| i)
             .collect();
         if aggregates.len() > 1 {
             return Err(ConfigError::Unsupported {
                 step: steps[aggregates[1]].name.clone(),
-                what: "more than one aggregate step in a pipeline".to_string(),
+                what: "more than one stateful step (aggregate, dedupe) in a pipeline".to_string(),
             });
         }
-        if !aggregates.is_empty() && format != RecordFormat::Json {
+        if steps.iter().any(|s| matches!(s.kind, Kind::Aggregate(_)))
+            && format != RecordFormat::Json
+        {
             return Err(ConfigError::Invalid(
                 "an aggregate step needs format json".to_string(),
             ));
@@ -188,27 +190,21 @@ impl Engine {
         self.repartition.as_deref()
     }
 
-    /// The aggregate step's name, if the pipeline has one.
+    /// The stateful step's name (aggregate or dedupe), if the pipeline has one.
     pub fn aggregate_step(&self) -> Option<&str> {
         self.aggregate.map(|i| self.steps[i].name.as_str())
     }
 
-    /// The aggregate step's state.
-    pub fn aggregate_mut(&mut self) -> Option<&mut Aggregate> {
+    /// The stateful step's state.
+    pub fn aggregate_mut(&mut self) -> Option<&mut dyn StateStep> {
         let i = self.aggregate?;
-        match &mut self.steps[i].kind {
-            Kind::Aggregate(a) => Some(a),
-            _ => None,
-        }
+        self.steps[i].kind.state_mut()
     }
 
     /// Updates the state-size gauge.
     pub fn report_state(&mut self) {
         if let Some(i) = self.aggregate {
-            let groups = match &self.steps[i].kind {
-                Kind::Aggregate(a) => a.group_count(),
-                _ => 0,
-            };
+            let groups = self.steps[i].kind.state().map_or(0, |s| s.group_count());
             self.step_metrics[i]
                 .state_groups
                 .set(i64::try_from(groups).unwrap_or(i64::MAX));
@@ -279,13 +275,14 @@ impl Engine {
                 None => scope(&self.root, &record, &self.segment_needs[i]),
             };
             let keep_scope = !changes_record(&step.kind);
-            let result = match &mut step.kind {
-                Kind::Aggregate(agg) => {
+            let is_dedupe = matches!(step.kind, Kind::Dedupe(_));
+            let result = match step.kind.state_mut() {
+                Some(agg) => {
                     if let (Some(topic), false) = (&self.repartition, from_repartition) {
-                        let key = agg.group_key(&scope);
+                        let key = agg.key(&scope);
                         drop(scope);
                         return match key {
-                            Ok((key, _)) => {
+                            Ok(key) => {
                                 out.push(Emit {
                                     topic: topic.clone(),
                                     kind: EmitKind::Repartition,
@@ -310,6 +307,9 @@ impl Engine {
                     }
                     match r {
                         Ok(records) => {
+                            if records.is_empty() && is_dedupe {
+                                metrics.filtered.inc();
+                            }
                             for r in records {
                                 self.run_from(i + 1, r, from_repartition, false, out)?;
                             }
@@ -321,7 +321,7 @@ impl Engine {
                         }
                     }
                 }
-                _ => {
+                None => {
                     let r = step.apply(record, &scope);
                     if keep_scope {
                         cached = Some(scope);
@@ -399,7 +399,7 @@ impl Engine {
 
 /// Whether a step hands on a different record than it got (so a new scope is needed).
 fn changes_record(kind: &Kind) -> bool {
-    matches!(kind, Kind::Map(_) | Kind::Aggregate(_))
+    matches!(kind, Kind::Map(_) | Kind::Aggregate(_) | Kind::Dedupe(_))
 }
 
 fn step_failure(step: &str, e: StepError) -> Failure {
@@ -637,6 +637,28 @@ outputs: [{topic: counts}]
             )
         );
         assert_eq!(out[0].record.key.as_deref(), Some(&br#"["eu",0]"#[..]));
+    }
+
+    #[test]
+    fn dedupe_drops_repeated_keys_and_counts_them() {
+        let mut e = engine(
+            "inputs: [a]\nsteps: [{name: once, dedupe: {key: key, within: 1h}}]\noutputs: [{topic: b}]\n",
+        );
+        let mut out = Vec::new();
+        for (ts, k) in [(1, "x"), (2, "y"), (3, "x")] {
+            let r = Record::new(
+                "a",
+                0,
+                0,
+                ts,
+                Some(k.as_bytes().to_vec()),
+                Payload::Text("v".into()),
+            );
+            e.process(r, &mut out).unwrap();
+        }
+        assert_eq!(out.len(), 2);
+        assert_eq!(e.step_metrics[0].filtered.get(), 1);
+        assert_eq!(e.aggregate_step(), Some("once"));
     }
 
     #[test]

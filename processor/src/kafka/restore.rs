@@ -11,7 +11,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::KafkaSettings;
-use crate::steps::Aggregate;
+use crate::steps::StateStep;
 use crate::steps::aggregate::RestoreError;
 
 /// Why a restore failed.
@@ -68,7 +68,7 @@ pub fn restore(
     group_id: &str,
     topic: &str,
     partitions: &[i32],
-    agg: &mut Aggregate,
+    agg: &mut dyn StateStep,
     timeout: Duration,
 ) -> Result<u64, RestoreFailure> {
     if partitions.is_empty() {

@@ -11,7 +11,7 @@ use cel::Context;
 use serde::{Deserialize, Serialize};
 use sluice_crds::pipeline::{AggregateOp, AggregateStep};
 
-use super::{ConfigError, StepError, compile_expr};
+use super::{ConfigError, StateStep, StepError, compile_expr};
 use crate::expr::{Expr, Needs, Number, cel_to_json};
 use crate::record::{Payload, Record};
 
@@ -544,6 +544,50 @@ fn output_key(key: &str, group: &[serde_json::Value], windowed: bool) -> String 
     match group {
         [serde_json::Value::String(s)] if !windowed => s.clone(),
         _ => key.to_string(),
+    }
+}
+
+impl StateStep for Aggregate {
+    fn key(&self, scope: &Context) -> Result<String, StepError> {
+        self.group_key(scope).map(|(k, _)| k)
+    }
+
+    fn update(
+        &mut self,
+        partition: i32,
+        record: Record,
+        scope: &Context,
+    ) -> Result<Vec<Record>, StepError> {
+        Aggregate::update(self, partition, record, scope)
+    }
+
+    fn take_changes(&mut self) -> Vec<(i32, String, Option<Vec<u8>>)> {
+        Aggregate::take_changes(self)
+    }
+
+    fn restore(
+        &mut self,
+        partition: i32,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), RestoreError> {
+        Aggregate::restore(self, partition, key, value)
+    }
+
+    fn drop_partition(&mut self, partition: i32) {
+        Aggregate::drop_partition(self, partition);
+    }
+
+    fn clear(&mut self) {
+        Aggregate::clear(self);
+    }
+
+    fn group_count(&self) -> usize {
+        Aggregate::group_count(self)
+    }
+
+    fn partitions(&self) -> Vec<i32> {
+        Aggregate::partitions(self)
     }
 }
 

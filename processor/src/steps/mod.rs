@@ -1,11 +1,13 @@
 //! The steps of a pipeline, compiled from the spec.
 
 pub mod aggregate;
+mod dedupe;
 mod map;
 mod route;
 mod validate;
 
 pub use aggregate::Aggregate;
+pub use dedupe::Dedupe;
 pub use map::Map;
 pub use route::Route;
 pub use validate::Validate;
@@ -15,6 +17,38 @@ use sluice_crds::pipeline::Step as StepSpec;
 
 use crate::expr::{CompileError, EvalError, Expr, Needs};
 use crate::record::Record;
+use aggregate::RestoreError;
+
+/// A step with keyed state that is partitioned like its input and logged to a changelog
+/// topic (aggregate, dedupe).
+pub trait StateStep: std::fmt::Debug + Send {
+    /// The state key of a record (the repartition key too).
+    fn key(&self, scope: &Context) -> Result<String, StepError>;
+    /// Applies a record to the state of `partition`; returns the records to hand on.
+    fn update(
+        &mut self,
+        partition: i32,
+        record: Record,
+        scope: &Context,
+    ) -> Result<Vec<Record>, StepError>;
+    /// Changelog records (value `None`: a tombstone) for the keys changed since the last call.
+    fn take_changes(&mut self) -> Vec<(i32, String, Option<Vec<u8>>)>;
+    /// Applies one changelog record while restoring `partition`.
+    fn restore(
+        &mut self,
+        partition: i32,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), RestoreError>;
+    /// Forgets a partition.
+    fn drop_partition(&mut self, partition: i32);
+    /// Forgets everything.
+    fn clear(&mut self);
+    /// Keys held.
+    fn group_count(&self) -> usize;
+    /// Partitions with state.
+    fn partitions(&self) -> Vec<i32>;
+}
 
 /// A pipeline spec this processor cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +107,8 @@ pub enum Kind {
     Route(Route),
     /// Keyed aggregate.
     Aggregate(Box<Aggregate>),
+    /// Drop repeated keys.
+    Dedupe(Box<Dedupe>),
     /// Shape checks.
     Validate(Validate),
 }
@@ -93,6 +129,26 @@ pub(crate) fn compile_expr(step: &str, source: &str) -> Result<Expr, ConfigError
         step: step.to_string(),
         source,
     })
+}
+
+impl Kind {
+    /// The state of a stateful step.
+    pub fn state_mut(&mut self) -> Option<&mut dyn StateStep> {
+        match self {
+            Kind::Aggregate(a) => Some(a.as_mut()),
+            Kind::Dedupe(d) => Some(d.as_mut()),
+            _ => None,
+        }
+    }
+
+    /// The state of a stateful step.
+    pub fn state(&self) -> Option<&dyn StateStep> {
+        match self {
+            Kind::Aggregate(a) => Some(a.as_ref()),
+            Kind::Dedupe(d) => Some(d.as_ref()),
+            _ => None,
+        }
+    }
 }
 
 impl Step {
@@ -130,8 +186,8 @@ impl Step {
             Kind::Aggregate(Box::new(Aggregate::compile(&name, a)?))
         } else if let Some(v) = &spec.validate {
             Kind::Validate(Validate::new(v))
-        } else if spec.dedupe.is_some() {
-            return Err(unsupported("dedupe"));
+        } else if let Some(d) = &spec.dedupe {
+            Kind::Dedupe(Box::new(Dedupe::compile(&name, d)?))
         } else {
             return Err(unsupported("enrich"));
         };
@@ -140,6 +196,7 @@ impl Step {
             Kind::Map(m) => m.needs(),
             Kind::Route(r) => r.needs(),
             Kind::Aggregate(a) => a.needs(),
+            Kind::Dedupe(d) => d.needs(),
             Kind::Validate(_) => Needs::default(),
         };
         Ok(Self { name, kind, needs })
@@ -157,8 +214,8 @@ impl Step {
             Kind::Map(m) => m.apply(record, scope).map(Outcome::Continue),
             Kind::Route(r) => r.apply(record, scope),
             Kind::Validate(v) => v.check(&record).map(|()| Outcome::Continue(record)),
-            Kind::Aggregate(_) => Err(StepError::Shape(
-                "aggregate applied as a stateless step".to_string(),
+            Kind::Aggregate(_) | Kind::Dedupe(_) => Err(StepError::Shape(
+                "a stateful step applied as a stateless one".to_string(),
             )),
         }
     }
@@ -205,8 +262,6 @@ mod tests {
 
     #[test]
     fn unsupported_steps_are_refused_at_startup() {
-        let err = Step::compile(&spec("name: d\ndedupe: {key: key, within: 1m}\n")).unwrap_err();
-        assert_eq!(err.to_string(), "step d: dedupe is not supported yet");
         let err =
             Step::compile(&spec("name: e\nenrich: {table: t, key: key, into: x}\n")).unwrap_err();
         assert_eq!(err.to_string(), "step e: enrich is not supported yet");

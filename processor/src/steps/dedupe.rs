@@ -1,0 +1,248 @@
+//! The dedupe step: drop a record when another with the same key passed within `within`
+//! (by record timestamp). State per partition: key -> timestamp of the record that
+//! passed; entries older than `within` (by stream time) are forgotten, with a changelog
+//! tombstone.
+
+use std::collections::{HashMap, HashSet};
+
+use cel::{Context, Value};
+use sluice_crds::pipeline::DedupeStep;
+
+use super::aggregate::RestoreError;
+use super::{ConfigError, StateStep, StepError, compile_expr};
+use crate::expr::{Expr, Needs, cel_to_json};
+use crate::record::Record;
+
+#[derive(Debug)]
+struct PartitionState {
+    seen: HashMap<String, i64>,
+    dirty: HashSet<String>,
+    stream_time: i64,
+    next_expiry: i64,
+}
+
+impl Default for PartitionState {
+    fn default() -> Self {
+        Self {
+            seen: HashMap::new(),
+            dirty: HashSet::new(),
+            stream_time: i64::MIN,
+            next_expiry: i64::MAX,
+        }
+    }
+}
+
+/// A compiled dedupe step with its state.
+#[derive(Debug)]
+pub struct Dedupe {
+    key: Expr,
+    within: i64,
+    state: HashMap<i32, PartitionState>,
+}
+
+impl Dedupe {
+    /// Compiles the key expression and parses `within`.
+    pub fn compile(step: &str, spec: &DedupeStep) -> Result<Self, ConfigError> {
+        let within = humantime::parse_duration(&spec.within)
+            .ok()
+            .and_then(|d| i64::try_from(d.as_millis()).ok())
+            .filter(|ms| *ms > 0)
+            .ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "step {step}: within {:?} is not a duration like 10m",
+                    spec.within
+                ))
+            })?;
+        Ok(Self {
+            key: compile_expr(step, &spec.key)?,
+            within,
+            state: HashMap::new(),
+        })
+    }
+
+    /// What the key expression reads.
+    pub fn needs(&self) -> Needs {
+        self.key.needs().clone()
+    }
+}
+
+impl StateStep for Dedupe {
+    fn key(&self, scope: &Context) -> Result<String, StepError> {
+        Ok(match self.key.eval(scope)? {
+            Value::String(s) => s.to_string(),
+            other => cel_to_json(&other)
+                .map_err(|e| StepError::Shape(format!("dedupe key: {e}")))?
+                .to_string(),
+        })
+    }
+
+    fn update(
+        &mut self,
+        partition: i32,
+        record: Record,
+        scope: &Context,
+    ) -> Result<Vec<Record>, StepError> {
+        let key = self.key(scope)?;
+        let ts = record.timestamp;
+        let within = self.within;
+        let part = self.state.entry(partition).or_default();
+        part.stream_time = part.stream_time.max(ts);
+        let duplicate = part
+            .seen
+            .get(&key)
+            .is_some_and(|last| ts >= *last && ts - *last < within);
+        if !duplicate {
+            part.seen.insert(key.clone(), ts);
+            part.dirty.insert(key);
+            part.next_expiry = part.next_expiry.min(ts.saturating_add(within));
+        }
+        if part.next_expiry <= part.stream_time {
+            let now = part.stream_time;
+            let mut next = i64::MAX;
+            let dirty = &mut part.dirty;
+            part.seen.retain(|k, last| {
+                let expires = last.saturating_add(within);
+                if expires <= now {
+                    dirty.insert(k.clone());
+                    false
+                } else {
+                    next = next.min(expires);
+                    true
+                }
+            });
+            part.next_expiry = next;
+        }
+        Ok(if duplicate { Vec::new() } else { vec![record] })
+    }
+
+    fn take_changes(&mut self) -> Vec<(i32, String, Option<Vec<u8>>)> {
+        let mut out = Vec::new();
+        for (p, part) in &mut self.state {
+            for key in part.dirty.drain() {
+                let value = part.seen.get(&key).map(|ts| ts.to_string().into_bytes());
+                out.push((*p, key, value));
+            }
+        }
+        out
+    }
+
+    fn restore(
+        &mut self,
+        partition: i32,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), RestoreError> {
+        let key = String::from_utf8_lossy(key).into_owned();
+        let part = self.state.entry(partition).or_default();
+        let Some(value) = value else {
+            part.seen.remove(&key);
+            return Ok(());
+        };
+        let ts: i64 = std::str::from_utf8(value)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| RestoreError {
+                key: key.clone(),
+                message: "not a timestamp".to_string(),
+            })?;
+        part.stream_time = part.stream_time.max(ts);
+        part.next_expiry = part.next_expiry.min(ts.saturating_add(self.within));
+        part.seen.insert(key, ts);
+        Ok(())
+    }
+
+    fn drop_partition(&mut self, partition: i32) {
+        self.state.remove(&partition);
+    }
+
+    fn clear(&mut self) {
+        self.state.clear();
+    }
+
+    fn group_count(&self) -> usize {
+        self.state.values().map(|p| p.seen.len()).sum()
+    }
+
+    fn partitions(&self) -> Vec<i32> {
+        self.state.keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expr::{root_context, scope};
+    use crate::record::Payload;
+
+    fn dedupe() -> Dedupe {
+        Dedupe::compile(
+            "d",
+            &serde_saphyr::from_str("key: value.id\nwithin: 10s\n").unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn feed(d: &mut Dedupe, ts: i64, id: &str) -> bool {
+        let root = root_context();
+        let r = Record::new(
+            "in",
+            0,
+            0,
+            ts,
+            None,
+            Payload::Json(serde_json::json!({"id": id})),
+        );
+        let needs = d.needs();
+        let s = scope(&root, &r, &needs);
+        !d.update(0, r.clone(), &s).unwrap().is_empty()
+    }
+
+    #[test]
+    fn drops_repeats_within_the_window_only() {
+        let mut d = dedupe();
+        assert!(feed(&mut d, 1_000, "a"));
+        assert!(!feed(&mut d, 5_000, "a"));
+        assert!(feed(&mut d, 5_000, "b"));
+        assert!(feed(&mut d, 11_000, "a"), "10 s after the first a");
+        assert!(!feed(&mut d, 20_000, "a"));
+    }
+
+    #[test]
+    fn forgets_old_keys_and_survives_a_restart() {
+        let mut d = dedupe();
+        assert!(feed(&mut d, 1_000, "a"));
+        assert!(feed(&mut d, 2_000, "b"));
+        assert!(feed(&mut d, 11_500, "c"));
+        assert_eq!(d.group_count(), 2, "a expired");
+        let mut e = dedupe();
+        for (p, k, v) in d.take_changes() {
+            e.restore(p, k.as_bytes(), v.as_deref()).unwrap();
+        }
+        assert_eq!(e.group_count(), 2);
+        assert!(!feed(&mut e, 12_000, "c"));
+        assert!(feed(&mut e, 12_000, "a"));
+    }
+
+    #[test]
+    fn a_failing_key_is_an_error() {
+        let mut d = dedupe();
+        let root = root_context();
+        let r = Record::new(
+            "in",
+            0,
+            0,
+            0,
+            None,
+            Payload::Json(serde_json::json!({"x": 1})),
+        );
+        let s = scope(&root, &r, &d.needs());
+        assert!(d.update(0, r.clone(), &s).is_err());
+        assert!(
+            Dedupe::compile(
+                "d",
+                &serde_saphyr::from_str("key: key\nwithin: soon\n").unwrap()
+            )
+            .is_err()
+        );
+    }
+}
