@@ -466,7 +466,10 @@ mod tests {
         );
         let (_stop_tx, stop_rx) = watch::channel(None);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let last = supervise(plan(&script, Restart::OnFailure), 0, stop_rx, tx).await;
+        let p = plan(&script, Restart::OnFailure);
+        let log = p.log.clone();
+        let last = supervise(p, 0, stop_rx, tx).await;
+        let _ = std::fs::remove_file(log);
         assert_eq!(last.restart_count, 2);
         match &last.state {
             State::Terminated(t) => assert_eq!((t.exit_code, t.reason.as_str()), (0, "Completed")),
@@ -490,6 +493,7 @@ mod tests {
             .unwrap()
             .port();
         let mut p = plan("exec sleep 60", Restart::Always);
+        let log = p.log.clone();
         let timing = probe::timing_of(&k8s_openapi::api::core::v1::Probe {
             period_seconds: Some(1),
             failure_threshold: Some(1),
@@ -514,13 +518,17 @@ mod tests {
         assert_eq!(last.exit_code, 143);
         stop_tx.send_replace(Some(Stop::Shutdown));
         task.await.unwrap();
+        let _ = std::fs::remove_file(log);
     }
 
     #[tokio::test]
     async fn never_reports_the_failure() {
         let (_stop_tx, stop_rx) = watch::channel(None);
         let (tx, _rx) = mpsc::unbounded_channel();
-        let last = supervise(plan("exit 7", Restart::Never), 0, stop_rx, tx).await;
+        let p = plan("exit 7", Restart::Never);
+        let log = p.log.clone();
+        let last = supervise(p, 0, stop_rx, tx).await;
+        let _ = std::fs::remove_file(log);
         assert_eq!(last.restart_count, 0);
         assert!(
             matches!(&last.state, State::Terminated(t) if t.exit_code == 7 && t.reason == "Error")
@@ -531,7 +539,9 @@ mod tests {
     async fn stop_terminates_a_running_process() {
         let (stop_tx, stop_rx) = watch::channel(None);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(supervise(plan("sleep 60", Restart::Always), 0, stop_rx, tx));
+        let p = plan("sleep 60", Restart::Always);
+        let log = p.log.clone();
+        let task = tokio::spawn(supervise(p, 0, stop_rx, tx));
         loop {
             let (_, r) = rx.recv().await.unwrap();
             if matches!(r.state, State::Running { .. }) {
@@ -546,5 +556,6 @@ mod tests {
         let last = task.await.unwrap();
         assert!(matches!(&last.state, State::Terminated(t) if t.exit_code == 143));
         assert!(!last.ready);
+        let _ = std::fs::remove_file(log);
     }
 }
