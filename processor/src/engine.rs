@@ -283,11 +283,14 @@ impl Engine {
                         drop(scope);
                         return match key {
                             Ok(key) => {
+                                // Only what the stateful step reads crosses the topic.
+                                let value = project(record.value, &self.segment_needs[i]);
                                 out.push(Emit {
                                     topic: topic.clone(),
                                     kind: EmitKind::Repartition,
                                     record: Record {
                                         key: Some(key.into_bytes()),
+                                        value,
                                         ..record
                                     },
                                 });
@@ -394,6 +397,18 @@ impl Engine {
     /// Metric handles of this pipeline.
     pub fn metrics(&self) -> &PipelineMetrics {
         &self.metrics
+    }
+}
+
+/// Keeps only the top-level fields `needs` reads from a JSON object (everything when it
+/// reads the whole value).
+fn project(value: Payload, needs: &Needs) -> Payload {
+    match value {
+        Payload::Json(serde_json::Value::Object(mut obj)) if !needs.whole_value => {
+            obj.retain(|k, _| needs.fields.contains(k) || needs.tested.contains(k));
+            Payload::Json(serde_json::Value::Object(obj))
+        }
+        other => other,
     }
 }
 
@@ -506,7 +521,7 @@ delivery: exactlyOnce
             rec(
                 "orders",
                 3,
-                serde_json::json!({"region": "eu-west", "total": 10.0}),
+                serde_json::json!({"region": "eu-west", "total": 10.0, "orderId": "o-1"}),
             ),
             &mut out,
         )
@@ -515,6 +530,11 @@ delivery: exactlyOnce
         assert_eq!(out[0].kind, EmitKind::Repartition);
         assert_eq!(out[0].topic, "p-rep");
         assert_eq!(out[0].record.key.as_deref(), Some(&br#"["eu-west"]"#[..]));
+        assert_eq!(
+            out[0].record.value,
+            Payload::Json(serde_json::json!({"region": "eu-west", "total": 10.0})),
+            "only the fields the aggregate reads are repartitioned"
+        );
         let back = Record {
             topic: "p-rep".to_string(),
             partition: 1,
