@@ -106,6 +106,22 @@ impl Context {
         reason: &str,
         note: String,
     ) {
+        self.event_action(object, kind, warning, reason, reason, note)
+            .await
+    }
+
+    /// Like [`Context::event`], with an `action` of its own. Events with the same reason
+    /// and action on one object are folded into one series that keeps the first note, so a
+    /// decision whose numbers matter (a rescale) names itself in its action.
+    pub async fn event_action(
+        &self,
+        object: &ObjectReference,
+        kind: &str,
+        warning: bool,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         let event = Event {
             type_: if warning {
                 EventType::Warning
@@ -114,7 +130,7 @@ impl Context {
             },
             reason: reason.to_string(),
             note: Some(note),
-            action: reason.to_string(),
+            action: action.to_string(),
             secondary: None,
         };
         self.metrics.kube_write(kind, "event");

@@ -27,12 +27,16 @@ pub struct Outcome {
     pub records_per_second: f64,
     /// Set when the count changes.
     pub decision: Option<ScaleDecision>,
+    /// The latest decision this process made for the pipeline (status shows it, even when
+    /// the watch cache still holds an older status).
+    pub last_scale: Option<ScaleDecision>,
 }
 
 /// Every pipeline's autoscaler, by `namespace/name`.
 pub struct Scalers {
     origin: Instant,
     by_pipeline: Mutex<HashMap<String, Autoscaler>>,
+    last_scale: Mutex<HashMap<String, ScaleDecision>>,
 }
 
 impl Default for Scalers {
@@ -40,6 +44,7 @@ impl Default for Scalers {
         Self {
             origin: Instant::now(),
             by_pipeline: Mutex::new(HashMap::new()),
+            last_scale: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -48,6 +53,9 @@ impl Scalers {
     /// Forgets a deleted pipeline.
     pub fn forget(&self, key: &str) {
         if let Ok(mut map) = self.by_pipeline.lock() {
+            map.remove(key);
+        }
+        if let Ok(mut map) = self.last_scale.lock() {
             map.remove(key);
         }
     }
@@ -91,6 +99,7 @@ impl Scalers {
                 max_partition_lag: 0,
                 records_per_second: 0.0,
                 decision: None,
+                last_scale: self.last(key),
             };
         };
         let metrics = &decision.metrics;
@@ -111,18 +120,88 @@ impl Scalers {
                 )
             }
         };
-        let changed = replicas != current;
+        let decision = (replicas != current).then(|| ScaleDecision {
+            time: Time(Timestamp::now()),
+            from: current,
+            to: replicas,
+            reason,
+        });
+        if let (Some(d), Ok(mut map)) = (&decision, self.last_scale.lock()) {
+            map.insert(key.to_string(), d.clone());
+        }
         Outcome {
             replicas,
             lag: i64::try_from(metrics.total_lag).unwrap_or(i64::MAX),
             max_partition_lag: i64::try_from(metrics.max_partition_lag).unwrap_or(i64::MAX),
             records_per_second: metrics.records_per_second,
-            decision: changed.then(|| ScaleDecision {
-                time: Time(Timestamp::now()),
-                from: current,
-                to: replicas,
-                reason,
-            }),
+            decision,
+            last_scale: self.last(key),
         }
+    }
+
+    fn last(&self, key: &str) -> Option<ScaleDecision> {
+        self.last_scale
+            .lock()
+            .ok()
+            .and_then(|m| m.get(key).cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autoscaler::{PartitionId, PartitionOffsets};
+
+    fn pipeline(extra: serde_json::Value) -> Pipeline {
+        let mut spec = serde_json::json!({"inputs": ["in"], "outputs": [{"topic": "out"}]});
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            s.extend(e.clone());
+        }
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "Pipeline",
+            "metadata": {"name": "p", "namespace": "n"}, "spec": spec
+        }))
+        .unwrap()
+    }
+
+    fn reading() -> GroupReading {
+        GroupReading {
+            partitions: vec![PartitionOffsets {
+                id: PartitionId {
+                    topic: "in".into(),
+                    partition: 0,
+                },
+                log_start: 0,
+                log_end: 0,
+                committed: None,
+            }],
+            missing_topics: vec![],
+            rebalancing: false,
+        }
+    }
+
+    #[test]
+    fn a_new_pipeline_starts_at_min_and_the_decision_is_remembered() {
+        let scalers = Scalers::default();
+        let p = pipeline(serde_json::json!({}));
+        let first = scalers.decide("n/p", &p, &reading(), 0, 0);
+        assert_eq!(first.replicas, 1);
+        let decision = first.decision.unwrap();
+        assert_eq!((decision.from, decision.to), (0, 1));
+        let again = scalers.decide("n/p", &p, &reading(), 1, 1);
+        assert_eq!(again.replicas, 1);
+        assert!(again.decision.is_none(), "no change, no decision");
+        assert_eq!(again.last_scale.map(|d| (d.from, d.to)), Some((0, 1)));
+        scalers.forget("n/p");
+        assert!(scalers.last("n/p").is_none());
+    }
+
+    #[test]
+    fn external_mode_follows_spec_replicas() {
+        let scalers = Scalers::default();
+        let p = pipeline(serde_json::json!({"scaling": {"mode": "external"}, "replicas": 3}));
+        let out = scalers.decide("n/p", &p, &reading(), 1, 1);
+        assert_eq!(out.replicas, 3);
+        assert!(out.decision.unwrap().reason.contains("external"));
     }
 }
