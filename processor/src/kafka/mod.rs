@@ -5,6 +5,9 @@ pub mod restore;
 pub mod topics;
 pub mod worker;
 
+#[cfg(test)]
+mod mock_tests;
+
 use std::collections::BTreeMap;
 
 use rdkafka::ClientConfig;

@@ -1,4 +1,4 @@
-//! The worker against librdkafka's mock cluster (no broker needed): records flow,
+//! Tests of the worker against librdkafka's mock cluster (no broker needed): records flow,
 //! bad records are dead-lettered, and an output the broker rejects is dead-lettered
 //! after the rewind instead of being lost or retried forever.
 
@@ -6,6 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::engine::Engine;
+use crate::kafka::KafkaSettings;
+use crate::kafka::worker::{self, Status, WorkerOptions};
+use crate::metrics::Metrics;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
@@ -13,10 +17,6 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sluice_crds::pipeline::{PipelineSpec, StartFrom};
-use sluice_processor::engine::Engine;
-use sluice_processor::kafka::KafkaSettings;
-use sluice_processor::kafka::worker::{self, Status, WorkerOptions};
-use sluice_processor::metrics::Metrics;
 
 const SPEC: &str = r#"
 inputs: [in]
