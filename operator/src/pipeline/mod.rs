@@ -273,11 +273,21 @@ async fn reconcile_pipeline(p: &Pipeline, state: &PipelineController) -> Result<
             observed.lag = outcome.lag;
             observed.max_partition_lag = outcome.max_partition_lag;
             observed.records_per_second = outcome.records_per_second;
-            if let Some(decision) = outcome.decision {
-                ctx.event(&oref, KIND, false, "Scaled", decision.reason.clone())
+            if let Some(decision) = &outcome.decision {
+                let reason = if decision.to > decision.from {
+                    "ScaledUp"
+                } else {
+                    "ScaledDown"
+                };
+                let action = format!("Scale{}To{}", decision.from, decision.to);
+                let note = format!(
+                    "{} -> {} replicas: {}",
+                    decision.from, decision.to, decision.reason
+                );
+                ctx.event_action(&oref, KIND, false, reason, &action, note)
                     .await;
-                observed.last_scale = Some(decision);
             }
+            observed.last_scale = outcome.last_scale;
         }
         topics::ensure(ctx, p).await?;
         let deployed =
