@@ -12,7 +12,8 @@
 //! and a 100 ms commit interval.
 //!
 //! Usage: `cargo run --release -p sluice-processor --bin sluice-bench -- [--records N]
-//! [--partitions P] [--rate R] [--latency-records L] [--bootstrap B] [--skip-streams]`.
+//! [--partitions P] [--rate R] [--latency-records L] [--bootstrap B] [--skip-streams]
+//! [--only <candidate letter>] [--kafka-config <librdkafka properties for Sluice>]`.
 //! The bootstrap defaults to KAFKA_BOOTSTRAP, then to e2e/.state/env.
 
 use std::collections::HashMap;
@@ -39,6 +40,8 @@ struct Args {
     rate: u64,
     latency_records: u64,
     skip_streams: bool,
+    only: Option<String>,
+    kafka_config: Option<String>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -49,6 +52,8 @@ fn parse_args() -> anyhow::Result<Args> {
         rate: 10_000,
         latency_records: 50_000,
         skip_streams: false,
+        only: None,
+        kafka_config: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -60,6 +65,8 @@ fn parse_args() -> anyhow::Result<Args> {
             "--rate" => args.rate = val()?.parse()?,
             "--latency-records" => args.latency_records = val()?.parse()?,
             "--skip-streams" => args.skip_streams = true,
+            "--only" => args.only = Some(val()?),
+            "--kafka-config" => args.kafka_config = Some(val()?),
             other => bail!("unknown argument {other}"),
         }
     }
@@ -559,6 +566,9 @@ fn main() -> anyhow::Result<()> {
             .arg(&manifest)
             .args(["--bootstrap", &args.bootstrap])
             .env("RUST_LOG", "warn");
+        if let Some(k) = &args.kafka_config {
+            cmd.args(["--kafka-config", k]);
+        }
         cands.push((
             Candidate {
                 name,
@@ -593,6 +603,13 @@ fn main() -> anyhow::Result<()> {
     }
     let mut results = Vec::new();
     for (cand, output) in cands {
+        if args
+            .only
+            .as_deref()
+            .is_some_and(|o| !cand.name.starts_with(o))
+        {
+            continue;
+        }
         create_topic(&args.bootstrap, &output, args.partitions)?;
         results.push(run_candidate(&args, &input, &output, cand, ticks)?);
     }
