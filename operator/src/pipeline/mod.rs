@@ -169,8 +169,9 @@ pub async fn run(
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=sluice-operator");
     let state = Arc::new(PipelineController {
         ctx,
+        // One reading per tick, less a little for scheduling jitter.
+        scalers: Scalers::new(settings.tick.mul_f32(0.8)),
         settings,
-        scalers: Scalers::default(),
     });
     let selector = state.ctx.settings.watcher_config();
     Controller::new(pipelines, selector)

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -35,27 +35,41 @@ pub struct Outcome {
 /// Every pipeline's autoscaler, by `namespace/name`.
 pub struct Scalers {
     origin: Instant,
+    /// Readings closer together than this are not fed to the autoscaler: its rates need
+    /// whole ticks (a reconcile triggered by a Deployment change comes at any moment).
+    min_interval: Duration,
     by_pipeline: Mutex<HashMap<String, Autoscaler>>,
     last_scale: Mutex<HashMap<String, ScaleDecision>>,
+    last_outcome: Mutex<HashMap<String, (Duration, Outcome)>>,
 }
 
 impl Default for Scalers {
     fn default() -> Self {
-        Self {
-            origin: Instant::now(),
-            by_pipeline: Mutex::new(HashMap::new()),
-            last_scale: Mutex::new(HashMap::new()),
-        }
+        Self::new(Duration::from_secs(4))
     }
 }
 
 impl Scalers {
+    /// Scalers that take at most one reading per pipeline every `min_interval`.
+    pub fn new(min_interval: Duration) -> Self {
+        Self {
+            origin: Instant::now(),
+            min_interval,
+            by_pipeline: Mutex::new(HashMap::new()),
+            last_scale: Mutex::new(HashMap::new()),
+            last_outcome: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// Forgets a deleted pipeline.
     pub fn forget(&self, key: &str) {
         if let Ok(mut map) = self.by_pipeline.lock() {
             map.remove(key);
         }
         if let Ok(mut map) = self.last_scale.lock() {
+            map.remove(key);
+        }
+        if let Ok(mut map) = self.last_outcome.lock() {
             map.remove(key);
         }
     }
@@ -70,8 +84,36 @@ impl Scalers {
         current: i32,
         ready: i32,
     ) -> Outcome {
+        let now = self.origin.elapsed();
+        let recent = self.last_outcome.lock().ok().and_then(|m| {
+            m.get(key)
+                .filter(|(at, _)| now.saturating_sub(*at) < self.min_interval)
+                .map(|(_, o)| o.clone())
+        });
+        if let Some(previous) = recent {
+            return Outcome {
+                decision: None,
+                ..previous
+            };
+        }
+        let outcome = self.observe(key, p, reading, current, ready, now);
+        if let Ok(mut m) = self.last_outcome.lock() {
+            m.insert(key.to_string(), (now, outcome.clone()));
+        }
+        outcome
+    }
+
+    fn observe(
+        &self,
+        key: &str,
+        p: &Pipeline,
+        reading: &GroupReading,
+        current: i32,
+        ready: i32,
+        now: std::time::Duration,
+    ) -> Outcome {
         let observation = Observation {
-            now: self.origin.elapsed(),
+            now,
             partitions: reading.partitions.clone(),
             replicas: u32::try_from(current).unwrap_or(0),
             ready_replicas: u32::try_from(ready).unwrap_or(0),
@@ -182,7 +224,7 @@ mod tests {
 
     #[test]
     fn a_new_pipeline_starts_at_min_and_the_decision_is_remembered() {
-        let scalers = Scalers::default();
+        let scalers = Scalers::new(Duration::ZERO);
         let p = pipeline(serde_json::json!({}));
         let first = scalers.decide("n/p", &p, &reading(), 0, 0);
         assert_eq!(first.replicas, 1);
@@ -197,8 +239,20 @@ mod tests {
     }
 
     #[test]
+    fn readings_closer_than_a_tick_reuse_the_last_outcome() {
+        let scalers = Scalers::new(Duration::from_secs(3600));
+        let p = pipeline(serde_json::json!({}));
+        let first = scalers.decide("n/p", &p, &reading(), 0, 0);
+        assert!(first.decision.is_some());
+        // Seconds later (a Deployment event): same size, no second decision.
+        let soon = scalers.decide("n/p", &p, &reading(), 1, 0);
+        assert_eq!(soon.replicas, first.replicas);
+        assert!(soon.decision.is_none());
+    }
+
+    #[test]
     fn external_mode_follows_spec_replicas() {
-        let scalers = Scalers::default();
+        let scalers = Scalers::new(Duration::ZERO);
         let p = pipeline(serde_json::json!({"scaling": {"mode": "external"}, "replicas": 3}));
         let out = scalers.decide("n/p", &p, &reading(), 1, 1);
         assert_eq!(out.replicas, 3);
