@@ -2,6 +2,9 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 CARGO ?= cargo
+# One target dir outside the checkout, shared by every clone on this machine (CI runs in a
+# fresh clone): dependencies are built once, not once per clone.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/sluice/target
 STATE := e2e/.state
 BIN := $(STATE)/bin
 RELEASE_NS := sluice-system
