@@ -680,3 +680,61 @@ async fn pipeline_mode_serves_readiness_and_metrics_and_exits_zero_on_sigterm() 
         "SLUICE_LOG_FORMAT=json gives JSON lines: {first}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enrich_joins_records_with_a_table_topic() {
+    let env = TestEnv::require();
+    let bootstrap = env.var("KAFKA_BOOTSTRAP");
+    let name = unique("enrich");
+    let (input, table, output, dlq) = (
+        format!("{name}-orders"),
+        format!("{name}-customers"),
+        format!("{name}-out"),
+        format!("{name}-dlq"),
+    );
+    create_topics(
+        &bootstrap,
+        &[(&input, 1), (&table, 2), (&output, 1), (&dlq, 1)],
+    )
+    .await;
+    let producer = kafka::producer(&bootstrap).unwrap();
+    let rows: Vec<(String, String)> = vec![
+        ("c1".into(), r#"{"name":"Ada","tier":"gold"}"#.into()),
+        ("c2".into(), r#"{"name":"Bob","tier":"silver"}"#.into()),
+        ("c1".into(), r#"{"name":"Ada","tier":"platinum"}"#.into()),
+    ];
+    kafka::produce(&producer, &table, &rows).await.unwrap();
+    let orders: Vec<(String, String)> = vec![
+        ("o1".into(), r#"{"customer":"c1","total":5.0}"#.into()),
+        ("o2".into(), r#"{"customer":"c9","total":6.0}"#.into()),
+        ("o3".into(), r#"{"customer":"c2","total":7.0}"#.into()),
+    ];
+    kafka::produce(&producer, &input, &orders).await.unwrap();
+    let manifest = write_manifest(
+        &name,
+        serde_json::json!({
+            "inputs": [input],
+            "steps": [{"name": "who", "enrich": {"table": table, "key": "value.customer", "into": "buyer", "onMissing": "deadLetter"}}],
+            "outputs": [{"topic": output}],
+            "deadLetter": {"topic": dlq},
+        }),
+    );
+    let mut p = Processor::start(&bootstrap, &manifest, &name);
+    let out = read_until(&bootstrap, &output, 2, &p);
+    let dead = read_until(&bootstrap, &dlq, 1, &p);
+    p.signal("-TERM");
+    assert!(p.wait().success());
+    let values: Vec<serde_json::Value> = out
+        .iter()
+        .map(|r| serde_json::from_str(r.value.as_deref().unwrap()).unwrap())
+        .collect();
+    assert_eq!(
+        values,
+        vec![
+            serde_json::json!({"customer": "c1", "total": 5.0, "buyer": {"name": "Ada", "tier": "platinum"}}),
+            serde_json::json!({"customer": "c2", "total": 7.0, "buyer": {"name": "Bob", "tier": "silver"}}),
+        ]
+    );
+    assert_eq!(dead[0].key.as_deref(), Some("o2"));
+    assert_eq!(dead[0].headers["sluice.step"], "who");
+}

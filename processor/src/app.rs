@@ -60,6 +60,14 @@ pub enum AppError {
         /// Why.
         source: std::io::Error,
     },
+    /// An enrich table could not be loaded.
+    #[error("pipeline {name}: {source}")]
+    Table {
+        /// Pipeline name.
+        name: String,
+        /// Why.
+        source: crate::kafka::table::TableError,
+    },
     /// The worker thread died.
     #[error("the worker thread panicked")]
     Panicked,
@@ -121,6 +129,7 @@ pub fn plan(
     if let Some(d) = &cfg.spec.dead_letter {
         required.push(d.topic.clone());
     }
+    required.extend(engine.table_topics());
     required.sort();
     required.dedup();
     let mut internal = Vec::new();
@@ -240,6 +249,24 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<(), AppError> 
         }
     };
     engine.set_repartition_topic(plan.repartition.clone());
+    for topic in engine.table_topics() {
+        let (settings, group, t, format) = (
+            opts.settings.clone(),
+            cfg.group_id(),
+            topic.clone(),
+            engine.format(),
+        );
+        let table = tokio::task::spawn_blocking(move || {
+            crate::kafka::table::load(&settings, &group, &t, format, Duration::from_secs(600))
+        })
+        .await
+        .map_err(|_| AppError::Panicked)?
+        .map_err(|e| AppError::Table {
+            name: name.clone(),
+            source: e,
+        })?;
+        engine.attach_table(&topic, &table);
+    }
     let mut consumed = cfg.spec.inputs.clone();
     consumed.extend(plan.repartition.clone());
     let group_id = cfg.group_id();

@@ -211,6 +211,36 @@ impl Engine {
         }
     }
 
+    /// The table topics of enrich steps.
+    pub fn table_topics(&self) -> Vec<String> {
+        let mut t: Vec<String> = self
+            .steps
+            .iter()
+            .filter_map(|s| match &s.kind {
+                Kind::Enrich(e) => Some(e.table_topic().to_string()),
+                _ => None,
+            })
+            .collect();
+        t.sort();
+        t.dedup();
+        t
+    }
+
+    /// Attaches a loaded table to every enrich step that reads `topic`.
+    pub fn attach_table(
+        &mut self,
+        topic: &str,
+        table: &std::sync::Arc<crate::steps::enrich::Table>,
+    ) {
+        for s in &mut self.steps {
+            if let Kind::Enrich(e) = &mut s.kind
+                && e.table_topic() == topic
+            {
+                e.attach(table.clone());
+            }
+        }
+    }
+
     /// The record format.
     pub fn format(&self) -> RecordFormat {
         self.format
@@ -414,7 +444,10 @@ fn project(value: Payload, needs: &Needs) -> Payload {
 
 /// Whether a step hands on a different record than it got (so a new scope is needed).
 fn changes_record(kind: &Kind) -> bool {
-    matches!(kind, Kind::Map(_) | Kind::Aggregate(_) | Kind::Dedupe(_))
+    matches!(
+        kind,
+        Kind::Map(_) | Kind::Aggregate(_) | Kind::Dedupe(_) | Kind::Enrich(_)
+    )
 }
 
 fn step_failure(step: &str, e: StepError) -> Failure {

@@ -2,6 +2,7 @@
 //! consume-transform-produce loop.
 
 pub mod restore;
+pub mod table;
 pub mod topics;
 pub mod worker;
 

@@ -49,7 +49,7 @@ pub enum RestoreFailure {
 
 /// Client callbacks that do not log reaching the end of a partition as an error (it
 /// is how a restore knows it is done).
-struct QuietEof;
+pub(crate) struct QuietEof;
 
 impl ClientContext for QuietEof {
     fn error(&self, error: KafkaError, reason: &str) {

@@ -2,12 +2,14 @@
 
 pub mod aggregate;
 mod dedupe;
+pub mod enrich;
 mod map;
 mod route;
 mod validate;
 
 pub use aggregate::Aggregate;
 pub use dedupe::Dedupe;
+pub use enrich::Enrich;
 pub use map::Map;
 pub use route::Route;
 pub use validate::Validate;
@@ -109,6 +111,8 @@ pub enum Kind {
     Aggregate(Box<Aggregate>),
     /// Drop repeated keys.
     Dedupe(Box<Dedupe>),
+    /// Join with a table.
+    Enrich(Enrich),
     /// Shape checks.
     Validate(Validate),
 }
@@ -188,8 +192,10 @@ impl Step {
             Kind::Validate(Validate::new(v))
         } else if let Some(d) = &spec.dedupe {
             Kind::Dedupe(Box::new(Dedupe::compile(&name, d)?))
+        } else if let Some(e) = &spec.enrich {
+            Kind::Enrich(Enrich::compile(&name, e)?)
         } else {
-            return Err(unsupported("enrich"));
+            return Err(unsupported("this step kind"));
         };
         let needs = match &kind {
             Kind::Filter(e) => e.needs().clone(),
@@ -197,6 +203,7 @@ impl Step {
             Kind::Route(r) => r.needs(),
             Kind::Aggregate(a) => a.needs(),
             Kind::Dedupe(d) => d.needs(),
+            Kind::Enrich(e) => e.needs(),
             Kind::Validate(_) => Needs::default(),
         };
         Ok(Self { name, kind, needs })
@@ -214,6 +221,7 @@ impl Step {
             Kind::Map(m) => m.apply(record, scope).map(Outcome::Continue),
             Kind::Route(r) => r.apply(record, scope),
             Kind::Validate(v) => v.check(&record).map(|()| Outcome::Continue(record)),
+            Kind::Enrich(e) => e.apply(record, scope).map(Outcome::Continue),
             Kind::Aggregate(_) | Kind::Dedupe(_) => Err(StepError::Shape(
                 "a stateful step applied as a stateless one".to_string(),
             )),
@@ -262,9 +270,14 @@ mod tests {
 
     #[test]
     fn unsupported_steps_are_refused_at_startup() {
-        let err =
-            Step::compile(&spec("name: e\nenrich: {table: t, key: key, into: x}\n")).unwrap_err();
-        assert_eq!(err.to_string(), "step e: enrich is not supported yet");
+        let err = Step::compile(&spec(
+            "name: w\naggregate: {groupBy: {a: value.a}, aggregations: [{name: n, op: count}], window: {session: {gap: 1m}}}\n",
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "step w: a session window is not supported yet"
+        );
     }
 
     #[test]
