@@ -82,7 +82,9 @@ mod tests {
             200,
             r#"{"kind":"PartialObjectMetadataList","apiVersion":"meta.k8s.io/v1","metadata":{},"items":[]}"#,
         );
-        check_crds(&client, Some("team-a")).await.unwrap();
+        check_crd::<Topic>(&client, Some("team-a"), "topics.sluice.dev")
+            .await
+            .unwrap();
         assert!(
             server
                 .await
