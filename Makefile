@@ -47,6 +47,7 @@ e2e: check-generated
 	$(CARGO) build -p sluice-operator -p sluice-processor -p sluice-e2e --bins --tests
 	$(CARGO) test -p sluice-e2e $(addprefix --test ,$(E2E_OWN)) -- --test-threads=2
 	e2e/deploy
+	e2e/lib/delete-test-namespaces
 	$(CARGO) test -p sluice-e2e $(addprefix --test ,$(E2E_DEPLOYED)) -- --test-threads=3
 
 up:

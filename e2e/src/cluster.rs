@@ -69,6 +69,17 @@ pub async fn namespace(client: &Client, prefix: &str) -> anyhow::Result<String> 
     Ok(name)
 }
 
+/// Deletes a test's namespace and, through their owners and finalizers, everything in it
+/// (processors stop, Topics with `deletionPolicy: Delete` remove their Kafka topics).
+/// Tests call it when they pass; a failed test keeps its namespace for inspection until
+/// `e2e/lib/delete-test-namespaces` (run by `make e2e` and `make demo`) removes it.
+pub async fn delete_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
+    Api::<Namespace>::all(client.clone())
+        .delete(name, &kube::api::DeleteParams::background())
+        .await?;
+    Ok(())
+}
+
 /// The API of the kind in `doc` (core or sluice.dev kinds, plural by the usual rule).
 pub fn api_for(
     client: &Client,

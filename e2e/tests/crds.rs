@@ -78,4 +78,6 @@ async fn examples_are_accepted_and_invalid_manifests_refused_with_cel_messages()
         err.to_string().contains("topicName cannot be changed"),
         "{err}"
     );
+    // Passed: the examples' Topics must not keep claiming their Kafka topic names.
+    cluster::delete_namespace(&client, &ns).await.unwrap();
 }

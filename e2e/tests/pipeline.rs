@@ -43,6 +43,13 @@ async fn fixture(prefix: &str) -> Fixture {
 }
 
 impl Fixture {
+    /// The test passed: its namespace and processors go.
+    async fn finish(self) {
+        cluster::delete_namespace(&self.client, &self.ns)
+            .await
+            .unwrap();
+    }
+
     fn topic(&self, base: &str) -> String {
         format!("{base}-{}", self.suffix)
     }
@@ -232,6 +239,7 @@ async fn seed_pipeline_sums_orders_per_region_exactly_once_with_a_dlq() {
             .unwrap()
             .contains("sluice.dev/pipeline=region-totals")
     );
+    f.finish().await;
 }
 
 #[tokio::test]
@@ -286,6 +294,7 @@ async fn bad_expression_is_refused_with_a_readable_status_and_nothing_deployed()
         deployments.get_opt("broken-processor").await.ok()?
     })
     .await;
+    f.finish().await;
 }
 
 #[tokio::test]
@@ -305,6 +314,7 @@ async fn missing_input_topic_is_reported() {
     .await;
     assert_eq!(topics.reason, "InputTopicMissing");
     assert!(topics.message.contains(&f.topic("nowhere")));
+    f.finish().await;
 }
 
 #[tokio::test]
@@ -333,6 +343,7 @@ async fn spec_change_rolls_out_without_losing_or_duplicating_records() {
         d.metadata.generation.unwrap_or(0) >= 2,
         "the Deployment rolled out the change"
     );
+    f.finish().await;
 }
 
 #[tokio::test]
@@ -364,6 +375,7 @@ async fn min_zero_scales_to_zero_when_idle_and_wakes_on_new_data() {
         "woke from zero: {}",
         last.reason
     );
+    f.finish().await;
 }
 
 #[tokio::test]
@@ -413,6 +425,7 @@ async fn backlog_scales_up_to_the_partition_count_and_back_down_after_draining()
         let value = latest[region]["total"].as_f64().unwrap();
         assert!((value - total).abs() < 1e-3, "{region}: {value} != {total}");
     }
+    f.finish().await;
 }
 
 #[tokio::test]
@@ -455,4 +468,5 @@ async fn steady_load_under_one_replicas_capacity_causes_no_scaling_for_five_minu
         status.records_per_second > 0.0,
         "the rate is measured: {status:?}"
     );
+    f.finish().await;
 }

@@ -303,9 +303,7 @@ impl Setup {
     /// Tests delete their Delete-policy Topics while their operator still runs, so nothing
     /// is left with a finalizer.
     async fn finish(self) {
-        use k8s_openapi::api::core::v1::Namespace;
-        Api::<Namespace>::all(self.client.clone())
-            .delete(&self.ns, &DeleteParams::default())
+        cluster::delete_namespace(&self.client, &self.ns)
             .await
             .unwrap();
     }
