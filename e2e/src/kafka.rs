@@ -51,14 +51,39 @@ pub async fn produce(
     Ok(())
 }
 
-/// Reads every committed record of `topic` from the beginning until nothing new arrived
-/// for `quiet` (or `max` elapsed).
-pub fn read_all(
-    bootstrap: &str,
-    topic: &str,
-    quiet: Duration,
-    max: Duration,
-) -> anyhow::Result<Vec<Read>> {
+/// Produces `records` in chunks of `chunk` with `pause` between them, in the background:
+/// a live stream for tests that act while records are still arriving.
+pub fn produce_paced(
+    producer: FutureProducer,
+    topic: String,
+    records: Vec<(String, String)>,
+    chunk: usize,
+    pause: Duration,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(async move {
+        for part in records.chunks(chunk.max(1)) {
+            produce(&producer, &topic, part).await?;
+            tokio::time::sleep(pause).await;
+        }
+        Ok(())
+    })
+}
+
+/// Waits until `topic` holds at least one committed record (at most `max`).
+pub fn wait_for_first(bootstrap: &str, topic: &str, max: Duration) -> anyhow::Result<()> {
+    let consumer = committed_reader(bootstrap, topic)?;
+    let start = Instant::now();
+    while start.elapsed() < max {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            m?;
+            return Ok(());
+        }
+    }
+    anyhow::bail!("no committed record in {topic} within {max:?}")
+}
+
+/// A read_committed consumer of every partition of `topic` from the beginning.
+fn committed_reader(bootstrap: &str, topic: &str) -> anyhow::Result<BaseConsumer> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set(
@@ -80,6 +105,18 @@ pub fn read_all(
         tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
+/// Reads every committed record of `topic` from the beginning until nothing new arrived
+/// for `quiet` (or `max` elapsed).
+pub fn read_all(
+    bootstrap: &str,
+    topic: &str,
+    quiet: Duration,
+    max: Duration,
+) -> anyhow::Result<Vec<Read>> {
+    let consumer = committed_reader(bootstrap, topic)?;
     let start = Instant::now();
     let mut last = Instant::now();
     let mut out = Vec::new();

@@ -1,6 +1,7 @@
 //! Everything that talks to Kafka: client settings, topic checks, state restore, and the
 //! consume-transform-produce loop.
 
+mod acks;
 pub mod restore;
 pub mod table;
 pub mod topics;

@@ -9,8 +9,10 @@
 //!   metadata, so a zombie from an older generation is fenced) commit in one transaction.
 //!   On an error the transaction is aborted and the worker rewinds: state is rebuilt
 //!   from the changelog and every partition goes back to its committed offset.
-//! - `atLeastOnce`: the producer is flushed (every output acknowledged) and only then
-//!   are the offsets committed.
+//! - `atLeastOnce`: the loop does not stop to flush. Each interval's offsets are sealed
+//!   and committed (asynchronously) once every output produced up to them is
+//!   acknowledged (`acks`); a failed delivery rewinds as above. At a rebalance and at
+//!   shutdown the producer is flushed and everything is committed synchronously.
 //!
 //! Rebalances use the eager protocol: on revoke the worker commits what it has; on
 //! assign it drops the state of partitions it lost and restores the ones it gained from
@@ -30,13 +32,14 @@ use std::time::{Duration, Instant};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_crds::pipeline::StartFrom;
 
 use super::KafkaSettings;
+use super::acks::{Checkpoints, DeliveryTracker, Offsets, Origin, Sent, advance};
 use super::restore::{RestoreFailure, restore};
 use crate::engine::{Emit, Engine, Failure, decode, encode};
 use crate::record::Record;
@@ -136,43 +139,6 @@ impl WorkerError {
     }
 }
 
-/// Where an output came from, for dead-lettering it if it cannot be delivered.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Origin {
-    topic: Arc<str>,
-    partition: i32,
-    offset: i64,
-}
-
-impl Origin {
-    /// The origin of internal records (dead letters, changelog): never poisoned.
-    fn internal() -> Box<Origin> {
-        Box::new(Origin {
-            topic: Arc::from(""),
-            partition: -1,
-            offset: -1,
-        })
-    }
-}
-
-/// Producer callbacks: remember outputs that could not be delivered.
-#[derive(Default)]
-struct DeliveryTracker {
-    failed: Mutex<Vec<(Origin, String)>>,
-}
-
-impl ClientContext for DeliveryTracker {}
-
-impl ProducerContext for DeliveryTracker {
-    type DeliveryOpaque = Box<Origin>;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, origin: Self::DeliveryOpaque) {
-        if let Err((err, _)) = result {
-            lock(&self.failed).push((*origin, err.to_string()));
-        }
-    }
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -183,8 +149,12 @@ struct Core {
     producer: BaseProducer<DeliveryTracker>,
     opts: WorkerOptions,
     status: Arc<Status>,
-    /// Next offset to commit per consumed partition.
-    offsets: Vec<(Arc<str>, i32, i64)>,
+    /// Next offset to commit per partition consumed in the current epoch.
+    offsets: Offsets,
+    /// The current commit interval's number: records sent in it carry it.
+    epoch: u64,
+    /// `atLeastOnce`: sealed epochs waiting for their outputs' acknowledgements.
+    checkpoints: Checkpoints,
     in_txn: bool,
     batch: u64,
     last_commit: Instant,
@@ -322,7 +292,7 @@ impl Core {
         match outcome {
             Ok(encoded) => {
                 for (topic, key, value, partition, headers, timestamp) in encoded {
-                    let opaque = Box::new(origin.clone());
+                    let opaque = Sent::boxed(origin.clone(), self.epoch);
                     let mut rec = BaseRecord::with_opaque_to(&topic, opaque).payload(&value);
                     if let Some(k) = &key {
                         rec = rec.key(k);
@@ -336,7 +306,7 @@ impl Core {
                     if let Some(ts) = timestamp {
                         rec = rec.timestamp(ts);
                     }
-                    if let Err(e) = send(&self.producer, rec) {
+                    if let Err(e) = send(&self.producer, rec, self.epoch) {
                         // Rejected at once (too large, unknown topic...): final for this record.
                         self.dead_letter(m, &Failure::new("produce", format!("{topic}: {e}")))?;
                         break;
@@ -420,15 +390,7 @@ impl Core {
     }
 
     fn advance(&mut self, topic: Arc<str>, partition: i32, next: i64) {
-        if let Some(e) = self
-            .offsets
-            .iter_mut()
-            .find(|(t, p, _)| *p == partition && **t == *topic)
-        {
-            e.2 = next;
-        } else {
-            self.offsets.push((topic, partition, next));
-        }
+        advance(&mut self.offsets, topic, partition, next);
     }
 
     fn dead_letter(
@@ -464,8 +426,9 @@ impl Core {
                 value: Some(v),
             });
         }
-        let mut rec: BaseRecord<'_, [u8], [u8], Box<Origin>> =
-            BaseRecord::with_opaque_to(&dlq, Origin::internal()).headers(headers);
+        let mut rec: BaseRecord<'_, [u8], [u8], Box<Sent>> =
+            BaseRecord::with_opaque_to(&dlq, Sent::boxed(Origin::internal(), self.epoch))
+                .headers(headers);
         if let Some(k) = m.key() {
             rec = rec.key(k);
         }
@@ -475,7 +438,7 @@ impl Core {
         if let Some(ts) = m.timestamp().to_millis() {
             rec = rec.timestamp(ts);
         }
-        send(&self.producer, rec)
+        send(&self.producer, rec, self.epoch)
             .map_err(|source| WorkerError::DeadLetter { topic: dlq, source })?;
         self.engine.metrics().dead_lettered.inc();
         self.dead_lettered_logged += 1;
@@ -492,35 +455,83 @@ impl Core {
         self.batch > 0 && self.last_commit.elapsed() >= self.opts.commit_interval
     }
 
-    /// Writes changelog records, then commits outputs and offsets together.
-    fn commit<C: ConsumerContext>(
-        &mut self,
-        consumer: &BaseConsumer<C>,
-    ) -> Result<(), WorkerError> {
-        if self.batch == 0 && !self.in_txn {
-            self.last_commit = Instant::now();
-            return Ok(());
-        }
+    /// Sends the aggregate's changed state to its changelog (in the current epoch, so
+    /// the offsets sealed with it wait for these too).
+    fn write_changelog(&mut self) -> Result<(), WorkerError> {
+        let epoch = self.epoch;
         if let Some((_, changelog)) = self.opts.state.clone()
             && let Some(agg) = self.engine.aggregate_mut()
         {
             for (partition, key, value) in agg.take_changes() {
-                let mut rec: BaseRecord<'_, str, [u8], Box<Origin>> =
-                    BaseRecord::with_opaque_to(&changelog, Origin::internal())
+                let mut rec: BaseRecord<'_, str, [u8], Box<Sent>> =
+                    BaseRecord::with_opaque_to(&changelog, Sent::boxed(Origin::internal(), epoch))
                         .partition(partition)
                         .key(key.as_str());
                 if let Some(v) = &value {
                     rec = rec.payload(v.as_slice());
                 }
-                send(&self.producer, rec).map_err(WorkerError::Flush)?;
+                send(&self.producer, rec, epoch).map_err(WorkerError::Flush)?;
             }
         }
-        let mut tpl = TopicPartitionList::with_capacity(self.offsets.len());
-        for (t, p, o) in &self.offsets {
-            tpl.add_partition_offset(t, *p, Offset::Offset(*o))
-                .map_err(WorkerError::Commit)?;
-        }
+        Ok(())
+    }
+
+    /// Ends the commit interval. `exactlyOnce` commits its transaction; `atLeastOnce`
+    /// seals the epoch and commits, without waiting, whatever is acknowledged by now.
+    fn end_interval<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), WorkerError> {
         if self.opts.exactly_once {
+            return self.commit(consumer);
+        }
+        self.write_changelog()?;
+        let offsets = std::mem::take(&mut self.offsets);
+        self.checkpoints.seal(self.epoch, offsets);
+        self.epoch += 1;
+        self.engine.metrics().batch_size.observe(self.batch as f64);
+        self.batch = 0;
+        self.last_commit = Instant::now();
+        self.engine.report_state();
+        self.commit_acked(consumer)
+    }
+
+    /// `atLeastOnce`: commits (asynchronously) the offsets of sealed epochs whose outputs
+    /// are all acknowledged; a failed delivery stops here so the loop rewinds.
+    fn commit_acked<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), WorkerError> {
+        let tracker = self.producer.context();
+        if tracker.any_failed() {
+            return Err(WorkerError::Flush(KafkaError::MessageProduction(
+                RDKafkaErrorCode::Fail,
+            )));
+        }
+        let offsets = self.checkpoints.take_acked(|e| tracker.acked_through(e));
+        if !offsets.is_empty() {
+            consumer
+                .commit(&partition_list(&offsets)?, CommitMode::Async)
+                .map_err(WorkerError::Commit)?;
+            self.engine.metrics().commits.inc();
+        }
+        Ok(())
+    }
+
+    /// Commits everything processed so far and waits for it: at a rebalance, at
+    /// shutdown, and at the end of every `exactlyOnce` interval (outputs, changelog and
+    /// offsets in one transaction).
+    fn commit<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), WorkerError> {
+        if self.batch == 0 && !self.in_txn && self.checkpoints.is_empty() {
+            self.last_commit = Instant::now();
+            return Ok(());
+        }
+        self.write_changelog()?;
+        if self.opts.exactly_once {
+            let tpl = partition_list(&self.offsets)?;
             let cgm = consumer
                 .group_metadata()
                 .ok_or(WorkerError::Commit(KafkaError::Global(
@@ -539,16 +550,21 @@ impl Core {
             self.producer
                 .flush(TXN_TIMEOUT)
                 .map_err(WorkerError::Flush)?;
-            if !lock(&self.producer.context().failed).is_empty() {
+            if self.producer.context().any_failed() {
                 return Err(WorkerError::Flush(KafkaError::MessageProduction(
                     RDKafkaErrorCode::Fail,
                 )));
             }
-            if tpl.count() > 0 {
+            let mut offsets = self.checkpoints.take_all();
+            for (t, p, o) in self.offsets.drain(..) {
+                advance(&mut offsets, t, p, o);
+            }
+            if !offsets.is_empty() {
                 consumer
-                    .commit(&tpl, CommitMode::Sync)
+                    .commit(&partition_list(&offsets)?, CommitMode::Sync)
                     .map_err(WorkerError::Commit)?;
             }
+            self.epoch += 1;
         }
         let metrics = self.engine.metrics();
         metrics.commits.inc();
@@ -571,12 +587,14 @@ impl Core {
             }
             self.in_txn = false;
         }
-        for (origin, error) in lock(&self.producer.context().failed).drain(..) {
-            if origin.partition >= 0 {
+        for (origin, error) in self.producer.context().take_failed() {
+            if origin.is_record() {
                 self.poisoned.insert(origin, error);
             }
         }
         self.offsets.clear();
+        self.checkpoints.clear();
+        self.producer.context().forget_unacked();
         self.batch = 0;
         self.state_invalid = true;
         self.last_commit = Instant::now();
@@ -616,10 +634,11 @@ impl Core {
     }
 }
 
-/// Sends, waiting while the producer queue is full (backpressure).
+/// Sends a record of `epoch`, waiting while the producer queue is full (backpressure).
 fn send<K, P>(
     producer: &BaseProducer<DeliveryTracker>,
-    mut rec: BaseRecord<'_, K, P, Box<Origin>>,
+    mut rec: BaseRecord<'_, K, P, Box<Sent>>,
+    epoch: u64,
 ) -> Result<(), KafkaError>
 where
     K: rdkafka::message::ToBytes + ?Sized,
@@ -627,7 +646,10 @@ where
 {
     loop {
         match producer.send(rec) {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                producer.context().sent(epoch);
+                return Ok(());
+            }
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                 producer.poll(Duration::from_millis(50));
                 rec = back;
@@ -635,6 +657,16 @@ where
             Err((e, _)) => return Err(e),
         }
     }
+}
+
+/// The offsets as a list to commit.
+fn partition_list(offsets: &Offsets) -> Result<TopicPartitionList, WorkerError> {
+    let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+    for (t, p, o) in offsets {
+        tpl.add_partition_offset(t, *p, Offset::Offset(*o))
+            .map_err(WorkerError::Commit)?;
+    }
+    Ok(tpl)
 }
 
 /// Runs the pipeline until `status.shutdown` is set or a fatal error.
@@ -666,6 +698,8 @@ pub fn run(opts: WorkerOptions, engine: Engine, status: Arc<Status>) -> Result<(
         opts: opts.clone(),
         status: status.clone(),
         offsets: Vec::new(),
+        epoch: 0,
+        checkpoints: Checkpoints::default(),
         in_txn: false,
         batch: 0,
         last_commit: Instant::now(),
@@ -759,9 +793,14 @@ fn run_loop(
             None => {}
         }
         c.producer.poll(Duration::ZERO);
-        if c.due()
-            && let Err(e) = c.commit(consumer)
-        {
+        let ended = if c.due() {
+            c.end_interval(consumer)
+        } else if c.opts.exactly_once {
+            Ok(())
+        } else {
+            c.commit_acked(consumer)
+        };
+        if let Err(e) = ended {
             if e.recoverable() {
                 c.rewind(consumer, &e)?;
             } else {
