@@ -14,9 +14,10 @@
 //!   acknowledged (`acks`); a failed delivery rewinds as above. At a rebalance and at
 //!   shutdown the producer is flushed and everything is committed synchronously.
 //!
-//! Rebalances use the eager protocol: on revoke the worker commits what it has; on
-//! assign it drops the state of partitions it lost and restores the ones it gained from
-//! the changelog before processing them.
+//! Rebalances use the cooperative protocol (`cooperative-sticky`): a rescale moves only
+//! the partitions that change owner, and the others are never stopped. On revoke the
+//! worker commits what it has; after each change it drops the state of partitions it
+//! lost and restores the ones it gained from the changelog before processing them.
 //!
 //! A record whose output cannot be delivered is remembered ("poisoned"); after the
 //! rewind it is written to the dead-letter topic instead of being produced again.
@@ -30,7 +31,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -191,21 +194,20 @@ impl ConsumerContext for RebalanceHandler {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let mut core = lock(&self.core);
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         match rebalance {
             Rebalance::Assign(tpl) => {
                 core.engine.metrics().rebalances.inc();
-                core.engine
-                    .metrics()
-                    .assigned_partitions
-                    .set(i64::try_from(tpl.count()).unwrap_or(0));
                 tracing::info!(partitions = ?partition_names(tpl), "partitions assigned");
-                if let Err(e) = core.on_assign(tpl) {
-                    core.fatal = Some(e);
-                    return;
-                }
-                core.status.ready.store(true, Ordering::Relaxed);
+                core.follow_assignment(consumer);
+            }
+            // Cooperative: only the revoked partitions stopped; the rest go on at once.
+            Rebalance::Revoke(tpl) if cooperative => {
+                core.engine.metrics().rebalances.inc();
+                tracing::info!(partitions = ?partition_names(tpl), "partitions given up");
+                core.follow_assignment(consumer);
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
@@ -228,6 +230,28 @@ impl Core {
         let t: Arc<str> = Arc::from(topic);
         self.topics.insert(topic.to_string(), t.clone());
         t
+    }
+
+    /// After a rebalance: keeps the state of the partitions still held, restores the
+    /// gained ones, drops the lost ones, and is ready again. The callbacks of the
+    /// cooperative protocol carry only the change, so this reads the whole assignment.
+    fn follow_assignment<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        let assignment = match consumer.assignment() {
+            Ok(a) => a,
+            Err(e) => {
+                self.fatal = Some(WorkerError::Commit(e));
+                return;
+            }
+        };
+        self.engine
+            .metrics()
+            .assigned_partitions
+            .set(i64::try_from(assignment.count()).unwrap_or(0));
+        if let Err(e) = self.on_assign(&assignment) {
+            self.fatal = Some(e);
+            return;
+        }
+        self.status.ready.store(true, Ordering::Relaxed);
     }
 
     fn on_assign(&mut self, tpl: &TopicPartitionList) -> Result<(), WorkerError> {
@@ -716,7 +740,7 @@ pub fn run(opts: WorkerOptions, engine: Engine, status: Arc<Status>) -> Result<(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")
-        .set("partition.assignment.strategy", "range,roundrobin")
+        .set("partition.assignment.strategy", "cooperative-sticky")
         .set("queued.max.messages.kbytes", "32768")
         .set(
             "auto.offset.reset",
