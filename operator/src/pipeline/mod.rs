@@ -26,6 +26,8 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sluice_crds::Pipeline;
 use sluice_crds::pipeline::PipelineStatus;
+use sluice_processor::engine::Engine;
+use sluice_processor::metrics::PipelineMetrics;
 use tracing::{Instrument, debug, info, info_span};
 
 use crate::context::{Context, FIELD_MANAGER};
@@ -94,17 +96,28 @@ impl PipelineSettings {
     }
 }
 
-/// Problems that make the spec unrunnable (today: CEL expressions that do not compile),
-/// each naming the step or output; empty when the spec is valid.
+/// Problems that make the spec unrunnable: every CEL expression that does not compile,
+/// naming its step or output, or else what the processor's engine refuses; empty when
+/// the spec is valid.
 pub fn validate(p: &Pipeline) -> Vec<String> {
-    expressions(p)
+    let errors: Vec<String> = expressions(p)
         .into_iter()
         .filter_map(|(place, source)| {
             cel::Program::compile(&source)
                 .err()
                 .map(|e| format!("{place}: invalid expression {source:?}: {e}"))
         })
-        .collect()
+        .collect();
+    if !errors.is_empty() {
+        return errors;
+    }
+    // Then everything else the processor would refuse at start (unsupported windows or
+    // formats, two stateful steps, no output...), by building its own engine.
+    let name = p.name_any();
+    match Engine::new(&name, &p.spec, PipelineMetrics::detached(&name)) {
+        Ok(_) => Vec::new(),
+        Err(e) => vec![e.to_string()],
+    }
 }
 
 /// Every CEL expression of a spec, with where it is written.
@@ -406,4 +419,66 @@ async fn write_status(
     .map_err(Error::kube("write Pipeline status"))?;
     ctx.metrics.kube_write(KIND, "status");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipeline(steps: serde_json::Value) -> Pipeline {
+        serde_json::from_value(json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "Pipeline",
+            "metadata": {"name": "p", "namespace": "ns"},
+            "spec": {"inputs": ["orders"], "steps": steps, "outputs": [{"topic": "out"}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_runnable_spec_has_no_errors() {
+        let p = pipeline(json!([
+            {"name": "positive", "filter": "value.total > 0.0"},
+            {"name": "sum", "aggregate": {"groupBy": {"region": "value.region"},
+                "aggregations": [{"name": "total", "op": "sum", "of": "value.total"}]}}
+        ]));
+        assert_eq!(validate(&p), Vec::<String>::new());
+    }
+
+    #[test]
+    fn every_bad_expression_is_named_with_its_step() {
+        let p = pipeline(json!([
+            {"name": "first", "filter": "value.total >"},
+            {"name": "second", "map": {"set": {"x": "1 +"}}}
+        ]));
+        let errors = validate(&p);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].starts_with("step first filter: invalid expression"),
+            "{errors:?}"
+        );
+        assert!(errors[1].starts_with("step second map.set.x"), "{errors:?}");
+    }
+
+    #[test]
+    fn what_the_processor_would_refuse_is_refused_here() {
+        let session = pipeline(json!([
+            {"name": "w", "aggregate": {"groupBy": {"k": "value.k"},
+                "aggregations": [{"name": "n", "op": "count"}],
+                "window": {"session": {"gap": "1m"}}}}
+        ]));
+        assert_eq!(
+            validate(&session),
+            vec!["step w: a session window is not supported yet".to_string()]
+        );
+        let two_stateful = pipeline(json!([
+            {"name": "once", "dedupe": {"key": "value.id", "within": "1h"}},
+            {"name": "sum", "aggregate": {"groupBy": {"k": "value.k"},
+                "aggregations": [{"name": "n", "op": "count"}]}}
+        ]));
+        let errors = validate(&two_stateful);
+        assert!(
+            errors.len() == 1 && errors[0].contains("more than one stateful step"),
+            "{errors:?}"
+        );
+    }
 }

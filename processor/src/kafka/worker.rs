@@ -196,7 +196,10 @@ impl ConsumerContext for RebalanceHandler {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let mut core = lock(&self.core);
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         match rebalance {
             Rebalance::Assign(tpl) => {
                 core.engine.metrics().rebalances.inc();
