@@ -347,6 +347,12 @@ impl Aggregate {
             });
         }
         let ts = record.timestamp;
+        // Outputs copy the input's topic, partition, offset, timestamp and headers; its
+        // value (already read through `scope`) is not needed and not cloned.
+        let record = Record {
+            value: Payload::Bytes(Vec::new()),
+            ..record
+        };
         let part = self.state.entry(partition).or_default();
         let window_start = match self.window {
             Some(w) => {
@@ -365,16 +371,18 @@ impl Aggregate {
             }
             None => None,
         };
-        let aggs = &self.aggs;
-        let state = part
-            .groups
-            .entry(key.clone())
-            .or_insert_with(|| GroupState {
+        if !part.groups.contains_key(&key) {
+            let state = GroupState {
                 group,
-                accs: aggs.iter().map(|(_, op, _)| Acc::new(*op)).collect(),
+                accs: self.aggs.iter().map(|(_, op, _)| Acc::new(*op)).collect(),
                 window_start,
                 max_ts: ts,
-            });
+            };
+            part.groups.insert(key.clone(), state);
+        }
+        let Some(state) = part.groups.get_mut(&key) else {
+            return Err(StepError::Shape(format!("group {key} vanished")));
+        };
         for (acc, x) in state.accs.iter_mut().zip(inputs) {
             acc.add(x);
         }
