@@ -8,7 +8,8 @@ use super::observation::Observation;
 
 /// Until measured: a replica starts and joins in about 15 s.
 const DEFAULT_DELAY: Duration = Duration::from_secs(15);
-/// Until measured: an eager rebalance stops every replica for about 5 s.
+/// Until measured: a rebalance pauses the group for about 5 s (with the cooperative
+/// protocol only the moved partitions stop, so this is the cautious side).
 const DEFAULT_PAUSE: Duration = Duration::from_secs(5);
 /// Weight of a new measurement.
 const WEIGHT: f64 = 0.5;
