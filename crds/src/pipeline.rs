@@ -253,6 +253,8 @@ pub struct AggregateStep {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<Window>,
     /// `onUpdate` (the default) emits the new aggregate after every record;
+    /// `onCommit` emits the latest aggregate of each group that changed, once per
+    /// `commitInterval` (far fewer records for few, busy groups);
     /// `onWindowClose` emits once per window when it closes.
     #[serde(default)]
     pub emit: Emit,
@@ -295,6 +297,8 @@ pub enum Emit {
     /// After every update.
     #[default]
     OnUpdate,
+    /// The latest value of each changed group, once per commit interval.
+    OnCommit,
     /// Once per window, when it closes.
     OnWindowClose,
 }

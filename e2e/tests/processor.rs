@@ -143,6 +143,28 @@ async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
     }
 }
 
+/// Creates the topics of a test named after `prefix`: the input with `partitions`, the
+/// output and the dead-letter topic with one each. Returns the bootstrap servers, the
+/// test's unique name and the three topics.
+async fn topics(prefix: &str, partitions: i32) -> (String, String, String, String, String) {
+    let bootstrap = TestEnv::require().var("KAFKA_BOOTSTRAP");
+    let name = unique(prefix);
+    let (input, output, dlq) = (
+        format!("{name}-in"),
+        format!("{name}-out"),
+        format!("{name}-dlq"),
+    );
+    create_topics(&bootstrap, &[(&input, partitions), (&output, 1), (&dlq, 1)]).await;
+    (bootstrap, name, input, output, dlq)
+}
+
+/// Produces `records` to `topic` and waits for the acknowledgements.
+async fn produce(bootstrap: &str, topic: &str, records: &[(String, String)]) {
+    kafka::produce(&kafka::producer(bootstrap).unwrap(), topic, records)
+        .await
+        .unwrap();
+}
+
 fn write_manifest(name: &str, spec: serde_json::Value) -> PathBuf {
     let doc = serde_json::json!({
         "apiVersion": "sluice.dev/v1alpha1",
@@ -267,19 +289,9 @@ fn seed_spec(input: &str, output: &str, dlq: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn seed_aggregation_gives_exact_totals_per_region() {
-    let env = TestEnv::require();
-    let bootstrap = env.var("KAFKA_BOOTSTRAP");
-    let name = unique("seed");
-    let (input, output, dlq) = (
-        format!("{name}-orders"),
-        format!("{name}-totals"),
-        format!("{name}-dlq"),
-    );
-    create_topics(&bootstrap, &[(&input, 3), (&output, 1), (&dlq, 1)]).await;
+    let (bootstrap, name, input, output, dlq) = topics("seed", 3).await;
     let (records, totals, kept) = orders(0, 600);
-    kafka::produce(&kafka::producer(&bootstrap).unwrap(), &input, &records)
-        .await
-        .unwrap();
+    produce(&bootstrap, &input, &records).await;
 
     let manifest = write_manifest(&name, seed_spec(&input, &output, &dlq));
     let mut p = Processor::start(&bootstrap, &manifest, &name);
@@ -304,16 +316,47 @@ async fn seed_aggregation_gives_exact_totals_per_region() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn sigkill_during_exactly_once_run_loses_and_duplicates_nothing() {
-    let env = TestEnv::require();
-    let bootstrap = env.var("KAFKA_BOOTSTRAP");
-    let name = unique("kill");
-    let (input, output, dlq) = (
-        format!("{name}-orders"),
-        format!("{name}-totals"),
-        format!("{name}-dlq"),
+async fn on_commit_aggregation_emits_coalesced_exact_totals() {
+    let (bootstrap, name, input, output, dlq) = topics("oncommit", 3).await;
+    let (records, totals, kept) = orders(0, 3000);
+    produce(&bootstrap, &input, &records).await;
+    let mut spec = seed_spec(&input, &output, &dlq);
+    spec["steps"][1]["aggregate"]["emit"] = serde_json::json!("onCommit");
+    let manifest = write_manifest(&name, spec);
+    let mut p = Processor::start(&bootstrap, &manifest, &name);
+    // Wait until every region's total is final, then stop.
+    let start = Instant::now();
+    let out = loop {
+        let out = read(&bootstrap, &output);
+        let latest = kafka::latest_by_key(&out);
+        let done = totals.iter().all(|(region, total)| {
+            latest
+                .get(region)
+                .and_then(|v| v["total"].as_f64())
+                .is_some_and(|t| (t - total).abs() < 1e-9)
+        });
+        if done {
+            break out;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "totals not reached; log: {}",
+            p.log_text()
+        );
+    };
+    p.signal("-TERM");
+    assert!(p.wait().success(), "log: {}", p.log.display());
+    assert_totals(&out, &totals);
+    assert!(
+        out.len() < kept / 10,
+        "{} updates for {kept} orders: not coalesced per commit",
+        out.len()
     );
-    create_topics(&bootstrap, &[(&input, 3), (&output, 1), (&dlq, 1)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_during_exactly_once_run_loses_and_duplicates_nothing() {
+    let (bootstrap, name, input, output, dlq) = topics("kill", 3).await;
     let producer = kafka::producer(&bootstrap).unwrap();
     let (first, mut totals, kept_first) = orders(0, 4000);
     let manifest = write_manifest(&name, seed_spec(&input, &output, &dlq));
@@ -403,15 +446,7 @@ async fn sigkill_during_at_least_once_run_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_records_go_to_the_dead_letter_topic_with_headers() {
-    let env = TestEnv::require();
-    let bootstrap = env.var("KAFKA_BOOTSTRAP");
-    let name = unique("dlq");
-    let (input, output, dlq) = (
-        format!("{name}-in"),
-        format!("{name}-out"),
-        format!("{name}-dlq"),
-    );
-    create_topics(&bootstrap, &[(&input, 1), (&output, 1), (&dlq, 1)]).await;
+    let (bootstrap, name, input, output, dlq) = topics("dlq", 1).await;
     let records: Vec<(String, String)> = [
         ("a", r#"{"region":"eu","total":5.0}"#),
         ("b", "{oops"),
@@ -422,9 +457,7 @@ async fn malformed_records_go_to_the_dead_letter_topic_with_headers() {
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    kafka::produce(&kafka::producer(&bootstrap).unwrap(), &input, &records)
-        .await
-        .unwrap();
+    produce(&bootstrap, &input, &records).await;
     let manifest = write_manifest(
         &name,
         serde_json::json!({
@@ -494,9 +527,7 @@ async fn route_sends_each_record_to_the_first_matching_topic() {
     );
     create_topics(&bootstrap, &[(&input, 2), (&eu, 1), (&big, 1), (&rest, 1)]).await;
     let (records, _, _) = orders(0, 300);
-    kafka::produce(&kafka::producer(&bootstrap).unwrap(), &input, &records)
-        .await
-        .unwrap();
+    produce(&bootstrap, &input, &records).await;
     let manifest = write_manifest(
         &name,
         serde_json::json!({
@@ -597,9 +628,7 @@ async fn without_a_dead_letter_topic_a_bad_record_stops_the_pipeline_after_commi
         .enumerate()
         .map(|(i, v)| (i.to_string(), v.to_string()))
         .collect();
-    kafka::produce(&kafka::producer(&bootstrap).unwrap(), &input, &records)
-        .await
-        .unwrap();
+    produce(&bootstrap, &input, &records).await;
     let manifest = write_manifest(
         &name,
         serde_json::json!({"inputs": [input], "outputs": [{"topic": output}], "delivery": "exactlyOnce"}),
@@ -667,19 +696,9 @@ fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pipeline_mode_serves_readiness_and_metrics_and_exits_zero_on_sigterm() {
-    let env = TestEnv::require();
-    let bootstrap = env.var("KAFKA_BOOTSTRAP");
-    let name = unique("http");
-    let (input, output, dlq) = (
-        format!("{name}-in"),
-        format!("{name}-out"),
-        format!("{name}-dlq"),
-    );
-    create_topics(&bootstrap, &[(&input, 1), (&output, 1), (&dlq, 1)]).await;
+    let (bootstrap, name, input, output, dlq) = topics("http", 1).await;
     let (records, _, kept) = orders(0, 100);
-    kafka::produce(&kafka::producer(&bootstrap).unwrap(), &input, &records)
-        .await
-        .unwrap();
+    produce(&bootstrap, &input, &records).await;
     // The file the operator mounts: a Pipeline manifest.
     let config = write_manifest(
         &name,

@@ -424,6 +424,28 @@ impl Engine {
         Ok(())
     }
 
+    /// At the end of a commit interval: runs the records the stateful step held back
+    /// (`emit: onCommit`) through the steps after it, appending what to write to `out`.
+    /// Each failure comes back with the record that failed, for the dead-letter topic.
+    pub fn flush(&mut self, out: &mut Vec<Emit>) -> Vec<(Record, Failure)> {
+        let Some(i) = self.aggregate else {
+            return Vec::new();
+        };
+        let pending = match self.steps[i].kind.state_mut() {
+            Some(state) => state.take_pending(),
+            None => return Vec::new(),
+        };
+        let mut failed = Vec::new();
+        for record in pending {
+            let before = out.len();
+            if let Err(f) = self.run_from(i + 1, record.clone(), true, false, out) {
+                out.truncate(before);
+                failed.push((record, f));
+            }
+        }
+        failed
+    }
+
     /// Metric handles of this pipeline.
     pub fn metrics(&self) -> &PipelineMetrics {
         &self.metrics
@@ -543,6 +565,89 @@ delivery: exactlyOnce
         );
         assert_eq!(last.record.key.as_deref(), Some(&b"eu-west"[..]));
         assert_eq!(e.output_topics(), vec!["region-totals"]);
+    }
+
+    /// The seed pipeline with `emit: onCommit`.
+    fn on_commit_seed() -> String {
+        SEED.replace(
+            "aggregations: [{name: total, op: sum, of: value.total}]",
+            "aggregations: [{name: total, op: sum, of: value.total}]\n    emit: onCommit",
+        )
+    }
+
+    #[test]
+    fn on_commit_emits_each_changed_groups_latest_total_at_flush() {
+        let mut e = engine(&on_commit_seed());
+        let mut out = Vec::new();
+        for (offset, (region, total)) in [("eu-west", 10.0), ("us-east", 5.0), ("eu-west", 2.5)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut r = rec(
+                "orders",
+                0,
+                serde_json::json!({"region": region, "total": total}),
+            );
+            r.offset = offset as i64;
+            e.process(r, &mut out).unwrap();
+        }
+        assert!(out.is_empty(), "held back until the commit: {out:?}");
+        assert!(e.flush(&mut out).is_empty());
+        let got: Vec<(Option<Vec<u8>>, Payload, i64)> = out
+            .iter()
+            .map(|o| {
+                (
+                    o.record.key.clone(),
+                    o.record.value.clone(),
+                    o.record.offset,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    Some(b"eu-west".to_vec()),
+                    Payload::Json(serde_json::json!({"region": "eu-west", "total": 12.5})),
+                    2
+                ),
+                (
+                    Some(b"us-east".to_vec()),
+                    Payload::Json(serde_json::json!({"region": "us-east", "total": 5.0})),
+                    1
+                ),
+            ],
+            "one record per changed group, carrying its last input's offset"
+        );
+        out.clear();
+        assert!(
+            e.flush(&mut out).is_empty() && out.is_empty(),
+            "nothing changed since"
+        );
+    }
+
+    #[test]
+    fn on_commit_output_failures_come_back_with_their_record() {
+        let yaml = on_commit_seed().replace(
+            "outputs: [{topic: region-totals}]",
+            "outputs: [{topic: region-totals, key: 'value.missing'}]",
+        );
+        let mut e = engine(&yaml);
+        let mut out = Vec::new();
+        e.process(
+            rec(
+                "orders",
+                0,
+                serde_json::json!({"region": "eu", "total": 1.0}),
+            ),
+            &mut out,
+        )
+        .unwrap();
+        let failed = e.flush(&mut out);
+        assert!(out.is_empty());
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].1.step, "output region-totals");
+        assert_eq!(failed[0].0.key.as_deref(), Some(&b"eu"[..]));
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //! Candidates, each run as a child process on the same pre-loaded input topic:
 //! (a) a bare rdkafka consume-produce loop (no parsing, offsets committed without waiting
 //!     for acknowledgements: the ceiling),
-//! (b) Sluice filter+map, (c) Sluice per-region sum,
-//! (d) the same two topologies in Kafka Streams (processor/bench/kafka-streams, built with Maven).
+//! (b) Sluice filter+map, (c) Sluice per-region sum emitting every update, (c2) the same
+//! emitting each region's latest total once per commit (`emit: onCommit`),
+//! (d) the same two topologies in Kafka Streams (processor/bench/kafka-streams, built with Maven),
+//! the aggregate emitting every update as Sluice does, and (e) that aggregate with Kafka
+//! Streams' default record cache, which emits only each region's latest total per commit.
 //!
 //! For each: records/s while draining the backlog, CPU seconds per million records (the
 //! child's utime+stime over the drain), peak memory (the child's VmHWM), then p99
@@ -467,13 +470,14 @@ fn sluice_manifest(
     name: &str,
     input: &str,
     output: &str,
-    aggregate: bool,
+    aggregate_emit: Option<&str>,
 ) -> anyhow::Result<PathBuf> {
-    let steps = if aggregate {
+    let steps = if let Some(emit) = aggregate_emit {
         serde_json::json!([
             {"name": "positive", "filter": "value.total > 0.0"},
             {"name": "per-region", "aggregate": {"groupBy": {"region": "value.region"},
-                "aggregations": [{"name": "total", "op": "sum", "of": "value.total"}]}}
+                "aggregations": [{"name": "total", "op": "sum", "of": "value.total"}],
+                "emit": emit}}
         ])
     } else {
         serde_json::json!([
@@ -495,7 +499,16 @@ fn sluice_manifest(
 fn streams_jar() -> Option<PathBuf> {
     let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/kafka-streams");
     let jar = project.join("target/streams-bench.jar");
-    if jar.exists() {
+    let built = |jar: &Path| std::fs::metadata(jar).and_then(|m| m.modified()).ok();
+    let sources = [
+        project.join("pom.xml"),
+        project.join("src/main/java/dev/sluice/bench/StreamsBench.java"),
+    ];
+    let newest_source = sources
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .max();
+    if built(&jar).is_some_and(|b| newest_source.is_none_or(|s| s <= b)) {
         return Some(jar);
     }
     eprintln!("building the Kafka Streams peer with Maven (first run downloads kafka-streams)...");
@@ -557,12 +570,17 @@ fn main() -> anyhow::Result<()> {
             out("bare"),
         ));
     }
-    for (tag, aggregate, name) in [
-        ("filtermap", false, "b sluice filter+map"),
-        ("aggregate", true, "c sluice aggregate"),
+    for (tag, emit, name) in [
+        ("filtermap", None, "b sluice filter+map"),
+        ("aggregate", Some("onUpdate"), "c sluice aggregate"),
+        (
+            "aggregate-oncommit",
+            Some("onCommit"),
+            "c2 sluice aggregate, onCommit",
+        ),
     ] {
         let pname = format!("{run}-{tag}");
-        let manifest = sluice_manifest(&dir, &pname, &input, &out(tag), aggregate)?;
+        let manifest = sluice_manifest(&dir, &pname, &input, &out(tag), emit)?;
         let mut cmd = Command::new(&processor);
         cmd.arg("run")
             .arg("-f")
@@ -587,6 +605,7 @@ fn main() -> anyhow::Result<()> {
         for (tag, name) in [
             ("filtermap", "d kafka-streams filter+map"),
             ("aggregate", "d kafka-streams aggregate"),
+            ("aggregate-cached", "e kafka-streams aggregate, cached"),
         ] {
             let app = format!("{run}-ks-{tag}");
             let o = out(&format!("ks-{tag}"));
@@ -619,12 +638,12 @@ fn main() -> anyhow::Result<()> {
 
     println!();
     println!(
-        "{:<28} {:>12} {:>16} {:>10} {:>10}",
+        "{:<34} {:>12} {:>16} {:>10} {:>10}",
         "candidate", "records/s", "CPU s/M records", "p99 ms", "peak MiB"
     );
     for r in &results {
         println!(
-            "{:<28} {:>12.0} {:>16.2} {:>10.1} {:>10.0}",
+            "{:<34} {:>12.0} {:>16.2} {:>10.1} {:>10.0}",
             r.name, r.records_per_s, r.cpu_s_per_million, r.p99_ms, r.peak_mib
         );
     }
@@ -649,6 +668,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let (Some(c), Some(d)) = (find("c "), find("d kafka-streams agg")) {
         ratio(c, d);
+    }
+    if let (Some(c), Some(e)) = (find("c2 "), find("e kafka-streams agg")) {
+        ratio(c, e);
     }
     println!(
         "sluice-bench: done ({} candidates, {} records each); child logs in {}",

@@ -43,8 +43,9 @@ use sluice_crds::pipeline::StartFrom;
 
 use super::KafkaSettings;
 use super::acks::{Checkpoints, DeliveryTracker, Offsets, Origin, Sent, advance};
+use super::output::{Output, send};
 use super::restore::{RestoreFailure, restore};
-use crate::engine::{Emit, Engine, Failure, decode, encode};
+use crate::engine::{Emit, Engine, Failure, decode};
 use crate::record::Record;
 
 /// Records processed between two looks at delivery reports and the commit timer.
@@ -147,6 +148,53 @@ impl WorkerError {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A record that goes to the dead-letter topic: where it came from and what it held.
+struct Source {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    headers: Vec<(String, Vec<u8>)>,
+    timestamp: Option<i64>,
+}
+
+impl Source {
+    /// A consumed record, as it was read.
+    fn of_message(m: &BorrowedMessage<'_>) -> Source {
+        Source {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            headers: m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            timestamp: m.timestamp().to_millis(),
+        }
+    }
+
+    /// A record the steps made (an aggregate's held-back output), with the coordinates
+    /// of the input record it carries.
+    fn of_record(r: &Record, format: crate::format::RecordFormat) -> Source {
+        Source {
+            topic: r.topic.clone(),
+            partition: r.partition,
+            offset: r.offset,
+            key: r.key.clone(),
+            payload: format.encode(&r.value).ok(),
+            headers: r.headers.clone(),
+            timestamp: (r.timestamp > 0).then_some(r.timestamp),
+        }
+    }
 }
 
 /// Everything the loop and the rebalance callbacks share (they run on one thread).
@@ -320,31 +368,19 @@ impl Core {
             self.transform(m)
         };
         match outcome {
-            Ok(encoded) => {
-                for (topic, key, value, partition, headers, timestamp) in encoded {
-                    let opaque = Sent::boxed(origin.clone(), self.epoch);
-                    let mut rec = BaseRecord::with_opaque_to(&topic, opaque).payload(&value);
-                    if let Some(k) = &key {
-                        rec = rec.key(k);
-                    }
-                    if let Some(p) = partition {
-                        rec = rec.partition(p);
-                    }
-                    if let Some(h) = headers {
-                        rec = rec.headers(h);
-                    }
-                    if let Some(ts) = timestamp {
-                        rec = rec.timestamp(ts);
-                    }
-                    if let Err(e) = send(&self.producer, rec, self.epoch) {
+            Ok(outputs) => {
+                for output in outputs {
+                    let topic = output.topic.clone();
+                    if let Err(e) = output.send(&self.producer, &origin, self.epoch) {
                         // Rejected at once (too large, unknown topic...): final for this record.
-                        self.dead_letter(m, &Failure::new("produce", format!("{topic}: {e}")))?;
+                        let failure = Failure::new("produce", format!("{topic}: {e}"));
+                        self.dead_letter(&Source::of_message(m), &failure)?;
                         break;
                     }
                     self.engine.metrics().records_out.inc();
                 }
             }
-            Err(failure) => self.dead_letter(m, &failure)?,
+            Err(failure) => self.dead_letter(&Source::of_message(m), &failure)?,
         }
         self.advance(topic, m.partition(), m.offset() + 1);
         self.batch += 1;
@@ -352,21 +388,7 @@ impl Core {
     }
 
     /// Decodes, runs the steps and encodes the results, or says why it failed.
-    #[allow(clippy::type_complexity)]
-    fn transform(
-        &mut self,
-        m: &BorrowedMessage<'_>,
-    ) -> Result<
-        Vec<(
-            String,
-            Option<Vec<u8>>,
-            Vec<u8>,
-            Option<i32>,
-            Option<OwnedHeaders>,
-            Option<i64>,
-        )>,
-        Failure,
-    > {
+    fn transform(&mut self, m: &BorrowedMessage<'_>) -> Result<Vec<Output>, Failure> {
         let headers: Vec<(String, Vec<u8>)> = m
             .headers()
             .map(|h| {
@@ -393,61 +415,75 @@ impl Core {
         let mut emits = std::mem::take(&mut self.emits);
         emits.clear();
         let result = self.engine.process(record, &mut emits);
-        let out = result.and_then(|()| {
-            emits
-                .drain(..)
-                .map(|e| {
-                    let value = encode(format, &e.record.value)?;
-                    let headers = (!e.record.headers.is_empty()).then(|| {
-                        e.record
-                            .headers
-                            .iter()
-                            .fold(OwnedHeaders::new(), |h, (k, v)| {
-                                h.insert(Header {
-                                    key: k,
-                                    value: Some(v.as_slice()),
-                                })
-                            })
-                    });
-                    let ts = (e.record.timestamp > 0).then_some(e.record.timestamp);
-                    Ok((e.topic, e.record.key, value, None, headers, ts))
-                })
-                .collect()
-        });
+        let out =
+            result.and_then(|()| emits.drain(..).map(|e| Output::encode(format, e)).collect());
         emits.clear();
         self.emits = emits;
         out
+    }
+
+    /// `emit: onCommit`: sends what the stateful step held back this interval, before the
+    /// changelog and the commit. A held-back record that fails a later step, or cannot
+    /// be encoded or produced, goes to the dead-letter topic with the coordinates of the
+    /// last input record of its group.
+    fn flush_pending(&mut self) -> Result<(), WorkerError> {
+        let mut emits = std::mem::take(&mut self.emits);
+        emits.clear();
+        let failed = self.engine.flush(&mut emits);
+        for (record, failure) in &failed {
+            self.dead_letter(&Source::of_record(record, self.engine.format()), failure)?;
+        }
+        let format = self.engine.format();
+        let origin = Origin::internal();
+        let mut result = Ok(());
+        for e in emits.drain(..) {
+            let source = Source::of_record(&e.record, format);
+            let sent = Output::encode(format, e).and_then(|o| {
+                let topic = o.topic.clone();
+                o.send(&self.producer, &origin, self.epoch)
+                    .map_err(|err| Failure::new("produce", format!("{topic}: {err}")))
+            });
+            result = match sent {
+                Ok(()) => {
+                    self.engine.metrics().records_out.inc();
+                    Ok(())
+                }
+                Err(failure) => self.dead_letter(&source, &failure),
+            };
+            if result.is_err() {
+                break;
+            }
+        }
+        self.emits = emits;
+        result
     }
 
     fn advance(&mut self, topic: Arc<str>, partition: i32, next: i64) {
         advance(&mut self.offsets, topic, partition, next);
     }
 
-    fn dead_letter(
-        &mut self,
-        m: &BorrowedMessage<'_>,
-        failure: &Failure,
-    ) -> Result<(), WorkerError> {
+    fn dead_letter(&mut self, src: &Source, failure: &Failure) -> Result<(), WorkerError> {
         let Some(dlq) = self.opts.dead_letter.clone() else {
             return Err(WorkerError::NoDeadLetter {
-                topic: m.topic().to_string(),
-                partition: m.partition(),
-                offset: m.offset(),
+                topic: src.topic.clone(),
+                partition: src.partition,
+                offset: src.offset,
                 failure: failure.clone(),
             });
         };
         let mut headers = OwnedHeaders::new();
-        if let Some(h) = m.headers() {
-            for h in h.iter() {
-                headers = headers.insert(h);
-            }
+        for (k, v) in &src.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_slice()),
+            });
         }
-        let partition = m.partition().to_string();
-        let offset = m.offset().to_string();
+        let partition = src.partition.to_string();
+        let offset = src.offset.to_string();
         for (k, v) in [
             ("sluice.error", failure.error.as_str()),
             ("sluice.step", failure.step.as_str()),
-            ("sluice.source.topic", m.topic()),
+            ("sluice.source.topic", src.topic.as_str()),
             ("sluice.source.partition", partition.as_str()),
             ("sluice.source.offset", offset.as_str()),
         ] {
@@ -459,13 +495,13 @@ impl Core {
         let mut rec: BaseRecord<'_, [u8], [u8], Box<Sent>> =
             BaseRecord::with_opaque_to(&dlq, Sent::boxed(Origin::internal(), self.epoch))
                 .headers(headers);
-        if let Some(k) = m.key() {
+        if let Some(k) = &src.key {
             rec = rec.key(k);
         }
-        if let Some(p) = m.payload() {
+        if let Some(p) = &src.payload {
             rec = rec.payload(p);
         }
-        if let Some(ts) = m.timestamp().to_millis() {
+        if let Some(ts) = src.timestamp {
             rec = rec.timestamp(ts);
         }
         send(&self.producer, rec, self.epoch)
@@ -474,8 +510,8 @@ impl Core {
         self.dead_lettered_logged += 1;
         if self.dead_lettered_logged <= 10 || self.dead_lettered_logged.is_multiple_of(1000) {
             tracing::warn!(
-                step = %failure.step, error = %failure.error, topic = m.topic(), partition = m.partition(),
-                offset = m.offset(), dead_lettered = self.dead_lettered_logged, "record dead-lettered"
+                step = %failure.step, error = %failure.error, topic = %src.topic, partition = src.partition,
+                offset = src.offset, dead_lettered = self.dead_lettered_logged, "record dead-lettered"
             );
         }
         Ok(())
@@ -515,6 +551,7 @@ impl Core {
         if self.opts.exactly_once {
             return self.commit(consumer);
         }
+        self.flush_pending()?;
         self.write_changelog()?;
         let offsets = std::mem::take(&mut self.offsets);
         self.checkpoints.seal(self.epoch, offsets);
@@ -559,6 +596,7 @@ impl Core {
             self.last_commit = Instant::now();
             return Ok(());
         }
+        self.flush_pending()?;
         self.write_changelog()?;
         if self.opts.exactly_once {
             let tpl = partition_list(&self.offsets)?;
@@ -661,31 +699,6 @@ impl Core {
                 .map_err(WorkerError::Commit)?;
         }
         Ok(())
-    }
-}
-
-/// Sends a record of `epoch`, waiting while the producer queue is full (backpressure).
-fn send<K, P>(
-    producer: &BaseProducer<DeliveryTracker>,
-    mut rec: BaseRecord<'_, K, P, Box<Sent>>,
-    epoch: u64,
-) -> Result<(), KafkaError>
-where
-    K: rdkafka::message::ToBytes + ?Sized,
-    P: rdkafka::message::ToBytes + ?Sized,
-{
-    loop {
-        match producer.send(rec) {
-            Ok(()) => {
-                producer.context().sent(epoch);
-                return Ok(());
-            }
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                producer.poll(Duration::from_millis(50));
-                rec = back;
-            }
-            Err((e, _)) => return Err(e),
-        }
     }
 }
 

@@ -175,6 +175,9 @@ struct PartitionState {
     groups: HashMap<String, GroupState>,
     /// Changed (or removed) since the last changelog flush.
     dirty: HashSet<String>,
+    /// `emit: onCommit`: groups updated since the last emit, with the last input record
+    /// (its topic, partition, offset, timestamp and headers go on the output).
+    pending: HashMap<String, Record>,
     /// Largest record timestamp seen: windows close by it.
     stream_time: i64,
     /// Earliest time at which an open window closes.
@@ -186,6 +189,7 @@ impl Default for PartitionState {
         Self {
             groups: HashMap::new(),
             dirty: HashSet::new(),
+            pending: HashMap::new(),
             stream_time: i64::MIN,
             next_close: i64::MAX,
         }
@@ -212,6 +216,7 @@ pub struct Aggregate {
     aggs: Vec<AggSpec>,
     window: Option<Tumbling>,
     emit_on_close: bool,
+    emit_on_commit: bool,
     state: HashMap<i32, PartitionState>,
 }
 
@@ -257,6 +262,7 @@ impl Aggregate {
             }
         };
         let emit_on_close = spec.emit == sluice_crds::pipeline::Emit::OnWindowClose;
+        let emit_on_commit = spec.emit == sluice_crds::pipeline::Emit::OnCommit;
         if emit_on_close && window.is_none() {
             return Err(ConfigError::Invalid(format!(
                 "step {step}: emit onWindowClose needs a window"
@@ -294,6 +300,7 @@ impl Aggregate {
             aggs,
             window,
             emit_on_close,
+            emit_on_commit,
             state: HashMap::new(),
         })
     }
@@ -389,7 +396,9 @@ impl Aggregate {
         state.max_ts = state.max_ts.max(ts);
         part.stream_time = part.stream_time.max(ts);
         let mut out = Vec::new();
-        if !self.emit_on_close {
+        if self.emit_on_commit {
+            part.pending.insert(key.clone(), record.clone());
+        } else if !self.emit_on_close {
             out.push(Record {
                 key: Some(output_key(&key, &state.group, self.window.is_some()).into_bytes()),
                 value: Payload::Json(output_value(&self.group_by, &self.aggs, self.window, state)),
@@ -417,7 +426,10 @@ impl Aggregate {
             closed.sort_by(|a, b| (a.1.window_start, &a.0).cmp(&(b.1.window_start, &b.0)));
             for (k, g) in closed {
                 part.dirty.insert(k.clone());
-                if self.emit_on_close {
+                // A closing window's last value goes out now: at the commit its group
+                // is gone.
+                let pending = self.emit_on_commit && part.pending.remove(&k).is_some();
+                if self.emit_on_close || pending {
                     out.push(Record {
                         key: Some(output_key(&k, &g.group, self.window.is_some()).into_bytes()),
                         value: Payload::Json(output_value(
@@ -432,6 +444,32 @@ impl Aggregate {
             }
         }
         Ok(out)
+    }
+
+    /// `emit: onCommit`: the latest value of every group updated since the last call,
+    /// taken (in group key order per partition, so the output order is stable).
+    pub fn take_pending(&mut self) -> Vec<Record> {
+        let mut out = Vec::new();
+        let windowed = self.window.is_some();
+        for part in self.state.values_mut() {
+            let mut pending: Vec<(String, Record)> = part.pending.drain().collect();
+            pending.sort_by(|a, b| a.0.cmp(&b.0));
+            for (key, last) in pending {
+                if let Some(state) = part.groups.get(&key) {
+                    out.push(Record {
+                        key: Some(output_key(&key, &state.group, windowed).into_bytes()),
+                        value: Payload::Json(output_value(
+                            &self.group_by,
+                            &self.aggs,
+                            self.window,
+                            state,
+                        )),
+                        ..last
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// Changelog records for the groups changed since the last call, per partition; `None`
@@ -571,6 +609,10 @@ impl StateStep for Aggregate {
 
     fn take_changes(&mut self) -> Vec<(i32, String, Option<Vec<u8>>)> {
         Aggregate::take_changes(self)
+    }
+
+    fn take_pending(&mut self) -> Vec<Record> {
+        Aggregate::take_pending(self)
     }
 
     fn restore(

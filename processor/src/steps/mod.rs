@@ -33,6 +33,10 @@ pub trait StateStep: std::fmt::Debug + Send {
         record: Record,
         scope: &Context,
     ) -> Result<Vec<Record>, StepError>;
+    /// Records held back until the end of the commit interval (`emit: onCommit`), taken.
+    fn take_pending(&mut self) -> Vec<Record> {
+        Vec::new()
+    }
     /// Changelog records (value `None`: a tombstone) for the keys changed since the last call.
     fn take_changes(&mut self) -> Vec<(i32, String, Option<Vec<u8>>)>;
     /// Applies one changelog record while restoring `partition`.

@@ -1,0 +1,94 @@
+//! Emitted records, encoded and handed to the producer.
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use std::time::Duration;
+
+use super::acks::{DeliveryTracker, Origin, Sent};
+use crate::engine::{Emit, Failure, encode};
+use crate::format::RecordFormat;
+
+/// A record ready to produce.
+#[derive(Debug)]
+pub(crate) struct Output {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: Option<OwnedHeaders>,
+    pub timestamp: Option<i64>,
+}
+
+impl Output {
+    /// Encodes an emitted record.
+    pub fn encode(format: RecordFormat, e: Emit) -> Result<Output, Failure> {
+        let value = encode(format, &e.record.value)?;
+        let headers = (!e.record.headers.is_empty()).then(|| {
+            e.record
+                .headers
+                .iter()
+                .fold(OwnedHeaders::new(), |h, (k, v)| {
+                    h.insert(Header {
+                        key: k,
+                        value: Some(v.as_slice()),
+                    })
+                })
+        });
+        let timestamp = (e.record.timestamp > 0).then_some(e.record.timestamp);
+        Ok(Output {
+            topic: e.topic,
+            key: e.record.key,
+            value,
+            headers,
+            timestamp,
+        })
+    }
+
+    /// Produces it in `epoch` on behalf of `origin` (whose record is dead-lettered if it
+    /// cannot be delivered). An error means the producer refused it at once.
+    pub fn send(
+        self,
+        producer: &BaseProducer<DeliveryTracker>,
+        origin: &Origin,
+        epoch: u64,
+    ) -> Result<(), KafkaError> {
+        let opaque = Sent::boxed(origin.clone(), epoch);
+        let mut rec = BaseRecord::with_opaque_to(&self.topic, opaque).payload(&self.value);
+        if let Some(k) = &self.key {
+            rec = rec.key(k);
+        }
+        if let Some(h) = self.headers {
+            rec = rec.headers(h);
+        }
+        if let Some(ts) = self.timestamp {
+            rec = rec.timestamp(ts);
+        }
+        send(producer, rec, epoch)
+    }
+}
+
+/// Sends a record of `epoch`, waiting while the producer queue is full (backpressure).
+pub(crate) fn send<K, P>(
+    producer: &BaseProducer<DeliveryTracker>,
+    mut rec: BaseRecord<'_, K, P, Box<Sent>>,
+    epoch: u64,
+) -> Result<(), KafkaError>
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(rec) {
+            Ok(()) => {
+                producer.context().sent(epoch);
+                return Ok(());
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                producer.poll(Duration::from_millis(50));
+                rec = back;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
