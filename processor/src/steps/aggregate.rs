@@ -397,7 +397,21 @@ impl Aggregate {
         part.stream_time = part.stream_time.max(ts);
         let mut out = Vec::new();
         if self.emit_on_commit {
-            part.pending.insert(key.clone(), record.clone());
+            match part.pending.get_mut(&key) {
+                // The group's output will carry this record's coordinates and headers.
+                Some(last) => {
+                    if last.topic != record.topic {
+                        last.topic.clone_from(&record.topic);
+                    }
+                    last.partition = record.partition;
+                    last.offset = record.offset;
+                    last.timestamp = record.timestamp;
+                    last.headers.clone_from(&record.headers);
+                }
+                None => {
+                    part.pending.insert(key.clone(), record.clone());
+                }
+            }
         } else if !self.emit_on_close {
             out.push(Record {
                 key: Some(output_key(&key, &state.group, self.window.is_some()).into_bytes()),
