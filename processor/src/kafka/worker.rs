@@ -222,6 +222,10 @@ struct Core {
     fatal: Option<WorkerError>,
     emits: Vec<Emit>,
     topics: HashMap<String, Arc<str>>,
+    /// The partitions this replica owns now. A record of any other partition (fetched
+    /// before a cooperative rebalance took its partition away) is not processed: its new
+    /// owner reads it, and committing it here too would duplicate it.
+    assigned: Vec<(String, i32)>,
     dead_lettered_logged: u64,
 }
 
@@ -301,6 +305,11 @@ impl Core {
             .metrics()
             .assigned_partitions
             .set(i64::try_from(assignment.count()).unwrap_or(0));
+        self.assigned = assignment
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
         if let Err(e) = self.on_assign(&assignment) {
             self.fatal = Some(e);
             return;
@@ -349,6 +358,20 @@ impl Core {
 
     /// Processes one consumed record.
     fn handle(&mut self, m: &BorrowedMessage<'_>) -> Result<(), WorkerError> {
+        let (partition, topic) = (m.partition(), m.topic());
+        if !self
+            .assigned
+            .iter()
+            .any(|(t, p)| *p == partition && t == topic)
+        {
+            tracing::debug!(
+                topic,
+                partition,
+                offset = m.offset(),
+                "record of a partition no longer assigned: left to its new owner"
+            );
+            return Ok(());
+        }
         self.engine.metrics().records_in.inc();
         if self.opts.exactly_once && !self.in_txn {
             self.producer
@@ -752,6 +775,7 @@ pub fn run(opts: WorkerOptions, engine: Engine, status: Arc<Status>) -> Result<(
         fatal: None,
         emits: Vec::new(),
         topics: HashMap::new(),
+        assigned: Vec::new(),
         dead_lettered_logged: 0,
     }));
     let mut ccfg = opts.settings.client_config();
