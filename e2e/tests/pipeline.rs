@@ -418,9 +418,12 @@ async fn backlog_scales_up_to_the_partition_count_and_back_down_after_draining()
     )
     .await;
     assert!(drained.desired_replicas >= 1);
-    // Every kept order was summed once: the totals are exact.
-    let (_, expected, _) = orders(0, 400_000);
-    let latest = kafka::latest_by_key(&f.read("totals"));
+    // Every kept order was summed once, through every rescale: one update each, and the
+    // totals are exact.
+    let (_, expected, kept) = orders(0, 400_000);
+    let totals = f.read("totals");
+    assert_eq!(totals.len(), kept, "one committed update per kept order");
+    let latest = kafka::latest_by_key(&totals);
     for (region, total) in &expected {
         let value = latest[region]["total"].as_f64().unwrap();
         assert!((value - total).abs() < 1e-3, "{region}: {value} != {total}");
