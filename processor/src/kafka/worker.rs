@@ -385,7 +385,12 @@ impl Core {
             partition: m.partition(),
             offset: m.offset(),
         };
-        let outcome = if let Some(error) = self.poisoned.remove(&origin) {
+        let poisoned = if self.poisoned.is_empty() {
+            None
+        } else {
+            self.poisoned.remove(&origin)
+        };
+        let outcome = if let Some(error) = poisoned {
             Err(Failure::new("produce", error))
         } else {
             self.transform(m)
