@@ -100,6 +100,12 @@ impl PipelineSettings {
 /// naming its step or output, or else what the processor's engine refuses; empty when
 /// the spec is valid.
 pub fn validate(p: &Pipeline) -> Vec<String> {
+    // The processor's own engine compiles the spec once; only when it refuses are the
+    // expressions compiled one by one, to name every bad one with its place.
+    let name = p.name_any();
+    let Err(refused) = Engine::new(&name, &p.spec, PipelineMetrics::detached(&name)) else {
+        return Vec::new();
+    };
     let errors: Vec<String> = expressions(p)
         .into_iter()
         .filter_map(|(place, source)| {
@@ -108,15 +114,10 @@ pub fn validate(p: &Pipeline) -> Vec<String> {
                 .map(|e| format!("{place}: invalid expression {source:?}: {e}"))
         })
         .collect();
-    if !errors.is_empty() {
-        return errors;
-    }
-    // Then everything else the processor would refuse at start (unsupported windows or
-    // formats, two stateful steps, no output...), by building its own engine.
-    let name = p.name_any();
-    match Engine::new(&name, &p.spec, PipelineMetrics::detached(&name)) {
-        Ok(_) => Vec::new(),
-        Err(e) => vec![e.to_string()],
+    if errors.is_empty() {
+        vec![refused.to_string()]
+    } else {
+        errors
     }
 }
 

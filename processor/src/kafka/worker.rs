@@ -14,8 +14,8 @@
 //!   acknowledged (`acks`); a failed delivery rewinds as above. At a rebalance and at
 //!   shutdown the producer is flushed and everything is committed synchronously.
 //!
-//! Rebalances use the cooperative protocol (`cooperative-sticky`): a rescale moves only
-//! the partitions that change owner, and the others are never stopped. On revoke the
+//! Rebalances use the cooperative protocol (`cooperative-sticky`): partitions that keep
+//! their owner are not stopped. On revoke the
 //! worker commits what it has; after each change it drops the state of partitions it
 //! lost and restores the ones it gained from the changelog before processing them.
 //!
@@ -31,9 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -251,23 +249,19 @@ impl ConsumerContext for RebalanceHandler {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let mut core = lock(&self.core);
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            RebalanceProtocol::Cooperative
-        );
         match rebalance {
             Rebalance::Assign(tpl) => {
                 core.engine.metrics().rebalances.inc();
                 tracing::info!(partitions = ?partition_names(tpl), "partitions assigned");
                 core.follow_assignment(consumer);
             }
-            // Cooperative: only the revoked partitions stopped; the rest go on at once.
-            Rebalance::Revoke(tpl) if cooperative => {
+            // Only the revoked partitions stopped (the protocol is always cooperative: the
+            // strategy is set after the user's properties); the rest go on at once.
+            Rebalance::Revoke(tpl) => {
                 core.engine.metrics().rebalances.inc();
                 tracing::info!(partitions = ?partition_names(tpl), "partitions given up");
                 core.follow_assignment(consumer);
             }
-            Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
     }
@@ -597,18 +591,24 @@ impl Core {
         &mut self,
         consumer: &BaseConsumer<C>,
     ) -> Result<(), WorkerError> {
+        self.check_deliveries()?;
         let tracker = self.producer.context();
-        if tracker.any_failed() {
-            return Err(WorkerError::Flush(KafkaError::MessageProduction(
-                RDKafkaErrorCode::Fail,
-            )));
-        }
         let offsets = self.checkpoints.take_acked(|e| tracker.acked_through(e));
         if !offsets.is_empty() {
             consumer
                 .commit(&partition_list(&offsets)?, CommitMode::Async)
                 .map_err(WorkerError::Commit)?;
             self.engine.metrics().commits.inc();
+        }
+        Ok(())
+    }
+
+    /// A delivery failed: the loop rewinds (and dead-letters the record on replay).
+    fn check_deliveries(&self) -> Result<(), WorkerError> {
+        if self.producer.context().any_failed() {
+            return Err(WorkerError::Flush(KafkaError::MessageProduction(
+                RDKafkaErrorCode::Fail,
+            )));
         }
         Ok(())
     }
@@ -646,11 +646,7 @@ impl Core {
             self.producer
                 .flush(TXN_TIMEOUT)
                 .map_err(WorkerError::Flush)?;
-            if self.producer.context().any_failed() {
-                return Err(WorkerError::Flush(KafkaError::MessageProduction(
-                    RDKafkaErrorCode::Fail,
-                )));
-            }
+            self.check_deliveries()?;
             let mut offsets = self.checkpoints.take_all();
             for (t, p, o) in self.offsets.drain(..) {
                 advance(&mut offsets, t, p, o);
