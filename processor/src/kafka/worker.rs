@@ -15,9 +15,9 @@
 //!   shutdown the producer is flushed and everything is committed synchronously.
 //!
 //! Rebalances use the cooperative protocol (`cooperative-sticky`): partitions that keep
-//! their owner are not stopped. On revoke the
-//! worker commits what it has; after each change it drops the state of partitions it
-//! lost and restores the ones it gained from the changelog before processing them.
+//! their owner are not stopped. On revoke the worker commits what it has; after each
+//! change it drops the state of partitions it lost and restores the ones it gained from
+//! the changelog before processing them.
 //!
 //! A record whose output cannot be delivered is remembered ("poisoned"); after the
 //! rewind it is written to the dead-letter topic instead of being produced again.
