@@ -673,7 +673,7 @@ impl Core {
     fn discard_uncommitted(&mut self) {
         self.engine.metrics().aborts.inc();
         if self.opts.exactly_once && self.in_txn {
-            if let Err(e) = self.producer.abort_transaction(TXN_TIMEOUT) {
+            if let Err(e) = abort(&self.producer) {
                 tracing::error!(error = %e, "abort failed");
                 self.fatal.get_or_insert(WorkerError::Transaction(e));
             }
@@ -723,6 +723,22 @@ impl Core {
                 .map_err(WorkerError::Commit)?;
         }
         Ok(())
+    }
+}
+
+/// Aborts the open transaction. Aborting waits for the records in flight, whose
+/// delivery reports only arrive when the producer is polled (this thread is the only one
+/// that polls it): so abort in short attempts, serving the reports between them, until
+/// done or `TXN_TIMEOUT` passes.
+fn abort(producer: &BaseProducer<DeliveryTracker>) -> Result<(), KafkaError> {
+    let deadline = Instant::now() + TXN_TIMEOUT;
+    loop {
+        match producer.abort_transaction(Duration::from_secs(1)) {
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && Instant::now() < deadline => {
+                producer.poll(Duration::from_millis(100));
+            }
+            other => return other,
+        }
     }
 }
 
@@ -816,7 +832,7 @@ pub fn run(opts: WorkerOptions, engine: Engine, status: Arc<Status>) -> Result<(
             // replayed by whoever takes over.
             let mut c = lock(&core);
             if c.in_txn {
-                c.producer.abort_transaction(TXN_TIMEOUT).ok();
+                abort(&c.producer).ok();
                 c.in_txn = false;
             }
             Err(e)
