@@ -416,6 +416,9 @@ fn bare_loop(bootstrap: &str, input: &str, output: &str, group: &str) -> anyhow:
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
+        // The same fetch setting as Sluice's consumers: librdkafka's default waits 1 s
+        // after a full local queue, which caps any fast loop.
+        .set("fetch.queue.backoff.ms", "20")
         .create()?;
     let producer: BaseProducer = client(bootstrap)
         .set("linger.ms", "5")
