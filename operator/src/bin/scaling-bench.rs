@@ -391,6 +391,9 @@ fn sweep(cluster: &ClusterConfig, threshold: f64, ats: std::ops::Range<u64>) {
     for (i, name) in names.iter().map(|t| t.name).enumerate() {
         let mut sums: [Sweep; 3] = Default::default();
         let mut labels = [String::new(), String::new(), String::new()];
+        // Per KEDA run: event times at which Sluice reached enough replicas as soon or
+        // sooner, and at which it made as few changes or fewer.
+        let mut wins = [[0u32; 2]; 2];
         for at in ats.clone() {
             let trace = &traces(at)[i];
             let min = u32::from(trace.initial_replicas != 0);
@@ -403,13 +406,30 @@ fn sweep(cluster: &ClusterConfig, threshold: f64, ats: std::ops::Range<u64>) {
                 ))),
                 Box::new(Keda::new(KedaSettings::defaults(10.0, min, MAX_REPLICAS))),
             ];
+            let mut outcomes = Vec::with_capacity(scalers.len());
             for (k, scaler) in scalers.iter_mut().enumerate() {
-                sums[k].add(&run(cluster, trace, scaler.as_mut()));
+                let outcome = run(cluster, trace, scaler.as_mut());
+                sums[k].add(&outcome);
                 labels[k] = scaler.name();
+                outcomes.push(outcome);
+            }
+            let reach = |o: &Outcome| o.reach_secs.unwrap_or(u64::MAX);
+            for (k, theirs) in outcomes[1..].iter().enumerate() {
+                wins[k][0] += u32::from(reach(&outcomes[0]) <= reach(theirs));
+                wins[k][1] += u32::from(outcomes[0].changes <= theirs.changes);
             }
         }
         for (k, sum) in sums.iter().enumerate() {
             sum.print(if k == 0 { name } else { "" }, &labels[k]);
+        }
+        let runs = ats.end - ats.start;
+        for (k, [reach, changes]) in wins.iter().enumerate() {
+            println!(
+                "{:<7} Sluice vs {}: as fast or faster at {reach}/{runs} event times, as few \
+                 changes or fewer at {changes}/{runs}",
+                "",
+                labels[k + 1]
+            );
         }
     }
 }
