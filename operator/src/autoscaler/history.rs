@@ -106,11 +106,21 @@ pub(crate) enum Load {
     KeepingUp,
     /// Some partitions hold a real backlog at both ends of the interval, so the replicas
     /// reading them worked flat out: this is what one replica does per second.
-    Saturated { per_replica: f64 },
+    Saturated {
+        /// Records per second, per replica.
+        per_replica: f64,
+        /// Every partition was behind, so every replica worked flat out and this is
+        /// what one does; otherwise it is a floor on it.
+        exact: bool,
+    },
     /// A real backlog, but replicas were starting or rebalancing: capacity not measurable.
     Backlogged,
     /// A real backlog on steady replicas, but nothing was consumed.
     Stalled,
+    /// A backlog appeared during the interval (none at its start), on steady replicas
+    /// that consumed: they worked flat out for only part of it, so what one of them
+    /// consumed per second is a floor on its capacity, not a measurement.
+    Rising { per_replica_floor: f64 },
 }
 
 impl Load {
@@ -297,10 +307,13 @@ impl History {
             return Load::Unknown;
         }
         let mut backlogged = 0u32;
+        let mut compared = 0u32;
+        let mut rising = false;
         let mut consumed_there = 0u64;
         let mut consumed_all = 0u64;
         for (id, pb) in &b.parts {
             let Some(pa) = a.parts.get(id) else { continue };
+            compared += 1;
             let c = consumed(pa, pb);
             consumed_all = consumed_all.saturating_add(c);
             let rate = (c.max(produced(pa, pb))) as f64 / dt;
@@ -308,12 +321,19 @@ impl History {
             if pa.lag as f64 >= threshold && pb.lag as f64 >= threshold {
                 backlogged += 1;
                 consumed_there = consumed_there.saturating_add(c);
+            } else if pb.lag as f64 >= threshold {
+                rising = true;
             }
         }
+        let steady = a.consuming() && b.consuming() && a.ready == b.ready;
         if backlogged == 0 {
+            if rising && steady && consumed_all > 0 {
+                let per_replica_floor = consumed_all as f64 / dt / f64::from(b.ready.max(1));
+                return Load::Rising { per_replica_floor };
+            }
             return Load::KeepingUp;
         }
-        if !(a.consuming() && b.consuming() && a.ready == b.ready) {
+        if !steady {
             return Load::Backlogged;
         }
         if consumed_there == 0 {
@@ -326,7 +346,10 @@ impl History {
         let ready = f64::from(b.ready);
         let busy = f64::from(backlogged.min(b.ready).max(1));
         let per_replica = (consumed_all as f64 / dt / ready).max(consumed_there as f64 / dt / busy);
-        Load::Saturated { per_replica }
+        Load::Saturated {
+            per_replica,
+            exact: backlogged == compared,
+        }
     }
 }
 
@@ -399,7 +422,13 @@ mod tests {
             &obs(5, &[(10_000, Some(500)), (10_000, Some(500))], 2),
             StartFrom::Earliest,
         );
-        assert_eq!(h.load(2.0), Load::Saturated { per_replica: 100.0 });
+        assert_eq!(
+            h.load(2.0),
+            Load::Saturated {
+                per_replica: 100.0,
+                exact: true
+            }
+        );
     }
 
     #[test]

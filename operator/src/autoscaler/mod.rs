@@ -25,8 +25,12 @@
 //!   down only when the lower count was enough over the whole stabilization window and
 //!   can absorb its own rebalance. The band between the two stops flapping. Hold during
 //!   rebalances and until a change has taken effect (unless arrivals alone outgrow the
-//!   count asked for). Without a capacity measurement yet,
-//!   wait one reading to measure; if nothing is consumed at all, double stepwise.
+//!   count asked for). A backlog that appeared since the last reading is sized at once
+//!   with the capacity known, or, before any measurement, with what the replicas just
+//!   consumed as a floor when the backlog is more than they drain within the lag target;
+//!   otherwise, without a capacity, wait one reading to measure; if nothing is consumed
+//!   at all, double stepwise. A measurement with only some partitions behind is a floor
+//!   too: it can raise the capacity, never lower it.
 //! - To zero after `idleAfter` with no arrivals and no lag (when `minReplicas` is 0),
 //!   and back as soon as a record arrives.
 //! - [`sim`] replays load traces through this and through a model of KEDA's Kafka

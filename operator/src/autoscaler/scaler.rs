@@ -142,9 +142,12 @@ impl Autoscaler {
         self.first_seen.get_or_insert(obs.now);
 
         let load = self.history.load(self.backlog_secs());
-        if let Load::Saturated { per_replica } = load {
+        if let Load::Saturated { per_replica, exact } = load {
             self.capacity = Some(match self.capacity {
-                Some(c) => c + CAPACITY_WEIGHT * (per_replica - c),
+                Some(c) if exact => c + CAPACITY_WEIGHT * (per_replica - c),
+                // A floor only ever raises the estimate: replicas that were not all
+                // behind did less than they could.
+                Some(c) => c.max(per_replica),
                 None => per_replica,
             });
         }
@@ -346,22 +349,18 @@ impl Autoscaler {
             );
         }
 
+        if let Load::Rising { per_replica_floor } = *load
+            && let Some(plan) = self.rising(current, demand, lag, per_replica_floor)
+        {
+            return plan;
+        }
         match (load.behind(), self.capacity) {
             (true, Some(c)) => {
                 // Up only when the current count cannot do it even flat out; then size
                 // with headroom. The gap is the hysteresis that stops flapping.
                 if size(demand, c, 1.0).replicas > current {
-                    // Count what arrives before the new replicas consume: the backlog grows
-                    // while they start, and the rebalance stops everyone for a moment.
-                    let growing = (arrival - f64::from(current) * c).max(0.0);
-                    let extra = growing * self.cost.delay_secs() + arrival * self.cost.pause_secs();
-                    let sizing = size(
-                        &demand.plus_arriving(extra, self.target_secs()),
-                        c,
-                        TARGET_UTILIZATION,
-                    );
-                    let n = sizing.replicas.max(current.saturating_add(1));
-                    Plan::now(n, self.explain(&sizing, n, lag, arrival, c, extra))
+                    let (n, reason) = self.up(current, demand, lag, c);
+                    Plan::now(n, reason)
                 } else {
                     Plan::recommend(
                         current,
@@ -441,6 +440,47 @@ impl Autoscaler {
         if size(&demand.arrivals_only(), c, 1.0).replicas <= current {
             return None;
         }
+        let (n, reason) = self.up(current, demand, lag, c);
+        Some(Plan::now(
+            n,
+            format!("arrivals alone outgrow {}: {reason}", count(current)),
+        ))
+    }
+
+    /// A backlog appeared since the last reading, so the interval cannot measure what a
+    /// replica does flat out. With a capacity learnt before, it scales up as when behind.
+    /// Without one it does not wait a reading to measure when the backlog is more than
+    /// the replicas could drain within the lag target at the rate they just consumed:
+    /// that rate is a floor on their capacity, so sizing with it errs towards more
+    /// replicas, never fewer.
+    fn rising(&self, current: u32, demand: &Demand, lag: u64, floor: f64) -> Option<Plan> {
+        let c = self.capacity.unwrap_or(floor);
+        if c.is_nan() || c <= 0.0 || size(demand, c, 1.0).replicas <= current {
+            return None;
+        }
+        if self.capacity.is_some() {
+            let (n, reason) = self.up(current, demand, lag, c);
+            return Some(Plan::now(n, reason));
+        }
+        let drain_secs = lag as f64 / (floor * f64::from(current.max(1)));
+        if drain_secs <= self.target_secs() {
+            return None;
+        }
+        let (n, reason) = self.up(current, demand, lag, floor);
+        Some(Plan::now(
+            n,
+            format!(
+                "a backlog appeared since the last reading, before a replica's capacity was \
+                 measured; {floor:.0}/s per replica consumed meanwhile is taken as a floor: \
+                 {reason}"
+            ),
+        ))
+    }
+
+    /// Scales up from `current` for `demand` at `c` records/s per replica, with headroom,
+    /// counting what arrives before the new replicas consume (the backlog grows while
+    /// they start, and the rebalance stops everyone for a moment).
+    fn up(&self, current: u32, demand: &Demand, lag: u64, c: f64) -> (u32, String) {
         let arrival = demand.arrival;
         let extra = (arrival - f64::from(current) * c).max(0.0) * self.cost.delay_secs()
             + arrival * self.cost.pause_secs();
@@ -450,11 +490,7 @@ impl Autoscaler {
             TARGET_UTILIZATION,
         );
         let n = sizing.replicas.max(current.saturating_add(1));
-        let reason = self.explain(&sizing, n, lag, arrival, c, extra);
-        Some(Plan::now(
-            n,
-            format!("arrivals alone outgrow {}: {reason}", count(current)),
-        ))
+        (n, self.explain(&sizing, n, lag, arrival, c, extra))
     }
 
     fn target_secs(&self) -> f64 {

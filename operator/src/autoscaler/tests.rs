@@ -220,6 +220,64 @@ fn backlog_sizes_replicas_to_drain_within_the_lag_target() {
 }
 
 #[test]
+fn a_backlog_appearing_between_readings_scales_up_without_waiting_to_measure() {
+    let mut scaler = Autoscaler::new(settings(1, 12));
+    // 12 partitions at 500/s, caught up; then 120k records land at once. One replica
+    // consumed 5000 records in the 5 s (at least 1000/s): 4500/s are needed.
+    let a: Vec<_> = (0..12).map(|_| (0, 1_000, Some(1_000))).collect();
+    let b: Vec<_> = (0..12).map(|_| (0, 11_208, Some(1_417))).collect();
+    scaler.observe(&obs(0, &a, 1));
+    let d = scaler.observe(&obs(5, &b, 1));
+    assert!(d.replicas >= 5, "{}", d.reason);
+    assert!(d.reason.contains("floor"), "{}", d.reason);
+    // Not a measurement: the capacity is still unknown.
+    assert_eq!(d.metrics.capacity_per_replica, None);
+}
+
+#[test]
+fn a_small_backlog_appearing_under_steady_load_does_not_scale() {
+    let mut scaler = Autoscaler::new(settings(1, 12));
+    // 900/s over 12 partitions, caught up; then 3 s of traffic is waiting (a slow
+    // commit, a pause): one replica drains that well within the lag target.
+    let a: Vec<_> = (0..12).map(|_| (0, 1_000, Some(1_000))).collect();
+    let b: Vec<_> = (0..12).map(|_| (0, 1_375, Some(1_150))).collect();
+    scaler.observe(&obs(0, &a, 1));
+    let d = scaler.observe(&obs(5, &b, 1));
+    assert!(!d.changed, "{}", d.reason);
+}
+
+#[test]
+fn a_partial_measurement_never_lowers_the_capacity() {
+    let mut scaler = Autoscaler::new(settings(1, 12));
+    // Four partitions, all behind, one replica consuming 250/s from each: 1000/s.
+    let a = [
+        (0, 20_000, Some(10_000)),
+        (0, 10_600, Some(10_000)),
+        (0, 10_600, Some(10_000)),
+        (0, 10_600, Some(10_000)),
+    ];
+    let b = [
+        (0, 20_000, Some(11_250)),
+        (0, 11_850, Some(11_250)),
+        (0, 11_850, Some(11_250)),
+        (0, 11_850, Some(11_250)),
+    ];
+    scaler.observe(&obs(0, &a, 1));
+    scaler.observe(&obs(5, &b, 1));
+    assert_eq!(scaler.capacity_per_replica(), Some(1000.0));
+    // Three partitions catch up (850 records each), the fourth gets 1500: 810/s in all,
+    // with only one partition behind at both ends. A floor, below what is known.
+    let c = [
+        (0, 20_000, Some(12_750)),
+        (0, 12_100, Some(12_100)),
+        (0, 12_100, Some(12_100)),
+        (0, 12_100, Some(12_100)),
+    ];
+    scaler.observe(&obs(10, &c, 1));
+    assert_eq!(scaler.capacity_per_replica(), Some(1000.0));
+}
+
+#[test]
 fn never_above_the_partition_count() {
     let mut scaler = Autoscaler::new(settings(1, 50));
     let a = [(0, 10_000_000, Some(0)); 3];
