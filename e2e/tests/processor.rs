@@ -355,6 +355,70 @@ async fn on_commit_aggregation_emits_coalesced_exact_totals() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn on_commit_outputs_the_broker_refuses_are_dead_lettered_and_the_pipeline_goes_on() {
+    // Every per-region total is refused by the output topic (too large for it). Each
+    // refusal aborts the transaction; the replays dead-letter the group's records one
+    // rewind after another until nothing is left to flush, and the pipeline commits.
+    let bootstrap = TestEnv::require().var("KAFKA_BOOTSTRAP");
+    let name = unique("refused");
+    let (input, output, dlq) = (
+        format!("{name}-in"),
+        format!("{name}-out"),
+        format!("{name}-dlq"),
+    );
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("admin client");
+    let news = [
+        NewTopic::new(&input, 1, TopicReplication::Fixed(1)),
+        NewTopic::new(&output, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "100"),
+        NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)),
+    ];
+    for r in admin
+        .create_topics(news.iter(), &AdminOptions::new())
+        .await
+        .expect("create topics")
+    {
+        r.expect("topic created");
+    }
+    let (records, totals, kept) = orders(0, 12);
+    produce(&bootstrap, &input, &records).await;
+    let mut spec = seed_spec(&input, &output, &dlq);
+    spec["steps"][1]["aggregate"]["emit"] = serde_json::json!("onCommit");
+    let manifest = write_manifest(&name, spec);
+    let mut p = Processor::start(&bootstrap, &manifest, &name);
+
+    // Exactly once: dead letters become visible only when a transaction commits, which
+    // an endless rewind loop never does.
+    let dead = read_until(&bootstrap, &dlq, kept, &p);
+    std::thread::sleep(Duration::from_secs(3));
+    let dead_after = read(&bootstrap, &dlq);
+    p.signal("-TERM");
+    assert!(p.wait().success(), "log: {}", p.log.display());
+
+    assert_eq!(dead_after.len(), kept, "each kept order dead-lettered once");
+    let mut dead_totals: BTreeMap<String, f64> = BTreeMap::new();
+    for d in &dead {
+        assert_eq!(d.headers["sluice.step"], "produce", "{:?}", d.headers);
+        assert!(
+            d.headers["sluice.error"].contains(&output),
+            "{:?}",
+            d.headers
+        );
+        let v: serde_json::Value = serde_json::from_str(d.value.as_deref().unwrap()).unwrap();
+        *dead_totals
+            .entry(v["region"].as_str().unwrap().to_string())
+            .or_insert(0.0) += v["total"].as_f64().unwrap();
+    }
+    assert_eq!(
+        dead_totals, totals,
+        "every kept order's total is in the DLQ"
+    );
+    assert!(read(&bootstrap, &output).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sigkill_during_exactly_once_run_loses_and_duplicates_nothing() {
     let (bootstrap, name, input, output, dlq) = topics("kill", 3).await;
     let producer = kafka::producer(&bootstrap).unwrap();

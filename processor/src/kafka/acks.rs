@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rdkafka::client::ClientContext;
-use rdkafka::message::DeliveryResult;
+use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::ProducerContext;
 
 /// Where an output came from, for dead-lettering it if it cannot be delivered.
@@ -67,8 +67,10 @@ impl ProducerContext for DeliveryTracker {
     type DeliveryOpaque = Box<Sent>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, sent: Self::DeliveryOpaque) {
-        if let Err((err, _)) = result {
-            lock(&self.failed).push((sent.origin, err.to_string()));
+        if let Err((err, message)) = result {
+            // Name the topic that refused it: a pipeline can have several outputs.
+            let error = format!("{}: {err}", message.topic());
+            lock(&self.failed).push((sent.origin, error));
         }
         let mut unacked = lock(&self.unacked);
         if let Some(n) = unacked.get_mut(&sent.epoch) {

@@ -19,8 +19,9 @@
 //! change it drops the state of partitions it lost and restores the ones it gained from
 //! the changelog before processing them.
 //!
-//! A record whose output cannot be delivered is remembered ("poisoned"); after the
-//! rewind it is written to the dead-letter topic instead of being produced again.
+//! A record whose output cannot be delivered is remembered ("poisoned") until its offset
+//! is committed; on every replay before that it is written to the dead-letter topic
+//! instead of being produced again.
 //!
 //! Backpressure: the loop blocks while the producer queue is full, so the consumer
 //! stops fetching once its own bounded queue fills: memory stays bounded.
@@ -384,7 +385,7 @@ impl Core {
         let poisoned = if self.poisoned.is_empty() {
             None
         } else {
-            self.poisoned.remove(&origin)
+            self.poisoned.get(&origin).cloned()
         };
         let outcome = if let Some(error) = poisoned {
             Err(Failure::new("produce", error))
@@ -449,7 +450,9 @@ impl Core {
     /// `emit: onCommit`: sends what the stateful step held back this interval, before the
     /// changelog and the commit. A held-back record that fails a later step, or cannot
     /// be encoded or produced, goes to the dead-letter topic with the coordinates of the
-    /// last input record of its group.
+    /// last input record of its group. One that the broker refuses later is sent on
+    /// behalf of that input record: the rewind that follows dead-letters it, so the next
+    /// flush goes without it instead of failing again forever.
     fn flush_pending(&mut self) -> Result<(), WorkerError> {
         let mut emits = std::mem::take(&mut self.emits);
         emits.clear();
@@ -458,10 +461,18 @@ impl Core {
             self.dead_letter(&Source::of_record(record, self.engine.format()), failure)?;
         }
         let format = self.engine.format();
-        let origin = Origin::internal();
         let mut result = Ok(());
         for e in emits.drain(..) {
             let source = Source::of_record(&e.record, format);
+            let origin = if e.record.partition >= 0 && !e.record.topic.is_empty() {
+                Origin {
+                    topic: self.topic_arc(&e.record.topic),
+                    partition: e.record.partition,
+                    offset: e.record.offset,
+                }
+            } else {
+                Origin::internal()
+            };
             let sent = Output::encode(format, e).and_then(|o| {
                 let topic = o.topic.clone();
                 o.send(&self.producer, &origin, self.epoch)
@@ -601,8 +612,24 @@ impl Core {
                 .commit(&partition_list(&offsets)?, CommitMode::Async)
                 .map_err(WorkerError::Commit)?;
             self.engine.metrics().commits.inc();
+            self.forget_committed_poison(&offsets);
         }
         Ok(())
+    }
+
+    /// A poisoned record stays poisoned, and is dead-lettered again on every replay,
+    /// until its offset is committed: an `emit: onCommit` output fails again at every
+    /// flush while any record of its group is still counted, so each rewind must keep
+    /// what the earlier ones dead-lettered for the replays to make progress.
+    fn forget_committed_poison(&mut self, committed: &Offsets) {
+        if self.poisoned.is_empty() {
+            return;
+        }
+        self.poisoned.retain(|o, _| {
+            !committed
+                .iter()
+                .any(|(t, p, next)| *p == o.partition && *t == o.topic && o.offset < *next)
+        });
     }
 
     /// A delivery failed: the loop rewinds (and dead-letters the record on replay).
@@ -644,6 +671,8 @@ impl Core {
                 .commit_transaction(TXN_TIMEOUT)
                 .map_err(WorkerError::Transaction)?;
             self.in_txn = false;
+            let committed = std::mem::take(&mut self.offsets);
+            self.forget_committed_poison(&committed);
         } else {
             self.producer
                 .flush(TXN_TIMEOUT)
@@ -657,6 +686,7 @@ impl Core {
                 consumer
                     .commit(&partition_list(&offsets)?, CommitMode::Sync)
                     .map_err(WorkerError::Commit)?;
+                self.forget_committed_poison(&offsets);
             }
             self.epoch += 1;
         }
