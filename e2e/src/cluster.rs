@@ -120,9 +120,7 @@ pub async fn apply(client: &Client, namespace: &str, doc: &Value) -> anyhow::Res
 
 /// The YAML documents of a manifest file (path relative to the repository root).
 pub fn manifest(path: &str) -> anyhow::Result<Vec<Value>> {
-    let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(path);
+    let full = crate::env::repo_root().join(path);
     let text = std::fs::read_to_string(&full)
         .map_err(|e| anyhow::anyhow!("reading {}: {e}", full.display()))?;
     Ok(serde_saphyr::from_multiple::<Value>(&text)?)

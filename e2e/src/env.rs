@@ -31,12 +31,26 @@ pub struct TestEnv {
     values: BTreeMap<String, String>,
 }
 
+/// The e2e package's directory in the checkout under test. Cargo says it at run time: a
+/// target directory shared by several checkouts can hold a test binary compiled in
+/// another one, with that one's path built in. Outside Cargo, where it was compiled.
+pub fn package_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// The repository root of the checkout under test.
+pub fn repo_root() -> PathBuf {
+    package_dir().join("..")
+}
+
 impl TestEnv {
     /// The directory `e2e/up` keeps its state in.
     pub fn state_dir() -> PathBuf {
         std::env::var_os("SLUICE_E2E_STATE")
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".state"))
+            .unwrap_or_else(|| package_dir().join(".state"))
     }
 
     /// Reads `e2e/.state/env`.

@@ -5,7 +5,7 @@ use sluice_e2e::cluster;
 use sluice_e2e::env::TestEnv;
 
 fn repo_files(dir: &str) -> Vec<String> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = sluice_e2e::env::repo_root();
     let mut files: Vec<String> = std::fs::read_dir(root.join(dir))
         .unwrap()
         .map(|e| format!("{dir}/{}", e.unwrap().file_name().to_string_lossy()))
@@ -37,12 +37,7 @@ async fn examples_are_accepted_and_invalid_manifests_refused_with_cel_messages()
     let invalid = repo_files("manifests/invalid");
     assert!(invalid.len() >= 5);
     for file in invalid {
-        let text = std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("..")
-                .join(&file),
-        )
-        .unwrap();
+        let text = std::fs::read_to_string(sluice_e2e::env::repo_root().join(&file)).unwrap();
         let expect = text
             .lines()
             .find_map(|l| l.strip_prefix("# expect: "))

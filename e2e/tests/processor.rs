@@ -21,7 +21,7 @@ use sluice_e2e::kafka::{self, Read};
 const WAIT: Duration = Duration::from_secs(180);
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    sluice_e2e::env::repo_root()
 }
 
 /// Builds the processor once per test binary and returns its path.

@@ -35,7 +35,7 @@ const RESYNC: Duration = Duration::from_secs(3);
 // The operator as a child process.
 
 fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    sluice_e2e::env::repo_root()
 }
 
 /// Builds the operator once per test run and returns its path.

@@ -80,8 +80,16 @@ fn parse_args() -> anyhow::Result<Args> {
     Ok(args)
 }
 
+/// The processor package in the checkout being run: Cargo says it at run time (a target
+/// directory shared by several checkouts can hold a binary compiled in another one).
+fn package_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 fn bootstrap_from_e2e() -> anyhow::Result<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/.state/env");
+    let path = package_dir().join("../e2e/.state/env");
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
             "no --bootstrap, no KAFKA_BOOTSTRAP and no {}: start e2e/up",
@@ -500,7 +508,7 @@ fn sluice_manifest(
 }
 
 fn streams_jar() -> Option<PathBuf> {
-    let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/kafka-streams");
+    let project = package_dir().join("bench/kafka-streams");
     let jar = project.join("target/streams-bench.jar");
     let built = |jar: &Path| std::fs::metadata(jar).and_then(|m| m.modified()).ok();
     let sources = [
