@@ -57,7 +57,12 @@ port_for() {
             return
         fi
     fi
+    # A port handed out earlier may not be bound yet (Kafka Connect's JVM takes seconds):
+    # never hand it out twice.
     port=$(free_port)
+    while grep -qxs -- "$port" "$STATE"/ports/*; do
+        port=$(free_port)
+    done
     echo "$port" >"$file"
     echo "$port"
 }

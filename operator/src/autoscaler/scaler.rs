@@ -145,9 +145,10 @@ impl Autoscaler {
         if let Load::Saturated { per_replica, exact } = load {
             self.capacity = Some(match self.capacity {
                 Some(c) if exact => c + CAPACITY_WEIGHT * (per_replica - c),
-                // A floor only ever raises the estimate: replicas that were not all
-                // behind did less than they could.
-                Some(c) => c.max(per_replica),
+                // A floor only ever raises the estimate (replicas that were not all
+                // behind did less than they could), and as smoothly as a measurement:
+                // one interval's bunched commits must not ratchet it up.
+                Some(c) => c + CAPACITY_WEIGHT * (per_replica.max(c) - c),
                 None => per_replica,
             });
         }
@@ -449,10 +450,11 @@ impl Autoscaler {
 
     /// A backlog appeared since the last reading, so the interval cannot measure what a
     /// replica does flat out. With a capacity learnt before, it scales up as when behind.
-    /// Without one it does not wait a reading to measure when the backlog is more than
-    /// the replicas could drain within the lag target at the rate they just consumed:
-    /// that rate is a floor on their capacity, so sizing with it errs towards more
-    /// replicas, never fewer.
+    /// Without one it does not wait a reading to measure when the backlog alone (arrivals
+    /// aside) is more than the replicas could drain within the lag target at the rate
+    /// they just consumed: that rate is a floor on their capacity, so sizing with it errs
+    /// towards more replicas, never fewer. A smaller backlog may be a pause (a slow
+    /// commit, a collection); the next reading measures.
     fn rising(&self, current: u32, demand: &Demand, lag: u64, floor: f64) -> Option<Plan> {
         let c = self.capacity.unwrap_or(floor);
         if c.is_nan() || c <= 0.0 || size(demand, c, 1.0).replicas <= current {

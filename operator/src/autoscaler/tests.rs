@@ -222,13 +222,22 @@ fn backlog_sizes_replicas_to_drain_within_the_lag_target() {
 #[test]
 fn a_backlog_appearing_between_readings_scales_up_without_waiting_to_measure() {
     let mut scaler = Autoscaler::new(settings(1, 12));
-    // 12 partitions at 500/s, caught up; then 120k records land at once. One replica
-    // consumed 5000 records in the 5 s (at least 1000/s): 4500/s are needed.
-    let a: Vec<_> = (0..12).map(|_| (0, 1_000, Some(1_000))).collect();
-    let b: Vec<_> = (0..12).map(|_| (0, 11_208, Some(1_417))).collect();
-    scaler.observe(&obs(0, &a, 1));
-    let d = scaler.observe(&obs(5, &b, 1));
-    assert!(d.replicas >= 5, "{}", d.reason);
+    // 12 partitions at 500/s for a minute, caught up (so the median arrival rate is
+    // 500/s); then 120k records land at once. One replica consumed 5004 records in the
+    // 5 s: at least 1000/s. Draining 120k within 30 s while 500/s arrive needs 4500/s,
+    // plus what arrives while new replicas start: 6 replicas at 90% of 1000/s.
+    for tick in 0..=12 {
+        let end = 1_000 + 208 * tick;
+        let caught_up: Vec<_> = (0..12).map(|_| (0, end, Some(end))).collect();
+        let d = scaler.observe(&obs(tick as u64 * 5, &caught_up, 1));
+        assert!(!d.changed, "{}", d.reason);
+    }
+    let end = 1_000 + 208 * 12;
+    let burst: Vec<_> = (0..12)
+        .map(|_| (0, end + 208 + 10_000, Some(end + 417)))
+        .collect();
+    let d = scaler.observe(&obs(65, &burst, 1));
+    assert_eq!(d.replicas, 6, "{}", d.reason);
     assert!(d.reason.contains("floor"), "{}", d.reason);
     // Not a measurement: the capacity is still unknown.
     assert_eq!(d.metrics.capacity_per_replica, None);
@@ -237,8 +246,9 @@ fn a_backlog_appearing_between_readings_scales_up_without_waiting_to_measure() {
 #[test]
 fn a_small_backlog_appearing_under_steady_load_does_not_scale() {
     let mut scaler = Autoscaler::new(settings(1, 12));
-    // 900/s over 12 partitions, caught up; then 3 s of traffic is waiting (a slow
-    // commit, a pause): one replica drains that well within the lag target.
+    // 900/s over 12 partitions, caught up; then 3 s of traffic is waiting and the
+    // replica consumed only 360/s (a slow commit, a pause): the backlog alone drains
+    // well within the lag target, so it waits for the next reading to measure.
     let a: Vec<_> = (0..12).map(|_| (0, 1_000, Some(1_000))).collect();
     let b: Vec<_> = (0..12).map(|_| (0, 1_375, Some(1_150))).collect();
     scaler.observe(&obs(0, &a, 1));

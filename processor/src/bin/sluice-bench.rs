@@ -89,7 +89,10 @@ fn package_dir() -> PathBuf {
 }
 
 fn bootstrap_from_e2e() -> anyhow::Result<String> {
-    let path = package_dir().join("../e2e/.state/env");
+    let path = std::env::var_os("SLUICE_E2E_STATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| package_dir().join("../e2e/.state"))
+        .join("env");
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
             "no --bootstrap, no KAFKA_BOOTSTRAP and no {}: start e2e/up",

@@ -44,20 +44,50 @@ impl Origin {
 pub(crate) struct Sent {
     pub origin: Origin,
     pub epoch: u64,
+    /// An `emit: onCommit` output, which stands for its group rather than for one
+    /// consumed record.
+    pub flushed: bool,
 }
 
 impl Sent {
     /// The opaque for a record of `origin` sent in `epoch`.
     pub fn boxed(origin: Origin, epoch: u64) -> Box<Sent> {
-        Box::new(Sent { origin, epoch })
+        Box::new(Sent {
+            origin,
+            epoch,
+            flushed: false,
+        })
     }
+
+    /// The opaque for an `emit: onCommit` output sent in `epoch`.
+    pub fn flushed(epoch: u64) -> Box<Sent> {
+        Box::new(Sent {
+            origin: Origin::internal(),
+            epoch,
+            flushed: true,
+        })
+    }
+}
+
+/// An output of a group (`emit: onCommit`): its topic and key.
+pub(crate) type OutputId = (String, Option<Vec<u8>>);
+
+/// A record the broker refused after the producer's retries.
+#[derive(Debug)]
+pub(crate) struct Failed {
+    /// The consumed record it was sent for (internal for other records).
+    pub origin: Origin,
+    /// The topic that refused it, and why.
+    pub error: String,
+    /// For an `emit: onCommit` output: which one.
+    pub output: Option<OutputId>,
 }
 
 /// Producer callbacks: remember outputs that could not be delivered, and count the ones
 /// still awaiting acknowledgement per epoch.
 #[derive(Default)]
 pub(crate) struct DeliveryTracker {
-    failed: Mutex<Vec<(Origin, String)>>,
+    failed: Mutex<Vec<Failed>>,
     unacked: Mutex<BTreeMap<u64, u64>>,
 }
 
@@ -70,7 +100,17 @@ impl ProducerContext for DeliveryTracker {
         if let Err((err, message)) = result {
             // Name the topic that refused it: a pipeline can have several outputs.
             let error = format!("{}: {err}", message.topic());
-            lock(&self.failed).push((sent.origin, error));
+            let output = sent.flushed.then(|| {
+                (
+                    message.topic().to_string(),
+                    message.key().map(<[u8]>::to_vec),
+                )
+            });
+            lock(&self.failed).push(Failed {
+                origin: sent.origin,
+                error,
+                output,
+            });
         }
         let mut unacked = lock(&self.unacked);
         if let Some(n) = unacked.get_mut(&sent.epoch) {
@@ -101,7 +141,7 @@ impl DeliveryTracker {
     }
 
     /// The failed deliveries, forgetting them.
-    pub fn take_failed(&self) -> Vec<(Origin, String)> {
+    pub fn take_failed(&self) -> Vec<Failed> {
         std::mem::take(&mut *lock(&self.failed))
     }
 

@@ -34,4 +34,41 @@ impl KafkaSettings {
         }
         c
     }
+
+    /// A client config for a consumer: [`KafkaSettings::client_config`], and, unless the
+    /// extra properties set it, a fetch backoff of 20 ms. librdkafka stops fetching a
+    /// partition whose local queue is full and by default waits a whole second before
+    /// fetching again, so a loop that drains its queue faster than that sits idle for
+    /// the rest of the second (measured: 2.4x the records/s of filter+map).
+    pub fn consumer_config(&self) -> ClientConfig {
+        let mut c = self.client_config();
+        if !self.extra.contains_key("fetch.queue.backoff.ms") {
+            c.set("fetch.queue.backoff.ms", "20");
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumers_fetch_again_soon_unless_told_otherwise() {
+        let mut settings = KafkaSettings {
+            bootstrap: "b:9092".into(),
+            extra: BTreeMap::new(),
+        };
+        let c = settings.consumer_config();
+        assert_eq!(c.get("fetch.queue.backoff.ms"), Some("20"));
+        assert_eq!(c.get("bootstrap.servers"), Some("b:9092"));
+        assert_eq!(settings.client_config().get("fetch.queue.backoff.ms"), None);
+        settings
+            .extra
+            .insert("fetch.queue.backoff.ms".into(), "500".into());
+        assert_eq!(
+            settings.consumer_config().get("fetch.queue.backoff.ms"),
+            Some("500")
+        );
+    }
 }

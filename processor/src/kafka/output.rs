@@ -53,7 +53,16 @@ impl Output {
         origin: &Origin,
         epoch: u64,
     ) -> Result<(), KafkaError> {
-        let opaque = Sent::boxed(origin.clone(), epoch);
+        self.send_as(producer, Sent::boxed(origin.clone(), epoch))
+    }
+
+    /// Produces it with `opaque` riding along to its delivery report.
+    pub fn send_as(
+        self,
+        producer: &BaseProducer<DeliveryTracker>,
+        opaque: Box<Sent>,
+    ) -> Result<(), KafkaError> {
+        let epoch = opaque.epoch;
         let mut rec = BaseRecord::with_opaque_to(&self.topic, opaque).payload(&self.value);
         if let Some(k) = &self.key {
             rec = rec.key(k);

@@ -79,7 +79,7 @@ pub fn restore(
         source,
     };
     let consumer: BaseConsumer<QuietEof> = settings
-        .client_config()
+        .consumer_config()
         .set("group.id", format!("{group_id}-restore"))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")

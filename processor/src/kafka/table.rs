@@ -64,7 +64,7 @@ pub fn load(
         message: e.to_string(),
     };
     let consumer: BaseConsumer<QuietEof> = settings
-        .client_config()
+        .consumer_config()
         .set("group.id", format!("{group_id}-table"))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
