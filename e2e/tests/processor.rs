@@ -200,6 +200,34 @@ fn orders(from: usize, to: usize) -> (Vec<(String, String)>, BTreeMap<String, f6
     (records, totals, kept)
 }
 
+/// Reads `topic` until the latest record of every region carries its expected total.
+fn read_until_totals(
+    bootstrap: &str,
+    topic: &str,
+    totals: &BTreeMap<String, f64>,
+    p: &Processor,
+) -> Vec<Read> {
+    let start = Instant::now();
+    loop {
+        let records = read(bootstrap, topic);
+        let latest = kafka::latest_by_key(&records);
+        let done = totals.iter().all(|(region, total)| {
+            latest
+                .get(region)
+                .and_then(|v| v["total"].as_f64())
+                .is_some_and(|t| (t - total).abs() < 1e-9)
+        });
+        if done {
+            return records;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "totals not reached in {topic}; log: {}",
+            p.log_text()
+        );
+    }
+}
+
 fn merge(a: &mut BTreeMap<String, f64>, b: BTreeMap<String, f64>) {
     for (k, v) in b {
         *a.entry(k).or_insert(0.0) += v;
@@ -325,25 +353,7 @@ async fn on_commit_aggregation_emits_coalesced_exact_totals() {
     let manifest = write_manifest(&name, spec);
     let mut p = Processor::start(&bootstrap, &manifest, &name);
     // Wait until every region's total is final, then stop.
-    let start = Instant::now();
-    let out = loop {
-        let out = read(&bootstrap, &output);
-        let latest = kafka::latest_by_key(&out);
-        let done = totals.iter().all(|(region, total)| {
-            latest
-                .get(region)
-                .and_then(|v| v["total"].as_f64())
-                .is_some_and(|t| (t - total).abs() < 1e-9)
-        });
-        if done {
-            break out;
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "totals not reached; log: {}",
-            p.log_text()
-        );
-    };
+    let out = read_until_totals(&bootstrap, &output, &totals, &p);
     p.signal("-TERM");
     assert!(p.wait().success(), "log: {}", p.log.display());
     assert_totals(&out, &totals);
@@ -391,25 +401,7 @@ async fn on_commit_outputs_the_broker_refuses_are_dead_lettered_and_the_pipeline
 
     // Exactly once: dead letters become visible only when a transaction commits, which
     // an endless rewind loop never does.
-    let start = Instant::now();
-    let dead = loop {
-        let dead = read(&bootstrap, &dlq);
-        let latest = kafka::latest_by_key(&dead);
-        let done = totals.iter().all(|(region, total)| {
-            latest
-                .get(region)
-                .and_then(|v| v["total"].as_f64())
-                .is_some_and(|t| (t - total).abs() < 1e-9)
-        });
-        if done {
-            break dead;
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "refused totals not dead-lettered; log: {}",
-            p.log_text()
-        );
-    };
+    let dead = read_until_totals(&bootstrap, &dlq, &totals, &p);
     p.signal("-TERM");
     assert!(p.wait().success(), "log: {}", p.log.display());
 
