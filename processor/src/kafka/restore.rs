@@ -8,6 +8,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::KafkaSettings;
@@ -87,13 +88,21 @@ pub fn restore(
         .set("auto.offset.reset", "earliest")
         .create_with_context(QuietEof)
         .map_err(kafka)?;
+    let deadline = Instant::now() + timeout;
     let mut pending: BTreeSet<i32> = BTreeSet::new();
     let mut tpl = TopicPartitionList::new();
     let mut high = std::collections::HashMap::new();
     for &p in partitions {
-        let (_, hi) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(30))
-            .map_err(kafka)?;
+        let (_, hi) = loop {
+            match consumer.fetch_watermarks(topic, p, Duration::from_secs(30)) {
+                // A changelog created a moment ago may have no leader yet.
+                Err(e) if transient(&e) && Instant::now() < deadline => {
+                    tracing::debug!(error = %e, topic, partition = p, "changelog not ready yet: retrying");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                other => break other.map_err(kafka)?,
+            }
+        };
         if hi > 0 {
             pending.insert(p);
             high.insert(p, hi);
@@ -105,7 +114,6 @@ pub fn restore(
         return Ok(0);
     }
     consumer.assign(&tpl).map_err(kafka)?;
-    let deadline = Instant::now() + timeout;
     let mut applied = 0u64;
     while !pending.is_empty() {
         if Instant::now() > deadline {
@@ -145,4 +153,38 @@ pub fn restore(
         }
     }
     Ok(applied)
+}
+
+/// Errors a topic created a moment ago gives until its partitions have leaders.
+fn transient(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::UnknownPartition
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::OperationTimedOut
+        )
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_without_a_leader_yet_is_retried_and_a_bad_config_is_not() {
+        let missing_leader = KafkaError::MetadataFetch(RDKafkaErrorCode::NotLeaderForPartition);
+        assert!(transient(&missing_leader));
+        assert!(transient(&KafkaError::MetadataFetch(
+            RDKafkaErrorCode::UnknownTopicOrPartition
+        )));
+        assert!(!transient(&KafkaError::MetadataFetch(
+            RDKafkaErrorCode::TopicAuthorizationFailed
+        )));
+        assert!(!transient(&KafkaError::ClientCreation("bad".into())));
+    }
 }
