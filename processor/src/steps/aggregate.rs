@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 
 use cel::Context;
 use serde::{Deserialize, Serialize};
-use sluice_crds::pipeline::{AggregateOp, AggregateStep};
+use sluice_crds::pipeline::{AggregateOp, AggregateStep, Emit};
 
 use super::{ConfigError, StateStep, StepError, compile_expr};
 use crate::expr::{Expr, Needs, Number, cel_to_json};
@@ -215,8 +215,7 @@ pub struct Aggregate {
     group_by: Vec<(String, Expr)>,
     aggs: Vec<AggSpec>,
     window: Option<Tumbling>,
-    emit_on_close: bool,
-    emit_on_commit: bool,
+    emit: Emit,
     state: HashMap<i32, PartitionState>,
 }
 
@@ -261,9 +260,8 @@ impl Aggregate {
                 })
             }
         };
-        let emit_on_close = spec.emit == sluice_crds::pipeline::Emit::OnWindowClose;
-        let emit_on_commit = spec.emit == sluice_crds::pipeline::Emit::OnCommit;
-        if emit_on_close && window.is_none() {
+        let emit = spec.emit;
+        if emit == Emit::OnWindowClose && window.is_none() {
             return Err(ConfigError::Invalid(format!(
                 "step {step}: emit onWindowClose needs a window"
             )));
@@ -299,8 +297,7 @@ impl Aggregate {
             group_by,
             aggs,
             window,
-            emit_on_close,
-            emit_on_commit,
+            emit,
             state: HashMap::new(),
         })
     }
@@ -396,8 +393,8 @@ impl Aggregate {
         state.max_ts = state.max_ts.max(ts);
         part.stream_time = part.stream_time.max(ts);
         let mut out = Vec::new();
-        if self.emit_on_commit {
-            match part.pending.get_mut(&key) {
+        match self.emit {
+            Emit::OnCommit => match part.pending.get_mut(&key) {
                 // The group's output will carry this record's coordinates and headers.
                 Some(last) => {
                     if last.topic != record.topic {
@@ -411,13 +408,13 @@ impl Aggregate {
                 None => {
                     part.pending.insert(key.clone(), record.clone());
                 }
-            }
-        } else if !self.emit_on_close {
-            out.push(Record {
+            },
+            Emit::OnUpdate => out.push(Record {
                 key: Some(output_key(&key, &state.group, self.window.is_some()).into_bytes()),
                 value: Payload::Json(output_value(&self.group_by, &self.aggs, self.window, state)),
                 ..record.clone()
-            });
+            }),
+            Emit::OnWindowClose => {}
         }
         part.dirty.insert(key);
         if let Some(w) = self.window
@@ -442,8 +439,12 @@ impl Aggregate {
                 part.dirty.insert(k.clone());
                 // A closing window's last value goes out now: at the commit its group
                 // is gone.
-                let pending = self.emit_on_commit && part.pending.remove(&k).is_some();
-                if self.emit_on_close || pending {
+                let emit = match self.emit {
+                    Emit::OnWindowClose => true,
+                    Emit::OnCommit => part.pending.remove(&k).is_some(),
+                    Emit::OnUpdate => false,
+                };
+                if emit {
                     out.push(Record {
                         key: Some(output_key(&k, &g.group, self.window.is_some()).into_bytes()),
                         value: Payload::Json(output_value(
