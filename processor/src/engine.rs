@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cel::{Context, Value};
+
+use crate::expr::Scope;
 use sluice_crds::pipeline::PipelineSpec;
 
 use crate::expr::{Expr, Needs, root_context, scope};
@@ -295,7 +297,7 @@ impl Engine {
         out: &mut Vec<Emit>,
     ) -> Result<(), Failure> {
         let mut record = record;
-        let mut cached: Option<Context> = None;
+        let mut cached: Option<Scope> = None;
         for i in start..self.steps.len() {
             let started = sample.then(Instant::now);
             let step = &mut self.steps[i];
@@ -459,6 +461,10 @@ fn project(value: Payload, needs: &Needs) -> Payload {
         Payload::Json(serde_json::Value::Object(mut obj)) if !needs.whole_value => {
             obj.retain(|k, _| needs.fields.contains(k) || needs.tested.contains(k));
             Payload::Json(serde_json::Value::Object(obj))
+        }
+        Payload::JsonObject(mut obj) if !needs.whole_value => {
+            obj.retain(|k| needs.fields.contains(k) || needs.tested.contains(k));
+            Payload::JsonObject(obj)
         }
         other => other,
     }

@@ -2,6 +2,7 @@
 
 use sluice_crds::pipeline::Format;
 
+use crate::json_object::JsonObject;
 use crate::record::Payload;
 
 /// A value that could not be decoded.
@@ -59,9 +60,13 @@ impl RecordFormat {
     pub fn decode(self, bytes: Option<&[u8]>) -> Result<Payload, DecodeError> {
         let bytes = bytes.ok_or(DecodeError::Empty)?;
         match self {
-            Self::Json => serde_json::from_slice(bytes)
-                .map(Payload::Json)
-                .map_err(|e| DecodeError::Json(e.to_string())),
+            Self::Json => match JsonObject::decode(bytes) {
+                Ok(Some(obj)) => Ok(Payload::JsonObject(obj)),
+                Ok(None) => serde_json::from_slice(bytes)
+                    .map(Payload::Json)
+                    .map_err(|e| DecodeError::Json(e.to_string())),
+                Err(e) => Err(DecodeError::Json(e.to_string())),
+            },
             Self::Text => std::str::from_utf8(bytes)
                 .map(|s| Payload::Text(s.to_string()))
                 .map_err(|e| DecodeError::Utf8(e.to_string())),
@@ -76,6 +81,14 @@ impl RecordFormat {
                 format: "json",
                 message: e.to_string(),
             }),
+            (_, Payload::JsonObject(o)) => {
+                let mut out = Vec::new();
+                o.write(&mut out).map_err(|e| EncodeError {
+                    format: "json",
+                    message: e.to_string(),
+                })?;
+                Ok(out)
+            }
             (Self::Json, Payload::Text(s)) => serde_json::to_vec(s).map_err(|e| EncodeError {
                 format: "json",
                 message: e.to_string(),

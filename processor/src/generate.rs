@@ -91,6 +91,7 @@ impl Template {
         let mut scope = self.root.new_inner_scope();
         scope.add_variable_from_value("i", Value::Int(i64::try_from(i).unwrap_or(i64::MAX)));
         scope.add_variable_from_value("now", Value::Int(now_ms));
+        let scope = crate::expr::Scope::with_context(&self.root, scope);
         let err = |message: String| GenerateError::Eval { index: i, message };
         let mut obj = serde_json::Map::with_capacity(self.fields.len());
         for (name, field) in &self.fields {

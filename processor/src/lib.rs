@@ -6,6 +6,7 @@ pub mod engine;
 pub mod expr;
 pub mod format;
 pub mod generate;
+pub mod json_object;
 pub mod http;
 pub mod kafka;
 pub mod logging;

@@ -6,13 +6,17 @@ use std::sync::Arc;
 use cel::Value;
 use cel::objects::{Key, Map};
 
-use crate::expr::json_to_cel;
+use crate::expr::{field_to_cel, json_to_cel};
+use crate::json_object::JsonObject;
 
-/// The decoded value of a record.
-#[derive(Debug, Clone, PartialEq)]
+/// The decoded value of a record. Equality is by content: a JSON object read lazily
+/// equals the same object as a tree.
+#[derive(Debug, Clone)]
 pub enum Payload {
-    /// A parsed JSON document.
+    /// A JSON document as a tree (aggregate outputs, non-object JSON, tests).
     Json(serde_json::Value),
+    /// A JSON object as read, its fields parsed only when used.
+    JsonObject(JsonObject),
     /// UTF-8 text.
     Text(String),
     /// Raw bytes.
@@ -24,6 +28,13 @@ impl Payload {
     pub fn to_cel(&self) -> Value {
         match self {
             Payload::Json(v) => json_to_cel(v),
+            Payload::JsonObject(o) => {
+                let map: std::collections::HashMap<Key, Value> = o
+                    .iter()
+                    .map(|(k, v)| (Key::String(Arc::new(k.to_string())), field_to_cel(v)))
+                    .collect();
+                Value::Map(Map { map: Arc::new(map) })
+            }
             Payload::Text(s) => Value::String(Arc::new(s.clone())),
             Payload::Bytes(b) => Value::Bytes(Arc::new(b.clone())),
         }
@@ -43,7 +54,42 @@ impl Payload {
                     .collect();
                 Value::Map(Map { map: Arc::new(map) })
             }
+            Payload::JsonObject(obj) => {
+                let map: std::collections::HashMap<Key, Value> = fields
+                    .iter()
+                    .filter_map(|f| {
+                        obj.get(f)
+                            .map(|v| (Key::String(Arc::new(f.clone())), field_to_cel(v)))
+                    })
+                    .collect();
+                Value::Map(Map { map: Arc::new(map) })
+            }
             other => other.to_cel(),
+        }
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Payload::Json(a), Payload::Json(b)) => a == b,
+            (Payload::JsonObject(a), Payload::JsonObject(b)) => a == b,
+            (Payload::JsonObject(a), Payload::Json(b)) | (Payload::Json(b), Payload::JsonObject(a)) => {
+                a.to_value() == *b
+            }
+            (Payload::Text(a), Payload::Text(b)) => a == b,
+            (Payload::Bytes(a), Payload::Bytes(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Payload {
+    /// A JSON object read lazily becomes a tree (for steps that work on the whole value).
+    pub fn into_tree(self) -> Payload {
+        match self {
+            Payload::JsonObject(o) => Payload::Json(o.to_value()),
+            other => other,
         }
     }
 }

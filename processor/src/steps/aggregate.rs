@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use cel::Context;
+use crate::expr::Scope;
 use serde::{Deserialize, Serialize};
 use sluice_crds::pipeline::{AggregateOp, AggregateStep, Emit};
 
@@ -318,7 +318,7 @@ impl Aggregate {
     /// The group key of a record (also the key of its changelog and output records).
     pub fn group_key(
         &self,
-        scope: &Context,
+        scope: &Scope<'_>,
     ) -> Result<(String, Vec<serde_json::Value>), StepError> {
         let mut values = Vec::with_capacity(self.group_by.len());
         for (field, expr) in &self.group_by {
@@ -340,7 +340,7 @@ impl Aggregate {
         &mut self,
         partition: i32,
         record: Record,
-        scope: &Context,
+        scope: &Scope<'_>,
     ) -> Result<Vec<Record>, StepError> {
         let (mut key, group) = self.group_key(scope)?;
         let mut inputs = Vec::with_capacity(self.aggs.len());
@@ -609,7 +609,7 @@ fn output_key(key: &str, group: &[serde_json::Value], windowed: bool) -> String 
 }
 
 impl StateStep for Aggregate {
-    fn key(&self, scope: &Context) -> Result<String, StepError> {
+    fn key(&self, scope: &Scope<'_>) -> Result<String, StepError> {
         self.group_key(scope).map(|(k, _)| k)
     }
 
@@ -617,7 +617,7 @@ impl StateStep for Aggregate {
         &mut self,
         partition: i32,
         record: Record,
-        scope: &Context,
+        scope: &Scope<'_>,
     ) -> Result<Vec<Record>, StepError> {
         Aggregate::update(self, partition, record, scope)
     }

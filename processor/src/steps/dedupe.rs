@@ -5,7 +5,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use cel::{Context, Value};
+use cel::Value;
+
+use crate::expr::Scope;
 use sluice_crds::pipeline::DedupeStep;
 
 use super::aggregate::RestoreError;
@@ -67,7 +69,7 @@ impl Dedupe {
 }
 
 impl StateStep for Dedupe {
-    fn key(&self, scope: &Context) -> Result<String, StepError> {
+    fn key(&self, scope: &Scope<'_>) -> Result<String, StepError> {
         Ok(match self.key.eval(scope)? {
             Value::String(s) => s.to_string(),
             other => cel_to_json(&other)
@@ -80,7 +82,7 @@ impl StateStep for Dedupe {
         &mut self,
         partition: i32,
         record: Record,
-        scope: &Context,
+        scope: &Scope<'_>,
     ) -> Result<Vec<Record>, StepError> {
         let key = self.key(scope)?;
         let ts = record.timestamp;
@@ -235,7 +237,8 @@ mod tests {
             None,
             Payload::Json(serde_json::json!({"x": 1})),
         );
-        let s = scope(&root, &r, &d.needs());
+        let needs = d.needs();
+        let s = scope(&root, &r, &needs);
         assert!(d.update(0, r.clone(), &s).is_err());
         assert!(
             Dedupe::compile(

@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use cel::{Context, Value};
+use cel::Value;
+
+use crate::expr::Scope;
 use sluice_crds::pipeline::{EnrichStep, OnMissing};
 
 use super::{ConfigError, StepError, compile_expr};
@@ -96,7 +98,7 @@ impl Enrich {
     }
 
     /// Puts the matching row into `into`, or applies `onMissing`.
-    pub fn apply(&self, mut record: Record, scope: &Context) -> Result<Record, StepError> {
+    pub fn apply(&self, mut record: Record, scope: &Scope<'_>) -> Result<Record, StepError> {
         let key = match self.key.eval(scope)? {
             Value::String(s) => s.as_bytes().to_vec(),
             Value::Bytes(b) => b.to_vec(),
@@ -109,23 +111,30 @@ impl Enrich {
             .table
             .as_ref()
             .ok_or_else(|| StepError::Shape(format!("table {} is not loaded", self.table_topic)))?;
-        let Payload::Json(serde_json::Value::Object(obj)) = &mut record.value else {
-            return Err(StepError::Shape("enrich needs a JSON object".to_string()));
-        };
-        match table.get(&key) {
-            Some(row) => {
+        let row = table.get(&key);
+        match (&mut record.value, row) {
+            (Payload::JsonObject(obj), Some(row)) => obj.insert(&self.into, row),
+            (Payload::Json(serde_json::Value::Object(obj)), Some(row)) => {
                 obj.insert(self.into.clone(), row);
             }
-            None if self.on_missing == OnMissing::DeadLetter => {
-                return Err(StepError::Shape(format!(
-                    "no row in table {} for key {}",
-                    self.table_topic,
-                    String::from_utf8_lossy(&key)
-                )));
+            (Payload::JsonObject(_) | Payload::Json(serde_json::Value::Object(_)), None) => {
+                self.missing(&key)?
             }
-            None => {}
+            _ => return Err(StepError::Shape("enrich needs a JSON object".to_string())),
         }
         Ok(record)
+    }
+
+    /// A key with no row: dead-lettered or passed on, as the spec says.
+    fn missing(&self, key: &[u8]) -> Result<(), StepError> {
+        if self.on_missing == OnMissing::DeadLetter {
+            return Err(StepError::Shape(format!(
+                "no row in table {} for key {}",
+                self.table_topic,
+                String::from_utf8_lossy(key)
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -147,7 +156,8 @@ mod tests {
     fn run(e: &Enrich, v: serde_json::Value) -> Result<Record, StepError> {
         let root = root_context();
         let r = Record::new("in", 0, 0, 0, None, Payload::Json(v));
-        let s = scope(&root, &r, &e.needs());
+        let needs = e.needs();
+        let s = scope(&root, &r, &needs);
         e.apply(r.clone(), &s)
     }
 

@@ -1,6 +1,6 @@
 //! The map step: set fields from expressions, rename, drop.
 
-use cel::Context;
+use crate::expr::Scope;
 use sluice_crds::pipeline::MapStep;
 
 use super::{ConfigError, StepError, compile_expr};
@@ -42,7 +42,7 @@ impl Map {
     }
 
     /// Evaluates every `set` against the incoming record, then applies set, rename, drop.
-    pub fn apply(&self, mut record: Record, scope: &Context) -> Result<Record, StepError> {
+    pub fn apply(&self, mut record: Record, scope: &Scope<'_>) -> Result<Record, StepError> {
         let mut values = Vec::with_capacity(self.set.len());
         for (field, expr) in &self.set {
             let v = expr.eval(scope)?;
@@ -50,19 +50,32 @@ impl Map {
                 cel_to_json(&v).map_err(|e| StepError::Shape(format!("field {field}: {e}")))?;
             values.push((field, json));
         }
-        let Payload::Json(serde_json::Value::Object(obj)) = &mut record.value else {
-            return Err(StepError::Shape("map needs a JSON object".to_string()));
-        };
-        for (field, json) in values {
-            obj.insert(field.clone(), json);
-        }
-        for (from, to) in &self.rename {
-            if let Some(v) = obj.remove(from) {
-                obj.insert(to.clone(), v);
+        match &mut record.value {
+            Payload::JsonObject(obj) => {
+                for (field, json) in values {
+                    obj.insert(field, json);
+                }
+                for (from, to) in &self.rename {
+                    obj.rename(from, to);
+                }
+                for field in &self.drop {
+                    obj.remove(field);
+                }
             }
-        }
-        for field in &self.drop {
-            obj.remove(field);
+            Payload::Json(serde_json::Value::Object(obj)) => {
+                for (field, json) in values {
+                    obj.insert(field.clone(), json);
+                }
+                for (from, to) in &self.rename {
+                    if let Some(v) = obj.remove(from) {
+                        obj.insert(to.clone(), v);
+                    }
+                }
+                for field in &self.drop {
+                    obj.remove(field);
+                }
+            }
+            _ => return Err(StepError::Shape("map needs a JSON object".to_string())),
         }
         Ok(record)
     }
@@ -80,7 +93,8 @@ mod tests {
     fn apply(m: &Map, v: serde_json::Value) -> Result<Record, StepError> {
         let root = root_context();
         let r = Record::new("in", 0, 0, 0, None, Payload::Json(v));
-        let s = scope(&root, &r, &m.needs());
+        let needs = m.needs();
+        let s = scope(&root, &r, &needs);
         m.apply(r.clone(), &s)
     }
 

@@ -14,7 +14,7 @@ pub use map::Map;
 pub use route::Route;
 pub use validate::Validate;
 
-use cel::Context;
+use crate::expr::Scope;
 use sluice_crds::pipeline::Step as StepSpec;
 
 use crate::expr::{CompileError, EvalError, Expr, Needs};
@@ -25,13 +25,13 @@ use aggregate::RestoreError;
 /// topic (aggregate, dedupe).
 pub trait StateStep: std::fmt::Debug + Send {
     /// The state key of a record (the repartition key too).
-    fn key(&self, scope: &Context) -> Result<String, StepError>;
+    fn key(&self, scope: &Scope<'_>) -> Result<String, StepError>;
     /// Applies a record to the state of `partition`; returns the records to hand on.
     fn update(
         &mut self,
         partition: i32,
         record: Record,
-        scope: &Context,
+        scope: &Scope<'_>,
     ) -> Result<Vec<Record>, StepError>;
     /// Records held back until the end of the commit interval (`emit: onCommit`), taken.
     fn take_pending(&mut self) -> Vec<Record> {
@@ -215,7 +215,7 @@ impl Step {
 
     /// Runs a stateless step on a record, in `scope` (holding what `needs` asks for).
     /// Aggregates are run by the pipeline, which owns their state.
-    pub fn apply(&self, record: Record, scope: &Context) -> Result<Outcome, StepError> {
+    pub fn apply(&self, record: Record, scope: &Scope<'_>) -> Result<Outcome, StepError> {
         match &self.kind {
             Kind::Filter(e) => Ok(if e.eval_bool(scope)? {
                 Outcome::Continue(record)

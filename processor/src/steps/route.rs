@@ -1,6 +1,6 @@
 //! The route step: the first route whose `when` holds sends the record to its topic.
 
-use cel::Context;
+use crate::expr::Scope;
 use sluice_crds::pipeline::RouteStep;
 
 use super::{ConfigError, Outcome, StepError, compile_expr};
@@ -44,7 +44,7 @@ impl Route {
     }
 
     /// Picks the topic, or lets the record continue when nothing matches and there is no default.
-    pub fn apply(&self, record: Record, scope: &Context) -> Result<Outcome, StepError> {
+    pub fn apply(&self, record: Record, scope: &Scope<'_>) -> Result<Outcome, StepError> {
         for (when, topic) in &self.routes {
             if when.eval_bool(scope)? {
                 return Ok(Outcome::Routed(topic.clone(), record));
@@ -70,7 +70,8 @@ mod tests {
     fn apply(r: &Route, v: serde_json::Value) -> Result<Outcome, StepError> {
         let root = root_context();
         let rec = Record::new("in", 0, 0, 0, None, Payload::Json(v));
-        let s = scope(&root, &rec, &r.needs());
+        let needs = r.needs();
+        let s = scope(&root, &rec, &needs);
         r.apply(rec.clone(), &s)
     }
 

@@ -1,5 +1,7 @@
 //! The validate step: required fields and JSON types.
 
+use std::borrow::Cow;
+
 use sluice_crds::pipeline::{FieldType, ValidateStep};
 
 use super::StepError;
@@ -23,16 +25,26 @@ impl Validate {
 
     /// Ok when the record has every required field and each typed field (when present) has its type.
     pub fn check(&self, record: &Record) -> Result<(), StepError> {
-        let Payload::Json(serde_json::Value::Object(obj)) = &record.value else {
-            return Err(StepError::Shape("validate needs a JSON object".to_string()));
+        let get = |field: &str| -> Option<Cow<'_, serde_json::Value>> {
+            match &record.value {
+                Payload::Json(serde_json::Value::Object(obj)) => obj.get(field).map(Cow::Borrowed),
+                Payload::JsonObject(obj) => obj.get(field).map(|v| Cow::Owned(v.to_value())),
+                _ => None,
+            }
         };
-        if let Some(missing) = self.required.iter().find(|f| !obj.contains_key(*f)) {
+        if !matches!(
+            record.value,
+            Payload::Json(serde_json::Value::Object(_)) | Payload::JsonObject(_)
+        ) {
+            return Err(StepError::Shape("validate needs a JSON object".to_string()));
+        }
+        if let Some(missing) = self.required.iter().find(|f| get(f).is_none()) {
             return Err(StepError::Shape(format!(
                 "required field {missing} is missing"
             )));
         }
         for (field, ty) in &self.types {
-            if let Some(v) = obj.get(field) {
+            if let Some(v) = get(field) {
                 let ok = match ty {
                     FieldType::String => v.is_string(),
                     FieldType::Number => v.is_number(),

@@ -12,7 +12,13 @@ use cel::objects::{Key, Map};
 use cel::parser::Expression;
 use cel::{Context, Program, Value};
 
-use crate::record::{Payload, Record};
+mod native;
+mod scope;
+
+pub use scope::Scope;
+
+use crate::json_object::FieldRef;
+use crate::record::Record;
 
 /// An expression that failed to compile.
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +162,8 @@ pub struct Expr {
     source: String,
     program: Program,
     needs: Needs,
+    /// The same expression lowered to native code, when all its parts allow it.
+    native: Option<native::Node>,
 }
 
 impl Expr {
@@ -166,10 +174,12 @@ impl Expr {
             message: e.to_string(),
         })?;
         let needs = Needs::of(program.expression());
+        let native = native::lower(program.expression());
         Ok(Self {
             source: source.to_string(),
             program,
             needs,
+            native,
         })
     }
 
@@ -183,10 +193,19 @@ impl Expr {
         &self.needs
     }
 
-    /// Evaluates in `scope` (a child of the root context holding the record).
-    pub fn eval(&self, scope: &Context) -> Result<Value, EvalError> {
+    /// Evaluates against one record's `scope`: natively when the expression and the
+    /// values allow it, else with CEL's interpreter.
+    pub fn eval(&self, scope: &Scope<'_>) -> Result<Value, EvalError> {
+        if let Some(v) = self.native.as_ref().and_then(|n| n.eval(scope)) {
+            return Ok(v);
+        }
+        self.interpret(scope)
+    }
+
+    /// Evaluates with CEL's interpreter alone.
+    pub fn interpret(&self, scope: &Scope<'_>) -> Result<Value, EvalError> {
         self.program
-            .execute(scope)
+            .execute(scope.cel())
             .map_err(|e| EvalError::Execution {
                 expr: self.source.clone(),
                 message: e.to_string(),
@@ -194,7 +213,7 @@ impl Expr {
     }
 
     /// Evaluates to a bool.
-    pub fn eval_bool(&self, scope: &Context) -> Result<bool, EvalError> {
+    pub fn eval_bool(&self, scope: &Scope<'_>) -> Result<bool, EvalError> {
         match self.eval(scope)? {
             Value::Bool(b) => Ok(b),
             other => Err(self.wrong_type(&other, "bool")),
@@ -202,7 +221,7 @@ impl Expr {
     }
 
     /// Evaluates to a number (int, uint or double) as f64.
-    pub fn eval_number(&self, scope: &Context) -> Result<Number, EvalError> {
+    pub fn eval_number(&self, scope: &Scope<'_>) -> Result<Number, EvalError> {
         match self.eval(scope)? {
             Value::Int(i) => Ok(Number::Int(i)),
             Value::UInt(u) => Ok(i64::try_from(u).map_or(Number::Float(u as f64), Number::Int)),
@@ -246,83 +265,77 @@ pub fn root_context() -> Context<'static, 'static> {
     Context::default()
 }
 
-/// Opens a child scope of `root` with the parts of `record` that `needs` asks for.
-pub fn scope<'a>(
-    root: &'a Context<'a, 'static>,
-    record: &Record,
-    needs: &Needs,
-) -> Context<'a, 'static> {
-    let mut scope = root.new_inner_scope();
-    bind(&mut scope, record, needs);
-    scope
+/// The parts of `record` that `needs` asks for, as expressions see them.
+pub fn scope<'a>(root: &'a Context<'a, 'static>, record: &Record, needs: &'a Needs) -> Scope<'a> {
+    Scope::of(root, record, needs)
 }
 
-fn bind(scope: &mut Context<'_, 'static>, record: &Record, needs: &Needs) {
-    if needs.whole_value {
-        scope.add_variable_from_value("value", record.value.to_cel());
-    } else if !needs.fields.is_empty() || !needs.tested.is_empty() {
-        bind_fields(scope, &record.value, needs);
-    }
-    if needs.key {
-        let key = match &record.key {
-            Some(k) => Value::String(Arc::new(String::from_utf8_lossy(k).into_owned())),
-            None => Value::Null,
-        };
-        scope.add_variable_from_value("key", key);
-    }
-    if needs.headers {
-        let map: std::collections::HashMap<Key, Value> = record
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    Key::String(Arc::new(k.clone())),
-                    Value::String(Arc::new(String::from_utf8_lossy(v).into_owned())),
-                )
-            })
-            .collect();
-        scope.add_variable_from_value("headers", Value::Map(Map { map: Arc::new(map) }));
-    }
-    if needs.topic {
-        scope.add_variable_from_value("topic", Value::String(Arc::new(record.topic.clone())));
-    }
-    if needs.partition {
-        scope.add_variable_from_value("partition", Value::Int(i64::from(record.partition)));
-    }
-    if needs.offset {
-        scope.add_variable_from_value("offset", Value::Int(record.offset));
-    }
-    if needs.timestamp {
-        scope.add_variable_from_value("timestamp", Value::Int(record.timestamp));
+/// Converts a field of a [`JsonObject`](crate::json_object::JsonObject) into a CEL value,
+/// parsing its text straight into CEL values (no JSON tree in between).
+pub fn field_to_cel(field: FieldRef<'_>) -> Value {
+    match field {
+        FieldRef::Raw(text) => {
+            let mut de = serde_json::Deserializer::from_str(text);
+            // The text was validated when the object was decoded.
+            serde::Deserializer::deserialize_any(&mut de, CelVisitor).unwrap_or(Value::Null)
+        }
+        FieldRef::Value(v) => json_to_cel(v),
     }
 }
 
-/// Binds each selected field of a JSON object as its own variable `value.<field>`: CEL
-/// resolves the qualified name `value.total` to it directly, with no map built. A `value`
-/// map (of the selected fields only) is bound as well when a field is tested with
-/// `has()` or is absent, so those behave as on the whole record.
-fn bind_fields(scope: &mut Context<'_, 'static>, value: &Payload, needs: &Needs) {
-    let serde_json::Value::Object(obj) = (match value {
-        Payload::Json(v) => v,
-        other => {
-            scope.add_variable_from_value("value", other.to_cel());
-            return;
-        }
-    }) else {
-        scope.add_variable_from_value("value", value.to_cel());
-        return;
-    };
-    let mut need_map = !needs.tested.is_empty();
-    for f in &needs.fields {
-        match obj.get(f) {
-            Some(v) => scope.add_variable_from_value(format!("value.{f}"), json_to_cel(v)),
-            None => need_map = true,
-        }
+/// Builds CEL values from JSON text as [`json_to_cel`] does from a tree.
+struct CelVisitor;
+
+impl<'de> serde::de::Visitor<'de> for CelVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JSON")
     }
-    if need_map {
-        let mut all = needs.fields.clone();
-        all.extend(needs.tested.iter().cloned());
-        scope.add_variable_from_value("value", value.to_cel_fields(&all));
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+    fn visit_i64<E: serde::de::Error>(self, i: i64) -> Result<Value, E> {
+        Ok(Value::Int(i))
+    }
+    fn visit_u64<E: serde::de::Error>(self, u: u64) -> Result<Value, E> {
+        Ok(i64::try_from(u).map_or(Value::UInt(u), Value::Int))
+    }
+    fn visit_f64<E: serde::de::Error>(self, f: f64) -> Result<Value, E> {
+        Ok(Value::Float(f))
+    }
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(Arc::new(s.to_string())))
+    }
+    fn visit_string<E: serde::de::Error>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(Arc::new(s)))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(CelFromJson(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::List(Arc::new(items)))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut entries = std::collections::HashMap::with_capacity(map.size_hint().unwrap_or(0));
+        while let Some((k, CelFromJson(v))) = map.next_entry::<String, CelFromJson>()? {
+            entries.insert(Key::String(Arc::new(k)), v);
+        }
+        Ok(Value::Map(Map {
+            map: Arc::new(entries),
+        }))
+    }
+}
+
+struct CelFromJson(Value);
+
+impl<'de> serde::Deserialize<'de> for CelFromJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(CelVisitor).map(CelFromJson)
     }
 }
 

@@ -1,0 +1,418 @@
+//! A JSON object kept as its top-level fields, each left as the text it was read as until
+//! a step reads or replaces it.
+//!
+//! Most pipelines read a few fields of each record and pass the rest through. Parsing the
+//! whole document into a tree and printing it again costs more than the steps themselves;
+//! here decoding only validates the text and notes where each field's key and value are,
+//! reading a field parses that field alone, and encoding copies untouched fields verbatim.
+//! The whole tree is built only for steps that need it ([`JsonObject::to_value`]).
+
+use std::fmt;
+use std::ops::Range;
+
+use serde::Deserializer as _;
+use serde::de::{self, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// A field's name: a span of the source text when it had no escapes, else its own string.
+#[derive(Clone)]
+enum Name {
+    Span(Range<usize>),
+    Owned(String),
+}
+
+/// A field's value: a span of the source text, or a value a step put there.
+#[derive(Clone)]
+enum Slot {
+    Raw(Range<usize>),
+    Value(serde_json::Value),
+}
+
+/// A field's value, as [`JsonObject::get`] hands it out.
+#[derive(Debug, Clone, Copy)]
+pub enum FieldRef<'a> {
+    /// The JSON text as it was read (valid JSON, whitespace and all).
+    Raw(&'a str),
+    /// A value a step set.
+    Value(&'a serde_json::Value),
+}
+
+impl FieldRef<'_> {
+    /// The field as a JSON value (parsing it when it is still text).
+    pub fn to_value(self) -> serde_json::Value {
+        match self {
+            // The text was validated when the object was decoded.
+            FieldRef::Raw(text) => serde_json::from_str(text).unwrap_or(serde_json::Value::Null),
+            FieldRef::Value(v) => v.clone(),
+        }
+    }
+}
+
+/// A decoded JSON object (see the module docs). Keys are unique: as in `serde_json`, a
+/// repeated key keeps its last value.
+#[derive(Clone)]
+pub struct JsonObject {
+    /// The record's text; spans point into it. Valid UTF-8 (checked while decoding).
+    src: String,
+    fields: Vec<(Name, Slot)>,
+}
+
+impl JsonObject {
+    /// Decodes `bytes` when they hold a JSON object; `Ok(None)` when they hold other JSON
+    /// (or none), so the caller can parse them as a whole.
+    pub fn decode(bytes: &[u8]) -> Result<Option<Self>, serde_json::Error> {
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Ok(None);
+        }
+        let src = std::str::from_utf8(bytes)
+            .map_err(|e| <serde_json::Error as de::Error>::custom(format!("invalid UTF-8: {e}")))?;
+        let mut de = serde_json::Deserializer::from_str(src);
+        let spans = de.deserialize_map(SpanVisitor { src })?;
+        de.end()?;
+        Ok(Some(JsonObject {
+            src: src.to_string(),
+            fields: unique(src, spans),
+        }))
+    }
+
+    fn name<'a>(&'a self, name: &'a Name) -> &'a str {
+        name_text(&self.src, name)
+    }
+
+    fn position(&self, key: &str) -> Option<usize> {
+        self.fields.iter().position(|(n, _)| self.name(n) == key)
+    }
+
+    fn field_ref<'a>(&'a self, slot: &'a Slot) -> FieldRef<'a> {
+        match slot {
+            Slot::Raw(r) => FieldRef::Raw(self.src.get(r.clone()).unwrap_or("null")),
+            Slot::Value(v) => FieldRef::Value(v),
+        }
+    }
+
+    /// The field `key`, if present.
+    pub fn get(&self, key: &str) -> Option<FieldRef<'_>> {
+        let i = self.position(key)?;
+        Some(self.field_ref(&self.fields[i].1))
+    }
+
+    /// Whether `key` is present.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.position(key).is_some()
+    }
+
+    /// Number of fields.
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    /// Whether there are no fields.
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// The fields in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, FieldRef<'_>)> {
+        self.fields
+            .iter()
+            .map(|(n, s)| (self.name(n), self.field_ref(s)))
+    }
+
+    /// Sets `key` to `value` (in place when present, else at the end).
+    pub fn insert(&mut self, key: &str, value: serde_json::Value) {
+        self.put(key, Slot::Value(value));
+    }
+
+    fn put(&mut self, key: &str, slot: Slot) {
+        match self.position(key) {
+            Some(i) => self.fields[i].1 = slot,
+            None => self.fields.push((Name::Owned(key.to_string()), slot)),
+        }
+    }
+
+    /// Removes `key`; true when it was present.
+    pub fn remove(&mut self, key: &str) -> bool {
+        match self.position(key) {
+            Some(i) => {
+                self.fields.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Moves the value of `from` to `to` (replacing what `to` held); nothing when `from`
+    /// is absent.
+    pub fn rename(&mut self, from: &str, to: &str) {
+        if let Some(i) = self.position(from) {
+            let (_, slot) = self.fields.remove(i);
+            self.put(to, slot);
+        }
+    }
+
+    /// Keeps only the fields for which `keep` holds.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        let src = &self.src;
+        self.fields.retain(|(n, _)| keep(name_text(src, n)));
+    }
+
+    /// The whole object as a JSON tree.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            self.iter()
+                .map(|(k, v)| (k.to_string(), v.to_value()))
+                .collect(),
+        )
+    }
+
+    /// Writes the object as JSON text: untouched fields as they were read, in order.
+    pub fn write(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        out.reserve(self.src.len() + 16);
+        out.push(b'{');
+        for (i, (name, slot)) in self.fields.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            match name {
+                // The span is the text between the quotes, which had no escapes.
+                Name::Span(r) => {
+                    out.push(b'"');
+                    out.extend_from_slice(self.src.get(r.clone()).unwrap_or_default().as_bytes());
+                    out.push(b'"');
+                }
+                Name::Owned(s) => serde_json::to_writer(&mut *out, s)?,
+            }
+            out.push(b':');
+            match slot {
+                Slot::Raw(r) => {
+                    out.extend_from_slice(self.src.get(r.clone()).unwrap_or("null").as_bytes())
+                }
+                Slot::Value(v) => serde_json::to_writer(&mut *out, v)?,
+            }
+        }
+        out.push(b'}');
+        Ok(())
+    }
+}
+
+impl PartialEq for JsonObject {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_value() == other.to_value()
+    }
+}
+
+impl fmt::Debug for JsonObject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "JsonObject({})", self.to_value())
+    }
+}
+
+fn name_text<'a>(src: &'a str, name: &'a Name) -> &'a str {
+    match name {
+        Name::Span(r) => src.get(r.clone()).unwrap_or_default(),
+        Name::Owned(s) => s,
+    }
+}
+
+/// The fields with each repeated key keeping its first place and last value (as
+/// `serde_json` keeps the last value).
+fn unique(src: &str, spans: Vec<(Name, Range<usize>)>) -> Vec<(Name, Slot)> {
+    let repeated = {
+        let keys: Vec<&str> = spans.iter().map(|(n, _)| name_text(src, n)).collect();
+        if keys.len() <= 16 {
+            // Small objects (the common case) are checked without hashing.
+            (1..keys.len()).any(|i| keys[..i].contains(&keys[i]))
+        } else {
+            let mut seen = std::collections::HashSet::with_capacity(keys.len());
+            !keys.iter().all(|k| seen.insert(*k))
+        }
+    };
+    if !repeated {
+        return spans
+            .into_iter()
+            .map(|(n, v)| (n, Slot::Raw(v)))
+            .collect();
+    }
+    let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut fields: Vec<(Name, Slot)> = Vec::with_capacity(spans.len());
+    for (name, value) in spans {
+        let key = name_text(src, &name).to_string();
+        match at.get(&key) {
+            Some(&i) => fields[i].1 = Slot::Raw(value),
+            None => {
+                at.insert(key, fields.len());
+                fields.push((name, Slot::Raw(value)));
+            }
+        }
+    }
+    fields
+}
+
+/// Where `inner` sits in `outer` (it must be a subslice of it).
+fn span_of(outer: &str, inner: &str) -> Option<Range<usize>> {
+    let start = (inner.as_ptr() as usize).checked_sub(outer.as_ptr() as usize)?;
+    let end = start + inner.len();
+    (end <= outer.len()).then_some(start..end)
+}
+
+/// Collects each top-level key (borrowed when it had no escapes) and value span.
+struct SpanVisitor<'de> {
+    src: &'de str,
+}
+
+impl<'de> Visitor<'de> for SpanVisitor<'de> {
+    type Value = Vec<(Name, Range<usize>)>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
+        while let Some(key) = map.next_key::<KeyText<'de>>()? {
+            let value: &'de RawValue = map.next_value()?;
+            let value = span_of(self.src, value.get())
+                .ok_or_else(|| de::Error::custom("value outside the document"))?;
+            let name = match key {
+                KeyText::Borrowed(k) => match span_of(self.src, k) {
+                    Some(r) => Name::Span(r),
+                    None => Name::Owned(k.to_string()),
+                },
+                KeyText::Owned(k) => Name::Owned(k),
+            };
+            out.push((name, value));
+        }
+        Ok(out)
+    }
+}
+
+/// A key borrowed from the source when it had no escapes, else unescaped into a string.
+enum KeyText<'de> {
+    Borrowed(&'de str),
+    Owned(String),
+}
+
+impl<'de> de::Deserialize<'de> for KeyText<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = KeyText<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(KeyText::Borrowed(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(KeyText::Owned(v.to_string()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(KeyText::Owned(v))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(text: &str) -> JsonObject {
+        JsonObject::decode(text.as_bytes()).unwrap().unwrap()
+    }
+
+    fn written(o: &JsonObject) -> String {
+        let mut out = Vec::new();
+        o.write(&mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn untouched_fields_are_written_as_read_in_order() {
+        let o = obj(r#" { "b" : [1, 2] , "a":{"x": "y"}, "n": 1.50 } "#);
+        assert_eq!(written(&o), r#"{"b":[1, 2],"a":{"x": "y"},"n":1.50}"#);
+        assert_eq!(o.to_value(), json!({"b": [1, 2], "a": {"x": "y"}, "n": 1.5}));
+    }
+
+    #[test]
+    fn get_set_rename_remove_and_retain() {
+        let mut o = obj(r#"{"id":"o-1","total":12.5,"region":"eu"}"#);
+        assert_eq!(o.get("total").unwrap().to_value(), json!(12.5));
+        assert!(o.get("nope").is_none());
+        o.insert("cents", json!(1250.0));
+        o.insert("total", json!(13));
+        o.rename("region", "area");
+        assert!(o.remove("id"));
+        assert!(!o.remove("id"));
+        assert_eq!(written(&o), r#"{"total":13,"cents":1250.0,"area":"eu"}"#);
+        o.rename("area", "total");
+        assert_eq!(o.to_value(), json!({"total": "eu", "cents": 1250.0}));
+        o.retain(|k| k == "cents");
+        assert_eq!(written(&o), r#"{"cents":1250.0}"#);
+    }
+
+    #[test]
+    fn escaped_keys_and_values_round_trip() {
+        let o = obj(r#"{"a\"b":"x\ny","\u00e9":"\u00e9"}"#);
+        assert!(o.contains_key("a\"b"));
+        assert_eq!(o.get("é").unwrap().to_value(), json!("é"));
+        let back: serde_json::Value = serde_json::from_str(&written(&o)).unwrap();
+        assert_eq!(back, json!({"a\"b": "x\ny", "é": "é"}));
+    }
+
+    #[test]
+    fn a_repeated_key_keeps_its_last_value_as_serde_json_does() {
+        let text = r#"{"a":1,"b":2,"a":3}"#;
+        let o = obj(text);
+        let tree: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(o.to_value(), tree);
+        assert_eq!(o.len(), 2);
+    }
+
+    #[test]
+    fn other_json_is_left_to_the_caller_and_bad_text_is_an_error() {
+        assert!(JsonObject::decode(b"[1]").unwrap().is_none());
+        assert!(JsonObject::decode(b" 12").unwrap().is_none());
+        assert!(JsonObject::decode(b"").unwrap().is_none());
+        for bad in [
+            &b"{"[..],
+            b"{\"a\":}",
+            b"{\"a\":1} x",
+            b"{\"a\":1,}",
+            b"{1:2}",
+            b"{\"a\":\xff}",
+        ] {
+            assert!(JsonObject::decode(bad).is_err(), "{:?}", bad);
+        }
+        assert!(obj("{}").is_empty());
+    }
+
+    proptest::proptest! {
+        /// Any JSON object decodes to what serde_json makes of it, and writes back to text
+        /// that serde_json reads as the same value.
+        #[test]
+        fn agrees_with_serde_json(
+            entries in proptest::collection::vec(("[a-c\"\\\\é ]{0,3}", proptest::num::f64::NORMAL, "\\PC{0,6}"), 0..6)
+        ) {
+            let mut text = String::from("{");
+            for (i, (k, n, s)) in entries.iter().enumerate() {
+                if i > 0 { text.push(','); }
+                text.push_str(&serde_json::to_string(k).unwrap());
+                text.push(':');
+                if i % 2 == 0 {
+                    text.push_str(&serde_json::to_string(n).unwrap());
+                } else {
+                    text.push_str(&serde_json::to_string(&json!({"s": s, "l": [n]})).unwrap());
+                }
+            }
+            text.push('}');
+            let tree: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let o = obj(&text);
+            proptest::prop_assert_eq!(&o.to_value(), &tree);
+            let back: serde_json::Value = serde_json::from_str(&written(&o)).unwrap();
+            proptest::prop_assert_eq!(back, tree);
+        }
+    }
+}
