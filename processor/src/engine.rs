@@ -304,7 +304,13 @@ impl Engine {
             let metrics = &self.step_metrics[i];
             let scope = match cached.take() {
                 Some(s) => s,
-                None => scope(&self.root, &record, &self.segment_needs[i]),
+                None => match scope(&self.root, &record, &self.segment_needs[i]) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        metrics.failed.inc();
+                        return Err(Failure::new(&step.name, e));
+                    }
+                },
             };
             let keep_scope = !changes_record(&step.kind);
             let is_dedupe = matches!(step.kind, Kind::Dedupe(_));
@@ -392,7 +398,8 @@ impl Engine {
 
     fn emit_outputs(&mut self, record: Record, out: &mut Vec<Emit>) -> Result<(), Failure> {
         let start = out.len();
-        let scope = scope(&self.root, &record, &self.output_needs);
+        let scope = scope(&self.root, &record, &self.output_needs)
+            .map_err(|e| Failure::new("output", e))?;
         let mut keys = Vec::with_capacity(self.outputs.len());
         for (topic, key) in &self.outputs {
             keys.push(match key {
@@ -860,5 +867,42 @@ outputs: [{topic: counts}]
     fn decode_failures_are_dead_lettered_as_decode() {
         let err = decode(RecordFormat::Json, Some(b"{bad")).unwrap_err();
         assert_eq!(err.step, "decode");
+    }
+
+    /// Fields pass through as they were written; one too large to read fails the step
+    /// that reads it, by name.
+    #[test]
+    fn lazily_read_fields_pass_through_and_unreadable_ones_fail_where_read() {
+        let mut e = engine(
+            r#"
+inputs: [in]
+steps:
+- {name: positive, filter: "value.total > 0.0"}
+- {name: shape, map: {set: {cents: "value.total * 100.0"}, drop: [id]}}
+outputs: [{topic: out}]
+"#,
+        );
+        let run = |e: &mut Engine, text: &str| {
+            let value = decode(RecordFormat::Json, Some(text.as_bytes())).unwrap();
+            let mut out = Vec::new();
+            e.process(Record::new("in", 0, 0, 1, None, value), &mut out)
+                .map(|()| {
+                    out.iter()
+                        .map(|o| String::from_utf8(encode(RecordFormat::Json, &o.record.value).unwrap()).unwrap())
+                        .collect::<Vec<_>>()
+                })
+        };
+        assert_eq!(
+            run(&mut e, r#"{"id":"a", "total":1.5, "note":{"x": [1e300, "\u00e9"]}}"#).unwrap(),
+            vec![r#"{"total":1.5,"note":{"x": [1e300, "\u00e9"]},"cents":150.0}"#.to_string()]
+        );
+        assert_eq!(
+            run(&mut e, r#"{"total":2.0,"big":1e400}"#).unwrap(),
+            vec![r#"{"total":2.0,"big":1e400,"cents":200.0}"#.to_string()]
+        );
+        let err = run(&mut e, r#"{"total":1e400}"#).unwrap_err();
+        assert_eq!(err.step, "positive");
+        assert!(err.error.contains("field total cannot be read"), "{}", err.error);
+        assert_eq!(run(&mut e, r#"{"total":-1.0}"#).unwrap(), Vec::<String>::new());
     }
 }

@@ -38,12 +38,33 @@ pub enum FieldRef<'a> {
 }
 
 impl FieldRef<'_> {
-    /// The field as a JSON value (parsing it when it is still text).
-    pub fn to_value(self) -> serde_json::Value {
+    /// The field as a JSON value (parsing it when it is still text). Decoding checked the
+    /// text's syntax but not the range of its numbers: a number too large for a double
+    /// (`1e400`) fails here.
+    pub fn to_value(self) -> Result<serde_json::Value, serde_json::Error> {
         match self {
-            // The text was validated when the object was decoded.
-            FieldRef::Raw(text) => serde_json::from_str(text).unwrap_or(serde_json::Value::Null),
-            FieldRef::Value(v) => v.clone(),
+            FieldRef::Raw(text) => serde_json::from_str(text),
+            FieldRef::Value(v) => Ok(v.clone()),
+        }
+    }
+}
+
+/// A field whose text is not a value this processor can read (a number out of range).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("field {field} cannot be read: {message}")]
+pub struct UnreadableField {
+    /// The field's name.
+    pub field: String,
+    /// What the JSON parser said.
+    pub message: String,
+}
+
+impl UnreadableField {
+    /// `field` failed with `error`.
+    pub fn new(field: &str, error: impl ToString) -> Self {
+        Self {
+            field: field.to_string(),
+            message: error.to_string(),
         }
     }
 }
@@ -157,12 +178,15 @@ impl JsonObject {
     }
 
     /// The whole object as a JSON tree.
-    pub fn to_value(&self) -> serde_json::Value {
-        serde_json::Value::Object(
-            self.iter()
-                .map(|(k, v)| (k.to_string(), v.to_value()))
-                .collect(),
-        )
+    pub fn to_value(&self) -> Result<serde_json::Value, UnreadableField> {
+        self.iter()
+            .map(|(k, v)| {
+                v.to_value()
+                    .map(|v| (k.to_string(), v))
+                    .map_err(|e| UnreadableField::new(k, e))
+            })
+            .collect::<Result<_, _>>()
+            .map(serde_json::Value::Object)
     }
 
     /// Writes the object as JSON text: untouched fields as they were read, in order.
@@ -197,13 +221,16 @@ impl JsonObject {
 
 impl PartialEq for JsonObject {
     fn eq(&self, other: &Self) -> bool {
-        self.to_value() == other.to_value()
+        matches!((self.to_value(), other.to_value()), (Ok(a), Ok(b)) if a == b)
     }
 }
 
 impl fmt::Debug for JsonObject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "JsonObject({})", self.to_value())
+        match self.to_value() {
+            Ok(v) => write!(f, "JsonObject({v})"),
+            Err(e) => write!(f, "JsonObject({:?}: {e})", self.src),
+        }
     }
 }
 
@@ -333,13 +360,13 @@ mod tests {
     fn untouched_fields_are_written_as_read_in_order() {
         let o = obj(r#" { "b" : [1, 2] , "a":{"x": "y"}, "n": 1.50 } "#);
         assert_eq!(written(&o), r#"{"b":[1, 2],"a":{"x": "y"},"n":1.50}"#);
-        assert_eq!(o.to_value(), json!({"b": [1, 2], "a": {"x": "y"}, "n": 1.5}));
+        assert_eq!(o.to_value().unwrap(), json!({"b": [1, 2], "a": {"x": "y"}, "n": 1.5}));
     }
 
     #[test]
     fn get_set_rename_remove_and_retain() {
         let mut o = obj(r#"{"id":"o-1","total":12.5,"region":"eu"}"#);
-        assert_eq!(o.get("total").unwrap().to_value(), json!(12.5));
+        assert_eq!(o.get("total").unwrap().to_value().unwrap(), json!(12.5));
         assert!(o.get("nope").is_none());
         o.insert("cents", json!(1250.0));
         o.insert("total", json!(13));
@@ -348,7 +375,7 @@ mod tests {
         assert!(!o.remove("id"));
         assert_eq!(written(&o), r#"{"total":13,"cents":1250.0,"area":"eu"}"#);
         o.rename("area", "total");
-        assert_eq!(o.to_value(), json!({"total": "eu", "cents": 1250.0}));
+        assert_eq!(o.to_value().unwrap(), json!({"total": "eu", "cents": 1250.0}));
         o.retain(|k| k == "cents");
         assert_eq!(written(&o), r#"{"cents":1250.0}"#);
     }
@@ -357,7 +384,7 @@ mod tests {
     fn escaped_keys_and_values_round_trip() {
         let o = obj(r#"{"a\"b":"x\ny","\u00e9":"\u00e9"}"#);
         assert!(o.contains_key("a\"b"));
-        assert_eq!(o.get("é").unwrap().to_value(), json!("é"));
+        assert_eq!(o.get("é").unwrap().to_value().unwrap(), json!("é"));
         let back: serde_json::Value = serde_json::from_str(&written(&o)).unwrap();
         assert_eq!(back, json!({"a\"b": "x\ny", "é": "é"}));
     }
@@ -367,7 +394,7 @@ mod tests {
         let text = r#"{"a":1,"b":2,"a":3}"#;
         let o = obj(text);
         let tree: serde_json::Value = serde_json::from_str(text).unwrap();
-        assert_eq!(o.to_value(), tree);
+        assert_eq!(o.to_value().unwrap(), tree);
         assert_eq!(o.len(), 2);
     }
 
@@ -387,6 +414,13 @@ mod tests {
             assert!(JsonObject::decode(bad).is_err(), "{:?}", bad);
         }
         assert!(obj("{}").is_empty());
+        // Syntax is checked at once; a number's range only when the field is read.
+        let huge = obj(r#"{"a":1,"b":1e400}"#);
+        assert_eq!(huge.get("a").unwrap().to_value().unwrap(), json!(1));
+        assert!(huge.get("b").unwrap().to_value().is_err());
+        let err = huge.to_value().unwrap_err();
+        assert_eq!(err.field, "b");
+        assert!(err.to_string().contains("out of range"), "{err}");
     }
 
     proptest::proptest! {
@@ -410,7 +444,7 @@ mod tests {
             text.push('}');
             let tree: serde_json::Value = serde_json::from_str(&text).unwrap();
             let o = obj(&text);
-            proptest::prop_assert_eq!(&o.to_value(), &tree);
+            proptest::prop_assert_eq!(&o.to_value().unwrap(), &tree);
             let back: serde_json::Value = serde_json::from_str(&written(&o)).unwrap();
             proptest::prop_assert_eq!(back, tree);
         }

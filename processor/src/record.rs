@@ -7,7 +7,7 @@ use cel::Value;
 use cel::objects::{Key, Map};
 
 use crate::expr::{field_to_cel, json_to_cel};
-use crate::json_object::JsonObject;
+use crate::json_object::{JsonObject, UnreadableField};
 
 /// The decoded value of a record. Equality is by content: a JSON object read lazily
 /// equals the same object as a tree.
@@ -25,25 +25,25 @@ pub enum Payload {
 
 impl Payload {
     /// The whole value as CEL sees it.
-    pub fn to_cel(&self) -> Value {
-        match self {
+    pub fn to_cel(&self) -> Result<Value, UnreadableField> {
+        Ok(match self {
             Payload::Json(v) => json_to_cel(v),
             Payload::JsonObject(o) => {
-                let map: std::collections::HashMap<Key, Value> = o
+                let map = o
                     .iter()
-                    .map(|(k, v)| (Key::String(Arc::new(k.to_string())), field_to_cel(v)))
-                    .collect();
+                    .map(|(k, v)| Ok((Key::String(Arc::new(k.to_string())), field_to_cel(k, v)?)))
+                    .collect::<Result<std::collections::HashMap<Key, Value>, UnreadableField>>()?;
                 Value::Map(Map { map: Arc::new(map) })
             }
             Payload::Text(s) => Value::String(Arc::new(s.clone())),
             Payload::Bytes(b) => Value::Bytes(Arc::new(b.clone())),
-        }
+        })
     }
 
     /// Only the named top-level fields of a JSON object (absent fields stay absent, so
     /// reading them fails as it would on the whole value). Other payloads convert whole.
-    pub fn to_cel_fields(&self, fields: &BTreeSet<String>) -> Value {
-        match self {
+    pub fn to_cel_fields(&self, fields: &BTreeSet<String>) -> Result<Value, UnreadableField> {
+        Ok(match self {
             Payload::Json(serde_json::Value::Object(obj)) => {
                 let map: std::collections::HashMap<Key, Value> = fields
                     .iter()
@@ -55,17 +55,18 @@ impl Payload {
                 Value::Map(Map { map: Arc::new(map) })
             }
             Payload::JsonObject(obj) => {
-                let map: std::collections::HashMap<Key, Value> = fields
+                let map = fields
                     .iter()
                     .filter_map(|f| {
-                        obj.get(f)
-                            .map(|v| (Key::String(Arc::new(f.clone())), field_to_cel(v)))
+                        obj.get(f).map(|v| {
+                            field_to_cel(f, v).map(|v| (Key::String(Arc::new(f.clone())), v))
+                        })
                     })
-                    .collect();
+                    .collect::<Result<std::collections::HashMap<Key, Value>, UnreadableField>>()?;
                 Value::Map(Map { map: Arc::new(map) })
             }
-            other => other.to_cel(),
-        }
+            other => other.to_cel()?,
+        })
     }
 }
 
@@ -75,21 +76,11 @@ impl PartialEq for Payload {
             (Payload::Json(a), Payload::Json(b)) => a == b,
             (Payload::JsonObject(a), Payload::JsonObject(b)) => a == b,
             (Payload::JsonObject(a), Payload::Json(b)) | (Payload::Json(b), Payload::JsonObject(a)) => {
-                a.to_value() == *b
+                a.to_value().is_ok_and(|a| a == *b)
             }
             (Payload::Text(a), Payload::Text(b)) => a == b,
             (Payload::Bytes(a), Payload::Bytes(b)) => a == b,
             _ => false,
-        }
-    }
-}
-
-impl Payload {
-    /// A JSON object read lazily becomes a tree (for steps that work on the whole value).
-    pub fn into_tree(self) -> Payload {
-        match self {
-            Payload::JsonObject(o) => Payload::Json(o.to_value()),
-            other => other,
         }
     }
 }

@@ -17,7 +17,7 @@ mod scope;
 
 pub use scope::Scope;
 
-use crate::json_object::FieldRef;
+use crate::json_object::{FieldRef, UnreadableField};
 use crate::record::Record;
 
 /// An expression that failed to compile.
@@ -51,6 +51,9 @@ pub enum EvalError {
         /// The type that was needed.
         want: &'static str,
     },
+    /// A field the expression reads holds text that is not a value (a number out of range).
+    #[error(transparent)]
+    Unreadable(#[from] UnreadableField),
 }
 
 /// Which parts of a record an expression reads.
@@ -266,20 +269,24 @@ pub fn root_context() -> Context<'static, 'static> {
 }
 
 /// The parts of `record` that `needs` asks for, as expressions see them.
-pub fn scope<'a>(root: &'a Context<'a, 'static>, record: &Record, needs: &'a Needs) -> Scope<'a> {
+pub fn scope<'a>(
+    root: &'a Context<'a, 'static>,
+    record: &Record,
+    needs: &'a Needs,
+) -> Result<Scope<'a>, EvalError> {
     Scope::of(root, record, needs)
 }
 
 /// Converts a field of a [`JsonObject`](crate::json_object::JsonObject) into a CEL value,
 /// parsing its text straight into CEL values (no JSON tree in between).
-pub fn field_to_cel(field: FieldRef<'_>) -> Value {
+pub fn field_to_cel(name: &str, field: FieldRef<'_>) -> Result<Value, UnreadableField> {
     match field {
         FieldRef::Raw(text) => {
             let mut de = serde_json::Deserializer::from_str(text);
-            // The text was validated when the object was decoded.
-            serde::Deserializer::deserialize_any(&mut de, CelVisitor).unwrap_or(Value::Null)
+            serde::Deserializer::deserialize_any(&mut de, CelVisitor)
+                .map_err(|e| UnreadableField::new(name, e))
         }
-        FieldRef::Value(v) => json_to_cel(v),
+        FieldRef::Value(v) => Ok(json_to_cel(v)),
     }
 }
 
@@ -442,10 +449,10 @@ mod tests {
         let root = root_context();
         let r = rec(serde_json::json!({"total": 12.5, "region": "eu", "items": [1, 2]}));
         let e = Expr::compile("value.total > 10.0 && topic == 'orders' && partition == 2 && offset == 7 && key == 'k1'").unwrap();
-        assert!(e.eval_bool(&scope(&root, &r, e.needs())).unwrap());
+        assert!(e.eval_bool(&scope(&root, &r, e.needs()).unwrap()).unwrap());
         let e = Expr::compile("size(value.items)").unwrap();
         assert_eq!(
-            e.eval_number(&scope(&root, &r, e.needs())).unwrap(),
+            e.eval_number(&scope(&root, &r, e.needs()).unwrap()).unwrap(),
             Number::Int(2)
         );
     }
@@ -462,19 +469,19 @@ mod tests {
         ] {
             let e = Expr::compile(src).unwrap();
             assert_eq!(
-                e.eval_bool(&scope(&root, &r, e.needs())).unwrap(),
+                e.eval_bool(&scope(&root, &r, e.needs()).unwrap()).unwrap(),
                 want,
                 "{src}"
             );
         }
         let e = Expr::compile("value.b == 1").unwrap();
-        let err = e.eval_bool(&scope(&root, &r, e.needs())).unwrap_err();
+        let err = e.eval_bool(&scope(&root, &r, e.needs()).unwrap()).unwrap_err();
         assert!(err.to_string().contains("No such key"), "{err}");
         let text = Record::new("t", 0, 0, 0, None, Payload::Text("hi".to_string()));
         let e = Expr::compile("size(value) == 2").unwrap();
-        assert!(e.eval_bool(&scope(&root, &text, e.needs())).unwrap());
+        assert!(e.eval_bool(&scope(&root, &text, e.needs()).unwrap()).unwrap());
         let e = Expr::compile("value.x == 1").unwrap();
-        assert!(e.eval_bool(&scope(&root, &text, e.needs())).is_err());
+        assert!(e.eval_bool(&scope(&root, &text, e.needs()).unwrap()).is_err());
     }
 
     #[test]
@@ -482,7 +489,7 @@ mod tests {
         let root = root_context();
         let r = rec(serde_json::json!({"a": 1}));
         let e = Expr::compile("value.b > 1").unwrap();
-        let err = e.eval_bool(&scope(&root, &r, e.needs())).unwrap_err();
+        let err = e.eval_bool(&scope(&root, &r, e.needs()).unwrap()).unwrap_err();
         assert!(err.to_string().contains("value.b > 1"), "{err}");
     }
 
@@ -491,12 +498,12 @@ mod tests {
         let root = root_context();
         let r = rec(serde_json::json!({"a": "x"}));
         let e = Expr::compile("value.a").unwrap();
-        let err = e.eval_bool(&scope(&root, &r, e.needs())).unwrap_err();
+        let err = e.eval_bool(&scope(&root, &r, e.needs()).unwrap()).unwrap_err();
         assert!(
             matches!(err, EvalError::WrongType { want: "bool", .. }),
             "{err}"
         );
-        assert!(e.eval_number(&scope(&root, &r, e.needs())).is_err());
+        assert!(e.eval_number(&scope(&root, &r, e.needs()).unwrap()).is_err());
     }
 
     #[test]

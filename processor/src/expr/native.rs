@@ -300,7 +300,7 @@ mod tests {
             .map_err(|e| e.to_string())?;
         let rec = Record::new("orders", 1, 7, 1000, Some(b"k".to_vec()), payload);
         let root = root_context();
-        let s = scope(&root, &rec, expr.needs());
+        let s = scope(&root, &rec, expr.needs()).map_err(|e| e.to_string())?;
         let Some(native) = expr.native.as_ref().and_then(|n| n.eval(&s)) else {
             return Ok(());
         };

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use cel::objects::{Key, Map};
 use cel::{Context, Value};
 
-use super::{Needs, field_to_cel, json_to_cel};
+use super::{EvalError, Needs, field_to_cel, json_to_cel};
 use crate::record::{Payload, Record};
 
 /// One record's variables (see the module docs).
@@ -26,7 +26,11 @@ pub struct Scope<'a> {
 
 impl<'a> Scope<'a> {
     /// The parts of `record` that `needs` asks for.
-    pub fn of(root: &'a Context<'a, 'static>, record: &Record, needs: &'a Needs) -> Self {
+    pub fn of(
+        root: &'a Context<'a, 'static>,
+        record: &Record,
+        needs: &'a Needs,
+    ) -> Result<Self, EvalError> {
         let mut scope = Scope {
             root,
             fields: Vec::with_capacity(needs.fields.len()),
@@ -35,12 +39,12 @@ impl<'a> Scope<'a> {
             cel: OnceCell::new(),
         };
         if needs.whole_value {
-            scope.value = Some(record.value.to_cel());
+            scope.value = Some(record.value.to_cel()?);
         } else if !needs.fields.is_empty() || !needs.tested.is_empty() {
-            scope.bind_fields(&record.value, needs);
+            scope.bind_fields(&record.value, needs)?;
         }
         scope.bind_meta(record, needs);
-        scope
+        Ok(scope)
     }
 
     /// A scope whose CEL context is already made (variables other than a record's).
@@ -54,15 +58,15 @@ impl<'a> Scope<'a> {
         }
     }
 
-    fn bind_fields(&mut self, value: &Payload, needs: &'a Needs) {
+    fn bind_fields(&mut self, value: &Payload, needs: &'a Needs) -> Result<(), EvalError> {
         let mut need_map = !needs.tested.is_empty();
         for f in &needs.fields {
             let v = match value {
-                Payload::JsonObject(obj) => obj.get(f).map(field_to_cel),
+                Payload::JsonObject(obj) => obj.get(f).map(|v| field_to_cel(f, v)).transpose()?,
                 Payload::Json(serde_json::Value::Object(obj)) => obj.get(f).map(json_to_cel),
                 other => {
-                    self.value = Some(other.to_cel());
-                    return;
+                    self.value = Some(other.to_cel()?);
+                    return Ok(());
                 }
             };
             match v {
@@ -73,8 +77,9 @@ impl<'a> Scope<'a> {
         if need_map {
             let mut all = needs.fields.clone();
             all.extend(needs.tested.iter().cloned());
-            self.value = Some(value.to_cel_fields(&all));
+            self.value = Some(value.to_cel_fields(&all)?);
         }
+        Ok(())
     }
 
     fn bind_meta(&mut self, record: &Record, needs: &Needs) {

@@ -37,7 +37,12 @@ fn apply(
         None => table.apply(key, None),
         Some(bytes) => match format.decode(Some(bytes)) {
             Ok(Payload::Json(v)) => table.apply(key, Some(v)),
-            Ok(Payload::JsonObject(o)) => table.apply(key, Some(o.to_value())),
+            Ok(Payload::JsonObject(o)) => match o.to_value() {
+                Ok(v) => table.apply(key, Some(v)),
+                Err(e) => {
+                    tracing::warn!(%topic, partition = m.partition(), offset = m.offset(), error = %e, "table row skipped")
+                }
+            },
             Ok(Payload::Text(s)) => table.apply(key, Some(serde_json::Value::String(s))),
             Ok(Payload::Bytes(b)) => table.apply(
                 key,

@@ -677,7 +677,7 @@ mod tests {
         let root = root_context();
         let r = Record::new("in", partition, 0, ts, None, Payload::Json(v));
         let needs = a.needs();
-        let s = scope(&root, &r, &needs);
+        let s = scope(&root, &r, &needs).unwrap();
         a.update(partition, r.clone(), &s)
     }
 

@@ -195,7 +195,7 @@ mod tests {
             Payload::Json(serde_json::json!({"id": id})),
         );
         let needs = d.needs();
-        let s = scope(&root, &r, &needs);
+        let s = scope(&root, &r, &needs).unwrap();
         !d.update(0, r.clone(), &s).unwrap().is_empty()
     }
 
@@ -238,7 +238,7 @@ mod tests {
             Payload::Json(serde_json::json!({"x": 1})),
         );
         let needs = d.needs();
-        let s = scope(&root, &r, &needs);
+        let s = scope(&root, &r, &needs).unwrap();
         assert!(d.update(0, r.clone(), &s).is_err());
         assert!(
             Dedupe::compile(

@@ -157,7 +157,7 @@ mod tests {
         let root = root_context();
         let r = Record::new("in", 0, 0, 0, None, Payload::Json(v));
         let needs = e.needs();
-        let s = scope(&root, &r, &needs);
+        let s = scope(&root, &r, &needs).unwrap();
         e.apply(r.clone(), &s)
     }
 

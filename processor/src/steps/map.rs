@@ -94,7 +94,7 @@ mod tests {
         let root = root_context();
         let r = Record::new("in", 0, 0, 0, None, Payload::Json(v));
         let needs = m.needs();
-        let s = scope(&root, &r, &needs);
+        let s = scope(&root, &r, &needs).unwrap();
         m.apply(r.clone(), &s)
     }
 

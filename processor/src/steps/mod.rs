@@ -246,7 +246,7 @@ mod tests {
     fn run(step: &Step, value: serde_json::Value) -> Result<Outcome, StepError> {
         let root = root_context();
         let r = Record::new("in", 0, 0, 0, None, Payload::Json(value));
-        let s = scope(&root, &r, &step.needs);
+        let s = scope(&root, &r, &step.needs).unwrap();
         step.apply(r.clone(), &s)
     }
 

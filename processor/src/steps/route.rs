@@ -71,7 +71,7 @@ mod tests {
         let root = root_context();
         let rec = Record::new("in", 0, 0, 0, None, Payload::Json(v));
         let needs = r.needs();
-        let s = scope(&root, &rec, &needs);
+        let s = scope(&root, &rec, &needs).unwrap();
         r.apply(rec.clone(), &s)
     }
 

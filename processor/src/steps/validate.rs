@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use sluice_crds::pipeline::{FieldType, ValidateStep};
 
 use super::StepError;
+use crate::json_object::UnreadableField;
 use crate::record::{Payload, Record};
 
 /// A validate step.
@@ -25,12 +26,22 @@ impl Validate {
 
     /// Ok when the record has every required field and each typed field (when present) has its type.
     pub fn check(&self, record: &Record) -> Result<(), StepError> {
-        let get = |field: &str| -> Option<Cow<'_, serde_json::Value>> {
-            match &record.value {
+        let has = |field: &str| match &record.value {
+            Payload::Json(serde_json::Value::Object(obj)) => obj.contains_key(field),
+            Payload::JsonObject(obj) => obj.contains_key(field),
+            _ => false,
+        };
+        let get = |field: &str| -> Result<Option<Cow<'_, serde_json::Value>>, StepError> {
+            Ok(match &record.value {
                 Payload::Json(serde_json::Value::Object(obj)) => obj.get(field).map(Cow::Borrowed),
-                Payload::JsonObject(obj) => obj.get(field).map(|v| Cow::Owned(v.to_value())),
+                Payload::JsonObject(obj) => match obj.get(field) {
+                    Some(v) => Some(Cow::Owned(v.to_value().map_err(|e| {
+                        StepError::Shape(UnreadableField::new(field, e).to_string())
+                    })?)),
+                    None => None,
+                },
                 _ => None,
-            }
+            })
         };
         if !matches!(
             record.value,
@@ -38,13 +49,13 @@ impl Validate {
         ) {
             return Err(StepError::Shape("validate needs a JSON object".to_string()));
         }
-        if let Some(missing) = self.required.iter().find(|f| get(f).is_none()) {
+        if let Some(missing) = self.required.iter().find(|f| !has(f)) {
             return Err(StepError::Shape(format!(
                 "required field {missing} is missing"
             )));
         }
         for (field, ty) in &self.types {
-            if let Some(v) = get(field) {
+            if let Some(v) = get(field)? {
                 let ok = match ty {
                     FieldType::String => v.is_string(),
                     FieldType::Number => v.is_number(),
