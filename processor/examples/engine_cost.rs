@@ -65,9 +65,9 @@ fn cel_only() {
     let r = Record::new("orders", 0, 1, 1, None, p);
     let n = 1_000_000;
     let t = Instant::now();
-    for _ in 0..n { let s = scope(&root, &r, e.needs()); drop(s); }
+    for _ in 0..n { let s = scope(&root, &r, e.needs()).unwrap(); drop(s); }
     println!("scope: {:.0} ns", t.elapsed().as_secs_f64() / n as f64 * 1e9);
-    let s = scope(&root, &r, e.needs());
+    let s = scope(&root, &r, e.needs()).unwrap();
     let t = Instant::now();
     let mut k = 0;
     for _ in 0..n { if e.eval_bool(&s).unwrap() { k += 1; } }

@@ -22,7 +22,7 @@ const LATENCY_SAMPLE: u64 = 16;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Emit {
     /// Target topic.
-    pub topic: String,
+    pub topic: Arc<str>,
     /// Why it is written.
     pub kind: EmitKind,
     /// The record (its key, value, headers and timestamp are written).
@@ -67,10 +67,10 @@ pub struct Engine {
     /// What step i and the steps after it up to the next one that changes the record
     /// read: one scope serves them all.
     segment_needs: Vec<Needs>,
-    outputs: Vec<(String, Option<Expr>)>,
+    outputs: Vec<(Arc<str>, Option<Expr>)>,
     output_needs: Needs,
     aggregate: Option<usize>,
-    repartition: Option<String>,
+    repartition: Option<Arc<str>>,
     root: Context<'static, 'static>,
     metrics: PipelineMetrics,
     seen: u64,
@@ -134,7 +134,7 @@ impl Engine {
                 dup.name
             )));
         }
-        let outputs: Vec<(String, Option<Expr>)> = spec
+        let outputs: Vec<(Arc<str>, Option<Expr>)> = spec
             .outputs
             .iter()
             .map(|o| {
@@ -148,7 +148,7 @@ impl Engine {
                         })
                     })
                     .transpose()?;
-                Ok((o.topic.clone(), key))
+                Ok((Arc::from(o.topic.as_str()), key))
             })
             .collect::<Result<_, ConfigError>>()?;
         let mut output_needs = Needs::default();
@@ -184,7 +184,7 @@ impl Engine {
     /// Sends records through `topic` before the aggregate step, so that each group's
     /// records meet in one partition (needed when the input has more than one partition).
     pub fn set_repartition_topic(&mut self, topic: Option<String>) {
-        self.repartition = topic;
+        self.repartition = topic.map(Arc::from);
     }
 
     /// The repartition topic, if one is in use.
@@ -250,7 +250,7 @@ impl Engine {
 
     /// Every topic this pipeline may write to (outputs and routes; not internal ones).
     pub fn output_topics(&self) -> Vec<String> {
-        let mut topics: Vec<String> = self.outputs.iter().map(|(t, _)| t.clone()).collect();
+        let mut topics: Vec<String> = self.outputs.iter().map(|(t, _)| t.to_string()).collect();
         for s in &self.steps {
             if let Kind::Route(r) = &s.kind {
                 topics.extend(r.topics().map(str::to_string));
@@ -274,7 +274,7 @@ impl Engine {
         let from_repartition = self
             .repartition
             .as_deref()
-            .is_some_and(|t| t == record.topic);
+            .is_some_and(|t| *t == *record.topic);
         let start = if from_repartition {
             self.aggregate.unwrap_or(0)
         } else {
@@ -571,7 +571,7 @@ delivery: exactlyOnce
         }
         assert_eq!(out.len(), 3, "the negative total is filtered");
         let last = &out[2];
-        assert_eq!(last.topic, "region-totals");
+        assert_eq!(&*last.topic, "region-totals");
         assert_eq!(
             last.record.value,
             Payload::Json(serde_json::json!({"region": "eu-west", "total": 12.5}))
@@ -679,7 +679,7 @@ delivery: exactlyOnce
         .unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].kind, EmitKind::Repartition);
-        assert_eq!(out[0].topic, "p-rep");
+        assert_eq!(&*out[0].topic, "p-rep");
         assert_eq!(out[0].record.key.as_deref(), Some(&br#"["eu-west"]"#[..]));
         assert_eq!(
             out[0].record.value,
@@ -687,7 +687,7 @@ delivery: exactlyOnce
             "only the fields the aggregate reads are repartitioned"
         );
         let back = Record {
-            topic: "p-rep".to_string(),
+            topic: "p-rep".into(),
             partition: 1,
             ..out[0].record.clone()
         };
@@ -748,7 +748,7 @@ outputs: [{topic: rest, key: "value.region + '-' + string(value.total)"}, {topic
         )
         .unwrap();
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].topic, "eu");
+        assert_eq!(&*out[0].topic, "eu");
         out.clear();
         e.process(
             rec(
@@ -760,13 +760,13 @@ outputs: [{topic: rest, key: "value.region + '-' + string(value.total)"}, {topic
         )
         .unwrap();
         assert_eq!(out.len(), 2);
-        assert_eq!(out[0].topic, "rest");
+        assert_eq!(&*out[0].topic, "rest");
         assert_eq!(out[0].record.key.as_deref(), Some(&b"us-200"[..]));
         assert_eq!(
             out[0].record.value,
             Payload::Json(serde_json::json!({"region": "us", "total": 200.0, "big": true}))
         );
-        assert_eq!(out[1].topic, "copy");
+        assert_eq!(&*out[1].topic, "copy");
         assert_eq!(out[1].record.key.as_deref(), Some(&b"k"[..]));
         assert_eq!(e.output_topics(), vec!["copy", "eu", "rest"]);
     }

@@ -243,36 +243,35 @@ fn name_text<'a>(src: &'a str, name: &'a Name) -> &'a str {
 
 /// The fields with each repeated key keeping its first place and last value (as
 /// `serde_json` keeps the last value).
-fn unique(src: &str, spans: Vec<(Name, Range<usize>)>) -> Vec<(Name, Slot)> {
-    let repeated = {
-        let keys: Vec<&str> = spans.iter().map(|(n, _)| name_text(src, n)).collect();
-        if keys.len() <= 16 {
-            // Small objects (the common case) are checked without hashing.
-            (1..keys.len()).any(|i| keys[..i].contains(&keys[i]))
-        } else {
-            let mut seen = std::collections::HashSet::with_capacity(keys.len());
-            !keys.iter().all(|k| seen.insert(*k))
-        }
+fn unique(src: &str, mut fields: Vec<(Name, Slot)>) -> Vec<(Name, Slot)> {
+    let key = |i: usize, fields: &[(Name, Slot)]| name_text(src, &fields[i].0).to_string();
+    let repeated = if fields.len() <= 16 {
+        // Small objects (the common case) are checked without hashing or copying.
+        (1..fields.len()).any(|i| {
+            let k = name_text(src, &fields[i].0);
+            fields[..i].iter().any(|(n, _)| name_text(src, n) == k)
+        })
+    } else {
+        let mut seen = std::collections::HashSet::with_capacity(fields.len());
+        !fields.iter().all(|(n, _)| seen.insert(name_text(src, n)))
     };
     if !repeated {
-        return spans
-            .into_iter()
-            .map(|(n, v)| (n, Slot::Raw(v)))
-            .collect();
+        return fields;
     }
     let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    let mut fields: Vec<(Name, Slot)> = Vec::with_capacity(spans.len());
-    for (name, value) in spans {
-        let key = name_text(src, &name).to_string();
-        match at.get(&key) {
-            Some(&i) => fields[i].1 = Slot::Raw(value),
+    let mut kept: Vec<(Name, Slot)> = Vec::with_capacity(fields.len());
+    for i in 0..fields.len() {
+        let k = key(i, &fields);
+        let (name, slot) = std::mem::replace(&mut fields[i], (Name::Owned(String::new()), Slot::Raw(0..0)));
+        match at.get(&k) {
+            Some(&j) => kept[j].1 = slot,
             None => {
-                at.insert(key, fields.len());
-                fields.push((name, Slot::Raw(value)));
+                at.insert(k, kept.len());
+                kept.push((name, slot));
             }
         }
     }
-    fields
+    kept
 }
 
 /// Where `inner` sits in `outer` (it must be a subslice of it).
@@ -288,7 +287,7 @@ struct SpanVisitor<'de> {
 }
 
 impl<'de> Visitor<'de> for SpanVisitor<'de> {
-    type Value = Vec<(Name, Range<usize>)>;
+    type Value = Vec<(Name, Slot)>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
@@ -307,7 +306,7 @@ impl<'de> Visitor<'de> for SpanVisitor<'de> {
                 },
                 KeyText::Owned(k) => Name::Owned(k),
             };
-            out.push((name, value));
+            out.push((name, Slot::Raw(value)));
         }
         Ok(out)
     }

@@ -89,7 +89,7 @@ impl PartialEq for Payload {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
     /// Topic it was read from.
-    pub topic: String,
+    pub topic: Arc<str>,
     /// Partition it was read from.
     pub partition: i32,
     /// Offset it was read from.
@@ -115,7 +115,7 @@ impl Record {
         value: Payload,
     ) -> Self {
         Self {
-            topic: topic.to_string(),
+            topic: Arc::from(topic),
             partition,
             offset,
             timestamp,

@@ -106,7 +106,7 @@ impl<'a> Scope<'a> {
         }
         if needs.topic {
             self.meta
-                .push(("topic", Value::String(Arc::new(record.topic.clone()))));
+                .push(("topic", Value::String(Arc::new(record.topic.to_string()))));
         }
         if needs.partition {
             self.meta

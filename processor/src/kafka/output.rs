@@ -13,7 +13,7 @@ use crate::format::RecordFormat;
 /// A record ready to produce.
 #[derive(Debug)]
 pub(crate) struct Output {
-    pub topic: String,
+    pub topic: std::sync::Arc<str>,
     pub key: Option<Vec<u8>>,
     pub value: Vec<u8>,
     pub headers: Option<OwnedHeaders>,

@@ -186,7 +186,7 @@ impl Source {
     /// of the input record it carries.
     fn of_record(r: &Record, format: crate::format::RecordFormat) -> Source {
         Source {
-            topic: r.topic.clone(),
+            topic: r.topic.to_string(),
             partition: r.partition,
             offset: r.offset,
             key: r.key.clone(),
@@ -223,6 +223,8 @@ struct Core {
     /// An error raised inside a callback, for the loop to return.
     fatal: Option<WorkerError>,
     emits: Vec<Emit>,
+    /// Scratch: the encoded outputs of the record being handled.
+    outputs: Vec<Output>,
     topics: HashMap<String, Arc<str>>,
     /// The partitions this replica owns now. A record of any other partition (fetched
     /// before a cooperative rebalance took its partition away) is not processed: its new
@@ -391,11 +393,12 @@ impl Core {
         let outcome = if let Some(error) = poisoned {
             Err(Failure::new("produce", error))
         } else {
-            self.transform(m)
+            self.transform(m, &topic)
         };
         match outcome {
-            Ok(outputs) => {
-                for output in outputs {
+            Ok(()) => {
+                let mut outputs = std::mem::take(&mut self.outputs);
+                for output in outputs.drain(..) {
                     let topic = output.topic.clone();
                     if let Err(e) = output.send(&self.producer, &origin, self.epoch) {
                         // Rejected at once (too large, unknown topic...): final for this record.
@@ -405,6 +408,8 @@ impl Core {
                     }
                     self.engine.metrics().records_out.inc();
                 }
+                outputs.clear();
+                self.outputs = outputs;
             }
             Err(failure) => self.dead_letter(&Source::of_message(m), &failure)?,
         }
@@ -413,8 +418,9 @@ impl Core {
         Ok(())
     }
 
-    /// Decodes, runs the steps and encodes the results, or says why it failed.
-    fn transform(&mut self, m: &BorrowedMessage<'_>) -> Result<Vec<Output>, Failure> {
+    /// Decodes, runs the steps and encodes the results into `self.outputs`, or says why
+    /// it failed (leaving `self.outputs` empty).
+    fn transform(&mut self, m: &BorrowedMessage<'_>, topic: &Arc<str>) -> Result<(), Failure> {
         let headers: Vec<(String, Vec<u8>)> = m
             .headers()
             .map(|h| {
@@ -430,7 +436,7 @@ impl Core {
             .unwrap_or_default();
         let format = self.engine.format();
         let record = Record {
-            topic: m.topic().to_string(),
+            topic: topic.clone(),
             partition: m.partition(),
             offset: m.offset(),
             timestamp: m.timestamp().to_millis().unwrap_or(0),
@@ -440,12 +446,23 @@ impl Core {
         };
         let mut emits = std::mem::take(&mut self.emits);
         emits.clear();
-        let result = self.engine.process(record, &mut emits);
-        let out =
-            result.and_then(|()| emits.drain(..).map(|e| Output::encode(format, e)).collect());
+        let mut result = self.engine.process(record, &mut emits);
+        self.outputs.clear();
+        if result.is_ok() {
+            for e in emits.drain(..) {
+                match Output::encode(format, e) {
+                    Ok(o) => self.outputs.push(o),
+                    Err(f) => {
+                        self.outputs.clear();
+                        result = Err(f);
+                        break;
+                    }
+                }
+            }
+        }
         emits.clear();
         self.emits = emits;
-        out
+        result
     }
 
     /// `emit: onCommit`: sends what the stateful step held back this interval, before the
@@ -469,7 +486,7 @@ impl Core {
                 None
             } else {
                 self.refused_outputs
-                    .remove(&(e.topic.clone(), e.record.key.clone()))
+                    .remove(&(e.topic.to_string(), e.record.key.clone()))
             };
             let sent = match refused {
                 Some(error) => Err(Failure::new("produce", error)),
@@ -812,6 +829,7 @@ pub fn run(opts: WorkerOptions, engine: Engine, status: Arc<Status>) -> Result<(
         refused_outputs: HashMap::new(),
         fatal: None,
         emits: Vec::new(),
+        outputs: Vec::new(),
         topics: HashMap::new(),
         assigned: Vec::new(),
         dead_lettered_logged: 0,

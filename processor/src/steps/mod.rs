@@ -99,7 +99,7 @@ pub enum Outcome {
     /// A filter dropped it.
     Filtered,
     /// Send it to this topic and stop.
-    Routed(String, Record),
+    Routed(std::sync::Arc<str>, Record),
 }
 
 /// The kind-specific part of a compiled step.

@@ -1,5 +1,7 @@
 //! The route step: the first route whose `when` holds sends the record to its topic.
 
+use std::sync::Arc;
+
 use crate::expr::Scope;
 use sluice_crds::pipeline::RouteStep;
 
@@ -10,8 +12,8 @@ use crate::record::Record;
 /// A compiled route step.
 #[derive(Debug)]
 pub struct Route {
-    routes: Vec<(Expr, String)>,
-    default: Option<String>,
+    routes: Vec<(Expr, Arc<str>)>,
+    default: Option<Arc<str>>,
 }
 
 impl Route {
@@ -20,11 +22,11 @@ impl Route {
         let routes = spec
             .routes
             .iter()
-            .map(|r| Ok((compile_expr(step, &r.when)?, r.topic.clone())))
+            .map(|r| Ok((compile_expr(step, &r.when)?, Arc::from(r.topic.as_str()))))
             .collect::<Result<_, ConfigError>>()?;
         Ok(Self {
             routes,
-            default: spec.default.clone(),
+            default: spec.default.as_deref().map(Arc::from),
         })
     }
 
@@ -32,7 +34,7 @@ impl Route {
     pub fn topics(&self) -> impl Iterator<Item = &str> {
         self.routes
             .iter()
-            .map(|(_, t)| t.as_str())
+            .map(|(_, t)| &**t)
             .chain(self.default.as_deref())
     }
 
@@ -77,7 +79,7 @@ mod tests {
 
     fn topic(o: Result<Outcome, StepError>) -> Option<String> {
         match o.unwrap() {
-            Outcome::Routed(t, _) => Some(t),
+            Outcome::Routed(t, _) => Some(t.to_string()),
             _ => None,
         }
     }
