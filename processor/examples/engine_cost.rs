@@ -1,11 +1,20 @@
-#[global_allocator]
-static A: mimalloc::MiMalloc = mimalloc::MiMalloc;
+//! The engine's cost per record, without Kafka: decode and encode alone (the baseline),
+//! then the bench's filter+map pipeline (b) and the seed aggregate's steps, all on the
+//! same in-memory records in one process.
+//!
+//! Usage: `cargo run --release -p sluice-processor --example engine_cost [-- <records>]`.
+
 use std::time::Instant;
-use sluice_processor::engine::{Engine, decode, encode};
+
+use sluice_processor::engine::{Emit, Engine, decode, encode};
+use sluice_processor::format::RecordFormat;
 use sluice_processor::metrics::PipelineMetrics;
 use sluice_processor::record::Record;
-use sluice_processor::format::RecordFormat;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The bench's order records (~90 bytes of JSON).
 fn order(i: u64) -> String {
     let regions = ["eu-west", "us-east", "ap-south"];
     format!(
@@ -16,63 +25,79 @@ fn order(i: u64) -> String {
     )
 }
 
-fn main() {
-    cel_only();
-    let spec: sluice_crds::pipeline::PipelineSpec = serde_saphyr::from_str(r#"
-inputs: [orders]
-steps:
-- name: positive
-  filter: value.total > 0.0
-- name: shape
-  map: {set: {totalCents: "value.total * 100.0"}, drop: [orderId]}
-outputs: [{topic: out}]
-delivery: atLeastOnce
-"#).unwrap();
-    let mut engine = Engine::new("b", &spec, PipelineMetrics::detached("b")).unwrap();
-    let n = 1_000_000u64;
-    let data: Vec<String> = (0..n).map(order).collect();
-    let t = Instant::now();
-    let mut bytes = 0usize;
-    for d in &data {
-        let p = decode(RecordFormat::Json, Some(d.as_bytes())).unwrap();
-        bytes += encode(RecordFormat::Json, &p).unwrap().len();
-    }
-    let base = t.elapsed().as_secs_f64();
-    println!("decode+encode: {:.0} ns/rec ({bytes})", base / n as f64 * 1e9);
-    let t = Instant::now();
-    let mut out = Vec::new();
-    let mut outs = 0usize;
-    for (i, d) in data.iter().enumerate() {
-        let p = decode(RecordFormat::Json, Some(d.as_bytes())).unwrap();
-        let r = Record::new("orders", 0, i as i64, 1, Some(format!("o-{i}").into_bytes()), p);
-        out.clear();
-        engine.process(r, &mut out).unwrap();
-        for e in out.drain(..) {
-            outs += encode(RecordFormat::Json, &e.record.value).unwrap().len();
-        }
-    }
-    let full = t.elapsed().as_secs_f64();
-    println!("full: {:.0} ns/rec ({outs})", full / n as f64 * 1e9);
+fn engine(steps: &str) -> anyhow::Result<Engine> {
+    let spec = serde_saphyr::from_str(&format!(
+        "inputs: [orders]\nsteps:\n{steps}\noutputs: [{{topic: out}}]\ndelivery: atLeastOnce\n"
+    ))?;
+    Ok(Engine::new(
+        "cost",
+        &spec,
+        PipelineMetrics::detached("cost"),
+    )?)
 }
 
-#[allow(dead_code)]
-fn cel_only() {
-    use sluice_processor::expr::{Expr, root_context, scope};
-    let root = root_context();
-    let e = Expr::compile("value.total > 0.0").unwrap();
-    let m = Expr::compile("value.total * 100.0").unwrap();
-    let p = decode(RecordFormat::Json, Some(order(7).as_bytes())).unwrap();
-    let r = Record::new("orders", 0, 1, 1, None, p);
-    let n = 1_000_000;
-    let t = Instant::now();
-    for _ in 0..n { let s = scope(&root, &r, e.needs()).unwrap(); drop(s); }
-    println!("scope: {:.0} ns", t.elapsed().as_secs_f64() / n as f64 * 1e9);
-    let s = scope(&root, &r, e.needs()).unwrap();
-    let t = Instant::now();
-    let mut k = 0;
-    for _ in 0..n { if e.eval_bool(&s).unwrap() { k += 1; } }
-    println!("filter eval: {:.0} ns {k}", t.elapsed().as_secs_f64() / n as f64 * 1e9);
-    let t = Instant::now();
-    for _ in 0..n { m.eval(&s).unwrap(); }
-    println!("map eval: {:.0} ns", t.elapsed().as_secs_f64() / n as f64 * 1e9);
+/// Nanoseconds per record to decode each input, run it through `engine` (when given)
+/// and encode what comes out.
+fn run(data: &[(Vec<u8>, String)], mut engine: Option<Engine>) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut out: Vec<Emit> = Vec::new();
+    let mut bytes = 0usize;
+    for (i, (key, text)) in data.iter().enumerate() {
+        let value = decode(RecordFormat::Json, Some(text.as_bytes()))
+            .map_err(|f| anyhow::anyhow!("{}: {}", f.step, f.error))?;
+        match engine.as_mut() {
+            None => {
+                bytes += encode(RecordFormat::Json, &value)
+                    .map_err(|f| anyhow::anyhow!(f.error))?
+                    .len()
+            }
+            Some(e) => {
+                let record = Record::new("orders", 0, i as i64, 1, Some(key.clone()), value);
+                e.process(record, &mut out)
+                    .map_err(|f| anyhow::anyhow!("{}: {}", f.step, f.error))?;
+                for emit in out.drain(..) {
+                    bytes += encode(RecordFormat::Json, &emit.record.value)
+                        .map_err(|f| anyhow::anyhow!(f.error))?
+                        .len();
+                }
+            }
+        }
+    }
+    std::hint::black_box(bytes);
+    Ok(started.elapsed().as_secs_f64() / data.len() as f64 * 1e9)
+}
+
+fn main() -> anyhow::Result<()> {
+    let n: u64 = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(1_000_000);
+    let data: Vec<(Vec<u8>, String)> = (0..n)
+        .map(|i| (format!("o-{i}").into_bytes(), order(i)))
+        .collect();
+    let base = run(&data, None)?;
+    let filter_map = run(
+        &data,
+        Some(engine(
+            "- {name: positive, filter: 'value.total > 0.0'}\n- {name: shape, map: {set: {totalCents: 'value.total * 100.0'}, drop: [orderId]}}",
+        )?),
+    )?;
+    let aggregate = run(
+        &data,
+        Some(engine(
+            "- {name: positive, filter: 'value.total > 0.0'}\n- {name: per-region, aggregate: {groupBy: {region: value.region}, aggregations: [{name: total, op: sum, of: value.total}]}}",
+        )?),
+    )?;
+    println!("{n} records of ~90 bytes, in one process:");
+    println!("  decode + encode only     {base:>7.0} ns/record");
+    println!(
+        "  filter + map (b)         {filter_map:>7.0} ns/record  ({:.2}x the baseline)",
+        filter_map / base
+    );
+    println!(
+        "  filter + aggregate (c)   {aggregate:>7.0} ns/record  ({:.2}x the baseline)",
+        aggregate / base
+    );
+    Ok(())
 }

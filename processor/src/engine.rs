@@ -888,12 +888,19 @@ outputs: [{topic: out}]
             e.process(Record::new("in", 0, 0, 1, None, value), &mut out)
                 .map(|()| {
                     out.iter()
-                        .map(|o| String::from_utf8(encode(RecordFormat::Json, &o.record.value).unwrap()).unwrap())
+                        .map(|o| {
+                            String::from_utf8(encode(RecordFormat::Json, &o.record.value).unwrap())
+                                .unwrap()
+                        })
                         .collect::<Vec<_>>()
                 })
         };
         assert_eq!(
-            run(&mut e, r#"{"id":"a", "total":1.5, "note":{"x": [1e300, "\u00e9"]}}"#).unwrap(),
+            run(
+                &mut e,
+                r#"{"id":"a", "total":1.5, "note":{"x": [1e300, "\u00e9"]}}"#
+            )
+            .unwrap(),
             vec![r#"{"total":1.5,"note":{"x": [1e300, "\u00e9"]},"cents":150.0}"#.to_string()]
         );
         assert_eq!(
@@ -902,7 +909,14 @@ outputs: [{topic: out}]
         );
         let err = run(&mut e, r#"{"total":1e400}"#).unwrap_err();
         assert_eq!(err.step, "positive");
-        assert!(err.error.contains("field total cannot be read"), "{}", err.error);
-        assert_eq!(run(&mut e, r#"{"total":-1.0}"#).unwrap(), Vec::<String>::new());
+        assert!(
+            err.error.contains("field total cannot be read"),
+            "{}",
+            err.error
+        );
+        assert_eq!(
+            run(&mut e, r#"{"total":-1.0}"#).unwrap(),
+            Vec::<String>::new()
+        );
     }
 }

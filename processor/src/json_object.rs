@@ -262,7 +262,10 @@ fn unique(src: &str, mut fields: Vec<(Name, Slot)>) -> Vec<(Name, Slot)> {
     let mut kept: Vec<(Name, Slot)> = Vec::with_capacity(fields.len());
     for i in 0..fields.len() {
         let k = key(i, &fields);
-        let (name, slot) = std::mem::replace(&mut fields[i], (Name::Owned(String::new()), Slot::Raw(0..0)));
+        let (name, slot) = std::mem::replace(
+            &mut fields[i],
+            (Name::Owned(String::new()), Slot::Raw(0..0)),
+        );
         match at.get(&k) {
             Some(&j) => kept[j].1 = slot,
             None => {
@@ -359,7 +362,10 @@ mod tests {
     fn untouched_fields_are_written_as_read_in_order() {
         let o = obj(r#" { "b" : [1, 2] , "a":{"x": "y"}, "n": 1.50 } "#);
         assert_eq!(written(&o), r#"{"b":[1, 2],"a":{"x": "y"},"n":1.50}"#);
-        assert_eq!(o.to_value().unwrap(), json!({"b": [1, 2], "a": {"x": "y"}, "n": 1.5}));
+        assert_eq!(
+            o.to_value().unwrap(),
+            json!({"b": [1, 2], "a": {"x": "y"}, "n": 1.5})
+        );
     }
 
     #[test]
@@ -374,7 +380,10 @@ mod tests {
         assert!(!o.remove("id"));
         assert_eq!(written(&o), r#"{"total":13,"cents":1250.0,"area":"eu"}"#);
         o.rename("area", "total");
-        assert_eq!(o.to_value().unwrap(), json!({"total": "eu", "cents": 1250.0}));
+        assert_eq!(
+            o.to_value().unwrap(),
+            json!({"total": "eu", "cents": 1250.0})
+        );
         o.retain(|k| k == "cents");
         assert_eq!(written(&o), r#"{"cents":1250.0}"#);
     }

@@ -75,9 +75,8 @@ impl PartialEq for Payload {
         match (self, other) {
             (Payload::Json(a), Payload::Json(b)) => a == b,
             (Payload::JsonObject(a), Payload::JsonObject(b)) => a == b,
-            (Payload::JsonObject(a), Payload::Json(b)) | (Payload::Json(b), Payload::JsonObject(a)) => {
-                a.to_value().is_ok_and(|a| a == *b)
-            }
+            (Payload::JsonObject(a), Payload::Json(b))
+            | (Payload::Json(b), Payload::JsonObject(a)) => a.to_value().is_ok_and(|a| a == *b),
             (Payload::Text(a), Payload::Text(b)) => a == b,
             (Payload::Bytes(a), Payload::Bytes(b)) => a == b,
             _ => false,

@@ -51,7 +51,7 @@ struct Args {
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         bootstrap: String::new(),
-        records: 1_000_000,
+        records: 3_000_000,
         partitions: 2,
         rate: 10_000,
         latency_records: 50_000,

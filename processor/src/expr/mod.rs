@@ -452,7 +452,8 @@ mod tests {
         assert!(e.eval_bool(&scope(&root, &r, e.needs()).unwrap()).unwrap());
         let e = Expr::compile("size(value.items)").unwrap();
         assert_eq!(
-            e.eval_number(&scope(&root, &r, e.needs()).unwrap()).unwrap(),
+            e.eval_number(&scope(&root, &r, e.needs()).unwrap())
+                .unwrap(),
             Number::Int(2)
         );
     }
@@ -475,13 +476,21 @@ mod tests {
             );
         }
         let e = Expr::compile("value.b == 1").unwrap();
-        let err = e.eval_bool(&scope(&root, &r, e.needs()).unwrap()).unwrap_err();
+        let err = e
+            .eval_bool(&scope(&root, &r, e.needs()).unwrap())
+            .unwrap_err();
         assert!(err.to_string().contains("No such key"), "{err}");
         let text = Record::new("t", 0, 0, 0, None, Payload::Text("hi".to_string()));
         let e = Expr::compile("size(value) == 2").unwrap();
-        assert!(e.eval_bool(&scope(&root, &text, e.needs()).unwrap()).unwrap());
+        assert!(
+            e.eval_bool(&scope(&root, &text, e.needs()).unwrap())
+                .unwrap()
+        );
         let e = Expr::compile("value.x == 1").unwrap();
-        assert!(e.eval_bool(&scope(&root, &text, e.needs()).unwrap()).is_err());
+        assert!(
+            e.eval_bool(&scope(&root, &text, e.needs()).unwrap())
+                .is_err()
+        );
     }
 
     #[test]
@@ -489,7 +498,9 @@ mod tests {
         let root = root_context();
         let r = rec(serde_json::json!({"a": 1}));
         let e = Expr::compile("value.b > 1").unwrap();
-        let err = e.eval_bool(&scope(&root, &r, e.needs()).unwrap()).unwrap_err();
+        let err = e
+            .eval_bool(&scope(&root, &r, e.needs()).unwrap())
+            .unwrap_err();
         assert!(err.to_string().contains("value.b > 1"), "{err}");
     }
 
@@ -498,12 +509,17 @@ mod tests {
         let root = root_context();
         let r = rec(serde_json::json!({"a": "x"}));
         let e = Expr::compile("value.a").unwrap();
-        let err = e.eval_bool(&scope(&root, &r, e.needs()).unwrap()).unwrap_err();
+        let err = e
+            .eval_bool(&scope(&root, &r, e.needs()).unwrap())
+            .unwrap_err();
         assert!(
             matches!(err, EvalError::WrongType { want: "bool", .. }),
             "{err}"
         );
-        assert!(e.eval_number(&scope(&root, &r, e.needs()).unwrap()).is_err());
+        assert!(
+            e.eval_number(&scope(&root, &r, e.needs()).unwrap())
+                .is_err()
+        );
     }
 
     #[test]

@@ -146,7 +146,8 @@ impl Node {
             Node::Field(f) => scope.field(f).filter(|v| is_scalar(v)).cloned(),
             Node::Has(f) => match scope.value() {
                 Some(Value::Map(m)) => Some(Value::Bool(
-                    m.map.contains_key(&cel::objects::Key::String(Arc::new(f.clone()))),
+                    m.map
+                        .contains_key(&cel::objects::Key::String(Arc::new(f.clone()))),
                 )),
                 _ => None,
             },
@@ -260,10 +261,33 @@ mod tests {
 
     /// Operands of every type the evaluator meets: fields, literals, record metadata.
     const LEAVES: &[&str] = &[
-        "value.i", "value.f", "value.s", "value.b", "value.n", "value.big", "value.missing",
-        "has(value.i)", "has(value.missing)", "-2", "0", "3", "0u", "3u", "-1.5", "0.0", "2.0",
-        "'a'", "'b'", "true", "false", "null", "9223372036854775807", "partition", "offset",
-        "topic", "key",
+        "value.i",
+        "value.f",
+        "value.s",
+        "value.b",
+        "value.n",
+        "value.big",
+        "value.missing",
+        "has(value.i)",
+        "has(value.missing)",
+        "-2",
+        "0",
+        "3",
+        "0u",
+        "3u",
+        "-1.5",
+        "0.0",
+        "2.0",
+        "'a'",
+        "'b'",
+        "true",
+        "false",
+        "null",
+        "9223372036854775807",
+        "partition",
+        "offset",
+        "topic",
+        "key",
     ];
     const OPS: &[&str] = &[
         "+", "-", "*", "/", "%", "==", "!=", "<", "<=", ">", ">=", "&&", "||",
@@ -306,7 +330,9 @@ mod tests {
         };
         match expr.interpret(&s) {
             Ok(v) if same(&v, &native) => Ok(()),
-            other => Err(format!("{src} on {text}: native {native:?}, interpreter {other:?}")),
+            other => Err(format!(
+                "{src} on {text}: native {native:?}, interpreter {other:?}"
+            )),
         }
     }
 
@@ -340,7 +366,12 @@ mod tests {
                 }
             }
         }
-        assert!(failures.is_empty(), "{} disagreements, e.g. {:?}", failures.len(), &failures[..failures.len().min(5)]);
+        assert!(
+            failures.is_empty(),
+            "{} disagreements, e.g. {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
     }
 
     fn expression() -> impl Strategy<Value = String> {
@@ -349,7 +380,11 @@ mod tests {
                 "+", "-", "*", "/", "%", "==", "!=", "<", "<=", ">", ">=", "&&", "||",
             ];
             prop_oneof![
-                (inner.clone(), proptest::sample::select(ops.to_vec()), inner.clone())
+                (
+                    inner.clone(),
+                    proptest::sample::select(ops.to_vec()),
+                    inner.clone()
+                )
                     .prop_map(|(l, op, r)| format!("({l} {op} {r})")),
                 inner.clone().prop_map(|x| format!("!({x})")),
                 inner.clone().prop_map(|x| format!("-({x})")),
@@ -384,7 +419,12 @@ mod tests {
         ] {
             assert!(Expr::compile(src).unwrap().native.is_some(), "{src}");
         }
-        for src in ["size(value.items)", "value.a.b", "value.s.startsWith('x')", "value"] {
+        for src in [
+            "size(value.items)",
+            "value.a.b",
+            "value.s.startsWith('x')",
+            "value",
+        ] {
             assert!(Expr::compile(src).unwrap().native.is_none(), "{src}");
         }
     }

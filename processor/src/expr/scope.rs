@@ -21,7 +21,8 @@ pub struct Scope<'a> {
     value: Option<Value>,
     /// `key`, `headers`, `topic`, `partition`, `offset`, `timestamp`, as read.
     meta: Vec<(&'static str, Value)>,
-    cel: OnceCell<Context<'a, 'static>>,
+    /// Boxed: a context is large, and a scope is moved from step to step.
+    cel: OnceCell<Box<Context<'a, 'static>>>,
 }
 
 impl<'a> Scope<'a> {
@@ -54,7 +55,7 @@ impl<'a> Scope<'a> {
             fields: Vec::new(),
             value: None,
             meta: Vec::new(),
-            cel: OnceCell::from(context),
+            cel: OnceCell::from(Box::new(context)),
         }
     }
 
@@ -146,7 +147,7 @@ impl<'a> Scope<'a> {
     /// `value` and the record's other variables.
     pub fn cel(&self) -> &Context<'a, 'static> {
         self.cel.get_or_init(|| {
-            let mut c = self.root.new_inner_scope();
+            let mut c = Box::new(self.root.new_inner_scope());
             for (f, v) in &self.fields {
                 c.add_variable_from_value(format!("value.{f}"), v.clone());
             }
