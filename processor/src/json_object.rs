@@ -243,8 +243,7 @@ fn name_text<'a>(src: &'a str, name: &'a Name) -> &'a str {
 
 /// The fields with each repeated key keeping its first place and last value (as
 /// `serde_json` keeps the last value).
-fn unique(src: &str, mut fields: Vec<(Name, Slot)>) -> Vec<(Name, Slot)> {
-    let key = |i: usize, fields: &[(Name, Slot)]| name_text(src, &fields[i].0).to_string();
+fn unique(src: &str, fields: Vec<(Name, Slot)>) -> Vec<(Name, Slot)> {
     let repeated = if fields.len() <= 16 {
         // Small objects (the common case) are checked without hashing or copying.
         (1..fields.len()).any(|i| {
@@ -260,16 +259,11 @@ fn unique(src: &str, mut fields: Vec<(Name, Slot)>) -> Vec<(Name, Slot)> {
     }
     let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     let mut kept: Vec<(Name, Slot)> = Vec::with_capacity(fields.len());
-    for i in 0..fields.len() {
-        let k = key(i, &fields);
-        let (name, slot) = std::mem::replace(
-            &mut fields[i],
-            (Name::Owned(String::new()), Slot::Raw(0..0)),
-        );
-        match at.get(&k) {
+    for (name, slot) in fields {
+        match at.get(name_text(src, &name)) {
             Some(&j) => kept[j].1 = slot,
             None => {
-                at.insert(k, kept.len());
+                at.insert(name_text(src, &name).to_string(), kept.len());
                 kept.push((name, slot));
             }
         }
