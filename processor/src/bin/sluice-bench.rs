@@ -127,6 +127,27 @@ fn create_topic(bootstrap: &str, name: &str, partitions: i32) -> anyhow::Result<
     Ok(())
 }
 
+/// Deletes every topic whose name holds `run` (inputs, outputs, and the candidates'
+/// repartition and changelog topics): a run writes gigabytes the broker would keep.
+fn delete_run_topics(bootstrap: &str, run: &str) -> anyhow::Result<usize> {
+    let consumer: BaseConsumer = client(bootstrap).create()?;
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10))?;
+    let names: Vec<&str> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name())
+        .filter(|n| n.contains(run))
+        .collect();
+    if names.is_empty() {
+        return Ok(0);
+    }
+    let admin: AdminClient<DefaultClientContext> = client(bootstrap).create()?;
+    for r in futures::executor::block_on(admin.delete_topics(&names, &AdminOptions::new()))? {
+        r.map_err(|(t, e)| anyhow::anyhow!("delete {t}: {e}"))?;
+    }
+    Ok(names.len())
+}
+
 fn order(i: u64) -> String {
     let regions = ["eu-west", "us-east", "ap-south"];
     format!(
@@ -540,6 +561,28 @@ fn streams_jar() -> Option<PathBuf> {
     }
 }
 
+/// Runs each candidate (those `--only` selects) on the loaded input, one after another.
+fn run_all(
+    args: &Args,
+    input: &str,
+    cands: Vec<(Candidate, String)>,
+    ticks: f64,
+) -> anyhow::Result<Vec<Result>> {
+    let mut results = Vec::new();
+    for (cand, output) in cands {
+        if args
+            .only
+            .as_deref()
+            .is_some_and(|o| !cand.name.starts_with(o))
+        {
+            continue;
+        }
+        create_topic(&args.bootstrap, &output, args.partitions)?;
+        results.push(run_candidate(args, input, &output, cand, ticks)?);
+    }
+    Ok(results)
+}
+
 fn main() -> anyhow::Result<()> {
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("bare") {
@@ -637,18 +680,12 @@ fn main() -> anyhow::Result<()> {
             ));
         }
     }
-    let mut results = Vec::new();
-    for (cand, output) in cands {
-        if args
-            .only
-            .as_deref()
-            .is_some_and(|o| !cand.name.starts_with(o))
-        {
-            continue;
-        }
-        create_topic(&args.bootstrap, &output, args.partitions)?;
-        results.push(run_candidate(&args, &input, &output, cand, ticks)?);
+    let results = run_all(&args, &input, cands, ticks);
+    match delete_run_topics(&args.bootstrap, &run) {
+        Ok(n) => eprintln!("sluice-bench: deleted this run's {n} topics"),
+        Err(e) => eprintln!("sluice-bench: could not delete this run's topics ({run}*): {e}"),
     }
+    let results = results?;
 
     println!();
     println!(
