@@ -38,9 +38,8 @@ pub enum FieldRef<'a> {
 }
 
 impl FieldRef<'_> {
-    /// The field as a JSON value (parsing it when it is still text). Decoding checked the
-    /// text's syntax but not the range of its numbers: a number too large for a double
-    /// (`1e400`) fails here.
+    /// The field as a JSON value (parsing it when it is still text; decoding checked it, so
+    /// an error here means text that did not come from [`JsonObject::decode`]).
     pub fn to_value(self) -> Result<serde_json::Value, serde_json::Error> {
         match self {
             FieldRef::Raw(text) => serde_json::from_str(text),
@@ -49,7 +48,8 @@ impl FieldRef<'_> {
     }
 }
 
-/// A field whose text is not a value this processor can read (a number out of range).
+/// A field whose text cannot be parsed (not expected after [`JsonObject::decode`], which
+/// refuses what a full parse refuses; kept as an error rather than a panic).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("field {field} cannot be read: {message}")]
 pub struct UnreadableField {
@@ -294,6 +294,7 @@ impl<'de> Visitor<'de> for SpanVisitor<'de> {
         let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
         while let Some(key) = map.next_key::<KeyText<'de>>()? {
             let value: &'de RawValue = map.next_value()?;
+            check(value.get()).map_err(de::Error::custom)?;
             let value = span_of(self.src, value.get())
                 .ok_or_else(|| de::Error::custom("value outside the document"))?;
             let name = match key {
@@ -306,6 +307,68 @@ impl<'de> Visitor<'de> for SpanVisitor<'de> {
             out.push((name, Slot::Raw(value)));
         }
         Ok(out)
+    }
+}
+
+/// Checks what skipping a value leaves unchecked, so decoding accepts exactly what a full
+/// `serde_json` parse accepts: escapes in strings (a lone surrogate), numbers out of a
+/// double's range, and nesting deeper than serde_json's limit. Plain strings, short
+/// numbers without an exponent and literals need no second look.
+fn check(text: &str) -> Result<(), serde_json::Error> {
+    let needs_parse = match text.as_bytes().first() {
+        Some(b'"') => text.contains('\\'),
+        Some(b'-' | b'0'..=b'9') => text.len() > 300 || text.contains(['e', 'E']),
+        Some(b'[' | b'{') => true,
+        _ => false,
+    };
+    if needs_parse {
+        let mut de = serde_json::Deserializer::from_str(text);
+        de::Deserializer::deserialize_any(&mut de, Strict)?;
+        de.end()?;
+    }
+    Ok(())
+}
+
+/// Reads a JSON value to its end as a full parse does, keeping nothing.
+struct Strict;
+
+impl<'de> de::Deserialize<'de> for Strict {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(Strict)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict {
+    type Value = Strict;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
+        while seq.next_element::<Strict>()?.is_some() {}
+        Ok(Strict)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
+        while map.next_entry::<Strict, Strict>()?.is_some() {}
+        Ok(Strict)
     }
 }
 
@@ -416,13 +479,35 @@ mod tests {
             assert!(JsonObject::decode(bad).is_err(), "{:?}", bad);
         }
         assert!(obj("{}").is_empty());
-        // Syntax is checked at once; a number's range only when the field is read.
-        let huge = obj(r#"{"a":1,"b":1e400}"#);
-        assert_eq!(huge.get("a").unwrap().to_value().unwrap(), json!(1));
-        assert!(huge.get("b").unwrap().to_value().is_err());
-        let err = huge.to_value().unwrap_err();
-        assert_eq!(err.field, "b");
-        assert!(err.to_string().contains("out of range"), "{err}");
+    }
+
+    /// What skipping a value does not check is checked too: decoding refuses what a full
+    /// serde_json parse refuses, and accepts the rest.
+    #[test]
+    fn decoding_refuses_what_serde_json_refuses() {
+        let deep = format!("{{\"a\":{}1{}}}", "[".repeat(200), "]".repeat(200));
+        let nested_ok = format!("{{\"a\":{}1{}}}", "[".repeat(100), "]".repeat(100));
+        for text in [
+            r#"{"a":1e400}"#,
+            r#"{"a":-1e400}"#,
+            r#"{"a":"\ud800"}"#,
+            r#"{"a":{"b":["\udc00"]}}"#,
+            r#"{"a":[1e999]}"#,
+            deep.as_str(),
+        ] {
+            assert!(
+                serde_json::from_str::<serde_json::Value>(text).is_err(),
+                "serde_json accepts {text}"
+            );
+            assert!(JsonObject::decode(text.as_bytes()).is_err(), "{text}");
+        }
+        for text in [
+            r#"{"a":1e300,"b":"\ud83d\ude00","c":"\n","d":[1.5e-300,{"e":"\u00e9"}]}"#,
+            nested_ok.as_str(),
+        ] {
+            let tree: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert_eq!(obj(text).to_value().unwrap(), tree, "{text}");
+        }
     }
 
     proptest::proptest! {
