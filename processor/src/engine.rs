@@ -5,11 +5,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cel::{Context, Value};
-
-use crate::expr::Scope;
 use sluice_crds::pipeline::PipelineSpec;
 
-use crate::expr::{Expr, Needs, root_context, scope};
+use crate::expr::{Expr, Needs, Scope, root_context, scope};
 use crate::format::RecordFormat;
 use crate::metrics::{PipelineMetrics, StepMetrics};
 use crate::record::{Payload, Record};

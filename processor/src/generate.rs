@@ -49,7 +49,7 @@ impl std::fmt::Debug for Template {
 
 #[derive(Debug)]
 enum Field {
-    Expr(Expr),
+    Expr(Box<Expr>),
     Literal(serde_json::Value),
 }
 
@@ -69,7 +69,9 @@ impl Template {
                 Ok((
                     k,
                     match v {
-                        serde_json::Value::String(src) => Field::Expr(Expr::compile(&src)?),
+                        serde_json::Value::String(src) => {
+                            Field::Expr(Box::new(Expr::compile(&src)?))
+                        }
                         other => Field::Literal(other),
                     },
                 ))

@@ -1,6 +1,6 @@
 //! A record as the steps see it: decoded value plus Kafka metadata.
 
-use std::collections::BTreeSet;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use cel::Value;
@@ -40,33 +40,52 @@ impl Payload {
         })
     }
 
-    /// Only the named top-level fields of a JSON object (absent fields stay absent, so
-    /// reading them fails as it would on the whole value). Other payloads convert whole.
-    pub fn to_cel_fields(&self, fields: &BTreeSet<String>) -> Result<Value, UnreadableField> {
-        Ok(match self {
+    /// Whether this is a JSON object (as a tree or read lazily).
+    pub fn is_object(&self) -> bool {
+        matches!(
+            self,
+            Payload::JsonObject(_) | Payload::Json(serde_json::Value::Object(_))
+        )
+    }
+
+    /// Whether this is a JSON object with the top-level field `name`.
+    pub fn has_field(&self, name: &str) -> bool {
+        match self {
+            Payload::JsonObject(obj) => obj.contains_key(name),
+            Payload::Json(serde_json::Value::Object(obj)) => obj.contains_key(name),
+            _ => false,
+        }
+    }
+
+    /// A top-level field of a JSON object as JSON; `None` when the field is absent or the
+    /// value is not an object.
+    pub fn field_json(
+        &self,
+        name: &str,
+    ) -> Option<Result<Cow<'_, serde_json::Value>, UnreadableField>> {
+        match self {
+            Payload::JsonObject(obj) => obj.get(name).map(|v| {
+                v.to_value()
+                    .map(Cow::Owned)
+                    .map_err(|e| UnreadableField::new(name, e))
+            }),
             Payload::Json(serde_json::Value::Object(obj)) => {
-                let map: std::collections::HashMap<Key, Value> = fields
-                    .iter()
-                    .filter_map(|f| {
-                        obj.get(f)
-                            .map(|v| (Key::String(Arc::new(f.clone())), json_to_cel(v)))
-                    })
-                    .collect();
-                Value::Map(Map { map: Arc::new(map) })
+                obj.get(name).map(|v| Ok(Cow::Borrowed(v)))
             }
-            Payload::JsonObject(obj) => {
-                let map = fields
-                    .iter()
-                    .filter_map(|f| {
-                        obj.get(f).map(|v| {
-                            field_to_cel(f, v).map(|v| (Key::String(Arc::new(f.clone())), v))
-                        })
-                    })
-                    .collect::<Result<std::collections::HashMap<Key, Value>, UnreadableField>>()?;
-                Value::Map(Map { map: Arc::new(map) })
+            _ => None,
+        }
+    }
+
+    /// A top-level field of a JSON object as CEL sees it; `None` when the field is absent
+    /// or the value is not an object.
+    pub fn field_to_cel(&self, name: &str) -> Option<Result<Value, UnreadableField>> {
+        match self {
+            Payload::JsonObject(obj) => obj.get(name).map(|v| field_to_cel(name, v)),
+            Payload::Json(serde_json::Value::Object(obj)) => {
+                obj.get(name).map(|v| Ok(json_to_cel(v)))
             }
-            other => other.to_cel()?,
-        })
+            _ => None,
+        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! CEL expressions: compiled once per pipeline, evaluated per record in a cheap child
-//! scope of one shared root context.
+//! CEL expressions: compiled once per pipeline (and lowered to a native evaluator where
+//! that is exact, see [`native`]), evaluated per record against a [`Scope`].
 //!
 //! Each expression records which record variables it reads, and which top-level fields
 //! of `value` it selects, so the hot path converts only those fields into CEL values.

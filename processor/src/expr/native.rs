@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use cel::Value;
 use cel::common::ast::{Expr as Ast, operators};
+use cel::objects::Key;
 use cel::parser::Expression;
 
 use super::Scope;
@@ -38,20 +39,33 @@ pub(super) enum Cmp {
     Ge,
 }
 
+/// A top-level field of `value`: its name, and the same as a CEL map key (built once,
+/// for lookups in a bound `value` map).
+#[derive(Debug)]
+pub(super) struct Field {
+    pub name: String,
+    pub key: Key,
+}
+
 /// A lowered expression.
 #[derive(Debug)]
 pub(super) enum Node {
     Lit(Value),
     /// `value.<field>`.
-    Field(String),
+    Field(Field),
     /// `has(value.<field>)`.
-    Has(String),
+    Has(Field),
     /// `key`, `topic`, `partition`, `offset` or `timestamp`.
     Meta(&'static str),
     Not(Box<Node>),
     Neg(Box<Node>),
-    And(Box<Node>, Box<Node>),
-    Or(Box<Node>, Box<Node>),
+    /// `&&` (`decides: false`) or `||` (`decides: true`): a left side equal to `decides`
+    /// is the answer, else the right side is.
+    ShortCircuit {
+        decides: bool,
+        left: Box<Node>,
+        right: Box<Node>,
+    },
     Cond(Box<Node>, Box<Node>, Box<Node>),
     Arith(Arith, Box<Node>, Box<Node>),
     Cmp(Cmp, Box<Node>, Box<Node>),
@@ -65,11 +79,17 @@ pub(super) fn lower(expr: &Expression) -> Option<Node> {
             is_scalar(&v).then_some(Node::Lit(v))
         }
         Ast::Select(select) => match &select.operand.expr {
-            Ast::Ident(name) if name == "value" => Some(if select.test {
-                Node::Has(select.field.clone())
-            } else {
-                Node::Field(select.field.clone())
-            }),
+            Ast::Ident(name) if name == "value" => {
+                let field = Field {
+                    name: select.field.clone(),
+                    key: Key::String(Arc::new(select.field.clone())),
+                };
+                Some(if select.test {
+                    Node::Has(field)
+                } else {
+                    Node::Field(field)
+                })
+            }
             _ => None,
         },
         Ast::Ident(name) => match name.as_str() {
@@ -85,8 +105,16 @@ pub(super) fn lower(expr: &Expression) -> Option<Node> {
             match (call.func_name.as_str(), call.args.len()) {
                 (operators::LOGICAL_NOT, 1) => Some(Node::Not(arg(0)?)),
                 (operators::NEGATE, 1) => Some(Node::Neg(arg(0)?)),
-                (operators::LOGICAL_AND, 2) => Some(Node::And(arg(0)?, arg(1)?)),
-                (operators::LOGICAL_OR, 2) => Some(Node::Or(arg(0)?, arg(1)?)),
+                (operators::LOGICAL_AND, 2) => Some(Node::ShortCircuit {
+                    decides: false,
+                    left: arg(0)?,
+                    right: arg(1)?,
+                }),
+                (operators::LOGICAL_OR, 2) => Some(Node::ShortCircuit {
+                    decides: true,
+                    left: arg(0)?,
+                    right: arg(1)?,
+                }),
                 (operators::CONDITIONAL, 3) => Some(Node::Cond(arg(0)?, arg(1)?, arg(2)?)),
                 (name, 2) => {
                     let (l, r) = (arg(0)?, arg(1)?);
@@ -143,12 +171,12 @@ impl Node {
     pub(super) fn eval(&self, scope: &Scope<'_>) -> Option<Value> {
         match self {
             Node::Lit(v) => Some(v.clone()),
-            Node::Field(f) => scope.field(f).filter(|v| is_scalar(v)).cloned(),
+            Node::Field(f) => scope
+                .field(&f.name, &f.key)
+                .filter(|v| is_scalar(v))
+                .cloned(),
             Node::Has(f) => match scope.value() {
-                Some(Value::Map(m)) => Some(Value::Bool(
-                    m.map
-                        .contains_key(&cel::objects::Key::String(Arc::new(f.clone()))),
-                )),
+                Some(Value::Map(m)) => Some(Value::Bool(m.map.contains_key(&f.key))),
                 _ => None,
             },
             Node::Meta(name) => scope.meta(name).filter(|v| is_scalar(v)).cloned(),
@@ -161,17 +189,13 @@ impl Node {
                 Value::Float(f) => Some(Value::Float(-f)),
                 _ => None,
             },
-            Node::And(l, r) => match l.eval(scope)? {
-                Value::Bool(false) => Some(Value::Bool(false)),
-                Value::Bool(true) => match r.eval(scope)? {
-                    b @ Value::Bool(_) => Some(b),
-                    _ => None,
-                },
-                _ => None,
-            },
-            Node::Or(l, r) => match l.eval(scope)? {
-                Value::Bool(true) => Some(Value::Bool(true)),
-                Value::Bool(false) => match r.eval(scope)? {
+            Node::ShortCircuit {
+                decides,
+                left,
+                right,
+            } => match left.eval(scope)? {
+                Value::Bool(b) if b == *decides => Some(Value::Bool(b)),
+                Value::Bool(_) => match right.eval(scope)? {
                     b @ Value::Bool(_) => Some(b),
                     _ => None,
                 },
@@ -198,22 +222,23 @@ impl Node {
     }
 }
 
+/// `op` on two integers of one type; `None` on overflow or a zero divisor (CEL errors).
+macro_rules! checked {
+    ($op:expr, $a:expr, $b:expr) => {
+        match $op {
+            Arith::Add => $a.checked_add($b),
+            Arith::Sub => $a.checked_sub($b),
+            Arith::Mul => $a.checked_mul($b),
+            Arith::Div => $a.checked_div($b),
+            Arith::Rem => $a.checked_rem($b),
+        }
+    };
+}
+
 fn arithmetic(op: Arith, l: Value, r: Value) -> Option<Value> {
     Some(match (l, r) {
-        (Value::Int(a), Value::Int(b)) => Value::Int(match op {
-            Arith::Add => a.checked_add(b)?,
-            Arith::Sub => a.checked_sub(b)?,
-            Arith::Mul => a.checked_mul(b)?,
-            Arith::Div => a.checked_div(b)?,
-            Arith::Rem => a.checked_rem(b)?,
-        }),
-        (Value::UInt(a), Value::UInt(b)) => Value::UInt(match op {
-            Arith::Add => a.checked_add(b)?,
-            Arith::Sub => a.checked_sub(b)?,
-            Arith::Mul => a.checked_mul(b)?,
-            Arith::Div => a.checked_div(b)?,
-            Arith::Rem => a.checked_rem(b)?,
-        }),
+        (Value::Int(a), Value::Int(b)) => Value::Int(checked!(op, a, b)?),
+        (Value::UInt(a), Value::UInt(b)) => Value::UInt(checked!(op, a, b)?),
         (Value::Float(a), Value::Float(b)) => Value::Float(match op {
             Arith::Add => a + b,
             Arith::Sub => a - b,

@@ -3,12 +3,14 @@
 //! interpreter.
 
 use std::cell::OnceCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use cel::objects::{Key, Map};
 use cel::{Context, Value};
 
-use super::{EvalError, Needs, field_to_cel, json_to_cel};
+use super::EvalError;
+use super::Needs;
 use crate::record::{Payload, Record};
 
 /// One record's variables (see the module docs).
@@ -60,25 +62,31 @@ impl<'a> Scope<'a> {
     }
 
     fn bind_fields(&mut self, value: &Payload, needs: &'a Needs) -> Result<(), EvalError> {
+        if !value.is_object() {
+            self.value = Some(value.to_cel()?);
+            return Ok(());
+        }
         let mut need_map = !needs.tested.is_empty();
         for f in &needs.fields {
-            let v = match value {
-                Payload::JsonObject(obj) => obj.get(f).map(|v| field_to_cel(f, v)).transpose()?,
-                Payload::Json(serde_json::Value::Object(obj)) => obj.get(f).map(json_to_cel),
-                other => {
-                    self.value = Some(other.to_cel()?);
-                    return Ok(());
-                }
-            };
-            match v {
+            match value.field_to_cel(f).transpose()? {
                 Some(v) => self.fields.push((f.as_str(), v)),
                 None => need_map = true,
             }
         }
         if need_map {
-            let mut all = needs.fields.clone();
-            all.extend(needs.tested.iter().cloned());
-            self.value = Some(value.to_cel_fields(&all)?);
+            // The selected fields just converted, and the tested ones; absent ones stay
+            // absent, so reading them fails as it would on the whole value.
+            let mut map: HashMap<Key, Value> = self
+                .fields
+                .iter()
+                .map(|(f, v)| (Key::String(Arc::new(f.to_string())), v.clone()))
+                .collect();
+            for f in needs.tested.difference(&needs.fields) {
+                if let Some(v) = value.field_to_cel(f).transpose()? {
+                    map.insert(Key::String(Arc::new(f.clone())), v);
+                }
+            }
+            self.value = Some(Value::Map(Map { map: Arc::new(map) }));
         }
         Ok(())
     }
@@ -92,7 +100,7 @@ impl<'a> Scope<'a> {
             self.meta.push(("key", key));
         }
         if needs.headers {
-            let map: std::collections::HashMap<Key, Value> = record
+            let map: HashMap<Key, Value> = record
                 .headers
                 .iter()
                 .map(|(k, v)| {
@@ -121,13 +129,14 @@ impl<'a> Scope<'a> {
         }
     }
 
-    /// The selected field `value.<name>`, when the record has it.
-    pub fn field(&self, name: &str) -> Option<&Value> {
+    /// The selected field `value.<name>` (`key` is the same name as a CEL map key), when
+    /// the record has it.
+    pub fn field(&self, name: &str, key: &Key) -> Option<&Value> {
         if let Some((_, v)) = self.fields.iter().find(|(f, _)| *f == name) {
             return Some(v);
         }
         match &self.value {
-            Some(Value::Map(m)) => m.map.get(&Key::String(Arc::new(name.to_string()))),
+            Some(Value::Map(m)) => m.map.get(key),
             _ => None,
         }
     }

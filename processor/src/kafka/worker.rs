@@ -446,19 +446,15 @@ impl Core {
         };
         let mut emits = std::mem::take(&mut self.emits);
         emits.clear();
-        let mut result = self.engine.process(record, &mut emits);
         self.outputs.clear();
-        if result.is_ok() {
-            for e in emits.drain(..) {
-                match Output::encode(format, e) {
-                    Ok(o) => self.outputs.push(o),
-                    Err(f) => {
-                        self.outputs.clear();
-                        result = Err(f);
-                        break;
-                    }
-                }
-            }
+        let outputs = &mut self.outputs;
+        let result = self.engine.process(record, &mut emits).and_then(|()| {
+            emits
+                .drain(..)
+                .try_for_each(|e| Output::encode(format, e).map(|o| outputs.push(o)))
+        });
+        if result.is_err() {
+            self.outputs.clear();
         }
         emits.clear();
         self.emits = emits;

@@ -1,12 +1,9 @@
 //! The validate step: required fields and JSON types.
 
-use std::borrow::Cow;
-
 use sluice_crds::pipeline::{FieldType, ValidateStep};
 
 use super::StepError;
-use crate::json_object::UnreadableField;
-use crate::record::{Payload, Record};
+use crate::record::Record;
 
 /// A validate step.
 #[derive(Debug)]
@@ -26,36 +23,17 @@ impl Validate {
 
     /// Ok when the record has every required field and each typed field (when present) has its type.
     pub fn check(&self, record: &Record) -> Result<(), StepError> {
-        let has = |field: &str| match &record.value {
-            Payload::Json(serde_json::Value::Object(obj)) => obj.contains_key(field),
-            Payload::JsonObject(obj) => obj.contains_key(field),
-            _ => false,
-        };
-        let get = |field: &str| -> Result<Option<Cow<'_, serde_json::Value>>, StepError> {
-            Ok(match &record.value {
-                Payload::Json(serde_json::Value::Object(obj)) => obj.get(field).map(Cow::Borrowed),
-                Payload::JsonObject(obj) => match obj.get(field) {
-                    Some(v) => Some(Cow::Owned(v.to_value().map_err(|e| {
-                        StepError::Shape(UnreadableField::new(field, e).to_string())
-                    })?)),
-                    None => None,
-                },
-                _ => None,
-            })
-        };
-        if !matches!(
-            record.value,
-            Payload::Json(serde_json::Value::Object(_)) | Payload::JsonObject(_)
-        ) {
+        if !record.value.is_object() {
             return Err(StepError::Shape("validate needs a JSON object".to_string()));
         }
-        if let Some(missing) = self.required.iter().find(|f| !has(f)) {
+        if let Some(missing) = self.required.iter().find(|f| !record.value.has_field(f)) {
             return Err(StepError::Shape(format!(
                 "required field {missing} is missing"
             )));
         }
         for (field, ty) in &self.types {
-            if let Some(v) = get(field)? {
+            let value = record.value.field_json(field).transpose();
+            if let Some(v) = value.map_err(|e| StepError::Shape(e.to_string()))? {
                 let ok = match ty {
                     FieldType::String => v.is_string(),
                     FieldType::Number => v.is_number(),
@@ -78,6 +56,7 @@ impl Validate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::Payload;
 
     #[test]
     fn checks_required_and_types() {

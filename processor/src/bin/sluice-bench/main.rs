@@ -19,6 +19,11 @@
 //! [--partitions P] [--rate R] [--latency-records L] [--bootstrap B] [--skip-streams]
 //! [--only <candidate letter>] [--kafka-config <librdkafka properties for Sluice>]`.
 //! The bootstrap defaults to KAFKA_BOOTSTRAP, then to e2e/.state/env.
+//!
+//! `sluice-bench engine [records]` measures the engine alone, without Kafka (see
+//! [`engine_cost`]).
+
+mod engine_cost;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +41,10 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+// The processor's allocator, so the engine measurement matches the processor.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Args {
     bootstrap: String,
@@ -148,6 +157,7 @@ fn delete_run_topics(bootstrap: &str, run: &str) -> anyhow::Result<usize> {
     Ok(names.len())
 }
 
+/// The bench's order `i` (about 90 bytes of JSON).
 fn order(i: u64) -> String {
     let regions = ["eu-west", "us-east", "ap-south"];
     format!(
@@ -590,6 +600,14 @@ fn main() -> anyhow::Result<()> {
             bail!("usage: sluice-bench bare <bootstrap> <input> <output> <group>");
         };
         return bare_loop(bootstrap, input, output, group);
+    }
+    if argv.get(1).map(String::as_str) == Some("engine") {
+        let n = argv
+            .get(2)
+            .map(|s| s.parse())
+            .transpose()?
+            .unwrap_or(1_000_000);
+        return engine_cost::engine_cost(n);
     }
     let args = parse_args()?;
     let ticks = clock_ticks();

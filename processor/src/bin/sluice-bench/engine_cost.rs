@@ -1,8 +1,6 @@
-//! The engine's cost per record, without Kafka: decode and encode alone (the baseline),
-//! then the bench's filter+map pipeline (b) and the seed aggregate's steps, all on the
-//! same in-memory records in one process.
-//!
-//! Usage: `cargo run --release -p sluice-processor --example engine_cost [-- <records>]`.
+//! `sluice-bench engine [records]`: the engine's cost per record, without Kafka: decode
+//! and encode alone (the baseline), then b's and c's steps, all on the same in-memory
+//! orders in one process.
 
 use std::time::Instant;
 
@@ -11,19 +9,7 @@ use sluice_processor::format::RecordFormat;
 use sluice_processor::metrics::PipelineMetrics;
 use sluice_processor::record::Record;
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// The bench's order records (~90 bytes of JSON).
-fn order(i: u64) -> String {
-    let regions = ["eu-west", "us-east", "ap-south"];
-    format!(
-        r#"{{"orderId":"o-{i}","region":"{}","total":{:.1},"items":{}}}"#,
-        regions[(i % 3) as usize],
-        (i % 50) as f64 - 5.0,
-        i % 7 + 1
-    )
-}
+use super::order;
 
 fn engine(steps: &str) -> anyhow::Result<Engine> {
     let spec = serde_saphyr::from_str(&format!(
@@ -67,12 +53,8 @@ fn run(data: &[(Vec<u8>, String)], mut engine: Option<Engine>) -> anyhow::Result
     Ok(started.elapsed().as_secs_f64() / data.len() as f64 * 1e9)
 }
 
-fn main() -> anyhow::Result<()> {
-    let n: u64 = std::env::args()
-        .nth(1)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(1_000_000);
+/// Prints nanoseconds per record for the baseline, b and c over `n` orders.
+pub fn engine_cost(n: u64) -> anyhow::Result<()> {
     let data: Vec<(Vec<u8>, String)> = (0..n)
         .map(|i| (format!("o-{i}").into_bytes(), order(i)))
         .collect();
