@@ -1,8 +1,9 @@
 //! `sluice-bench`: the processor against its ceiling and its peer, on one broker, one data set.
 //!
 //! Candidates, each run as a child process on the same pre-loaded input topic:
-//! (a) a bare rdkafka consume-produce loop (no parsing, offsets committed without waiting
-//!     for acknowledgements: the ceiling),
+//! (a) a bare rdkafka consume-produce loop (no parsing; key, value, headers and timestamp
+//!     copied as Sluice copies them; offsets committed without waiting for
+//!     acknowledgements: the ceiling),
 //! (b) Sluice filter+map, (c) Sluice per-region sum emitting every update, (c2) the same
 //! emitting each region's latest total once per commit (`emit: onCommit`),
 //! (d) the same two topologies in Kafka Streams (processor/bench/kafka-streams, built with Maven),
@@ -17,8 +18,12 @@
 //!
 //! Usage: `cargo run --release -p sluice-processor --bin sluice-bench -- [--records N]
 //! [--partitions P] [--rate R] [--latency-records L] [--bootstrap B] [--skip-streams]
-//! [--only <candidate letter>] [--kafka-config <librdkafka properties for Sluice>]`.
-//! The bootstrap defaults to KAFKA_BOOTSTRAP, then to e2e/.state/env.
+//! [--only <candidate letter>] [--kafka-config <librdkafka properties for Sluice>]
+//! [--pairs N]`. The bootstrap defaults to KAFKA_BOOTSTRAP, then to e2e/.state/env.
+//!
+//! `--pairs N` runs only (a) and (b), alternately, N times each on the same input, and
+//! prints b/a for each pair and their median: on a shared machine whose speed drifts
+//! between minutes, back-to-back pairs give a steadier ratio than one run of each.
 //!
 //! `sluice-bench engine [records]` measures the engine alone, without Kafka (see
 //! [`engine_cost`]).
@@ -55,6 +60,7 @@ struct Args {
     skip_streams: bool,
     only: Option<String>,
     kafka_config: Option<String>,
+    pairs: usize,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -67,6 +73,7 @@ fn parse_args() -> anyhow::Result<Args> {
         skip_streams: false,
         only: None,
         kafka_config: None,
+        pairs: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -80,6 +87,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--skip-streams" => args.skip_streams = true,
             "--only" => args.only = Some(val()?),
             "--kafka-config" => args.kafka_config = Some(val()?),
+            "--pairs" => args.pairs = val()?.parse()?,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -358,11 +366,16 @@ fn run_candidate(
     let cpu_s_per_million = (cpu_end - cpu_first) / args.records as f64 * 1e6;
     eprintln!("   {records_per_s:.0} records/s, {cpu_s_per_million:.2} CPU s per million records");
 
-    eprintln!(
-        "   latency: {} records at {}/s",
-        args.latency_records, args.rate
-    );
-    let p99_ms = latency(args, input, output)?;
+    // Pairs compare throughput only.
+    let p99_ms = if args.pairs > 0 {
+        f64::NAN
+    } else {
+        eprintln!(
+            "   latency: {} records at {}/s",
+            args.latency_records, args.rate
+        );
+        latency(args, input, output)?
+    };
     let (_, peak_mib) = usage(pid, ticks);
     Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -483,6 +496,11 @@ fn bare_loop(bootstrap: &str, input: &str, output: &str, group: &str) -> anyhow:
             if let Some(ts) = m.timestamp().to_millis() {
                 rec = rec.timestamp(ts);
             }
+            // Headers are part of the record: Sluice carries them to its outputs, and
+            // reading them costs librdkafka a parse per record even when there are none.
+            if let Some(h) = m.headers() {
+                rec = rec.headers(h.detach());
+            }
             loop {
                 match producer.send(rec) {
                     Ok(()) => break,
@@ -571,6 +589,101 @@ fn streams_jar() -> Option<PathBuf> {
     }
 }
 
+/// `--pairs`: b/a of each back-to-back pair, and their median.
+fn print_pairs(results: &[Result]) -> anyhow::Result<()> {
+    let ratios: Vec<(f64, f64)> = results
+        .chunks_exact(2)
+        .map(|p| {
+            (
+                p[1].records_per_s / p[0].records_per_s,
+                p[1].cpu_s_per_million / p[0].cpu_s_per_million,
+            )
+        })
+        .collect();
+    if ratios.is_empty() {
+        bail!("no complete a/b pair");
+    }
+    println!();
+    for (i, (throughput, cpu)) in ratios.iter().enumerate() {
+        println!(
+            "pair {}: b/a throughput {throughput:.2}, b's CPU per record {cpu:.2}x a's",
+            i + 1
+        );
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    };
+    let mut t: Vec<f64> = ratios.iter().map(|r| r.0).collect();
+    let mut c: Vec<f64> = ratios.iter().map(|r| r.1).collect();
+    println!(
+        "median of {} pairs: b/a throughput {:.2}, b's CPU per record {:.2}x a's",
+        ratios.len(),
+        median(&mut t),
+        median(&mut c)
+    );
+    Ok(())
+}
+
+/// The bare loop (a), writing to `{run}-{tag}-out`.
+fn bare_candidate(
+    exe: &Path,
+    args: &Args,
+    input: &str,
+    run: &str,
+    tag: &str,
+) -> (Candidate, String) {
+    let group = format!("{run}-{tag}");
+    let output = format!("{run}-{tag}-out");
+    let mut cmd = Command::new(exe);
+    cmd.args(["bare", &args.bootstrap, input, &output, &group]);
+    (
+        Candidate {
+            name: "a bare rdkafka loop",
+            group,
+            command: cmd,
+        },
+        output,
+    )
+}
+
+/// A Sluice pipeline (`tag`, the aggregate's emit mode or filter+map, and its name), run
+/// with `sluice-processor run`, writing to `{run}-{tag}-out`.
+fn sluice_candidate(
+    processor: &Path,
+    args: &Args,
+    dir: &Path,
+    input: &str,
+    run: &str,
+    (tag, emit, name): (&str, Option<&str>, &'static str),
+) -> anyhow::Result<(Candidate, String)> {
+    let pname = format!("{run}-{tag}");
+    let output = format!("{run}-{tag}-out");
+    let manifest = sluice_manifest(dir, &pname, input, &output, emit)?;
+    let mut cmd = Command::new(processor);
+    cmd.arg("run")
+        .arg("-f")
+        .arg(&manifest)
+        .args(["--bootstrap", &args.bootstrap])
+        .env("RUST_LOG", "warn");
+    if let Some(k) = &args.kafka_config {
+        cmd.args(["--kafka-config", k]);
+    }
+    Ok((
+        Candidate {
+            name,
+            group: format!("sluice-bench-{pname}"),
+            command: cmd,
+        },
+        output,
+    ))
+}
+
 /// Runs each candidate (those `--only` selects) on the loaded input, one after another.
 fn run_all(
     args: &Args,
@@ -632,49 +745,42 @@ fn main() -> anyhow::Result<()> {
 
     let mut cands = Vec::new();
     let out = |c: &str| format!("{run}-{c}-out");
-    {
-        let group = format!("{run}-bare");
-        let mut cmd = Command::new(&exe);
-        cmd.args(["bare", &args.bootstrap, &input, &out("bare"), &group]);
-        cands.push((
-            Candidate {
-                name: "a bare rdkafka loop",
-                group,
-                command: cmd,
-            },
-            out("bare"),
-        ));
-    }
-    for (tag, emit, name) in [
-        ("filtermap", None, "b sluice filter+map"),
-        ("aggregate", Some("onUpdate"), "c sluice aggregate"),
-        (
-            "aggregate-oncommit",
-            Some("onCommit"),
-            "c2 sluice aggregate, onCommit",
-        ),
-    ] {
-        let pname = format!("{run}-{tag}");
-        let manifest = sluice_manifest(&dir, &pname, &input, &out(tag), emit)?;
-        let mut cmd = Command::new(&processor);
-        cmd.arg("run")
-            .arg("-f")
-            .arg(&manifest)
-            .args(["--bootstrap", &args.bootstrap])
-            .env("RUST_LOG", "warn");
-        if let Some(k) = &args.kafka_config {
-            cmd.args(["--kafka-config", k]);
+    if args.pairs > 0 {
+        for i in 0..args.pairs {
+            cands.push(bare_candidate(
+                &exe,
+                &args,
+                &input,
+                &run,
+                &format!("bare-{i}"),
+            ));
+            cands.push(sluice_candidate(
+                &processor,
+                &args,
+                &dir,
+                &input,
+                &run,
+                (&format!("filtermap-{i}"), None, "b sluice filter+map"),
+            )?);
         }
-        cands.push((
-            Candidate {
-                name,
-                group: format!("sluice-bench-{pname}"),
-                command: cmd,
-            },
-            out(tag),
-        ));
+    } else {
+        cands.push(bare_candidate(&exe, &args, &input, &run, "bare"));
+        for sluice in [
+            ("filtermap", None, "b sluice filter+map"),
+            ("aggregate", Some("onUpdate"), "c sluice aggregate"),
+            (
+                "aggregate-oncommit",
+                Some("onCommit"),
+                "c2 sluice aggregate, onCommit",
+            ),
+        ] {
+            cands.push(sluice_candidate(
+                &processor, &args, &dir, &input, &run, sluice,
+            )?);
+        }
     }
-    if !args.skip_streams
+    if args.pairs == 0
+        && !args.skip_streams
         && let Some(jar) = streams_jar()
     {
         for (tag, name) in [
@@ -712,9 +818,20 @@ fn main() -> anyhow::Result<()> {
     );
     for r in &results {
         println!(
-            "{:<34} {:>12.0} {:>16.2} {:>10.1} {:>10.0}",
-            r.name, r.records_per_s, r.cpu_s_per_million, r.p99_ms, r.peak_mib
+            "{:<34} {:>12.0} {:>16.2} {:>10} {:>10.0}",
+            r.name,
+            r.records_per_s,
+            r.cpu_s_per_million,
+            if r.p99_ms.is_nan() {
+                "-".to_string()
+            } else {
+                format!("{:.1}", r.p99_ms)
+            },
+            r.peak_mib
         );
+    }
+    if args.pairs > 0 {
+        return print_pairs(&results);
     }
     let find = |prefix: &str| results.iter().find(|r| r.name.starts_with(prefix));
     let ratio = |a: &Result, b: &Result| {
