@@ -4,6 +4,7 @@
 //! (a) a bare rdkafka consume-produce loop (no parsing; key, value, headers and timestamp
 //!     copied as Sluice copies them; offsets committed without waiting for
 //!     acknowledgements: the ceiling),
+//! (b0) Sluice with no steps and `format: bytes` (its loop alone: a topic copy),
 //! (b) Sluice filter+map, (c) Sluice per-region sum emitting every update, (c2) the same
 //! emitting each region's latest total once per commit (`emit: onCommit`),
 //! (d) the same two topologies in Kafka Streams (processor/bench/kafka-streams, built with Maven),
@@ -18,12 +19,14 @@
 //!
 //! Usage: `cargo run --release -p sluice-processor --bin sluice-bench -- [--records N]
 //! [--partitions P] [--rate R] [--latency-records L] [--bootstrap B] [--skip-streams]
-//! [--only <candidate letter>] [--kafka-config <librdkafka properties for Sluice>]
-//! [--pairs N]`. The bootstrap defaults to KAFKA_BOOTSTRAP, then to e2e/.state/env.
+//! [--only <candidate letters, comma-separated>] [--kafka-config <librdkafka properties
+//! for Sluice>] [--pairs N]`. The bootstrap defaults to KAFKA_BOOTSTRAP, then to
+//! e2e/.state/env.
 //!
-//! `--pairs N` runs only (a) and (b), alternately, N times each on the same input, and
-//! prints b/a for each pair and their median: on a shared machine whose speed drifts
-//! between minutes, back-to-back pairs give a steadier ratio than one run of each.
+//! `--pairs N` runs (a) back to back with each Sluice candidate `--only` selects (b when
+//! it is not given), N times, and prints each pair's ratio and their median: on a shared
+//! machine whose speed drifts between minutes, back-to-back pairs give a steadier ratio
+//! than one run of each.
 //!
 //! `sluice-bench engine [records]` measures the engine alone, without Kafka (see
 //! [`engine_cost`]).
@@ -528,30 +531,48 @@ fn bare_loop(bootstrap: &str, input: &str, output: &str, group: &str) -> anyhow:
     }
 }
 
+/// What a Sluice candidate runs.
+#[derive(Clone, Copy)]
+enum Topology {
+    /// No steps, `format: bytes`: Sluice's loop alone.
+    Copy,
+    /// Filter, then map.
+    FilterMap,
+    /// Filter, then the per-region sum with this emit mode.
+    Aggregate(&'static str),
+}
+
 fn sluice_manifest(
     dir: &Path,
     name: &str,
     input: &str,
     output: &str,
-    aggregate_emit: Option<&str>,
+    topology: Topology,
 ) -> anyhow::Result<PathBuf> {
-    let steps = if let Some(emit) = aggregate_emit {
-        serde_json::json!([
-            {"name": "positive", "filter": "value.total > 0.0"},
-            {"name": "per-region", "aggregate": {"groupBy": {"region": "value.region"},
-                "aggregations": [{"name": "total", "op": "sum", "of": "value.total"}],
-                "emit": emit}}
-        ])
-    } else {
-        serde_json::json!([
-            {"name": "positive", "filter": "value.total > 0.0"},
-            {"name": "shape", "map": {"set": {"totalCents": "value.total * 100.0"}, "drop": ["orderId"]}}
-        ])
+    let (steps, format) = match topology {
+        Topology::Copy => (serde_json::json!([]), "bytes"),
+        Topology::FilterMap => (
+            serde_json::json!([
+                {"name": "positive", "filter": "value.total > 0.0"},
+                {"name": "shape", "map": {"set": {"totalCents": "value.total * 100.0"}, "drop": ["orderId"]}}
+            ]),
+            "json",
+        ),
+        Topology::Aggregate(emit) => (
+            serde_json::json!([
+                {"name": "positive", "filter": "value.total > 0.0"},
+                {"name": "per-region", "aggregate": {"groupBy": {"region": "value.region"},
+                    "aggregations": [{"name": "total", "op": "sum", "of": "value.total"}],
+                    "emit": emit}}
+            ]),
+            "json",
+        ),
     };
     let doc = serde_json::json!({
         "apiVersion": "sluice.dev/v1alpha1", "kind": "Pipeline",
         "metadata": {"name": name, "namespace": "bench"},
-        "spec": {"inputs": [input], "steps": steps, "outputs": [{"topic": output}],
+        "spec": {"inputs": [input], "steps": steps, "format": format,
+                 "outputs": [{"topic": output}],
                  "delivery": "atLeastOnce", "commitInterval": "100ms"}
     });
     let path = dir.join(format!("{name}.json"));
@@ -589,45 +610,55 @@ fn streams_jar() -> Option<PathBuf> {
     }
 }
 
-/// `--pairs`: b/a of each back-to-back pair, and their median.
+/// `--pairs`: each back-to-back pair's ratios (the Sluice candidate against a), and
+/// their median per candidate.
 fn print_pairs(results: &[Result]) -> anyhow::Result<()> {
-    let ratios: Vec<(f64, f64)> = results
+    // (candidate letter, throughput ratio, CPU-per-record ratio), in run order.
+    let ratios: Vec<(&str, f64, f64)> = results
         .chunks_exact(2)
         .map(|p| {
             (
+                p[1].name.split(' ').next().unwrap_or_default(),
                 p[1].records_per_s / p[0].records_per_s,
                 p[1].cpu_s_per_million / p[0].cpu_s_per_million,
             )
         })
         .collect();
     if ratios.is_empty() {
-        bail!("no complete a/b pair");
+        bail!("no complete pair");
     }
     println!();
-    for (i, (throughput, cpu)) in ratios.iter().enumerate() {
+    for (i, (x, throughput, cpu)) in ratios.iter().enumerate() {
         println!(
-            "pair {}: b/a throughput {throughput:.2}, b's CPU per record {cpu:.2}x a's",
+            "pair {}: {x}/a throughput {throughput:.2}, {x}'s CPU per record {cpu:.2}x a's",
             i + 1
         );
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        }
-    };
-    let mut t: Vec<f64> = ratios.iter().map(|r| r.0).collect();
-    let mut c: Vec<f64> = ratios.iter().map(|r| r.1).collect();
-    println!(
-        "median of {} pairs: b/a throughput {:.2}, b's CPU per record {:.2}x a's",
-        ratios.len(),
-        median(&mut t),
-        median(&mut c)
-    );
+    let mut letters: Vec<&str> = ratios.iter().map(|r| r.0).collect();
+    letters.sort_unstable();
+    letters.dedup();
+    for x in letters {
+        let mut t: Vec<f64> = ratios.iter().filter(|r| r.0 == x).map(|r| r.1).collect();
+        let mut c: Vec<f64> = ratios.iter().filter(|r| r.0 == x).map(|r| r.2).collect();
+        println!(
+            "median of {} pairs: {x}/a throughput {:.2}, {x}'s CPU per record {:.2}x a's",
+            t.len(),
+            median(&mut t),
+            median(&mut c)
+        );
+    }
     Ok(())
+}
+
+/// The median (of a non-empty list).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 /// The bare loop (a), writing to `{run}-{tag}-out`.
@@ -652,19 +683,19 @@ fn bare_candidate(
     )
 }
 
-/// A Sluice pipeline (`tag`, the aggregate's emit mode or filter+map, and its name), run
-/// with `sluice-processor run`, writing to `{run}-{tag}-out`.
+/// A Sluice pipeline (`tag`, what it runs, and its name), run with
+/// `sluice-processor run`, writing to `{run}-{tag}-out`.
 fn sluice_candidate(
     processor: &Path,
     args: &Args,
     dir: &Path,
     input: &str,
     run: &str,
-    (tag, emit, name): (&str, Option<&str>, &'static str),
+    (tag, topology, name): (&str, Topology, &'static str),
 ) -> anyhow::Result<(Candidate, String)> {
     let pname = format!("{run}-{tag}");
     let output = format!("{run}-{tag}-out");
-    let manifest = sluice_manifest(dir, &pname, input, &output, emit)?;
+    let manifest = sluice_manifest(dir, &pname, input, &output, topology)?;
     let mut cmd = Command::new(processor);
     cmd.arg("run")
         .arg("-f")
@@ -684,6 +715,12 @@ fn sluice_candidate(
     ))
 }
 
+/// Whether `--only` (candidate letters, comma-separated) selects the candidate `name`.
+fn selected(only: &str, name: &str) -> bool {
+    let letter = name.split(' ').next().unwrap_or_default();
+    only.split(',').any(|o| o.trim() == letter)
+}
+
 /// Runs each candidate (those `--only` selects) on the loaded input, one after another.
 fn run_all(
     args: &Args,
@@ -693,10 +730,11 @@ fn run_all(
 ) -> anyhow::Result<Vec<Result>> {
     let mut results = Vec::new();
     for (cand, output) in cands {
-        if args
-            .only
-            .as_deref()
-            .is_some_and(|o| !cand.name.starts_with(o))
+        if args.pairs == 0
+            && args
+                .only
+                .as_deref()
+                .is_some_and(|o| !selected(o, cand.name))
         {
             continue;
         }
@@ -745,35 +783,45 @@ fn main() -> anyhow::Result<()> {
 
     let mut cands = Vec::new();
     let out = |c: &str| format!("{run}-{c}-out");
+    let sluices = [
+        ("copy", Topology::Copy, "b0 sluice copy, no steps"),
+        ("filtermap", Topology::FilterMap, "b sluice filter+map"),
+        (
+            "aggregate",
+            Topology::Aggregate("onUpdate"),
+            "c sluice aggregate",
+        ),
+        (
+            "aggregate-oncommit",
+            Topology::Aggregate("onCommit"),
+            "c2 sluice aggregate, onCommit",
+        ),
+    ];
     if args.pairs > 0 {
+        // a against each selected Sluice candidate (b unless --only says otherwise).
+        let only = args.only.clone().unwrap_or_else(|| "b".to_string());
         for i in 0..args.pairs {
-            cands.push(bare_candidate(
-                &exe,
-                &args,
-                &input,
-                &run,
-                &format!("bare-{i}"),
-            ));
-            cands.push(sluice_candidate(
-                &processor,
-                &args,
-                &dir,
-                &input,
-                &run,
-                (&format!("filtermap-{i}"), None, "b sluice filter+map"),
-            )?);
+            for (tag, topology, name) in sluices.iter().filter(|s| selected(&only, s.2)) {
+                cands.push(bare_candidate(
+                    &exe,
+                    &args,
+                    &input,
+                    &run,
+                    &format!("bare-{tag}-{i}"),
+                ));
+                cands.push(sluice_candidate(
+                    &processor,
+                    &args,
+                    &dir,
+                    &input,
+                    &run,
+                    (&format!("{tag}-{i}"), *topology, name),
+                )?);
+            }
         }
     } else {
         cands.push(bare_candidate(&exe, &args, &input, &run, "bare"));
-        for sluice in [
-            ("filtermap", None, "b sluice filter+map"),
-            ("aggregate", Some("onUpdate"), "c sluice aggregate"),
-            (
-                "aggregate-oncommit",
-                Some("onCommit"),
-                "c2 sluice aggregate, onCommit",
-            ),
-        ] {
+        for sluice in sluices {
             cands.push(sluice_candidate(
                 &processor, &args, &dir, &input, &run, sluice,
             )?);
