@@ -321,13 +321,28 @@ fn check(text: &str) -> Result<(), serde_json::Error> {
         Some(b'[' | b'{') => true,
         _ => false,
     };
-    if needs_parse {
+    if !needs_parse {
+        return Ok(());
+    }
+    // The value sits one level inside the record, so it may nest one level less than
+    // serde_json allows a whole document. Only a long value can nest that deep (each
+    // level takes two bytes): a value of NESTING_LIMIT bytes or more is parsed inside an
+    // array, which puts it at its real depth; shorter ones are parsed as they are,
+    // without the copy.
+    if text.len() >= NESTING_LIMIT {
+        let wrapped = format!("[{text}]");
+        let mut de = serde_json::Deserializer::from_str(&wrapped);
+        de::Deserializer::deserialize_any(&mut de, Strict)?;
+        de.end()
+    } else {
         let mut de = serde_json::Deserializer::from_str(text);
         de::Deserializer::deserialize_any(&mut de, Strict)?;
-        de.end()?;
+        de.end()
     }
-    Ok(())
 }
+
+/// serde_json's recursion limit: a document may nest fewer levels than this.
+const NESTING_LIMIT: usize = 128;
 
 /// Reads a JSON value to its end as a full parse does, keeping nothing.
 struct Strict;
@@ -507,6 +522,23 @@ mod tests {
         ] {
             let tree: serde_json::Value = serde_json::from_str(text).unwrap();
             assert_eq!(obj(text).to_value().unwrap(), tree, "{text}");
+        }
+    }
+
+    /// At the nesting limit, a field's value is judged at its depth in the record: the
+    /// same records are refused as by a full parse.
+    #[test]
+    fn nesting_is_limited_as_in_a_full_parse() {
+        for n in 120..=132 {
+            for (open, close) in [("[", "]"), ("{\"x\":", "}")] {
+                let text = format!("{{\"a\":{}1{}}}", open.repeat(n), close.repeat(n));
+                let full = serde_json::from_str::<serde_json::Value>(&text).is_ok();
+                assert_eq!(
+                    JsonObject::decode(text.as_bytes()).is_ok(),
+                    full,
+                    "depth {n}"
+                );
+            }
         }
     }
 
