@@ -9,16 +9,18 @@
 
 use std::fmt;
 use std::ops::Range;
+use std::sync::Arc;
 
 use serde::Deserializer as _;
 use serde::de::{self, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-/// A field's name: a span of the source text when it had no escapes, else its own string.
+/// A field's name: a span of the source text when it had no escapes, else its own string
+/// (shared, so a step that sets the same field on every record does not copy its name).
 #[derive(Clone)]
 enum Name {
     Span(Range<usize>),
-    Owned(String),
+    Owned(Arc<str>),
 }
 
 /// A field's value: a span of the source text, or a value a step put there.
@@ -141,13 +143,18 @@ impl JsonObject {
 
     /// Sets `key` to `value` (in place when present, else at the end).
     pub fn insert(&mut self, key: &str, value: serde_json::Value) {
-        self.put(key, Slot::Value(value));
+        self.put(key, Slot::Value(value), || Arc::from(key));
     }
 
-    fn put(&mut self, key: &str, slot: Slot) {
+    /// [`JsonObject::insert`] with a name the caller keeps (no copy of it per record).
+    pub fn insert_shared(&mut self, key: &Arc<str>, value: serde_json::Value) {
+        self.put(key, Slot::Value(value), || key.clone());
+    }
+
+    fn put(&mut self, key: &str, slot: Slot, name: impl FnOnce() -> Arc<str>) {
         match self.position(key) {
             Some(i) => self.fields[i].1 = slot,
-            None => self.fields.push((Name::Owned(key.to_string()), slot)),
+            None => self.fields.push((Name::Owned(name()), slot)),
         }
     }
 
@@ -167,7 +174,7 @@ impl JsonObject {
     pub fn rename(&mut self, from: &str, to: &str) {
         if let Some(i) = self.position(from) {
             let (_, slot) = self.fields.remove(i);
-            self.put(to, slot);
+            self.put(to, slot, || Arc::from(to));
         }
     }
 
@@ -204,7 +211,7 @@ impl JsonObject {
                     out.extend_from_slice(self.src.get(r.clone()).unwrap_or_default().as_bytes());
                     out.push(b'"');
                 }
-                Name::Owned(s) => serde_json::to_writer(&mut *out, s)?,
+                Name::Owned(s) => serde_json::to_writer(&mut *out, &**s)?,
             }
             out.push(b':');
             match slot {
@@ -300,9 +307,9 @@ impl<'de> Visitor<'de> for SpanVisitor<'de> {
             let name = match key {
                 KeyText::Borrowed(k) => match span_of(self.src, k) {
                     Some(r) => Name::Span(r),
-                    None => Name::Owned(k.to_string()),
+                    None => Name::Owned(Arc::from(k)),
                 },
-                KeyText::Owned(k) => Name::Owned(k),
+                KeyText::Owned(k) => Name::Owned(Arc::from(k)),
             };
             out.push((name, Slot::Raw(value)));
         }

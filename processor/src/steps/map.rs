@@ -1,5 +1,7 @@
 //! The map step: set fields from expressions, rename, drop.
 
+use std::sync::Arc;
+
 use crate::expr::Scope;
 use sluice_crds::pipeline::MapStep;
 
@@ -10,7 +12,7 @@ use crate::record::{Payload, Record};
 /// A compiled map step.
 #[derive(Debug)]
 pub struct Map {
-    set: Vec<(String, Expr)>,
+    set: Vec<(Arc<str>, Expr)>,
     rename: Vec<(String, String)>,
     drop: Vec<String>,
 }
@@ -21,7 +23,7 @@ impl Map {
         let set = spec
             .set
             .iter()
-            .map(|(field, src)| Ok((field.clone(), compile_expr(step, src)?)))
+            .map(|(field, src)| Ok((Arc::from(field.as_str()), compile_expr(step, src)?)))
             .collect::<Result<_, ConfigError>>()?;
         Ok(Self {
             set,
@@ -41,19 +43,14 @@ impl Map {
         needs
     }
 
-    /// Evaluates every `set` against the incoming record, then applies set, rename, drop.
+    /// Applies set, rename, drop. Every `set` sees the record as it came in: expressions
+    /// read the scope, which was made from it, so a field set here is not seen by the
+    /// next expression.
     pub fn apply(&self, mut record: Record, scope: &Scope<'_>) -> Result<Record, StepError> {
-        let mut values = Vec::with_capacity(self.set.len());
-        for (field, expr) in &self.set {
-            let v = expr.eval(scope)?;
-            let json =
-                cel_to_json(&v).map_err(|e| StepError::Shape(format!("field {field}: {e}")))?;
-            values.push((field, json));
-        }
         match &mut record.value {
             Payload::JsonObject(obj) => {
-                for (field, json) in values {
-                    obj.insert(field, json);
+                for (field, expr) in &self.set {
+                    obj.insert_shared(field, Self::eval(field, expr, scope)?);
                 }
                 for (from, to) in &self.rename {
                     obj.rename(from, to);
@@ -63,8 +60,8 @@ impl Map {
                 }
             }
             Payload::Json(serde_json::Value::Object(obj)) => {
-                for (field, json) in values {
-                    obj.insert(field.clone(), json);
+                for (field, expr) in &self.set {
+                    obj.insert(field.to_string(), Self::eval(field, expr, scope)?);
                 }
                 for (from, to) in &self.rename {
                     if let Some(v) = obj.remove(from) {
@@ -78,6 +75,11 @@ impl Map {
             _ => return Err(StepError::Shape("map needs a JSON object".to_string())),
         }
         Ok(record)
+    }
+
+    fn eval(field: &str, expr: &Expr, scope: &Scope<'_>) -> Result<serde_json::Value, StepError> {
+        let v = expr.eval(scope)?;
+        cel_to_json(&v).map_err(|e| StepError::Shape(format!("field {field}: {e}")))
     }
 }
 
