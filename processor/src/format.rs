@@ -74,6 +74,30 @@ impl RecordFormat {
         }
     }
 
+    /// Encodes a value it may consume, into `buf` (an empty buffer to reuse) when it
+    /// writes text: bytes and strings are handed over as they are, without a copy.
+    pub fn encode_owned(self, value: Payload, mut buf: Vec<u8>) -> Result<Vec<u8>, EncodeError> {
+        let json_error = |e: serde_json::Error| EncodeError {
+            format: "json",
+            message: e.to_string(),
+        };
+        match (self, value) {
+            (Self::Text | Self::Bytes, Payload::Bytes(b)) => Ok(b),
+            (Self::Text | Self::Bytes, Payload::Text(s)) => Ok(s.into_bytes()),
+            (_, Payload::JsonObject(o)) => {
+                buf.clear();
+                o.write(&mut buf).map_err(json_error)?;
+                Ok(buf)
+            }
+            (Self::Json, Payload::Json(v)) => {
+                buf.clear();
+                serde_json::to_writer(&mut buf, &v).map_err(json_error)?;
+                Ok(buf)
+            }
+            (format, value) => format.encode(&value),
+        }
+    }
+
     /// Encodes a value for output.
     pub fn encode(self, value: &Payload) -> Result<Vec<u8>, EncodeError> {
         match (self, value) {

@@ -9,6 +9,7 @@
 //! an offset is never committed before the outputs of the records below it are stored.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rdkafka::client::ClientContext;
@@ -85,10 +86,18 @@ pub(crate) struct Failed {
 
 /// Producer callbacks: remember outputs that could not be delivered, and count the ones
 /// still awaiting acknowledgement per epoch.
+///
+/// Records sent in the open epoch are counted without a lock (the worker sends one record
+/// after another); the count joins the per-epoch table when the epoch is sealed. Until
+/// then its acknowledgements leave the table's entry for it below zero, and the open
+/// epoch counts as waiting while anything was sent in it.
 #[derive(Default)]
 pub(crate) struct DeliveryTracker {
     failed: Mutex<Vec<Failed>>,
-    unacked: Mutex<BTreeMap<u64, u64>>,
+    /// Sent minus acknowledged, per epoch (the open epoch's sends not yet added).
+    unacked: Mutex<BTreeMap<u64, i64>>,
+    open_epoch: AtomicU64,
+    open_sent: AtomicU64,
 }
 
 impl ClientContext for DeliveryTracker {}
@@ -112,27 +121,44 @@ impl ProducerContext for DeliveryTracker {
                 output,
             });
         }
-        let mut unacked = lock(&self.unacked);
-        if let Some(n) = unacked.get_mut(&sent.epoch) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                unacked.remove(&sent.epoch);
-            }
-        }
+        self.add(sent.epoch, -1);
     }
 }
 
 impl DeliveryTracker {
     /// The producer accepted a record of `epoch`: it awaits acknowledgement.
     pub fn sent(&self, epoch: u64) {
-        *lock(&self.unacked).entry(epoch).or_insert(0) += 1;
+        if epoch == self.open_epoch.load(Ordering::Acquire) {
+            self.open_sent.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.add(epoch, 1);
+        }
+    }
+
+    /// Closes `epoch` (the open one): what was sent in it now waits in the table, and
+    /// `epoch + 1` is open.
+    pub fn seal(&self, epoch: u64) {
+        let mut unacked = lock(&self.unacked);
+        let sent = self.open_sent.swap(0, Ordering::AcqRel);
+        let open = self.open_epoch.swap(epoch + 1, Ordering::AcqRel);
+        if sent > 0 {
+            add_to(&mut unacked, open, i64::try_from(sent).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn add(&self, epoch: u64, n: i64) {
+        add_to(&mut lock(&self.unacked), epoch, n);
     }
 
     /// Whether every record of `epoch` and of earlier epochs was acknowledged.
     pub fn acked_through(&self, epoch: u64) -> bool {
-        lock(&self.unacked)
-            .first_key_value()
-            .is_none_or(|(oldest, _)| *oldest > epoch)
+        let unacked = lock(&self.unacked);
+        let open_waits = epoch >= self.open_epoch.load(Ordering::Acquire)
+            && self.open_sent.load(Ordering::Acquire) > 0;
+        !open_waits
+            && unacked
+                .first_key_value()
+                .is_none_or(|(oldest, _)| *oldest > epoch)
     }
 
     /// Whether any delivery failed since the last [`DeliveryTracker::take_failed`].
@@ -148,7 +174,18 @@ impl DeliveryTracker {
     /// Stops waiting for the records sent so far (they are being replayed): their late
     /// reports are ignored.
     pub fn forget_unacked(&self) {
-        lock(&self.unacked).clear();
+        let mut unacked = lock(&self.unacked);
+        unacked.clear();
+        self.open_sent.store(0, Ordering::Release);
+    }
+}
+
+/// Adds `n` to `epoch`'s count, dropping the entry when it reaches zero.
+fn add_to(unacked: &mut BTreeMap<u64, i64>, epoch: u64, n: i64) {
+    let count = unacked.entry(epoch).or_insert(0);
+    *count = count.saturating_add(n);
+    if *count == 0 {
+        unacked.remove(&epoch);
     }
 }
 
@@ -238,9 +275,33 @@ mod tests {
         assert!(!t.acked_through(1));
         assert!(!t.acked_through(2), "epoch 1 still waits");
         // Epoch 2's record is acknowledged first (another partition's broker was faster).
-        lock(&t.unacked).remove(&2);
+        t.add(2, -1);
         assert!(!t.acked_through(2), "epoch 1 still waits");
-        lock(&t.unacked).remove(&1);
+        t.add(1, -1);
+        assert!(t.acked_through(2));
+    }
+
+    #[test]
+    fn the_open_epoch_counts_once_sealed_even_when_acks_come_first() {
+        let t = DeliveryTracker::default();
+        t.sent(0);
+        t.sent(0);
+        // One acknowledgement arrives while epoch 0 is still open.
+        t.add(0, -1);
+        t.seal(0);
+        assert!(!t.acked_through(0), "one of two records still waits");
+        t.sent(1);
+        t.add(0, -1);
+        assert!(t.acked_through(0));
+        assert!(!t.acked_through(1), "epoch 1 is open and waits");
+        t.seal(1);
+        assert!(!t.acked_through(1));
+        t.add(1, -1);
+        assert!(t.acked_through(1));
+        // Both acknowledged before the seal: nothing waits.
+        t.sent(2);
+        t.add(2, -1);
+        t.seal(2);
         assert!(t.acked_through(2));
     }
 
@@ -262,7 +323,9 @@ mod tests {
     fn forgotten_epochs_ignore_late_reports() {
         let t = DeliveryTracker::default();
         t.sent(1);
+        t.sent(0);
         t.forget_unacked();
+        t.seal(0);
         assert!(t.acked_through(5));
     }
 }

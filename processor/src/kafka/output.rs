@@ -7,7 +7,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use std::time::Duration;
 
 use super::acks::{DeliveryTracker, Origin, Sent};
-use crate::engine::{Emit, Failure, encode};
+use crate::engine::{Emit, Failure};
 use crate::format::RecordFormat;
 
 /// A record ready to produce.
@@ -21,9 +21,11 @@ pub(crate) struct Output {
 }
 
 impl Output {
-    /// Encodes an emitted record.
-    pub fn encode(format: RecordFormat, e: Emit) -> Result<Output, Failure> {
-        let value = encode(format, &e.record.value)?;
+    /// Encodes an emitted record, writing text into `buf` (an empty buffer to reuse).
+    pub fn encode(format: RecordFormat, e: Emit, buf: Vec<u8>) -> Result<Output, Failure> {
+        let value = format
+            .encode_owned(e.record.value, buf)
+            .map_err(|err| Failure::new("output", err))?;
         let headers = (!e.record.headers.is_empty()).then(|| {
             e.record
                 .headers
@@ -48,7 +50,7 @@ impl Output {
     /// Produces it in `epoch` on behalf of `origin` (whose record is dead-lettered if it
     /// cannot be delivered). An error means the producer refused it at once.
     pub fn send(
-        self,
+        &mut self,
         producer: &BaseProducer<DeliveryTracker>,
         origin: &Origin,
         epoch: u64,
@@ -56,9 +58,10 @@ impl Output {
         self.send_as(producer, Sent::boxed(origin.clone(), epoch))
     }
 
-    /// Produces it with `opaque` riding along to its delivery report.
+    /// Produces it with `opaque` riding along to its delivery report (the producer copies
+    /// the bytes: the value's buffer may be reused once this returns).
     pub fn send_as(
-        self,
+        &mut self,
         producer: &BaseProducer<DeliveryTracker>,
         opaque: Box<Sent>,
     ) -> Result<(), KafkaError> {
@@ -67,7 +70,7 @@ impl Output {
         if let Some(k) = &self.key {
             rec = rec.key(k);
         }
-        if let Some(h) = self.headers {
+        if let Some(h) = self.headers.take() {
             rec = rec.headers(h);
         }
         if let Some(ts) = self.timestamp {

@@ -225,7 +225,10 @@ struct Core {
     emits: Vec<Emit>,
     /// Scratch: the encoded outputs of the record being handled.
     outputs: Vec<Output>,
+    /// Value buffers of sent outputs (the producer copied them), for the next ones.
+    buffers: Vec<Vec<u8>>,
     topics: HashMap<String, Arc<str>>,
+    last_topic: Option<Arc<str>>,
     /// The partitions this replica owns now. A record of any other partition (fetched
     /// before a cooperative rebalance took its partition away) is not processed: its new
     /// owner reads it, and committing it here too would duplicate it.
@@ -281,7 +284,20 @@ fn partition_names(tpl: &TopicPartitionList) -> Vec<String> {
 }
 
 impl Core {
+    /// The shared name of `topic` (records come in runs of one topic: the last one is
+    /// checked before the map).
     fn topic_arc(&mut self, topic: &str) -> Arc<str> {
+        if let Some(t) = &self.last_topic
+            && **t == *topic
+        {
+            return t.clone();
+        }
+        let t = self.intern(topic);
+        self.last_topic = Some(t.clone());
+        t
+    }
+
+    fn intern(&mut self, topic: &str) -> Arc<str> {
         if let Some(t) = self.topics.get(topic) {
             return t.clone();
         }
@@ -358,6 +374,7 @@ impl Core {
 
     /// Processes one consumed record.
     fn handle(&mut self, m: &BorrowedMessage<'_>) -> Result<(), WorkerError> {
+        // librdkafka's topic name is checked as UTF-8 on every call: read it once.
         let (partition, topic) = (m.partition(), m.topic());
         if !self
             .assigned
@@ -379,7 +396,7 @@ impl Core {
                 .map_err(WorkerError::Transaction)?;
             self.in_txn = true;
         }
-        let topic = self.topic_arc(m.topic());
+        let topic = self.topic_arc(topic);
         let origin = Origin {
             topic: topic.clone(),
             partition: m.partition(),
@@ -398,11 +415,12 @@ impl Core {
         match outcome {
             Ok(()) => {
                 let mut outputs = std::mem::take(&mut self.outputs);
-                for output in outputs.drain(..) {
-                    let topic = output.topic.clone();
-                    if let Err(e) = output.send(&self.producer, &origin, self.epoch) {
+                for mut output in outputs.drain(..) {
+                    let sent = output.send(&self.producer, &origin, self.epoch);
+                    self.recycle(output.value);
+                    if let Err(e) = sent {
                         // Rejected at once (too large, unknown topic...): final for this record.
-                        let failure = Failure::new("produce", format!("{topic}: {e}"));
+                        let failure = Failure::new("produce", format!("{}: {e}", output.topic));
                         self.dead_letter(&Source::of_message(m), &failure)?;
                         break;
                     }
@@ -447,11 +465,12 @@ impl Core {
         let mut emits = std::mem::take(&mut self.emits);
         emits.clear();
         self.outputs.clear();
-        let outputs = &mut self.outputs;
+        let (outputs, buffers) = (&mut self.outputs, &mut self.buffers);
         let result = self.engine.process(record, &mut emits).and_then(|()| {
-            emits
-                .drain(..)
-                .try_for_each(|e| Output::encode(format, e).map(|o| outputs.push(o)))
+            emits.drain(..).try_for_each(|e| {
+                Output::encode(format, e, buffers.pop().unwrap_or_default())
+                    .map(|o| outputs.push(o))
+            })
         });
         if result.is_err() {
             self.outputs.clear();
@@ -486,11 +505,15 @@ impl Core {
             };
             let sent = match refused {
                 Some(error) => Err(Failure::new("produce", error)),
-                None => Output::encode(format, e).and_then(|o| {
-                    let topic = o.topic.clone();
-                    o.send_as(&self.producer, Sent::flushed(self.epoch))
-                        .map_err(|err| Failure::new("produce", format!("{topic}: {err}")))
-                }),
+                None => Output::encode(format, e, self.buffers.pop().unwrap_or_default()).and_then(
+                    |mut o| {
+                        let sent = o
+                            .send_as(&self.producer, Sent::flushed(self.epoch))
+                            .map_err(|err| Failure::new("produce", format!("{}: {err}", o.topic)));
+                        self.recycle(o.value);
+                        sent
+                    },
+                ),
             };
             result = match sent {
                 Ok(()) => {
@@ -505,6 +528,21 @@ impl Core {
         }
         self.emits = emits;
         result
+    }
+
+    /// Keeps a sent output's buffer for a later output (a few are enough: a record has
+    /// few outputs).
+    fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.buffers.len() < 16 && buf.capacity() <= 1 << 20 {
+            buf.clear();
+            self.buffers.push(buf);
+        }
+    }
+
+    /// Closes the current epoch (its sends now wait in the tracker) and opens the next.
+    fn next_epoch(&mut self) {
+        self.producer.context().seal(self.epoch);
+        self.epoch += 1;
     }
 
     fn advance(&mut self, topic: Arc<str>, partition: i32, next: i64) {
@@ -604,7 +642,7 @@ impl Core {
         self.write_changelog()?;
         let offsets = std::mem::take(&mut self.offsets);
         self.checkpoints.seal(self.epoch, offsets);
-        self.epoch += 1;
+        self.next_epoch();
         self.engine.metrics().batch_size.observe(self.batch as f64);
         self.batch = 0;
         self.last_commit = Instant::now();
@@ -669,6 +707,7 @@ impl Core {
                 .commit_transaction(TXN_TIMEOUT)
                 .map_err(WorkerError::Transaction)?;
             self.in_txn = false;
+            self.next_epoch();
         } else {
             self.producer
                 .flush(TXN_TIMEOUT)
@@ -683,7 +722,7 @@ impl Core {
                     .commit(&partition_list(&offsets)?, CommitMode::Sync)
                     .map_err(WorkerError::Commit)?;
             }
-            self.epoch += 1;
+            self.next_epoch();
         }
         let metrics = self.engine.metrics();
         metrics.commits.inc();
@@ -826,7 +865,9 @@ pub fn run(opts: WorkerOptions, engine: Engine, status: Arc<Status>) -> Result<(
         fatal: None,
         emits: Vec::new(),
         outputs: Vec::new(),
+        buffers: Vec::new(),
         topics: HashMap::new(),
+        last_topic: None,
         assigned: Vec::new(),
         dead_lettered_logged: 0,
     }));
