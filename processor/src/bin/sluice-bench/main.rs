@@ -391,7 +391,11 @@ fn run_candidate(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    eprintln!("   p99 {p99_ms:.1} ms, peak RSS {peak_mib:.0} MiB");
+    if p99_ms.is_nan() {
+        eprintln!("   peak RSS {peak_mib:.0} MiB");
+    } else {
+        eprintln!("   p99 {p99_ms:.1} ms, peak RSS {peak_mib:.0} MiB");
+    }
     Ok(Result {
         name: cand.name.to_string(),
         records_per_s,
