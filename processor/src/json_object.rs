@@ -323,8 +323,10 @@ impl<'de> Visitor<'de> for SpanVisitor<'de> {
 /// numbers without an exponent and literals need no second look.
 fn check(text: &str) -> Result<(), serde_json::Error> {
     let needs_parse = match text.as_bytes().first() {
-        Some(b'"') => text.contains('\\'),
-        Some(b'-' | b'0'..=b'9') => text.len() > 300 || text.contains(['e', 'E']),
+        Some(b'"') => text.as_bytes().contains(&b'\\'),
+        Some(b'-' | b'0'..=b'9') => {
+            text.len() > 300 || text.bytes().any(|b| matches!(b, b'e' | b'E'))
+        }
         Some(b'[' | b'{') => true,
         _ => false,
     };
