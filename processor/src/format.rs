@@ -74,63 +74,57 @@ impl RecordFormat {
         }
     }
 
-    /// Encodes a value it may consume, into `buf` (an empty buffer to reuse) when it
-    /// writes text: bytes and strings are handed over as they are, without a copy.
+    /// Encodes a value it may consume: bytes and strings are handed over as they are,
+    /// without a copy; anything written as text goes into `buf` (a buffer to reuse).
     pub fn encode_owned(self, value: Payload, mut buf: Vec<u8>) -> Result<Vec<u8>, EncodeError> {
-        let json_error = |e: serde_json::Error| EncodeError {
-            format: "json",
-            message: e.to_string(),
-        };
         match (self, value) {
             (Self::Text | Self::Bytes, Payload::Bytes(b)) => Ok(b),
             (Self::Text | Self::Bytes, Payload::Text(s)) => Ok(s.into_bytes()),
-            (_, Payload::JsonObject(o)) => {
+            (format, value) => {
                 buf.clear();
-                o.write(&mut buf).map_err(json_error)?;
+                format.encode_into(&value, &mut buf)?;
                 Ok(buf)
             }
-            (Self::Json, Payload::Json(v)) => {
-                buf.clear();
-                serde_json::to_writer(&mut buf, &v).map_err(json_error)?;
-                Ok(buf)
-            }
-            (format, value) => format.encode(&value),
         }
     }
 
     /// Encodes a value for output.
     pub fn encode(self, value: &Payload) -> Result<Vec<u8>, EncodeError> {
-        match (self, value) {
-            (Self::Json, Payload::Json(v)) => serde_json::to_vec(v).map_err(|e| EncodeError {
-                format: "json",
+        let mut out = Vec::new();
+        self.encode_into(value, &mut out)?;
+        Ok(out)
+    }
+
+    /// Appends a value's encoding to `out`.
+    fn encode_into(self, value: &Payload, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        let error = |format: &'static str| {
+            move |e: serde_json::Error| EncodeError {
+                format,
                 message: e.to_string(),
-            }),
-            (_, Payload::JsonObject(o)) => {
-                let mut out = Vec::new();
-                o.write(&mut out).map_err(|e| EncodeError {
-                    format: "json",
-                    message: e.to_string(),
-                })?;
-                Ok(out)
             }
-            (Self::Json, Payload::Text(s)) => serde_json::to_vec(s).map_err(|e| EncodeError {
-                format: "json",
-                message: e.to_string(),
-            }),
+        };
+        match (self, value) {
+            (Self::Json, Payload::Json(v)) => serde_json::to_writer(out, v).map_err(error("json")),
+            (_, Payload::JsonObject(o)) => o.write(out).map_err(error("json")),
+            (Self::Json, Payload::Text(s)) => serde_json::to_writer(out, s).map_err(error("json")),
             (Self::Json, Payload::Bytes(_)) => Err(EncodeError {
                 format: "json",
                 message: "bytes have no JSON form".to_string(),
             }),
-            (Self::Text | Self::Bytes, Payload::Text(s)) => Ok(s.clone().into_bytes()),
-            (Self::Text | Self::Bytes, Payload::Bytes(b)) => Ok(b.clone()),
+            (Self::Text | Self::Bytes, Payload::Text(s)) => {
+                out.extend_from_slice(s.as_bytes());
+                Ok(())
+            }
+            (Self::Text | Self::Bytes, Payload::Bytes(b)) => {
+                out.extend_from_slice(b);
+                Ok(())
+            }
             (Self::Text | Self::Bytes, Payload::Json(serde_json::Value::String(s))) => {
-                Ok(s.clone().into_bytes())
+                out.extend_from_slice(s.as_bytes());
+                Ok(())
             }
             (Self::Text | Self::Bytes, Payload::Json(v)) => {
-                serde_json::to_vec(v).map_err(|e| EncodeError {
-                    format: "text",
-                    message: e.to_string(),
-                })
+                serde_json::to_writer(out, v).map_err(error("text"))
             }
         }
     }

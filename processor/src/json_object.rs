@@ -338,16 +338,16 @@ fn check(text: &str) -> Result<(), serde_json::Error> {
     // level takes two bytes): a value of NESTING_LIMIT bytes or more is parsed inside an
     // array, which puts it at its real depth; shorter ones are parsed as they are,
     // without the copy.
-    if text.len() >= NESTING_LIMIT {
-        let wrapped = format!("[{text}]");
-        let mut de = serde_json::Deserializer::from_str(&wrapped);
-        de::Deserializer::deserialize_any(&mut de, Strict)?;
-        de.end()
+    let wrapped;
+    let text = if text.len() >= NESTING_LIMIT {
+        wrapped = format!("[{text}]");
+        wrapped.as_str()
     } else {
-        let mut de = serde_json::Deserializer::from_str(text);
-        de::Deserializer::deserialize_any(&mut de, Strict)?;
-        de.end()
-    }
+        text
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
+    de::Deserializer::deserialize_any(&mut de, Strict)?;
+    de.end()
 }
 
 /// serde_json's recursion limit: a document may nest fewer levels than this.

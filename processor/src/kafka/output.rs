@@ -6,7 +6,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use std::time::Duration;
 
-use super::acks::{DeliveryTracker, Origin, Sent};
+use super::acks::{DeliveryTracker, Sent};
 use crate::engine::{Emit, Failure};
 use crate::format::RecordFormat;
 
@@ -47,20 +47,10 @@ impl Output {
         })
     }
 
-    /// Produces it in `epoch` on behalf of `origin` (whose record is dead-lettered if it
-    /// cannot be delivered). An error means the producer refused it at once.
+    /// Produces it with `opaque` riding along to its delivery report (whose record is
+    /// dead-lettered if it cannot be delivered). An error means the producer refused it
+    /// at once. The producer copies the bytes: the value's buffer may be reused after.
     pub fn send(
-        &mut self,
-        producer: &BaseProducer<DeliveryTracker>,
-        origin: &Origin,
-        epoch: u64,
-    ) -> Result<(), KafkaError> {
-        self.send_as(producer, Sent::boxed(origin.clone(), epoch))
-    }
-
-    /// Produces it with `opaque` riding along to its delivery report (the producer copies
-    /// the bytes: the value's buffer may be reused once this returns).
-    pub fn send_as(
         &mut self,
         producer: &BaseProducer<DeliveryTracker>,
         opaque: Box<Sent>,

@@ -415,12 +415,10 @@ impl Core {
         match outcome {
             Ok(()) => {
                 let mut outputs = std::mem::take(&mut self.outputs);
-                for mut output in outputs.drain(..) {
-                    let sent = output.send(&self.producer, &origin, self.epoch);
-                    self.recycle(output.value);
-                    if let Err(e) = sent {
+                for output in outputs.drain(..) {
+                    let opaque = Sent::boxed(origin.clone(), self.epoch);
+                    if let Err(failure) = self.produce(output, opaque) {
                         // Rejected at once (too large, unknown topic...): final for this record.
-                        let failure = Failure::new("produce", format!("{}: {e}", output.topic));
                         self.dead_letter(&Source::of_message(m), &failure)?;
                         break;
                     }
@@ -505,15 +503,8 @@ impl Core {
             };
             let sent = match refused {
                 Some(error) => Err(Failure::new("produce", error)),
-                None => Output::encode(format, e, self.buffers.pop().unwrap_or_default()).and_then(
-                    |mut o| {
-                        let sent = o
-                            .send_as(&self.producer, Sent::flushed(self.epoch))
-                            .map_err(|err| Failure::new("produce", format!("{}: {err}", o.topic)));
-                        self.recycle(o.value);
-                        sent
-                    },
-                ),
+                None => Output::encode(format, e, self.buffers.pop().unwrap_or_default())
+                    .and_then(|o| self.produce(o, Sent::flushed(self.epoch))),
             };
             result = match sent {
                 Ok(()) => {
@@ -530,13 +521,18 @@ impl Core {
         result
     }
 
-    /// Keeps a sent output's buffer for a later output (a few are enough: a record has
-    /// few outputs).
-    fn recycle(&mut self, mut buf: Vec<u8>) {
-        if self.buffers.len() < 16 && buf.capacity() <= 1 << 20 {
-            buf.clear();
-            self.buffers.push(buf);
+    /// Hands an output to the producer with `opaque`, then keeps its value buffer (the
+    /// producer copied it) for a later output. An error means the producer refused it at
+    /// once.
+    fn produce(&mut self, mut output: Output, opaque: Box<Sent>) -> Result<(), Failure> {
+        let sent = output
+            .send(&self.producer, opaque)
+            .map_err(|e| Failure::new("produce", format!("{}: {e}", output.topic)));
+        // A few buffers are enough: a record has few outputs.
+        if self.buffers.len() < 16 && output.value.capacity() <= 1 << 20 {
+            self.buffers.push(output.value);
         }
+        sent
     }
 
     /// Closes the current epoch (its sends now wait in the tracker) and opens the next.
