@@ -361,7 +361,7 @@ impl Engine {
                     }
                 }
                 None => {
-                    let r = step.apply(record, &scope);
+                    let r = step.apply(&mut record, &scope);
                     if keep_scope {
                         cached = Some(scope);
                     }
@@ -372,16 +372,16 @@ impl Engine {
                 metrics.latency.observe(t.elapsed().as_secs_f64());
             }
             match result {
-                Ok(Outcome::Continue(r)) => record = r,
+                Ok(Outcome::Continue) => {}
                 Ok(Outcome::Filtered) => {
                     metrics.filtered.inc();
                     return Ok(());
                 }
-                Ok(Outcome::Routed(topic, r)) => {
+                Ok(Outcome::Routed(topic)) => {
                     out.push(Emit {
                         topic,
                         kind: EmitKind::Output,
-                        record: r,
+                        record,
                     });
                     return Ok(());
                 }
@@ -398,34 +398,38 @@ impl Engine {
         let start = out.len();
         let scope = scope(&self.root, &record, &self.output_needs)
             .map_err(|e| Failure::new("output", e))?;
+        // Each output's key when it has its own; `None` keeps the record's.
         let mut keys = Vec::with_capacity(self.outputs.len());
         for (topic, key) in &self.outputs {
             keys.push(match key {
                 Some(expr) => match expr.eval(&scope) {
-                    Ok(v) => key_bytes(&v),
+                    Ok(v) => Some(key_bytes(&v)),
                     Err(e) => {
                         out.truncate(start);
                         return Err(Failure::new(&format!("output {topic}"), e));
                     }
                 },
-                None => record.key.clone(),
+                None => None,
             });
         }
         drop(scope);
         let n = self.outputs.len();
         let mut record = Some(record);
         for (i, ((topic, _), key)) in self.outputs.iter().zip(keys).enumerate() {
-            let Some(r) = (if i + 1 == n {
+            let Some(mut r) = (if i + 1 == n {
                 record.take()
             } else {
                 record.clone()
             }) else {
                 break;
             };
+            if let Some(key) = key {
+                r.key = key;
+            }
             out.push(Emit {
                 topic: topic.clone(),
                 kind: EmitKind::Output,
-                record: Record { key, ..r },
+                record: r,
             });
         }
         Ok(())

@@ -98,7 +98,7 @@ impl Enrich {
     }
 
     /// Puts the matching row into `into`, or applies `onMissing`.
-    pub fn apply(&self, mut record: Record, scope: &Scope<'_>) -> Result<Record, StepError> {
+    pub fn apply(&self, record: &mut Record, scope: &Scope<'_>) -> Result<(), StepError> {
         let key = match self.key.eval(scope)? {
             Value::String(s) => s.as_bytes().to_vec(),
             Value::Bytes(b) => b.to_vec(),
@@ -122,7 +122,7 @@ impl Enrich {
             }
             _ => return Err(StepError::Shape("enrich needs a JSON object".to_string())),
         }
-        Ok(record)
+        Ok(())
     }
 
     /// A key with no row: dead-lettered or passed on, as the spec says.
@@ -158,7 +158,8 @@ mod tests {
         let r = Record::new("in", 0, 0, 0, None, Payload::Json(v));
         let needs = e.needs();
         let s = scope(&root, &r, &needs).unwrap();
-        e.apply(r.clone(), &s)
+        let mut out = r.clone();
+        e.apply(&mut out, &s).map(|()| out)
     }
 
     #[test]

@@ -46,7 +46,7 @@ impl Map {
     /// Applies set, rename, drop. Every `set` sees the record as it came in: expressions
     /// read the scope, which was made from it, so a field set here is not seen by the
     /// next expression.
-    pub fn apply(&self, mut record: Record, scope: &Scope<'_>) -> Result<Record, StepError> {
+    pub fn apply(&self, record: &mut Record, scope: &Scope<'_>) -> Result<(), StepError> {
         match &mut record.value {
             Payload::JsonObject(obj) => {
                 for (field, expr) in &self.set {
@@ -74,7 +74,7 @@ impl Map {
             }
             _ => return Err(StepError::Shape("map needs a JSON object".to_string())),
         }
-        Ok(record)
+        Ok(())
     }
 
     fn eval(field: &str, expr: &Expr, scope: &Scope<'_>) -> Result<serde_json::Value, StepError> {
@@ -97,7 +97,8 @@ mod tests {
         let r = Record::new("in", 0, 0, 0, None, Payload::Json(v));
         let needs = m.needs();
         let s = scope(&root, &r, &needs).unwrap();
-        m.apply(r.clone(), &s)
+        let mut out = r.clone();
+        m.apply(&mut out, &s).map(|()| out)
     }
 
     #[test]

@@ -91,15 +91,15 @@ pub enum StepError {
     Shape(String),
 }
 
-/// What a step did with a record.
-#[derive(Debug)]
+/// What a step did with a record (which it changed in place).
+#[derive(Debug, PartialEq)]
 pub enum Outcome {
     /// Hand the record to the next step.
-    Continue(Record),
+    Continue,
     /// A filter dropped it.
     Filtered,
     /// Send it to this topic and stop.
-    Routed(std::sync::Arc<str>, Record),
+    Routed(std::sync::Arc<str>),
 }
 
 /// The kind-specific part of a compiled step.
@@ -215,17 +215,17 @@ impl Step {
 
     /// Runs a stateless step on a record, in `scope` (holding what `needs` asks for).
     /// Aggregates are run by the pipeline, which owns their state.
-    pub fn apply(&self, record: Record, scope: &Scope<'_>) -> Result<Outcome, StepError> {
+    pub fn apply(&self, record: &mut Record, scope: &Scope<'_>) -> Result<Outcome, StepError> {
         match &self.kind {
             Kind::Filter(e) => Ok(if e.eval_bool(scope)? {
-                Outcome::Continue(record)
+                Outcome::Continue
             } else {
                 Outcome::Filtered
             }),
-            Kind::Map(m) => m.apply(record, scope).map(Outcome::Continue),
-            Kind::Route(r) => r.apply(record, scope),
-            Kind::Validate(v) => v.check(&record).map(|()| Outcome::Continue(record)),
-            Kind::Enrich(e) => e.apply(record, scope).map(Outcome::Continue),
+            Kind::Map(m) => m.apply(record, scope).map(|()| Outcome::Continue),
+            Kind::Route(r) => r.apply(scope),
+            Kind::Validate(v) => v.check(record).map(|()| Outcome::Continue),
+            Kind::Enrich(e) => e.apply(record, scope).map(|()| Outcome::Continue),
             Kind::Aggregate(_) | Kind::Dedupe(_) => Err(StepError::Shape(
                 "a stateful step applied as a stateless one".to_string(),
             )),
@@ -247,7 +247,7 @@ mod tests {
         let root = root_context();
         let r = Record::new("in", 0, 0, 0, None, Payload::Json(value));
         let s = scope(&root, &r, &step.needs).unwrap();
-        step.apply(r.clone(), &s)
+        step.apply(&mut r.clone(), &s)
     }
 
     #[test]
@@ -255,7 +255,7 @@ mod tests {
         let step = Step::compile(&spec("name: f\nfilter: value.total > 10.0\n")).unwrap();
         assert!(matches!(
             run(&step, serde_json::json!({"total": 12.0})),
-            Ok(Outcome::Continue(_))
+            Ok(Outcome::Continue)
         ));
         assert!(matches!(
             run(&step, serde_json::json!({"total": 2.0})),

@@ -7,7 +7,6 @@ use sluice_crds::pipeline::RouteStep;
 
 use super::{ConfigError, Outcome, StepError, compile_expr};
 use crate::expr::{Expr, Needs};
-use crate::record::Record;
 
 /// A compiled route step.
 #[derive(Debug)]
@@ -46,15 +45,15 @@ impl Route {
     }
 
     /// Picks the topic, or lets the record continue when nothing matches and there is no default.
-    pub fn apply(&self, record: Record, scope: &Scope<'_>) -> Result<Outcome, StepError> {
+    pub fn apply(&self, scope: &Scope<'_>) -> Result<Outcome, StepError> {
         for (when, topic) in &self.routes {
             if when.eval_bool(scope)? {
-                return Ok(Outcome::Routed(topic.clone(), record));
+                return Ok(Outcome::Routed(topic.clone()));
             }
         }
         Ok(match &self.default {
-            Some(topic) => Outcome::Routed(topic.clone(), record),
-            None => Outcome::Continue(record),
+            Some(topic) => Outcome::Routed(topic.clone()),
+            None => Outcome::Continue,
         })
     }
 }
@@ -63,7 +62,7 @@ impl Route {
 mod tests {
     use super::*;
     use crate::expr::{root_context, scope};
-    use crate::record::Payload;
+    use crate::record::{Payload, Record};
 
     fn route(yaml: &str) -> Route {
         Route::compile("r", &serde_saphyr::from_str(yaml).unwrap()).unwrap()
@@ -74,12 +73,12 @@ mod tests {
         let rec = Record::new("in", 0, 0, 0, None, Payload::Json(v));
         let needs = r.needs();
         let s = scope(&root, &rec, &needs).unwrap();
-        r.apply(rec.clone(), &s)
+        r.apply(&s)
     }
 
     fn topic(o: Result<Outcome, StepError>) -> Option<String> {
         match o.unwrap() {
-            Outcome::Routed(t, _) => Some(t.to_string()),
+            Outcome::Routed(t) => Some(t.to_string()),
             _ => None,
         }
     }
@@ -109,7 +108,7 @@ mod tests {
         let r = route("routes:\n- {when: 'value.eu', topic: eu}\n");
         assert!(matches!(
             apply(&r, serde_json::json!({"eu": false})),
-            Ok(Outcome::Continue(_))
+            Ok(Outcome::Continue)
         ));
         assert!(apply(&r, serde_json::json!({"eu": 1})).is_err());
     }
