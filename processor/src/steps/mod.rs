@@ -213,7 +213,9 @@ impl Step {
         Ok(Self { name, kind, needs })
     }
 
-    /// Runs a stateless step on a record, in `scope` (holding what `needs` asks for).
+    /// Runs a stateless step on a record, changing it in place, in `scope` (holding what
+    /// `needs` asks for). On an error the record is left part-way: it is dropped (the
+    /// dead-letter topic gets the record as it was read).
     /// Aggregates are run by the pipeline, which owns their state.
     pub fn apply(&self, record: &mut Record, scope: &Scope<'_>) -> Result<Outcome, StepError> {
         match &self.kind {
