@@ -396,26 +396,21 @@ impl Engine {
 
     fn emit_outputs(&mut self, record: Record, out: &mut Vec<Emit>) -> Result<(), Failure> {
         let start = out.len();
+        // The scope was read from the record as it is here; each output takes a copy of
+        // the record (the last one takes the record itself) with its own key, if any.
         let scope = scope(&self.root, &record, &self.output_needs)
             .map_err(|e| Failure::new("output", e))?;
-        // Each output's key when it has its own; `None` keeps the record's.
-        let mut keys = Vec::with_capacity(self.outputs.len());
-        for (topic, key) in &self.outputs {
-            keys.push(match key {
-                Some(expr) => match expr.eval(&scope) {
-                    Ok(v) => Some(key_bytes(&v)),
-                    Err(e) => {
-                        out.truncate(start);
-                        return Err(Failure::new(&format!("output {topic}"), e));
-                    }
-                },
-                None => None,
-            });
-        }
-        drop(scope);
         let n = self.outputs.len();
         let mut record = Some(record);
-        for (i, ((topic, _), key)) in self.outputs.iter().zip(keys).enumerate() {
+        for (i, (topic, key)) in self.outputs.iter().enumerate() {
+            let key = match key.as_ref().map(|expr| expr.eval(&scope)) {
+                Some(Ok(v)) => Some(key_bytes(&v)),
+                Some(Err(e)) => {
+                    out.truncate(start);
+                    return Err(Failure::new(&format!("output {topic}"), e));
+                }
+                None => None,
+            };
             let Some(mut r) = (if i + 1 == n {
                 record.take()
             } else {

@@ -227,8 +227,8 @@ struct Core {
     outputs: Vec<Output>,
     /// Value buffers of sent outputs (the producer copied them), for the next ones.
     buffers: Vec<Vec<u8>>,
-    topics: HashMap<String, Arc<str>>,
-    last_topic: Option<Arc<str>>,
+    /// Shared names of the topics read (a pipeline reads few: a scan beats hashing).
+    topics: Vec<Arc<str>>,
     /// The partitions this replica owns now. A record of any other partition (fetched
     /// before a cooperative rebalance took its partition away) is not processed: its new
     /// owner reads it, and committing it here too would duplicate it.
@@ -284,25 +284,13 @@ fn partition_names(tpl: &TopicPartitionList) -> Vec<String> {
 }
 
 impl Core {
-    /// The shared name of `topic` (records come in runs of one topic: the last one is
-    /// checked before the map).
+    /// The shared name of `topic`.
     fn topic_arc(&mut self, topic: &str) -> Arc<str> {
-        if let Some(t) = &self.last_topic
-            && **t == *topic
-        {
-            return t.clone();
-        }
-        let t = self.intern(topic);
-        self.last_topic = Some(t.clone());
-        t
-    }
-
-    fn intern(&mut self, topic: &str) -> Arc<str> {
-        if let Some(t) = self.topics.get(topic) {
+        if let Some(t) = self.topics.iter().find(|t| ***t == *topic) {
             return t.clone();
         }
         let t: Arc<str> = Arc::from(topic);
-        self.topics.insert(topic.to_string(), t.clone());
+        self.topics.push(t.clone());
         t
     }
 
@@ -862,8 +850,7 @@ pub fn run(opts: WorkerOptions, engine: Engine, status: Arc<Status>) -> Result<(
         emits: Vec::new(),
         outputs: Vec::new(),
         buffers: Vec::new(),
-        topics: HashMap::new(),
-        last_topic: None,
+        topics: Vec::new(),
         assigned: Vec::new(),
         dead_lettered_logged: 0,
     }));

@@ -314,7 +314,8 @@ struct Result {
     name: String,
     records_per_s: f64,
     cpu_s_per_million: f64,
-    p99_ms: f64,
+    /// Not measured for `--pairs`.
+    p99_ms: Option<f64>,
     peak_mib: f64,
 }
 
@@ -392,13 +393,13 @@ fn run_candidate(
 
     // Pairs compare throughput only.
     let p99_ms = if args.pairs > 0 {
-        f64::NAN
+        None
     } else {
         eprintln!(
             "   latency: {} records at {}/s",
             args.latency_records, args.rate
         );
-        latency(args, input, output)?
+        Some(latency(args, input, output)?)
     };
     let (_, peak_mib) = usage(pid, ticks);
     Command::new("kill")
@@ -412,10 +413,9 @@ fn run_candidate(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    if p99_ms.is_nan() {
-        eprintln!("   peak RSS {peak_mib:.0} MiB");
-    } else {
-        eprintln!("   p99 {p99_ms:.1} ms, peak RSS {peak_mib:.0} MiB");
+    match p99_ms {
+        Some(p99) => eprintln!("   p99 {p99:.1} ms, peak RSS {peak_mib:.0} MiB"),
+        None => eprintln!("   peak RSS {peak_mib:.0} MiB"),
     }
     Ok(Result {
         name: cand.name.to_string(),
@@ -909,11 +909,7 @@ fn main() -> anyhow::Result<()> {
             r.name,
             r.records_per_s,
             r.cpu_s_per_million,
-            if r.p99_ms.is_nan() {
-                "-".to_string()
-            } else {
-                format!("{:.1}", r.p99_ms)
-            },
+            r.p99_ms.map_or("-".to_string(), |p| format!("{p:.1}")),
             r.peak_mib
         );
     }
@@ -922,14 +918,17 @@ fn main() -> anyhow::Result<()> {
     }
     let find = |prefix: &str| results.iter().find(|r| r.name.starts_with(prefix));
     let ratio = |a: &Result, b: &Result| {
+        let p99 = match (a.p99_ms, b.p99_ms) {
+            (Some(x), Some(y)) => format!("{:.2}x", x / y),
+            _ => "-".to_string(),
+        };
         println!(
-            "{} / {}: throughput {:.2}x, records per CPU second {:.2}x, peak memory {:.2}x, p99 {:.2}x",
+            "{} / {}: throughput {:.2}x, records per CPU second {:.2}x, peak memory {:.2}x, p99 {p99}",
             a.name,
             b.name,
             a.records_per_s / b.records_per_s,
             b.cpu_s_per_million / a.cpu_s_per_million,
             a.peak_mib / b.peak_mib,
-            a.p99_ms / b.p99_ms
         );
     };
     println!();
