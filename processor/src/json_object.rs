@@ -15,6 +15,8 @@ use serde::Deserializer as _;
 use serde::de::{self, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+mod flat;
+
 /// A field's name: a span of the source text when it had no escapes, else its own string
 /// (shared, so a step that sets the same field on every record does not copy its name).
 #[derive(Clone)]
@@ -89,9 +91,15 @@ impl JsonObject {
         }
         let src = std::str::from_utf8(bytes)
             .map_err(|e| <serde_json::Error as de::Error>::custom(format!("invalid UTF-8: {e}")))?;
-        let mut de = serde_json::Deserializer::from_str(src);
-        let spans = de.deserialize_map(SpanVisitor { src })?;
-        de.end()?;
+        let spans = match flat::fields(src) {
+            Some(fields) => fields,
+            None => {
+                let mut de = serde_json::Deserializer::from_str(src);
+                let spans = de.deserialize_map(SpanVisitor { src })?;
+                de.end()?;
+                spans
+            }
+        };
         Ok(Some(JsonObject {
             src: src.to_string(),
             fields: unique(src, spans),
@@ -103,7 +111,11 @@ impl JsonObject {
     }
 
     fn position(&self, key: &str) -> Option<usize> {
-        self.fields.iter().position(|(n, _)| self.name(n) == key)
+        let key = key.as_bytes();
+        self.fields.iter().position(|(n, _)| match n {
+            Name::Span(r) => self.src.as_bytes().get(r.clone()) == Some(key),
+            Name::Owned(s) => s.as_bytes() == key,
+        })
     }
 
     fn field_ref<'a>(&'a self, slot: &'a Slot) -> FieldRef<'a> {
@@ -200,30 +212,85 @@ impl JsonObject {
     pub fn write(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
         out.reserve(self.src.len() + 16);
         out.push(b'{');
-        for (i, (name, slot)) in self.fields.iter().enumerate() {
+        let mut i = 0;
+        while i < self.fields.len() {
             if i > 0 {
                 out.push(b',');
             }
-            match name {
-                // The span is the text between the quotes, which had no escapes.
-                Name::Span(r) => {
-                    out.push(b'"');
-                    out.extend_from_slice(self.src.get(r.clone()).unwrap_or_default().as_bytes());
-                    out.push(b'"');
+            match self.compact_entry(i) {
+                // A run of untouched fields that stood together in the source, written
+                // compactly there, is one copy.
+                Some(run) => {
+                    let mut end = run.end;
+                    i += 1;
+                    while let Some(next) = self.compact_entry(i)
+                        && next.start == end + 1
+                        && self.src.as_bytes().get(end) == Some(&b',')
+                    {
+                        end = next.end;
+                        i += 1;
+                    }
+                    out.extend_from_slice(
+                        self.src.as_bytes().get(run.start..end).unwrap_or_default(),
+                    );
                 }
-                Name::Owned(s) => serde_json::to_writer(&mut *out, &**s)?,
-            }
-            out.push(b':');
-            match slot {
-                Slot::Raw(r) => {
-                    out.extend_from_slice(self.src.get(r.clone()).unwrap_or("null").as_bytes())
+                None => {
+                    self.write_field(i, out)?;
+                    i += 1;
                 }
-                Slot::Value(v) => serde_json::to_writer(&mut *out, v)?,
             }
         }
         out.push(b'}');
         Ok(())
     }
+
+    /// The source text `"name":value` of field `i` when it is untouched and was written
+    /// with nothing between its name, the colon and its value.
+    fn compact_entry(&self, i: usize) -> Option<Range<usize>> {
+        match self.fields.get(i)? {
+            (Name::Span(name), Slot::Raw(value))
+                if value.start == name.end + 2
+                    && self.src.as_bytes().get(name.end + 1) == Some(&b':') =>
+            {
+                // The span is the text between the quotes.
+                Some(name.start.checked_sub(1)?..value.end)
+            }
+            _ => None,
+        }
+    }
+
+    fn write_field(&self, i: usize, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        let Some((name, slot)) = self.fields.get(i) else {
+            return Ok(());
+        };
+        match name {
+            // The span is the text between the quotes, which had no escapes.
+            Name::Span(r) => {
+                out.push(b'"');
+                out.extend_from_slice(self.src.get(r.clone()).unwrap_or_default().as_bytes());
+                out.push(b'"');
+            }
+            Name::Owned(s) if !needs_escape(s) => {
+                out.push(b'"');
+                out.extend_from_slice(s.as_bytes());
+                out.push(b'"');
+            }
+            Name::Owned(s) => serde_json::to_writer(&mut *out, &**s)?,
+        }
+        out.push(b':');
+        match slot {
+            Slot::Raw(r) => {
+                out.extend_from_slice(self.src.get(r.clone()).unwrap_or("null").as_bytes())
+            }
+            Slot::Value(v) => serde_json::to_writer(&mut *out, v)?,
+        }
+        Ok(())
+    }
+}
+
+/// Whether `s` needs escapes inside a JSON string.
+fn needs_escape(s: &str) -> bool {
+    s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20)
 }
 
 impl PartialEq for JsonObject {
@@ -325,7 +392,7 @@ fn check(text: &str) -> Result<(), serde_json::Error> {
     let needs_parse = match text.as_bytes().first() {
         Some(b'"') => text.as_bytes().contains(&b'\\'),
         Some(b'-' | b'0'..=b'9') => {
-            text.len() > 300 || text.bytes().any(|b| matches!(b, b'e' | b'E'))
+            text.len() > flat::LONGEST_NUMBER || text.bytes().any(|b| matches!(b, b'e' | b'E'))
         }
         Some(b'[' | b'{') => true,
         _ => false,
@@ -446,6 +513,18 @@ mod tests {
         assert_eq!(
             o.to_value().unwrap(),
             json!({"b": [1, 2], "a": {"x": "y"}, "n": 1.5})
+        );
+    }
+
+    #[test]
+    fn runs_of_untouched_fields_are_copied_and_the_rest_written_compactly() {
+        let mut o = obj(r#"{"a":1,"b":"x","c":true, "d":null,"e" :2,"f":[3],"g":4}"#);
+        o.remove("b");
+        o.insert("a", json!(5));
+        o.insert("h", json!("y"));
+        assert_eq!(
+            written(&o),
+            r#"{"a":5,"c":true,"d":null,"e":2,"f":[3],"g":4,"h":"y"}"#
         );
     }
 

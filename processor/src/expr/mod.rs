@@ -282,11 +282,51 @@ pub fn scope<'a>(
 pub fn field_to_cel(name: &str, field: FieldRef<'_>) -> Result<Value, UnreadableField> {
     match field {
         FieldRef::Raw(text) => {
+            if let Some(v) = plain_scalar(text) {
+                return Ok(v);
+            }
             let mut de = serde_json::Deserializer::from_str(text);
             serde::Deserializer::deserialize_any(&mut de, CelVisitor)
                 .map_err(|e| UnreadableField::new(name, e))
         }
         FieldRef::Value(v) => Ok(json_to_cel(v)),
+    }
+}
+
+/// The CEL value of a scalar's JSON text, when it can be read without serde_json's parser
+/// to the same value: a string without escapes, an integer that fits an `i64` (not `-0`,
+/// which serde_json reads as a float), a decimal of at most 15 digits without an exponent
+/// (exact either way: the digits and the power of ten are exact, and one division
+/// rounds), or a literal. `text` is a field's value as decoded, so it is valid JSON.
+fn plain_scalar(text: &str) -> Option<Value> {
+    let b = text.as_bytes();
+    match *b.first()? {
+        b'"' => {
+            let inner = text.get(1..text.len().checked_sub(1)?)?;
+            let plain = b.len() >= 2 && b.last() == Some(&b'"') && !inner.contains('\\');
+            plain.then(|| Value::String(Arc::new(inner.to_string())))
+        }
+        b'-' | b'0'..=b'9' => {
+            if b.iter().skip(1).all(u8::is_ascii_digit) {
+                if text.starts_with("-0") {
+                    return None;
+                }
+                text.parse::<i64>().ok().map(Value::Int)
+            } else if b.iter().filter(|c| c.is_ascii_digit()).count() <= 15
+                && b.iter()
+                    .all(|c| c.is_ascii_digit() || matches!(c, b'-' | b'.'))
+            {
+                text.parse::<f64>().ok().map(Value::Float)
+            } else {
+                None
+            }
+        }
+        _ => match text {
+            "true" => Some(Value::Bool(true)),
+            "false" => Some(Value::Bool(false)),
+            "null" => Some(Value::Null),
+            _ => None,
+        },
     }
 }
 
@@ -425,6 +465,73 @@ mod tests {
             Some(b"k1".to_vec()),
             Payload::Json(value),
         )
+    }
+
+    /// The CEL value serde_json's parser gives for `text`.
+    fn parsed(text: &str) -> Value {
+        let mut de = serde_json::Deserializer::from_str(text);
+        serde::Deserializer::deserialize_any(&mut de, CelVisitor).unwrap()
+    }
+
+    /// Same variant and same bits (so -0.0 and 0.0 differ).
+    fn same(a: &Value, b: &Value) -> bool {
+        match (a, b) {
+            (Value::Float(x), Value::Float(y)) => x.to_bits() == y.to_bits(),
+            _ => a == b,
+        }
+    }
+
+    #[test]
+    fn plain_scalars_read_as_serde_json_reads_them() {
+        for text in [
+            "0",
+            "-1",
+            "7",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "0.5",
+            "-0.0",
+            "1.50",
+            "123456789.012345",
+            "-12345678901.2345",
+            "0.00000000000001",
+            "true",
+            "false",
+            "null",
+            r#""""#,
+            r#""eu-west""#,
+            r#""é☃""#,
+        ] {
+            let fast = plain_scalar(text).unwrap_or_else(|| panic!("{text} not read"));
+            assert!(same(&fast, &parsed(text)), "{text}: {fast:?}");
+        }
+        // Left to serde_json: the fast reading would differ or needs unescaping.
+        for text in [
+            "-0",
+            "9223372036854775808",
+            "1e3",
+            "0.1234567890123456",
+            r#""a\nb""#,
+            "[1]",
+            r#"{"a":1}"#,
+        ] {
+            assert!(plain_scalar(text).is_none(), "{text}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any number serde_json can read, the fast path reads the same or leaves alone.
+        #[test]
+        fn plain_numbers_agree_with_serde_json(
+            neg in proptest::bool::ANY,
+            int in "0|[1-9][0-9]{0,19}",
+            frac in proptest::option::of("[0-9]{1,17}"),
+        ) {
+            let text = format!("{}{int}{}", if neg { "-" } else { "" }, frac.map(|f| format!(".{f}")).unwrap_or_default());
+            if let Some(fast) = plain_scalar(&text) {
+                proptest::prop_assert!(same(&fast, &parsed(&text)), "{}: {:?} vs {:?}", text, fast, parsed(&text));
+            }
+        }
     }
 
     #[test]

@@ -1,0 +1,249 @@
+//! One pass over a flat JSON object, the common shape of a record: keys without escapes,
+//! values that are plain strings, short numbers or literals.
+//!
+//! It validates and notes spans in the same pass, where the general path runs serde_json's
+//! parser with a visitor per field and a second look at some values. It says nothing
+//! about text outside that shape (nested values, escapes, exponents, errors): the caller
+//! then takes the general path, which also words any error.
+
+use std::ops::Range;
+
+use super::{Name, Slot};
+
+/// The fields of `text`, each as the span of its key (between the quotes) and of its
+/// value, when `text` is a valid JSON object of the flat shape (module docs); `None`
+/// otherwise. `text` is valid UTF-8, so only the JSON grammar is checked here. The list
+/// has room for a few more fields, which steps often add.
+pub(super) fn fields(text: &str) -> Option<Vec<(Name, Slot)>> {
+    let b = text.as_bytes();
+    let mut at = skip_space(b, 0);
+    if b.get(at) != Some(&b'{') {
+        return None;
+    }
+    at = skip_space(b, at + 1);
+    let mut out = Vec::with_capacity(FIELDS_WITH_ROOM);
+    if b.get(at) != Some(&b'}') {
+        loop {
+            let key = plain_string(b, at)?;
+            at = skip_space(b, key.end + 1);
+            if b.get(at) != Some(&b':') {
+                return None;
+            }
+            at = skip_space(b, at + 1);
+            let value = scalar(b, at)?;
+            at = skip_space(b, value.end);
+            out.push((Name::Span(key), Slot::Raw(value)));
+            match b.get(at) {
+                Some(b',') => at = skip_space(b, at + 1),
+                Some(b'}') => break,
+                _ => return None,
+            }
+        }
+    }
+    (skip_space(b, at + 1) == b.len()).then_some(out)
+}
+
+/// Room for the fields of a typical record and the ones its steps add.
+const FIELDS_WITH_ROOM: usize = 12;
+
+/// The first position from `at` that is not JSON whitespace.
+fn skip_space(b: &[u8], mut at: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = b.get(at) {
+        at += 1;
+    }
+    at
+}
+
+/// The text between the quotes of the string that starts at `at`, when it has no escapes
+/// (and no control characters, which JSON refuses).
+fn plain_string(b: &[u8], at: usize) -> Option<Range<usize>> {
+    if b.get(at) != Some(&b'"') {
+        return None;
+    }
+    let start = at + 1;
+    let len = b
+        .get(start..)?
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+    (b[start + len] == b'"').then_some(start..start + len)
+}
+
+/// The span of the scalar value that starts at `at`.
+fn scalar(b: &[u8], at: usize) -> Option<Range<usize>> {
+    let end = match *b.get(at)? {
+        b'"' => plain_string(b, at)?.end + 1,
+        b't' => literal(b, at, b"true")?,
+        b'f' => literal(b, at, b"false")?,
+        b'n' => literal(b, at, b"null")?,
+        b'-' | b'0'..=b'9' => number(b, at)?,
+        _ => return None,
+    };
+    Some(at..end)
+}
+
+fn literal(b: &[u8], at: usize, word: &[u8]) -> Option<usize> {
+    let end = at + word.len();
+    (b.get(at..end)? == word).then_some(end)
+}
+
+/// The end of the number that starts at `at`, when it has no exponent and is short enough
+/// (at most [`LONGEST_NUMBER`] characters) that it cannot be out of a double's range.
+fn number(b: &[u8], at: usize) -> Option<usize> {
+    let mut i = at + usize::from(b.get(at) == Some(&b'-'));
+    match b.get(i)? {
+        b'0' => i += 1,
+        b'1'..=b'9' => i += digits(b, i),
+        _ => return None,
+    }
+    if b.get(i) == Some(&b'.') {
+        let n = digits(b, i + 1);
+        if n == 0 {
+            return None;
+        }
+        i += 1 + n;
+    }
+    let exponent = matches!(b.get(i), Some(b'e' | b'E'));
+    (!exponent && i - at <= LONGEST_NUMBER).then_some(i)
+}
+
+/// A number this long or shorter, without an exponent, is below 1e300.
+pub(super) const LONGEST_NUMBER: usize = 300;
+
+fn digits(b: &[u8], at: usize) -> usize {
+    b.get(at..).map_or(0, |rest| {
+        rest.iter().take_while(|c| c.is_ascii_digit()).count()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::strategy::Strategy;
+    use serde_json::Value;
+
+    /// When the scan answers, serde_json accepts the text and reads the same fields.
+    fn agrees(text: &str) -> bool {
+        let Some(spans) = fields(text) else {
+            return false;
+        };
+        let tree: Value = serde_json::from_str(text)
+            .unwrap_or_else(|e| panic!("scan accepted {text:?}, serde_json says {e}"));
+        let Value::Object(map) = tree else {
+            panic!("scan accepted a non-object {text:?}")
+        };
+        let mut seen = serde_json::Map::new();
+        for (k, v) in spans {
+            let (Name::Span(k), Slot::Raw(v)) = (k, v) else {
+                panic!("the scan makes spans only")
+            };
+            let value: Value = serde_json::from_str(&text[v.clone()]).unwrap();
+            seen.insert(text[k].to_string(), value);
+        }
+        assert_eq!(seen, map, "{text:?}");
+        true
+    }
+
+    #[test]
+    fn flat_objects_are_read_in_one_pass() {
+        for text in [
+            r#"{"orderId":"o-1","region":"eu-west","total":12.5,"items":3}"#,
+            "{}",
+            " \t{ } \r\n",
+            r#"{ "a" : -0 , "b":true,"c":false ,"d":null,"e":"é ☃","f":0.25,"g":-17}"#,
+            r#"{"a":1,"a":2}"#,
+            r#"{"":""}"#,
+        ] {
+            assert!(agrees(text), "not scanned: {text}");
+        }
+    }
+
+    #[test]
+    fn other_shapes_and_errors_are_left_to_the_full_parse() {
+        let long = format!(r#"{{"a":{}}}"#, "9".repeat(LONGEST_NUMBER + 1));
+        for text in [
+            // Valid, but not flat: the full parse reads them.
+            r#"{"a":[1]}"#,
+            r#"{"a":{"b":1}}"#,
+            r#"{"a\"":1}"#,
+            r#"{"a":"\n"}"#,
+            r#"{"a":1e3}"#,
+            r#"{"a":1E-3}"#,
+            long.as_str(),
+            // Invalid: the full parse words the error.
+            "",
+            "{",
+            "[1]",
+            r#"{"a":1,}"#,
+            r#"{"a":01}"#,
+            r#"{"a":1.}"#,
+            r#"{"a":.5}"#,
+            r#"{"a":-}"#,
+            r#"{"a":+1}"#,
+            r#"{"a":tru}"#,
+            r#"{"a":truex}"#,
+            r#"{"a":nul}"#,
+            "{\"a\":\"x\u{1}\"}",
+            r#"{"a" 1}"#,
+            r#"{a:1}"#,
+            r#"{"a":1}}"#,
+            r#"{"a":1} x"#,
+            r#"{"a":1 "b":2}"#,
+            "\u{c}{}",
+        ] {
+            assert!(fields(text).is_none(), "scanned: {text}");
+        }
+    }
+
+    const TOKENS: [&str; 22] = [
+        "{",
+        "}",
+        "[",
+        "]",
+        ":",
+        ",",
+        " ",
+        "\"a\"",
+        "\"b\"",
+        "\"\\n\"",
+        "\"é\"",
+        "\"\u{1}\"",
+        "0",
+        "1",
+        "-",
+        ".",
+        "5",
+        "e",
+        "true",
+        "null",
+        "nul",
+        "\"",
+    ];
+
+    proptest::proptest! {
+        /// Text made of JSON's tokens, valid or not: whatever the scan accepts, serde_json
+        /// accepts and reads the same way.
+        #[test]
+        fn never_accepts_what_serde_json_refuses(
+            tokens in proptest::collection::vec(proptest::sample::select(&TOKENS[..]), 0..12)
+        ) {
+            let text = tokens.concat();
+            agrees(&text);
+            agrees(&format!("{{{text}}}"));
+        }
+
+        /// Every flat object serde_json writes is scanned.
+        #[test]
+        fn scans_every_flat_object(
+            entries in proptest::collection::btree_map("[a-z é]{0,4}", proptest::prop_oneof![
+                proptest::num::i64::ANY.prop_map(Value::from),
+                (-100_000_000i64..100_000_000).prop_map(|c| Value::from(c as f64 / 100.0)),
+                "[a-z é☃]{0,6}".prop_map(Value::from),
+                proptest::bool::ANY.prop_map(Value::from),
+                proptest::strategy::Just(Value::Null),
+            ], 0..6)
+        ) {
+            let text = serde_json::to_string(&entries).unwrap();
+            proptest::prop_assert!(agrees(&text), "not scanned: {}", text);
+        }
+    }
+}
