@@ -112,10 +112,9 @@ impl JsonObject {
 
     fn position(&self, key: &str) -> Option<usize> {
         let key = key.as_bytes();
-        self.fields.iter().position(|(n, _)| match n {
-            Name::Span(r) => self.src.as_bytes().get(r.clone()) == Some(key),
-            Name::Owned(s) => s.as_bytes() == key,
-        })
+        self.fields
+            .iter()
+            .position(|(n, _)| name_bytes(&self.src, n) == key)
     }
 
     fn field_ref<'a>(&'a self, slot: &'a Slot) -> FieldRef<'a> {
@@ -308,6 +307,14 @@ impl fmt::Debug for JsonObject {
     }
 }
 
+/// A name's bytes (comparing bytes skips the character-boundary checks of `str` slicing).
+fn name_bytes<'a>(src: &'a str, name: &'a Name) -> &'a [u8] {
+    match name {
+        Name::Span(r) => src.as_bytes().get(r.clone()).unwrap_or_default(),
+        Name::Owned(s) => s.as_bytes(),
+    }
+}
+
 fn name_text<'a>(src: &'a str, name: &'a Name) -> &'a str {
     match name {
         Name::Span(r) => src.get(r.clone()).unwrap_or_default(),
@@ -321,8 +328,8 @@ fn unique(src: &str, fields: Vec<(Name, Slot)>) -> Vec<(Name, Slot)> {
     let repeated = if fields.len() <= 16 {
         // Small objects (the common case) are checked without hashing or copying.
         (1..fields.len()).any(|i| {
-            let k = name_text(src, &fields[i].0);
-            fields[..i].iter().any(|(n, _)| name_text(src, n) == k)
+            let k = name_bytes(src, &fields[i].0);
+            fields[..i].iter().any(|(n, _)| name_bytes(src, n) == k)
         })
     } else {
         let mut seen = std::collections::HashSet::with_capacity(fields.len());

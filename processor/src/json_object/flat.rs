@@ -61,12 +61,24 @@ fn plain_string(b: &[u8], at: usize) -> Option<Range<usize>> {
         return None;
     }
     let start = at + 1;
-    let len = b
-        .get(start..)?
-        .iter()
-        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
-    (b[start + len] == b'"').then_some(start..start + len)
+    let rest = b.get(start..)?;
+    let len = rest.iter().position(|&c| ENDS_PLAIN[usize::from(c)])?;
+    (rest[len] == b'"').then_some(start..start + len)
 }
+
+/// The bytes a plain string's text stops at: its closing quote, a backslash (an escape)
+/// and the control characters JSON refuses.
+static ENDS_PLAIN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        table[c] = true;
+        c += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
 
 /// The span of the scalar value that starts at `at`.
 fn scalar(b: &[u8], at: usize) -> Option<Range<usize>> {
