@@ -396,14 +396,25 @@ impl Engine {
 
     fn emit_outputs(&mut self, record: Record, out: &mut Vec<Emit>) -> Result<(), Failure> {
         let start = out.len();
-        // The scope was read from the record as it is here; each output takes a copy of
-        // the record (the last one takes the record itself) with its own key, if any.
-        let scope = scope(&self.root, &record, &self.output_needs)
-            .map_err(|e| Failure::new("output", e))?;
+        // The scope is read from the record as it is here, and only when an output has a
+        // key expression; each output takes a copy of the record (the last one takes the
+        // record itself) with its own key, if any.
+        let scope = if self.outputs.iter().any(|(_, key)| key.is_some()) {
+            Some(
+                scope(&self.root, &record, &self.output_needs)
+                    .map_err(|e| Failure::new("output", e))?,
+            )
+        } else {
+            None
+        };
         let n = self.outputs.len();
         let mut record = Some(record);
         for (i, (topic, key)) in self.outputs.iter().enumerate() {
-            let key = match key.as_ref().map(|expr| expr.eval(&scope)) {
+            let key = match key
+                .as_ref()
+                .zip(scope.as_ref())
+                .map(|(expr, scope)| expr.eval(scope))
+            {
                 Some(Ok(v)) => Some(key_bytes(&v)),
                 Some(Err(e)) => {
                     out.truncate(start);

@@ -108,7 +108,7 @@ impl Template {
         }
         let key = match &self.key {
             Some(e) => Some(match e.eval(&scope).map_err(|e| err(e.to_string()))? {
-                Value::String(s) => s.to_string(),
+                Value::String(s) => std::sync::Arc::unwrap_or_clone(s),
                 other => cel_to_json(&other)
                     .map_err(|e| err(e.to_string()))?
                     .to_string(),

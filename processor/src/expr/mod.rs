@@ -427,7 +427,7 @@ pub fn cel_to_json(v: &Value) -> Result<serde_json::Value, ToJsonError> {
         Value::Float(f) => serde_json::Number::from_f64(*f)
             .map(serde_json::Value::Number)
             .ok_or_else(|| ToJsonError(format!("the number {f}")))?,
-        Value::String(s) => serde_json::Value::String(s.to_string()),
+        Value::String(s) => serde_json::Value::String(String::clone(s)),
         Value::Bytes(b) => serde_json::Value::String(String::from_utf8_lossy(b).into_owned()),
         Value::List(l) => {
             serde_json::Value::Array(l.iter().map(cel_to_json).collect::<Result<_, _>>()?)
@@ -436,7 +436,7 @@ pub fn cel_to_json(v: &Value) -> Result<serde_json::Value, ToJsonError> {
             let mut obj = serde_json::Map::with_capacity(m.map.len());
             for (k, v) in m.map.iter() {
                 let key = match k {
-                    Key::String(s) => s.to_string(),
+                    Key::String(s) => String::clone(s),
                     Key::Int(i) => i.to_string(),
                     Key::Uint(u) => u.to_string(),
                     Key::Bool(b) => b.to_string(),

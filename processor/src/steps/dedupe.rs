@@ -71,7 +71,7 @@ impl Dedupe {
 impl StateStep for Dedupe {
     fn key(&self, scope: &Scope<'_>) -> Result<String, StepError> {
         Ok(match self.key.eval(scope)? {
-            Value::String(s) => s.to_string(),
+            Value::String(s) => std::sync::Arc::unwrap_or_clone(s),
             other => cel_to_json(&other)
                 .map_err(|e| StepError::Shape(format!("dedupe key: {e}")))?
                 .to_string(),
