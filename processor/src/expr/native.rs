@@ -206,9 +206,15 @@ impl Node {
                 Value::Bool(false) => f.eval(scope),
                 _ => None,
             },
-            Node::Arith(op, l, r) => arithmetic(*op, l.eval(scope)?, r.eval(scope)?),
+            Node::Arith(op, l, r) => match (l.leaf(scope), r.leaf(scope)) {
+                (Some(a), Some(b)) => arithmetic(*op, a, b),
+                _ => arithmetic(*op, &l.eval(scope)?, &r.eval(scope)?),
+            },
             Node::Cmp(op, l, r) => {
-                let ord = order(&l.eval(scope)?, &r.eval(scope)?)?;
+                let ord = match (l.leaf(scope), r.leaf(scope)) {
+                    (Some(a), Some(b)) => order(a, b)?,
+                    _ => order(&l.eval(scope)?, &r.eval(scope)?)?,
+                };
                 Some(Value::Bool(match op {
                     Cmp::Eq => ord == Ordering::Equal,
                     Cmp::Ne => ord != Ordering::Equal,
@@ -218,6 +224,19 @@ impl Node {
                     Cmp::Ge => ord != Ordering::Less,
                 }))
             }
+        }
+    }
+}
+
+impl Node {
+    /// What [`Node::eval`] gives for a literal, field or metadata leaf, borrowed instead
+    /// of cloned; `None` for other nodes and where `eval` gives `None`.
+    fn leaf<'s>(&'s self, scope: &'s Scope<'_>) -> Option<&'s Value> {
+        match self {
+            Node::Lit(v) => Some(v),
+            Node::Field(f) => scope.field(&f.name, &f.key).filter(|v| is_scalar(v)),
+            Node::Meta(name) => scope.meta(name).filter(|v| is_scalar(v)),
+            _ => None,
         }
     }
 }
@@ -235,11 +254,11 @@ macro_rules! checked {
     };
 }
 
-fn arithmetic(op: Arith, l: Value, r: Value) -> Option<Value> {
+fn arithmetic(op: Arith, l: &Value, r: &Value) -> Option<Value> {
     Some(match (l, r) {
-        (Value::Int(a), Value::Int(b)) => Value::Int(checked!(op, a, b)?),
-        (Value::UInt(a), Value::UInt(b)) => Value::UInt(checked!(op, a, b)?),
-        (Value::Float(a), Value::Float(b)) => Value::Float(match op {
+        (&Value::Int(a), &Value::Int(b)) => Value::Int(checked!(op, a, b)?),
+        (&Value::UInt(a), &Value::UInt(b)) => Value::UInt(checked!(op, a, b)?),
+        (&Value::Float(a), &Value::Float(b)) => Value::Float(match op {
             Arith::Add => a + b,
             Arith::Sub => a - b,
             Arith::Mul => a * b,
@@ -248,8 +267,8 @@ fn arithmetic(op: Arith, l: Value, r: Value) -> Option<Value> {
         }),
         (Value::String(a), Value::String(b)) if op == Arith::Add => {
             let mut s = String::with_capacity(a.len() + b.len());
-            s.push_str(&a);
-            s.push_str(&b);
+            s.push_str(a);
+            s.push_str(b);
             Value::String(Arc::new(s))
         }
         _ => return None,
