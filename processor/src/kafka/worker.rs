@@ -229,6 +229,9 @@ struct Core {
     buffers: Vec<Vec<u8>>,
     /// Shared names of the topics read (a pipeline reads few: a scan beats hashing).
     topics: Vec<Arc<str>>,
+    /// The one topic subscribed to, when there is one (not a pattern): every record is
+    /// of it, so its name need not be read (and checked as UTF-8) per record.
+    only_topic: Option<Arc<str>>,
     /// The partitions this replica owns now. A record of any other partition (fetched
     /// before a cooperative rebalance took its partition away) is not processed: its new
     /// owner reads it, and committing it here too would duplicate it.
@@ -362,15 +365,19 @@ impl Core {
 
     /// Processes one consumed record.
     fn handle(&mut self, m: &BorrowedMessage<'_>) -> Result<(), WorkerError> {
-        // librdkafka's topic name is checked as UTF-8 on every call: read it once.
-        let (partition, topic) = (m.partition(), m.topic());
+        // librdkafka's topic name is checked as UTF-8 on every call: read it at most once.
+        let partition = m.partition();
+        let topic = match &self.only_topic {
+            Some(t) => t.clone(),
+            None => self.topic_arc(m.topic()),
+        };
         if !self
             .assigned
             .iter()
-            .any(|(t, p)| *p == partition && t == topic)
+            .any(|(t, p)| *p == partition && **t == *topic)
         {
             tracing::debug!(
-                topic,
+                topic = %topic,
                 partition,
                 offset = m.offset(),
                 "record of a partition no longer assigned: left to its new owner"
@@ -384,7 +391,6 @@ impl Core {
                 .map_err(WorkerError::Transaction)?;
             self.in_txn = true;
         }
-        let topic = self.topic_arc(topic);
         let origin = Origin {
             topic: topic.clone(),
             partition: m.partition(),
@@ -851,6 +857,10 @@ pub fn run(opts: WorkerOptions, engine: Engine, status: Arc<Status>) -> Result<(
         outputs: Vec::new(),
         buffers: Vec::new(),
         topics: Vec::new(),
+        only_topic: match opts.topics.as_slice() {
+            [t] if !t.starts_with('^') => Some(Arc::from(t.as_str())),
+            _ => None,
+        },
         assigned: Vec::new(),
         dead_lettered_logged: 0,
     }));
