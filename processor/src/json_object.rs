@@ -289,7 +289,7 @@ impl JsonObject {
 
 /// Whether `s` needs escapes inside a JSON string.
 fn needs_escape(s: &str) -> bool {
-    s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20)
+    s.bytes().any(|b| flat::ENDS_PLAIN[usize::from(b)])
 }
 
 impl PartialEq for JsonObject {

@@ -170,16 +170,11 @@ impl Node {
     /// The value, or `None` to leave the answer to CEL's interpreter.
     pub(super) fn eval(&self, scope: &Scope<'_>) -> Option<Value> {
         match self {
-            Node::Lit(v) => Some(v.clone()),
-            Node::Field(f) => scope
-                .field(&f.name, &f.key)
-                .filter(|v| is_scalar(v))
-                .cloned(),
+            Node::Lit(_) | Node::Field(_) | Node::Meta(_) => self.leaf(scope).cloned(),
             Node::Has(f) => match scope.value() {
                 Some(Value::Map(m)) => Some(Value::Bool(m.map.contains_key(&f.key))),
                 _ => None,
             },
-            Node::Meta(name) => scope.meta(name).filter(|v| is_scalar(v)).cloned(),
             Node::Not(x) => match x.eval(scope)? {
                 Value::Bool(b) => Some(Value::Bool(!b)),
                 _ => None,
@@ -206,15 +201,9 @@ impl Node {
                 Value::Bool(false) => f.eval(scope),
                 _ => None,
             },
-            Node::Arith(op, l, r) => match (l.leaf(scope), r.leaf(scope)) {
-                (Some(a), Some(b)) => arithmetic(*op, a, b),
-                _ => arithmetic(*op, &l.eval(scope)?, &r.eval(scope)?),
-            },
+            Node::Arith(op, l, r) => operands(l, r, scope, |a, b| arithmetic(*op, a, b)),
             Node::Cmp(op, l, r) => {
-                let ord = match (l.leaf(scope), r.leaf(scope)) {
-                    (Some(a), Some(b)) => order(a, b)?,
-                    _ => order(&l.eval(scope)?, &r.eval(scope)?)?,
-                };
+                let ord = operands(l, r, scope, order)?;
                 Some(Value::Bool(match op {
                     Cmp::Eq => ord == Ordering::Equal,
                     Cmp::Ne => ord != Ordering::Equal,
@@ -226,11 +215,9 @@ impl Node {
             }
         }
     }
-}
 
-impl Node {
-    /// What [`Node::eval`] gives for a literal, field or metadata leaf, borrowed instead
-    /// of cloned; `None` for other nodes and where `eval` gives `None`.
+    /// A literal, field or metadata leaf's value, borrowed; `None` for other nodes and
+    /// where the leaf has no scalar value.
     fn leaf<'s>(&'s self, scope: &'s Scope<'_>) -> Option<&'s Value> {
         match self {
             Node::Lit(v) => Some(v),
@@ -238,6 +225,20 @@ impl Node {
             Node::Meta(name) => scope.meta(name).filter(|v| is_scalar(v)),
             _ => None,
         }
+    }
+}
+
+/// `f` on the values of `l` and `r`: borrowed when both are leaves (the common
+/// `value.total > 0.0`), else evaluated.
+fn operands<T>(
+    l: &Node,
+    r: &Node,
+    scope: &Scope<'_>,
+    f: impl FnOnce(&Value, &Value) -> Option<T>,
+) -> Option<T> {
+    match (l.leaf(scope), r.leaf(scope)) {
+        (Some(a), Some(b)) => f(a, b),
+        _ => f(&l.eval(scope)?, &r.eval(scope)?),
     }
 }
 

@@ -67,8 +67,8 @@ fn plain_string(b: &[u8], at: usize) -> Option<Range<usize>> {
 }
 
 /// The bytes a plain string's text stops at: its closing quote, a backslash (an escape)
-/// and the control characters JSON refuses.
-static ENDS_PLAIN: [bool; 256] = {
+/// and the control characters JSON refuses; the bytes a string needs escaped.
+pub(super) static ENDS_PLAIN: [bool; 256] = {
     let mut table = [false; 256];
     let mut c = 0;
     while c < 0x20 {
