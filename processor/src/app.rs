@@ -249,6 +249,13 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<(), AppError> 
         }
     };
     engine.set_repartition_topic(plan.repartition.clone());
+    // A pipeline without state runs its steps on a second thread, the transform lane,
+    // with its own copy of the engine (see `kafka::lane`).
+    let mut lane_engine = if engine.aggregate_step().is_none() {
+        Some(compile(&cfg, &metrics)?)
+    } else {
+        None
+    };
     for topic in engine.table_topics() {
         let (settings, group, t, format) = (
             opts.settings.clone(),
@@ -266,6 +273,9 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<(), AppError> 
             source: e,
         })?;
         engine.attach_table(&topic, &table);
+        if let Some(e) = lane_engine.as_mut() {
+            e.attach_table(&topic, &table);
+        }
     }
     let mut consumed = cfg.spec.inputs.clone();
     consumed.extend(plan.repartition.clone());
@@ -288,7 +298,7 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<(), AppError> 
     std::thread::Builder::new()
         .name("sluice-worker".to_string())
         .spawn(move || {
-            let r = worker::run(wopts, engine, worker_status);
+            let r = worker::run(wopts, engine, lane_engine, worker_status);
             let _ = tx.send(r);
         })
         .map_err(|_| AppError::Panicked)?;

@@ -1,6 +1,7 @@
 //! Tests of the worker against librdkafka's mock cluster (no broker needed): records flow,
 //! bad records are dead-lettered, and an output the broker rejects is dead-lettered
-//! after the rewind instead of being lost or retried forever.
+//! after the rewind instead of being lost or retried forever. Each runs twice: with the
+//! engine on the worker's thread, and in the transform lane.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -84,12 +85,15 @@ fn read(bootstrap: &str, topic: &str, want: usize) -> Vec<Read> {
 
 fn start_worker(
     bootstrap: &str,
+    lane: bool,
 ) -> (
     Arc<Status>,
     std::thread::JoinHandle<Result<(), worker::WorkerError>>,
 ) {
     let spec: PipelineSpec = serde_saphyr::from_str(SPEC).unwrap();
-    let engine = Engine::new("mock", &spec, Metrics::new().pipeline("mock")).unwrap();
+    let metrics = Metrics::new();
+    let engine = Engine::new("mock", &spec, metrics.pipeline("mock")).unwrap();
+    let lane_engine = lane.then(|| Engine::new("mock", &spec, metrics.pipeline("mock")).unwrap());
     let opts = WorkerOptions {
         settings: KafkaSettings {
             bootstrap: bootstrap.to_string(),
@@ -108,7 +112,7 @@ fn start_worker(
     };
     let status = Arc::new(Status::default());
     let s = status.clone();
-    let handle = std::thread::spawn(move || worker::run(opts, engine, s));
+    let handle = std::thread::spawn(move || worker::run(opts, engine, lane_engine, s));
     (status, handle)
 }
 
@@ -122,6 +126,15 @@ fn header<'a>(r: &'a Read, key: &str) -> &'a str {
 
 #[test]
 fn good_records_flow_and_bad_ones_are_dead_lettered() {
+    records_flow_and_bad_ones_are_dead_lettered(false);
+}
+
+#[test]
+fn good_records_flow_and_bad_ones_are_dead_lettered_through_the_lane() {
+    records_flow_and_bad_ones_are_dead_lettered(true);
+}
+
+fn records_flow_and_bad_ones_are_dead_lettered(lane: bool) {
     let cluster = MockCluster::new(1).unwrap();
     for t in ["in", "out", "dlq"] {
         cluster.create_topic(t, 1, 1).unwrap();
@@ -138,7 +151,7 @@ fn good_records_flow_and_bad_ones_are_dead_lettered() {
             r#"{"total": 2.0}"#,
         ],
     );
-    let (status, handle) = start_worker(&bootstrap);
+    let (status, handle) = start_worker(&bootstrap, lane);
     let out = read(&bootstrap, "out", 2);
     let dlq = read(&bootstrap, "dlq", 2);
     status.shutdown.store(true, Ordering::Relaxed);
@@ -166,6 +179,15 @@ fn good_records_flow_and_bad_ones_are_dead_lettered() {
 
 #[test]
 fn an_output_the_broker_rejects_is_dead_lettered_after_a_rewind() {
+    rejected_output_is_dead_lettered_after_a_rewind(false);
+}
+
+#[test]
+fn an_output_the_broker_rejects_is_dead_lettered_after_a_rewind_through_the_lane() {
+    rejected_output_is_dead_lettered_after_a_rewind(true);
+}
+
+fn rejected_output_is_dead_lettered_after_a_rewind(lane: bool) {
     let cluster = MockCluster::new(1).unwrap();
     for t in ["in", "out", "dlq"] {
         cluster.create_topic(t, 1, 1).unwrap();
@@ -177,7 +199,7 @@ fn an_output_the_broker_rejects_is_dead_lettered_after_a_rewind() {
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_RECORD],
     );
-    let (status, handle) = start_worker(&bootstrap);
+    let (status, handle) = start_worker(&bootstrap, lane);
     let dlq = read(&bootstrap, "dlq", 1);
     produce(&bootstrap, "in", &[r#"{"total": 2.0}"#]);
     let out = read(&bootstrap, "out", 1);

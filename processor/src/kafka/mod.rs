@@ -2,6 +2,7 @@
 //! consume-transform-produce loop.
 
 mod acks;
+mod lane;
 mod output;
 pub mod restore;
 pub mod table;

@@ -26,6 +26,10 @@
 //!
 //! Backpressure: the loop blocks while the producer queue is full, so the consumer
 //! stops fetching once its own bounded queue fills: memory stays bounded.
+//!
+//! A pipeline without state hands the per-record work (decode, steps, encode) to a
+//! second thread, the transform lane (`lane`), and keeps consuming meanwhile; records
+//! come back in order and are handled here as above.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,7 +39,7 @@ use std::time::{Duration, Instant};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
@@ -43,13 +47,18 @@ use sluice_crds::pipeline::StartFrom;
 
 use super::KafkaSettings;
 use super::acks::{Checkpoints, DeliveryTracker, Offsets, Origin, OutputId, Sent, advance};
+use super::lane::{self, Batch, Lane, LaneError, headers_of, keep_buffer};
 use super::output::{Output, send};
 use super::restore::{RestoreFailure, restore};
-use crate::engine::{Emit, Engine, Failure, decode};
+use crate::engine::{Emit, Engine, Failure};
 use crate::record::Record;
 
 /// Records processed between two looks at delivery reports and the commit timer.
 const HOUSEKEEPING_EVERY: u32 = 32;
+
+/// Spent value buffers kept for the next outputs when there is no lane (a record has
+/// few outputs).
+const SPARE_BUFFERS: usize = 16;
 
 /// How long transactional calls may take.
 const TXN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -125,6 +134,9 @@ pub enum WorkerError {
         /// What failed.
         failure: Failure,
     },
+    /// The transform lane's thread is gone.
+    #[error(transparent)]
+    Lane(#[from] LaneError),
     /// The dead-letter topic itself cannot be written.
     #[error("cannot write to the dead-letter topic {topic}: {source}")]
     DeadLetter {
@@ -170,15 +182,21 @@ impl Source {
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().map(<[u8]>::to_vec),
-            headers: m
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            headers: headers_of(m),
             timestamp: m.timestamp().to_millis(),
+        }
+    }
+
+    /// A record that went through the transform lane, as it was read.
+    fn of_input(batch: &Batch, input: &lane::Input) -> Source {
+        Source {
+            topic: input.topic.to_string(),
+            partition: input.partition,
+            offset: input.offset,
+            key: batch.key(input).map(<[u8]>::to_vec),
+            payload: batch.payload(input).map(<[u8]>::to_vec),
+            headers: input.headers.clone(),
+            timestamp: input.timestamp,
         }
     }
 
@@ -237,6 +255,8 @@ struct Core {
     /// owner reads it, and committing it here too would duplicate it.
     assigned: Vec<(String, i32)>,
     dead_lettered_logged: u64,
+    /// The transform lane, for a pipeline without state.
+    lane: Option<Lane>,
 }
 
 /// Consumer callbacks: commit on revoke, restore on assign.
@@ -251,9 +271,16 @@ impl ConsumerContext for RebalanceHandler {
         let mut core = lock(&self.core);
         if let Rebalance::Revoke(tpl) = rebalance {
             tracing::info!(partitions = tpl.count(), "partitions revoked: committing");
-            if let Err(e) = core.commit(consumer) {
+            // Records still in the transform lane are of partitions held until now:
+            // handle them, so the commit covers them.
+            let drained = core.drain_lane();
+            if let Err(e) = drained.and_then(|()| core.commit(consumer)) {
                 tracing::warn!(error = %e, "commit on revoke failed: the new owner replays from the last commit");
                 core.discard_uncommitted();
+                if !e.recoverable() {
+                    // The loop stops with it.
+                    core.fatal.get_or_insert(e);
+                }
             }
             core.status.ready.store(false, Ordering::Relaxed);
         }
@@ -363,14 +390,49 @@ impl Core {
         Ok(())
     }
 
-    /// Processes one consumed record.
+    /// Processes one consumed record here, on the worker's thread.
     fn handle(&mut self, m: &BorrowedMessage<'_>) -> Result<(), WorkerError> {
-        // librdkafka's topic name is checked as UTF-8 on every call: read it at most once.
-        let partition = m.partition();
-        let topic = match &self.only_topic {
+        let topic = self.topic_of(m);
+        let Some(origin) = self.admit(topic, m.partition(), m.offset())? else {
+            return Ok(());
+        };
+        let outcome = match self.take_poisoned(&origin) {
+            Some(failure) => Err(failure),
+            None => self.transform(m, &origin.topic),
+        };
+        let mut outputs = std::mem::take(&mut self.outputs);
+        let mut spent = std::mem::take(&mut self.buffers);
+        let handled = self.deliver(
+            origin,
+            outcome,
+            outputs.drain(..),
+            |b| keep_buffer(&mut spent, b, SPARE_BUFFERS),
+            || Source::of_message(m),
+        );
+        outputs.clear();
+        self.outputs = outputs;
+        self.buffers = spent;
+        handled
+    }
+
+    /// The shared name of a record's topic. librdkafka's topic name is checked as UTF-8
+    /// on every call: read it at most once.
+    fn topic_of(&mut self, m: &BorrowedMessage<'_>) -> Arc<str> {
+        match &self.only_topic {
             Some(t) => t.clone(),
             None => self.topic_arc(m.topic()),
-        };
+        }
+    }
+
+    /// Takes a record in if its partition is still this replica's (counting it, and
+    /// opening the transaction if none is open): where it came from, or `None` when it
+    /// is left to the partition's new owner.
+    fn admit(
+        &mut self,
+        topic: Arc<str>,
+        partition: i32,
+        offset: i64,
+    ) -> Result<Option<Origin>, WorkerError> {
         if !self
             .assigned
             .iter()
@@ -379,10 +441,10 @@ impl Core {
             tracing::debug!(
                 topic = %topic,
                 partition,
-                offset = m.offset(),
+                offset,
                 "record of a partition no longer assigned: left to its new owner"
             );
-            return Ok(());
+            return Ok(None);
         }
         self.engine.metrics().records_in.inc();
         if self.opts.exactly_once && !self.in_txn {
@@ -391,39 +453,52 @@ impl Core {
                 .map_err(WorkerError::Transaction)?;
             self.in_txn = true;
         }
-        let origin = Origin {
-            topic: topic.clone(),
-            partition: m.partition(),
-            offset: m.offset(),
-        };
-        let poisoned = if self.poisoned.is_empty() {
-            None
-        } else {
-            self.poisoned.remove(&origin)
-        };
-        let outcome = if let Some(error) = poisoned {
-            Err(Failure::new("produce", error))
-        } else {
-            self.transform(m, &topic)
-        };
+        Ok(Some(Origin {
+            topic,
+            partition,
+            offset,
+        }))
+    }
+
+    /// Why a record is not to be produced again: its output could not be delivered
+    /// before the last rewind.
+    fn take_poisoned(&mut self, origin: &Origin) -> Option<Failure> {
+        if self.poisoned.is_empty() {
+            return None;
+        }
+        self.poisoned
+            .remove(origin)
+            .map(|error| Failure::new("produce", error))
+    }
+
+    /// Produces a record's outputs, or dead-letters the record when it failed or an
+    /// output is refused at once; then moves its partition's offset past it. `spent`
+    /// takes the value buffers the producer is done with.
+    fn deliver(
+        &mut self,
+        origin: Origin,
+        outcome: Result<(), Failure>,
+        outputs: impl Iterator<Item = Output>,
+        mut spent: impl FnMut(Vec<u8>),
+        source: impl Fn() -> Source,
+    ) -> Result<(), WorkerError> {
         match outcome {
             Ok(()) => {
-                let mut outputs = std::mem::take(&mut self.outputs);
-                for output in outputs.drain(..) {
+                for output in outputs {
                     let opaque = Sent::boxed(origin.clone(), self.epoch);
-                    if let Err(failure) = self.produce(output, opaque) {
+                    let (sent, buffer) = self.produce(output, opaque);
+                    spent(buffer);
+                    if let Err(failure) = sent {
                         // Rejected at once (too large, unknown topic...): final for this record.
-                        self.dead_letter(&Source::of_message(m), &failure)?;
+                        self.dead_letter(&source(), &failure)?;
                         break;
                     }
                     self.engine.metrics().records_out.inc();
                 }
-                outputs.clear();
-                self.outputs = outputs;
             }
-            Err(failure) => self.dead_letter(&Source::of_message(m), &failure)?,
+            Err(failure) => self.dead_letter(&source(), &failure)?,
         }
-        self.advance(topic, m.partition(), m.offset() + 1);
+        self.advance(origin.topic, origin.partition, origin.offset + 1);
         self.batch += 1;
         Ok(())
     }
@@ -431,45 +506,115 @@ impl Core {
     /// Decodes, runs the steps and encodes the results into `self.outputs`, or says why
     /// it failed (leaving `self.outputs` empty).
     fn transform(&mut self, m: &BorrowedMessage<'_>, topic: &Arc<str>) -> Result<(), Failure> {
-        let headers: Vec<(String, Vec<u8>)> = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| {
-                        (
-                            h.key.to_string(),
-                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let format = self.engine.format();
-        let record = Record {
-            topic: topic.clone(),
-            partition: m.partition(),
-            offset: m.offset(),
-            timestamp: m.timestamp().to_millis().unwrap_or(0),
-            key: m.key().map(<[u8]>::to_vec),
-            headers,
-            value: decode(format, m.payload())?,
-        };
-        let mut emits = std::mem::take(&mut self.emits);
-        emits.clear();
         self.outputs.clear();
-        let (outputs, buffers) = (&mut self.outputs, &mut self.buffers);
-        let result = self.engine.process(record, &mut emits).and_then(|()| {
-            emits.drain(..).try_for_each(|e| {
-                Output::encode(format, e, buffers.pop().unwrap_or_default())
-                    .map(|o| outputs.push(o))
-            })
-        });
-        if result.is_err() {
-            self.outputs.clear();
+        let record = lane::record(
+            self.engine.format(),
+            topic.clone(),
+            (m.partition(), m.offset(), m.timestamp().to_millis()),
+            m.key(),
+            headers_of(m),
+            m.payload(),
+        )?;
+        lane::transform(
+            &mut self.engine,
+            record,
+            &mut self.emits,
+            &mut self.outputs,
+            &mut self.buffers,
+        )
+    }
+
+    /// Hands a polled record to the transform lane, handling what comes back while
+    /// waiting for room.
+    fn queue(&mut self, m: &BorrowedMessage<'_>) -> Result<(), WorkerError> {
+        let topic = self.topic_of(m);
+        let Some(lane) = self.lane.as_mut() else {
+            return self.handle(m);
+        };
+        if lane.push(m, topic) {
+            self.submit()?;
         }
-        emits.clear();
-        self.emits = emits;
-        result
+        Ok(())
+    }
+
+    /// Hands the batch being filled to the lane, first handling transformed batches
+    /// until there is room.
+    fn submit(&mut self) -> Result<(), WorkerError> {
+        while let Some(lane) = self.lane.as_mut()
+            && !lane.has_room()
+        {
+            if let Some(batch) = lane.take(true)? {
+                self.finish(batch)?;
+            }
+        }
+        if let Some(lane) = self.lane.as_mut() {
+            lane.submit()?;
+        }
+        Ok(())
+    }
+
+    /// Handles the batches the lane is done with: without waiting, or (when the consumer
+    /// has nothing new) handing over a partly filled batch and waiting a little for one.
+    fn collect(&mut self, idle: bool) -> Result<(), WorkerError> {
+        if idle && self.lane.as_ref().is_some_and(Lane::has_room) {
+            self.submit()?;
+        }
+        let mut wait = idle;
+        while let Some(lane) = self.lane.as_mut() {
+            let Some(batch) = lane.take(wait)? else {
+                break;
+            };
+            self.finish(batch)?;
+            wait = false;
+        }
+        Ok(())
+    }
+
+    /// Handles every record in or waiting for the lane (at a revoke and at shutdown).
+    fn drain_lane(&mut self) -> Result<(), WorkerError> {
+        while self.lane.as_ref().is_some_and(Lane::busy) {
+            self.collect(true)?;
+        }
+        Ok(())
+    }
+
+    /// Handles a batch the lane transformed, record by record in order, as
+    /// [`Core::handle`] does.
+    fn finish(&mut self, mut batch: Batch) -> Result<(), WorkerError> {
+        let mut outputs = std::mem::take(&mut batch.outputs);
+        let mut made = outputs.drain(..);
+        let inputs = std::mem::take(&mut batch.inputs);
+        let outcomes = std::mem::take(&mut batch.outcomes);
+        for (input, outcome) in inputs.iter().zip(outcomes) {
+            let count = *outcome.as_ref().unwrap_or(&0);
+            let own = made.by_ref().take(count);
+            let Some(origin) = self.admit(input.topic.clone(), input.partition, input.offset)?
+            else {
+                own.for_each(drop);
+                continue;
+            };
+            let outcome = match self.take_poisoned(&origin) {
+                Some(failure) => Err(failure),
+                None => outcome.map(|_| ()),
+            };
+            let mut spent = std::mem::take(&mut batch.buffers);
+            let handled = self.deliver(
+                origin,
+                outcome,
+                own,
+                |b| keep_buffer(&mut spent, b, lane::SPARE_BUFFERS),
+                || Source::of_input(&batch, input),
+            );
+            batch.buffers = spent;
+            handled?;
+        }
+        drop(made);
+        batch.outputs = outputs;
+        batch.inputs = inputs;
+        if let Some(lane) = self.lane.as_mut() {
+            lane.recycle(batch);
+        }
+        Ok(())
     }
 
     /// `emit: onCommit`: sends what the stateful step held back this interval, before the
@@ -497,8 +642,13 @@ impl Core {
             };
             let sent = match refused {
                 Some(error) => Err(Failure::new("produce", error)),
-                None => Output::encode(format, e, self.buffers.pop().unwrap_or_default())
-                    .and_then(|o| self.produce(o, Sent::flushed(self.epoch))),
+                None => Output::encode(format, e, self.buffers.pop().unwrap_or_default()).and_then(
+                    |o| {
+                        let (sent, buffer) = self.produce(o, Sent::flushed(self.epoch));
+                        keep_buffer(&mut self.buffers, buffer, SPARE_BUFFERS);
+                        sent
+                    },
+                ),
             };
             result = match sent {
                 Ok(()) => {
@@ -515,18 +665,14 @@ impl Core {
         result
     }
 
-    /// Hands an output to the producer with `opaque`, then keeps its value buffer (the
+    /// Hands an output to the producer with `opaque`; gives back the value's buffer (the
     /// producer copied it) for a later output. An error means the producer refused it at
     /// once.
-    fn produce(&mut self, mut output: Output, opaque: Box<Sent>) -> Result<(), Failure> {
+    fn produce(&mut self, mut output: Output, opaque: Box<Sent>) -> (Result<(), Failure>, Vec<u8>) {
         let sent = output
             .send(&self.producer, opaque)
             .map_err(|e| Failure::new("produce", format!("{}: {e}", output.topic)));
-        // A few buffers are enough: a record has few outputs.
-        if self.buffers.len() < 16 && output.value.capacity() <= 1 << 20 {
-            self.buffers.push(output.value);
-        }
-        sent
+        (sent, output.value)
     }
 
     /// Closes the current epoch (its sends now wait in the tracker) and opens the next.
@@ -763,6 +909,11 @@ impl Core {
     ) -> Result<(), WorkerError> {
         tracing::warn!(error = %cause, "rewinding to the last commit");
         self.discard_uncommitted();
+        // The consumer goes back to the committed offsets and reads again what the lane
+        // still holds.
+        if let Some(lane) = self.lane.as_mut() {
+            lane.discard()?;
+        }
         if let Some(e) = self.fatal.take() {
             return Err(e);
         }
@@ -814,8 +965,19 @@ fn partition_list(offsets: &Offsets) -> Result<TopicPartitionList, WorkerError> 
     Ok(tpl)
 }
 
-/// Runs the pipeline until `status.shutdown` is set or a fatal error.
-pub fn run(opts: WorkerOptions, engine: Engine, status: Arc<Status>) -> Result<(), WorkerError> {
+/// Runs the pipeline until `status.shutdown` is set or a fatal error. `lane_engine`, a
+/// second copy of a pipeline without state, runs in the transform lane; without it the
+/// engine runs on the worker's thread.
+pub fn run(
+    opts: WorkerOptions,
+    engine: Engine,
+    lane_engine: Option<Engine>,
+    status: Arc<Status>,
+) -> Result<(), WorkerError> {
+    let lane = match lane_engine {
+        Some(e) if engine.aggregate_step().is_none() => Some(Lane::start(e)?),
+        _ => None,
+    };
     let mut pcfg = opts.settings.client_config();
     pcfg.set("enable.idempotence", "true")
         .set("acks", "all")
@@ -863,6 +1025,7 @@ pub fn run(opts: WorkerOptions, engine: Engine, status: Arc<Status>) -> Result<(
         },
         assigned: Vec::new(),
         dead_lettered_logged: 0,
+        lane,
     }));
     let mut ccfg = opts.settings.consumer_config();
     ccfg.set("group.id", &opts.group_id)
@@ -892,7 +1055,7 @@ pub fn run(opts: WorkerOptions, engine: Engine, status: Arc<Status>) -> Result<(
     let result = match result {
         Ok(()) => {
             let mut c = lock(&core);
-            c.commit(&consumer).map(|()| {
+            c.drain_lane().and_then(|()| c.commit(&consumer)).map(|()| {
                 c.producer.flush(TXN_TIMEOUT).ok();
             })
         }
@@ -919,11 +1082,18 @@ fn run_loop(
     status: &Status,
 ) -> Result<(), WorkerError> {
     let mut since_housekeeping = 0u32;
+    // Whether the transform lane holds records: then the consumer is not waited on.
+    let mut lane_busy = false;
     loop {
         if status.shutdown.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let polled = consumer.poll(Duration::from_millis(100));
+        let timeout = if lane_busy {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(100)
+        };
+        let polled = consumer.poll(timeout);
         let busy = matches!(polled, Some(Ok(_)));
         let mut c = lock(core);
         if let Some(e) = c.fatal.take() {
@@ -931,21 +1101,19 @@ fn run_loop(
         }
         match polled {
             Some(Ok(m)) => {
-                if let Err(e) = c.handle(&m) {
+                if let Err(e) = c.queue(&m) {
                     drop(m);
-                    if e.recoverable() {
-                        c.rewind(consumer, &e)?;
-                    } else {
-                        if matches!(e, WorkerError::NoDeadLetter { .. }) {
-                            // Keep what came before the bad record.
-                            c.commit(consumer)?;
-                        }
-                        return Err(e);
-                    }
+                    recover(&mut c, consumer, e)?;
                 }
             }
             Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
             None => {}
+        }
+        if c.lane.is_some() {
+            if let Err(e) = c.collect(!busy) {
+                recover(&mut c, consumer, e)?;
+            }
+            lane_busy = c.lane.as_ref().is_some_and(Lane::busy);
         }
         // Delivery reports, the commit timer and acknowledged checkpoints are looked at
         // every few records while busy (each look costs clock reads and locks), and at
@@ -971,4 +1139,21 @@ fn run_loop(
             }
         }
     }
+}
+
+/// After a record could not be handled: rewinds when that can help; otherwise commits
+/// what came before a record with nowhere to go, and stops.
+fn recover(
+    c: &mut Core,
+    consumer: &BaseConsumer<RebalanceHandler>,
+    e: WorkerError,
+) -> Result<(), WorkerError> {
+    if e.recoverable() {
+        return c.rewind(consumer, &e);
+    }
+    if matches!(e, WorkerError::NoDeadLetter { .. }) {
+        // Keep what came before the bad record.
+        c.commit(consumer)?;
+    }
+    Err(e)
 }
