@@ -24,11 +24,11 @@ use crate::record::Record;
 
 /// Records in a batch at most: enough to make handing over cheap per record, few enough
 /// that a record waits little behind the others.
-pub(super) const BATCH: usize = 64;
+pub(super) const BATCH: usize = 256;
 
 /// Batches handed over and not yet taken back at most: one being transformed while the
 /// next waits its turn. More would only hold more records in memory.
-const IN_FLIGHT: usize = 2;
+const IN_FLIGHT: usize = 4;
 
 /// How long the worker waits for the lane before it looks at the consumer again.
 const WAIT: Duration = Duration::from_millis(100);
