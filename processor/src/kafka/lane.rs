@@ -109,23 +109,32 @@ impl Batch {
         self.inputs.len()
     }
 
-    /// Empties it for the next records (keeping its allocations and spare buffers).
-    fn clear(&mut self) {
+    /// Empties its inputs for the next records (on the worker's thread, which made
+    /// them); its outputs are left for the lane.
+    fn clear_inputs(&mut self) {
         self.bytes.clear();
         self.inputs.clear();
         self.outcomes.clear();
-        self.outputs.clear();
+    }
+
+    /// Drops the outputs the worker has sent, keeping their value buffers (on the
+    /// lane's thread, which made them).
+    fn clear_outputs(&mut self) {
+        for o in self.outputs.drain(..) {
+            keep_buffer(&mut self.buffers, o.value, SPARE_BUFFERS);
+        }
     }
 
     /// Runs every input through the engine.
-    fn transform(&mut self, engine: &mut Engine, emits: &mut Vec<Emit>) {
+    fn transform(&mut self, engine: &mut Engine, topics: &mut LocalTopics, emits: &mut Vec<Emit>) {
+        self.clear_outputs();
         for input in &self.inputs {
             let key = input.key.clone().map(|r| &self.bytes[r]);
             let payload = input.payload.clone().map(|r| &self.bytes[r]);
             let before = self.outputs.len();
             let outcome = record(
                 engine.format(),
-                input.topic.clone(),
+                topics.get(&input.topic),
                 (input.partition, input.offset, input.timestamp),
                 key,
                 input.headers.clone(),
@@ -135,6 +144,29 @@ impl Batch {
             self.outcomes
                 .push(outcome.map(|()| self.outputs.len() - before));
         }
+    }
+}
+
+/// The lane's own handles on the topic names the worker shares with it. The worker
+/// counts references to its handles on every record; taking them here too would
+/// make both threads write the same counters. The worker keeps every handle it gives
+/// out for its whole life, so an address names one topic.
+#[derive(Default)]
+struct LocalTopics {
+    /// The worker's handle (by address and length) and the lane's.
+    known: Vec<((*const u8, usize), Arc<str>)>,
+}
+
+impl LocalTopics {
+    /// The lane's handle on the name `topic` holds.
+    fn get(&mut self, topic: &Arc<str>) -> Arc<str> {
+        let at = (topic.as_ptr(), topic.len());
+        if let Some((_, local)) = self.known.iter().find(|(p, _)| *p == at) {
+            return local.clone();
+        }
+        let local: Arc<str> = Arc::from(&**topic);
+        self.known.push((at, local.clone()));
+        local
     }
 }
 
@@ -223,8 +255,9 @@ impl Lane {
             .name("sluice-transform".to_string())
             .spawn(move || {
                 let mut emits = Vec::new();
+                let mut topics = LocalTopics::default();
                 while let Ok(mut batch) = lane_in.recv() {
-                    batch.transform(&mut engine, &mut emits);
+                    batch.transform(&mut engine, &mut topics, &mut emits);
                     if lane_out.send(batch).is_err() {
                         return;
                     }
@@ -297,7 +330,7 @@ impl Lane {
 
     /// Takes back a batch the worker is done with, to fill again.
     pub fn recycle(&mut self, mut batch: Batch) {
-        batch.clear();
+        batch.clear_inputs();
         if self.spare.len() < IN_FLIGHT {
             self.spare.push(batch);
         }
@@ -306,7 +339,7 @@ impl Lane {
     /// Forgets every record polled and not yet handled (at a rewind: the consumer goes
     /// back and reads them again).
     pub fn discard(&mut self) -> Result<(), LaneError> {
-        self.filling.clear();
+        self.filling.clear_inputs();
         while self.in_flight > 0 {
             if let Some(b) = self.take(true)? {
                 self.recycle(b);

@@ -401,17 +401,11 @@ impl Core {
             None => self.transform(m, &origin.topic),
         };
         let mut outputs = std::mem::take(&mut self.outputs);
-        let mut spent = std::mem::take(&mut self.buffers);
-        let handled = self.deliver(
-            origin,
-            outcome,
-            outputs.drain(..),
-            |b| keep_buffer(&mut spent, b, SPARE_BUFFERS),
-            || Source::of_message(m),
-        );
-        outputs.clear();
+        let handled = self.deliver(origin, outcome, &mut outputs, || Source::of_message(m));
+        for o in outputs.drain(..) {
+            keep_buffer(&mut self.buffers, o.value, SPARE_BUFFERS);
+        }
         self.outputs = outputs;
-        self.buffers = spent;
         handled
     }
 
@@ -472,23 +466,21 @@ impl Core {
     }
 
     /// Produces a record's outputs, or dead-letters the record when it failed or an
-    /// output is refused at once; then moves its partition's offset past it. `spent`
-    /// takes the value buffers the producer is done with.
+    /// output is refused at once; then moves its partition's offset past it. The
+    /// outputs stay where they are (the producer copies them), to be dropped or reused
+    /// by whoever made them.
     fn deliver(
         &mut self,
         origin: Origin,
         outcome: Result<(), Failure>,
-        outputs: impl Iterator<Item = Output>,
-        mut spent: impl FnMut(Vec<u8>),
+        outputs: &mut [Output],
         source: impl Fn() -> Source,
     ) -> Result<(), WorkerError> {
         match outcome {
             Ok(()) => {
                 for output in outputs {
                     let opaque = Sent::boxed(origin.clone(), self.epoch);
-                    let (sent, buffer) = self.produce(output, opaque);
-                    spent(buffer);
-                    if let Err(failure) = sent {
+                    if let Err(failure) = self.produce(output, opaque) {
                         // Rejected at once (too large, unknown topic...): final for this record.
                         self.dead_letter(&source(), &failure)?;
                         break;
@@ -579,36 +571,28 @@ impl Core {
     }
 
     /// Handles a batch the lane transformed, record by record in order, as
-    /// [`Core::handle`] does.
+    /// [`Core::handle`] does. Its outputs go back to the lane with it, which drops or
+    /// reuses them: what one thread allocates, the same thread frees.
     fn finish(&mut self, mut batch: Batch) -> Result<(), WorkerError> {
         let mut outputs = std::mem::take(&mut batch.outputs);
-        let mut made = outputs.drain(..);
         let inputs = std::mem::take(&mut batch.inputs);
         let outcomes = std::mem::take(&mut batch.outcomes);
+        let mut next = 0;
         for (input, outcome) in inputs.iter().zip(outcomes) {
-            let count = *outcome.as_ref().unwrap_or(&0);
-            let own = made.by_ref().take(count);
+            let made = next..next + *outcome.as_ref().unwrap_or(&0);
+            next = made.end;
             let Some(origin) = self.admit(input.topic.clone(), input.partition, input.offset)?
             else {
-                own.for_each(drop);
                 continue;
             };
             let outcome = match self.take_poisoned(&origin) {
                 Some(failure) => Err(failure),
                 None => outcome.map(|_| ()),
             };
-            let mut spent = std::mem::take(&mut batch.buffers);
-            let handled = self.deliver(
-                origin,
-                outcome,
-                own,
-                |b| keep_buffer(&mut spent, b, lane::SPARE_BUFFERS),
-                || Source::of_input(&batch, input),
-            );
-            batch.buffers = spent;
-            handled?;
+            self.deliver(origin, outcome, &mut outputs[made], || {
+                Source::of_input(&batch, input)
+            })?;
         }
-        drop(made);
         batch.outputs = outputs;
         batch.inputs = inputs;
         if let Some(lane) = self.lane.as_mut() {
@@ -643,9 +627,9 @@ impl Core {
             let sent = match refused {
                 Some(error) => Err(Failure::new("produce", error)),
                 None => Output::encode(format, e, self.buffers.pop().unwrap_or_default()).and_then(
-                    |o| {
-                        let (sent, buffer) = self.produce(o, Sent::flushed(self.epoch));
-                        keep_buffer(&mut self.buffers, buffer, SPARE_BUFFERS);
+                    |mut o| {
+                        let sent = self.produce(&mut o, Sent::flushed(self.epoch));
+                        keep_buffer(&mut self.buffers, o.value, SPARE_BUFFERS);
                         sent
                     },
                 ),
@@ -665,14 +649,12 @@ impl Core {
         result
     }
 
-    /// Hands an output to the producer with `opaque`; gives back the value's buffer (the
-    /// producer copied it) for a later output. An error means the producer refused it at
-    /// once.
-    fn produce(&mut self, mut output: Output, opaque: Box<Sent>) -> (Result<(), Failure>, Vec<u8>) {
-        let sent = output
+    /// Hands an output to the producer with `opaque` (the producer copies it). An error
+    /// means the producer refused it at once.
+    fn produce(&mut self, output: &mut Output, opaque: Box<Sent>) -> Result<(), Failure> {
+        output
             .send(&self.producer, opaque)
-            .map_err(|e| Failure::new("produce", format!("{}: {e}", output.topic)));
-        (sent, output.value)
+            .map_err(|e| Failure::new("produce", format!("{}: {e}", output.topic)))
     }
 
     /// Closes the current epoch (its sends now wait in the tracker) and opens the next.
