@@ -216,3 +216,50 @@ fn rejected_output_is_dead_lettered_after_a_rewind(lane: bool) {
     assert_eq!(out.len(), 1);
     assert!(out[0].value.contains("200"), "{}", out[0].value);
 }
+
+#[test]
+fn records_cross_the_lane_in_many_batches_and_keep_their_order() {
+    let cluster = MockCluster::new(1).unwrap();
+    for t in ["in", "out", "dlq"] {
+        cluster.create_topic(t, 1, 1).unwrap();
+    }
+    let bootstrap = cluster.bootstrap_servers();
+    // Several full batches; every 100th record cannot be decoded.
+    let values: Vec<String> = (0..2_000)
+        .map(|i| {
+            if i % 100 == 99 {
+                format!("bad {i}")
+            } else {
+                format!(r#"{{"total": {}.0}}"#, i + 1)
+            }
+        })
+        .collect();
+    let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+    produce(&bootstrap, "in", &refs);
+    let (status, handle) = start_worker(&bootstrap, true);
+    let out = read(&bootstrap, "out", 1_980);
+    let dlq = read(&bootstrap, "dlq", 20);
+    status.shutdown.store(true, Ordering::Relaxed);
+    handle.join().unwrap().unwrap();
+
+    let totals: Vec<f64> = out
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_str(&r.value).unwrap();
+            assert_eq!(v["cents"].as_f64(), v["total"].as_f64().map(|t| t * 100.0));
+            v["total"].as_f64().unwrap()
+        })
+        .collect();
+    let want: Vec<f64> = (0..2_000)
+        .filter(|i| i % 100 != 99)
+        .map(|i| f64::from(i + 1))
+        .collect();
+    assert_eq!(totals, want, "every good record once, in order");
+    let offsets: Vec<&str> = dlq
+        .iter()
+        .map(|r| header(r, "sluice.source.offset"))
+        .collect();
+    let want: Vec<String> = (0..20).map(|k| (k * 100 + 99).to_string()).collect();
+    assert_eq!(offsets, want, "every bad record once, in order");
+    assert_eq!(dlq[0].value, "bad 99");
+}
