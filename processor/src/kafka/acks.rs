@@ -196,7 +196,7 @@ pub(crate) type Offsets = Vec<(Arc<str>, i32, i64)>;
 pub(crate) fn advance(offsets: &mut Offsets, topic: Arc<str>, partition: i32, next: i64) {
     if let Some(e) = offsets
         .iter_mut()
-        .find(|(t, p, _)| *p == partition && **t == *topic)
+        .find(|(t, p, _)| *p == partition && (Arc::ptr_eq(t, &topic) || **t == *topic))
     {
         e.2 = next;
     } else {

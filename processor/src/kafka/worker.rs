@@ -253,10 +253,14 @@ struct Core {
     /// The partitions this replica owns now. A record of any other partition (fetched
     /// before a cooperative rebalance took its partition away) is not processed: its new
     /// owner reads it, and committing it here too would duplicate it.
-    assigned: Vec<(String, i32)>,
+    assigned: Vec<(Arc<str>, i32)>,
     dead_lettered_logged: u64,
     /// The transform lane, for a pipeline without state.
     lane: Option<Lane>,
+    /// Records taken in and outputs produced since the counters were last published
+    /// (an atomic add per record would cost more than the rest of the bookkeeping).
+    counted_in: u64,
+    counted_out: u64,
 }
 
 /// Consumer callbacks: commit on revoke, restore on assign.
@@ -314,6 +318,18 @@ fn partition_names(tpl: &TopicPartitionList) -> Vec<String> {
 }
 
 impl Core {
+    /// Adds what was counted since the last call to the records-in and records-out
+    /// counters.
+    fn publish_counts(&mut self) {
+        let metrics = self.engine.metrics();
+        if self.counted_in > 0 {
+            metrics.records_in.inc_by(std::mem::take(&mut self.counted_in));
+        }
+        if self.counted_out > 0 {
+            metrics.records_out.inc_by(std::mem::take(&mut self.counted_out));
+        }
+    }
+
     /// The shared name of `topic`.
     fn topic_arc(&mut self, topic: &str) -> Arc<str> {
         if let Some(t) = self.topics.iter().find(|t| ***t == *topic) {
@@ -342,7 +358,7 @@ impl Core {
         self.assigned = assignment
             .elements()
             .iter()
-            .map(|e| (e.topic().to_string(), e.partition()))
+            .map(|e| (self.topic_arc(e.topic()), e.partition()))
             .collect();
         if let Err(e) = self.on_assign(&assignment) {
             self.fatal = Some(e);
@@ -427,10 +443,11 @@ impl Core {
         partition: i32,
         offset: i64,
     ) -> Result<Option<Origin>, WorkerError> {
+        // Names are shared (`topic_arc`): the same name is almost always the same handle.
         if !self
             .assigned
             .iter()
-            .any(|(t, p)| *p == partition && **t == *topic)
+            .any(|(t, p)| *p == partition && (Arc::ptr_eq(t, &topic) || **t == *topic))
         {
             tracing::debug!(
                 topic = %topic,
@@ -440,7 +457,7 @@ impl Core {
             );
             return Ok(None);
         }
-        self.engine.metrics().records_in.inc();
+        self.counted_in += 1;
         if self.opts.exactly_once && !self.in_txn {
             self.producer
                 .begin_transaction()
@@ -485,7 +502,7 @@ impl Core {
                         self.dead_letter(&source(), &failure)?;
                         break;
                     }
-                    self.engine.metrics().records_out.inc();
+                    self.counted_out += 1;
                 }
             }
             Err(failure) => self.dead_letter(&source(), &failure)?,
@@ -981,6 +998,10 @@ pub fn run(
             .init_transactions(TXN_TIMEOUT)
             .map_err(WorkerError::Transaction)?;
     }
+    let only_topic: Option<Arc<str>> = match opts.topics.as_slice() {
+        [t] if !t.starts_with('^') => Some(Arc::from(t.as_str())),
+        _ => None,
+    };
     let core = Arc::new(Mutex::new(Core {
         engine,
         producer,
@@ -1000,14 +1021,13 @@ pub fn run(
         emits: Vec::new(),
         outputs: Vec::new(),
         buffers: Vec::new(),
-        topics: Vec::new(),
-        only_topic: match opts.topics.as_slice() {
-            [t] if !t.starts_with('^') => Some(Arc::from(t.as_str())),
-            _ => None,
-        },
+        topics: only_topic.iter().cloned().collect(),
+        only_topic,
         assigned: Vec::new(),
         dead_lettered_logged: 0,
         lane,
+        counted_in: 0,
+        counted_out: 0,
     }));
     let mut ccfg = opts.settings.consumer_config();
     ccfg.set("group.id", &opts.group_id)
@@ -1052,6 +1072,7 @@ pub fn run(
             Err(e)
         }
     };
+    lock(&core).publish_counts();
     status.ready.store(false, Ordering::Relaxed);
     // Closing leaves the group (the revoke callback finds nothing left to commit).
     drop(consumer);
@@ -1105,6 +1126,7 @@ fn run_loop(
             continue;
         }
         since_housekeeping = 0;
+        c.publish_counts();
         c.producer.poll(Duration::ZERO);
         let ended = if c.due() {
             c.end_interval(consumer)
