@@ -323,10 +323,14 @@ impl Core {
     fn publish_counts(&mut self) {
         let metrics = self.engine.metrics();
         if self.counted_in > 0 {
-            metrics.records_in.inc_by(std::mem::take(&mut self.counted_in));
+            metrics
+                .records_in
+                .inc_by(std::mem::take(&mut self.counted_in));
         }
         if self.counted_out > 0 {
-            metrics.records_out.inc_by(std::mem::take(&mut self.counted_out));
+            metrics
+                .records_out
+                .inc_by(std::mem::take(&mut self.counted_out));
         }
     }
 
