@@ -24,7 +24,12 @@ use crate::record::Record;
 
 /// Records in a batch at most: enough to make handing over cheap per record, few enough
 /// that a record waits little behind the others.
-pub(super) const BATCH: usize = 256;
+const BATCH: usize = 256;
+
+/// Bytes of keys and values in a batch at most (a batch is handed over once it holds
+/// this much, however few records): with large records, memory stays bounded by about
+/// `(IN_FLIGHT + 1) * BATCH_BYTES` plus one record per batch.
+const BATCH_BYTES: usize = 1 << 20;
 
 /// Batches handed over and not yet taken back at most: one being transformed while the
 /// next waits its turn. More would only hold more records in memory.
@@ -113,6 +118,10 @@ impl Batch {
     /// them); its outputs are left for the lane.
     fn clear_inputs(&mut self) {
         self.bytes.clear();
+        if self.bytes.capacity() > 2 * BATCH_BYTES {
+            // One huge record should not keep its room for ever.
+            self.bytes = Vec::new();
+        }
         self.inputs.clear();
         self.outcomes.clear();
     }
@@ -283,7 +292,7 @@ impl Lane {
     /// full (and should be handed over).
     pub fn push(&mut self, m: &BorrowedMessage<'_>, topic: Arc<str>) -> bool {
         self.filling.push(m, topic);
-        self.filling.len() >= BATCH
+        self.filling.len() >= BATCH || self.filling.bytes.len() >= BATCH_BYTES
     }
 
     /// Whether another batch may be handed over now.

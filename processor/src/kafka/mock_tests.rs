@@ -263,3 +263,33 @@ fn records_cross_the_lane_in_many_batches_and_keep_their_order() {
     assert_eq!(offsets, want, "every bad record once, in order");
     assert_eq!(dlq[0].value, "bad 99");
 }
+
+#[test]
+fn large_records_cross_the_lane_whole_and_in_order() {
+    let cluster = MockCluster::new(1).unwrap();
+    for t in ["in", "out", "dlq"] {
+        cluster.create_topic(t, 1, 1).unwrap();
+    }
+    let bootstrap = cluster.bootstrap_servers();
+    // 400 kB each: a batch is handed over after three (1 MiB), not 256.
+    let pad = "x".repeat(400_000);
+    let values: Vec<String> = (0..10)
+        .map(|i| format!(r#"{{"total": {}.0, "pad": "{pad}"}}"#, i + 1))
+        .collect();
+    let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+    produce(&bootstrap, "in", &refs);
+    let (status, handle) = start_worker(&bootstrap, true);
+    let out = read(&bootstrap, "out", 10);
+    status.shutdown.store(true, Ordering::Relaxed);
+    handle.join().unwrap().unwrap();
+
+    let totals: Vec<f64> = out
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_str(&r.value).unwrap();
+            assert_eq!(v["pad"].as_str().map(str::len), Some(400_000));
+            v["total"].as_f64().unwrap()
+        })
+        .collect();
+    assert_eq!(totals, (1..=10).map(f64::from).collect::<Vec<_>>());
+}
