@@ -87,10 +87,11 @@ pub(crate) struct Failed {
 /// Producer callbacks: remember outputs that could not be delivered, and count the ones
 /// still awaiting acknowledgement per epoch.
 ///
-/// Records sent in the open epoch are counted without a lock (the worker sends one record
-/// after another); the count joins the per-epoch table when the epoch is sealed. Until
-/// then its acknowledgements leave the table's entry for it below zero, and the open
-/// epoch counts as waiting while anything was sent in it.
+/// Records sent in the open epoch, and their acknowledgements, are counted without a
+/// lock (the worker sends one record after another, and its own polls of the producer
+/// deliver the reports); the difference joins the per-epoch table when the epoch is
+/// sealed. The open epoch counts as waiting while it has more sends than
+/// acknowledgements.
 #[derive(Default)]
 pub(crate) struct DeliveryTracker {
     failed: Mutex<Vec<Failed>>,
@@ -98,6 +99,10 @@ pub(crate) struct DeliveryTracker {
     unacked: Mutex<BTreeMap<u64, i64>>,
     open_epoch: AtomicU64,
     open_sent: AtomicU64,
+    open_acked: AtomicU64,
+    /// Epochs below this were forgotten (their records are being replayed): their late
+    /// reports change no count.
+    forgotten_below: AtomicU64,
 }
 
 impl ClientContext for DeliveryTracker {}
@@ -121,7 +126,7 @@ impl ProducerContext for DeliveryTracker {
                 output,
             });
         }
-        self.add(sent.epoch, -1);
+        self.acked(sent.epoch);
     }
 }
 
@@ -135,14 +140,30 @@ impl DeliveryTracker {
         }
     }
 
-    /// Closes `epoch` (the open one): what was sent in it now waits in the table, and
-    /// `epoch + 1` is open.
+    /// A record of `epoch` was acknowledged (or failed for good).
+    fn acked(&self, epoch: u64) {
+        if epoch < self.forgotten_below.load(Ordering::Acquire) {
+            return;
+        }
+        if epoch == self.open_epoch.load(Ordering::Acquire) {
+            self.open_acked.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.add(epoch, -1);
+        }
+    }
+
+    /// Closes `epoch` (the open one): what was sent in it and is not yet acknowledged
+    /// now waits in the table, and `epoch + 1` is open.
     pub fn seal(&self, epoch: u64) {
         let mut unacked = lock(&self.unacked);
-        let sent = self.open_sent.swap(0, Ordering::AcqRel);
         let open = self.open_epoch.swap(epoch + 1, Ordering::AcqRel);
-        if sent > 0 {
-            add_to(&mut unacked, open, i64::try_from(sent).unwrap_or(i64::MAX));
+        let sent = self.open_sent.swap(0, Ordering::AcqRel);
+        let acked = self.open_acked.swap(0, Ordering::AcqRel);
+        let waiting = i64::try_from(sent)
+            .unwrap_or(i64::MAX)
+            .saturating_sub(i64::try_from(acked).unwrap_or(i64::MAX));
+        if waiting != 0 {
+            add_to(&mut unacked, open, waiting);
         }
     }
 
@@ -154,7 +175,7 @@ impl DeliveryTracker {
     pub fn acked_through(&self, epoch: u64) -> bool {
         let unacked = lock(&self.unacked);
         let open_waits = epoch >= self.open_epoch.load(Ordering::Acquire)
-            && self.open_sent.load(Ordering::Acquire) > 0;
+            && self.open_sent.load(Ordering::Acquire) > self.open_acked.load(Ordering::Acquire);
         !open_waits
             && unacked
                 .first_key_value()
@@ -171,12 +192,15 @@ impl DeliveryTracker {
         std::mem::take(&mut *lock(&self.failed))
     }
 
-    /// Stops waiting for the records sent so far (they are being replayed): their late
-    /// reports are ignored.
-    pub fn forget_unacked(&self) {
+    /// Stops waiting for the records sent in `epoch` (the open one) and before: they
+    /// are being replayed, and their late reports are ignored. `epoch + 1` is open.
+    pub fn forget_unacked(&self, epoch: u64) {
         let mut unacked = lock(&self.unacked);
         unacked.clear();
+        self.forgotten_below.store(epoch + 1, Ordering::Release);
+        self.open_epoch.store(epoch + 1, Ordering::Release);
         self.open_sent.store(0, Ordering::Release);
+        self.open_acked.store(0, Ordering::Release);
     }
 }
 
@@ -275,9 +299,9 @@ mod tests {
         assert!(!t.acked_through(1));
         assert!(!t.acked_through(2), "epoch 1 still waits");
         // Epoch 2's record is acknowledged first (another partition's broker was faster).
-        t.add(2, -1);
+        t.acked(2);
         assert!(!t.acked_through(2), "epoch 1 still waits");
-        t.add(1, -1);
+        t.acked(1);
         assert!(t.acked_through(2));
     }
 
@@ -287,20 +311,20 @@ mod tests {
         t.sent(0);
         t.sent(0);
         // One acknowledgement arrives while epoch 0 is still open.
-        t.add(0, -1);
+        t.acked(0);
         t.seal(0);
         assert!(!t.acked_through(0), "one of two records still waits");
         t.sent(1);
-        t.add(0, -1);
+        t.acked(0);
         assert!(t.acked_through(0));
         assert!(!t.acked_through(1), "epoch 1 is open and waits");
         t.seal(1);
         assert!(!t.acked_through(1));
-        t.add(1, -1);
+        t.acked(1);
         assert!(t.acked_through(1));
         // Both acknowledged before the seal: nothing waits.
         t.sent(2);
-        t.add(2, -1);
+        t.acked(2);
         t.seal(2);
         assert!(t.acked_through(2));
     }
@@ -322,10 +346,25 @@ mod tests {
     #[test]
     fn forgotten_epochs_ignore_late_reports() {
         let t = DeliveryTracker::default();
-        t.sent(1);
         t.sent(0);
-        t.forget_unacked();
+        t.sent(0);
         t.seal(0);
-        assert!(t.acked_through(5));
+        t.sent(1);
+        // A rewind in epoch 1: epochs 0 and 1 are replayed, epoch 2 opens.
+        t.forget_unacked(1);
+        assert!(t.acked_through(1));
+        // Reports of the forgotten records still arrive; they change nothing.
+        t.acked(0);
+        t.acked(1);
+        t.sent(2);
+        assert!(!t.acked_through(2), "epoch 2's record waits");
+        t.acked(2);
+        t.seal(2);
+        assert!(t.acked_through(2));
+        t.acked(0);
+        t.sent(3);
+        t.seal(3);
+        t.acked(3);
+        assert!(t.acked_through(3), "a late report left no debt behind");
     }
 }

@@ -897,7 +897,10 @@ impl Core {
         }
         self.offsets.clear();
         self.checkpoints.clear();
-        self.producer.context().forget_unacked();
+        // What was sent is replayed: a new epoch starts, and reports of the old ones
+        // count no more.
+        self.producer.context().forget_unacked(self.epoch);
+        self.epoch += 1;
         self.batch = 0;
         self.state_invalid = true;
         self.last_commit = Instant::now();
@@ -1055,7 +1058,7 @@ pub fn run(
         .map_err(WorkerError::Setup)?;
     let topics: Vec<&str> = opts.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).map_err(WorkerError::Setup)?;
-    tracing::info!(group = %opts.group_id, topics = ?opts.topics, exactly_once = opts.exactly_once, "consuming");
+    tracing::info!(group = %opts.group_id, topics = ?opts.topics, exactly_once = opts.exactly_once, transform_lane = lock(&core).lane.is_some(), "consuming");
 
     let result = run_loop(&consumer, &core, &status);
     let result = match result {
