@@ -64,6 +64,12 @@ struct Processor {
 
 impl Processor {
     fn start(bootstrap: &str, manifest: &Path, tag: &str) -> Self {
+        Self::start_replica(bootstrap, manifest, tag, "local-0")
+    }
+
+    /// Starts one of several replicas of a pipeline (`replica` goes into its
+    /// transactional id).
+    fn start_replica(bootstrap: &str, manifest: &Path, tag: &str, replica: &str) -> Self {
         let log = log_dir().join(format!("{tag}.log"));
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -73,7 +79,7 @@ impl Processor {
         let child = Command::new(processor_bin())
             .args(["run", "-f"])
             .arg(manifest)
-            .args(["--bootstrap", bootstrap])
+            .args(["--bootstrap", bootstrap, "--replica-id", replica])
             .env("RUST_LOG", "info")
             .stdout(out.try_clone().expect("clone log"))
             .stderr(out)
@@ -524,6 +530,92 @@ async fn sigkill_during_at_least_once_run_loses_nothing() {
     let missing: Vec<&String> = expected.difference(&seen).take(5).collect();
     assert!(missing.is_empty(), "lost across the kill: {missing:?} ...");
     assert_eq!(seen.len(), expected.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_hand_partitions_over_mid_stream_without_loss_or_duplicates() {
+    // A pipeline without state runs its steps in the transform lane. A second replica
+    // joins mid-stream, so the first gives up partitions while its lane holds records: it
+    // must handle them and commit before letting go. Then the first leaves (SIGTERM)
+    // and hands the rest over. Exactly once: every kept order is in the output once.
+    let env = TestEnv::require();
+    let bootstrap = env.var("KAFKA_BOOTSTRAP");
+    let name = unique("handover");
+    let (input, output) = (format!("{name}-orders"), format!("{name}-cents"));
+    create_topics(&bootstrap, &[(&input, 4), (&output, 2)]).await;
+    let (records, _, kept) = orders(0, 60_000);
+    let spec = serde_json::json!({
+        "inputs": [input],
+        "steps": [
+            {"name": "positive", "filter": "value.total > 0.0"},
+            {"name": "cents", "map": {"set": {"cents": "value.total * 100.0"}}}
+        ],
+        "outputs": [{"topic": output}],
+        "delivery": "exactlyOnce",
+        "commitInterval": "100ms"
+    });
+    let manifest = write_manifest(&name, spec);
+    let mut first = Processor::start_replica(&bootstrap, &manifest, &format!("{name}-1"), "1");
+    // About 15 s of input: 75 chunks, 200 ms apart.
+    let feed = kafka::produce_paced(
+        kafka::producer(&bootstrap).unwrap(),
+        input.clone(),
+        records,
+        800,
+        Duration::from_millis(200),
+    );
+    kafka::wait_for_first(&bootstrap, &output, WAIT).unwrap();
+    let mut second = Processor::start_replica(&bootstrap, &manifest, &format!("{name}-2"), "2");
+    // The first replica gives partitions up to the second (the cooperative protocol
+    // revokes only what moves).
+    let start = Instant::now();
+    while !first.log_text().contains("partitions revoked") {
+        assert!(
+            start.elapsed() < WAIT,
+            "the first replica gave up no partitions; logs: {}\n{}",
+            first.log_text(),
+            second.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !feed.is_finished(),
+        "the input ended before the second replica joined"
+    );
+    first.signal("-TERM");
+    let status = first.wait();
+    assert!(status.success(), "{status}; log: {}", first.log.display());
+    feed.await.unwrap().unwrap();
+    read_until(&bootstrap, &output, kept, &second);
+    second.signal("-TERM");
+    let status = second.wait();
+    assert!(status.success(), "{status}; log: {}", second.log.display());
+
+    let out = read(&bootstrap, &output);
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &out {
+        let v: serde_json::Value = serde_json::from_str(r.value.as_deref().unwrap()).unwrap();
+        assert_eq!(v["cents"].as_f64(), v["total"].as_f64().map(|t| t * 100.0));
+        *seen
+            .entry(v["orderId"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(
+        twice.is_empty(),
+        "duplicated across the handover: {twice:?}"
+    );
+    let expected: std::collections::BTreeSet<String> = (0..60_000)
+        .filter(|i| (i % 50) as f64 - 5.0 > 0.0)
+        .map(|i| format!("o-{i}"))
+        .collect();
+    let missing: Vec<&String> = expected
+        .iter()
+        .filter(|k| !seen.contains_key(*k))
+        .take(5)
+        .collect();
+    assert!(missing.is_empty(), "lost across the handover: {missing:?}");
+    assert_eq!(seen.len(), kept);
 }
 
 #[tokio::test(flavor = "multi_thread")]
