@@ -111,6 +111,10 @@ impl ProducerContext for DeliveryTracker {
     type DeliveryOpaque = Box<Sent>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, sent: Self::DeliveryOpaque) {
+        if sent.epoch < self.forgotten_below.load(Ordering::Acquire) {
+            // Its record is being replayed: how this copy fared no longer matters.
+            return;
+        }
         if let Err((err, message)) = result {
             // Name the topic that refused it: a pipeline can have several outputs.
             let error = format!("{}: {err}", message.topic());
@@ -143,6 +147,7 @@ impl DeliveryTracker {
     /// A record of `epoch` was acknowledged (or failed for good).
     fn acked(&self, epoch: u64) {
         if epoch < self.forgotten_below.load(Ordering::Acquire) {
+            // Forgotten (the delivery callback checks this first; tests call this alone).
             return;
         }
         if epoch == self.open_epoch.load(Ordering::Acquire) {

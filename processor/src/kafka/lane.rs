@@ -38,8 +38,11 @@ const IN_FLIGHT: usize = 4;
 /// How long the worker waits for the lane before it looks at the consumer again.
 const WAIT: Duration = Duration::from_millis(100);
 
-/// Value buffers a batch keeps for the encoder (a record has few outputs).
-pub(super) const SPARE_BUFFERS: usize = BATCH * 2;
+/// Value buffers a batch keeps for the encoder, and the largest it keeps: at most about
+/// `SPARE_BUFFERS * SPARE_BUFFER_BYTES` (4 MiB) per batch, so a few large records do
+/// not leave every buffer large.
+const SPARE_BUFFERS: usize = BATCH;
+const SPARE_BUFFER_BYTES: usize = 16 << 10;
 
 /// Why the lane cannot go on.
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +133,12 @@ impl Batch {
     /// lane's thread, which made them).
     fn clear_outputs(&mut self) {
         for o in self.outputs.drain(..) {
-            keep_buffer(&mut self.buffers, o.value, SPARE_BUFFERS);
+            keep_buffer(
+                &mut self.buffers,
+                o.value,
+                SPARE_BUFFERS,
+                SPARE_BUFFER_BYTES,
+            );
         }
     }
 
@@ -190,9 +198,15 @@ pub(super) fn headers_of(m: &BorrowedMessage<'_>) -> Vec<(String, Vec<u8>)> {
         .unwrap_or_default()
 }
 
-/// Keeps a spent value buffer in `buffers` if there is room (and it is not huge).
-pub(super) fn keep_buffer(buffers: &mut Vec<Vec<u8>>, mut buffer: Vec<u8>, room: usize) {
-    if buffers.len() < room && buffer.capacity() <= 1 << 20 {
+/// Keeps a spent value buffer in `buffers` if there is room and it is at most `largest`
+/// bytes.
+pub(super) fn keep_buffer(
+    buffers: &mut Vec<Vec<u8>>,
+    mut buffer: Vec<u8>,
+    room: usize,
+    largest: usize,
+) {
+    if buffers.len() < room && buffer.capacity() <= largest {
         buffer.clear();
         buffers.push(buffer);
     }

@@ -57,8 +57,9 @@ use crate::record::Record;
 const HOUSEKEEPING_EVERY: u32 = 32;
 
 /// Spent value buffers kept for the next outputs when there is no lane (a record has
-/// few outputs).
+/// few outputs), and the largest kept.
 const SPARE_BUFFERS: usize = 16;
+const SPARE_BUFFER_BYTES: usize = 1 << 20;
 
 /// How long transactional calls may take.
 const TXN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -240,6 +241,8 @@ struct Core {
     refused_outputs: HashMap<OutputId, String>,
     /// An error raised inside a callback, for the loop to return.
     fatal: Option<WorkerError>,
+    /// A recoverable error raised inside a callback, for the loop to rewind on.
+    rewind_due: Option<WorkerError>,
     emits: Vec<Emit>,
     /// Scratch: the encoded outputs of the record being handled.
     outputs: Vec<Output>,
@@ -281,8 +284,16 @@ impl ConsumerContext for RebalanceHandler {
             if let Err(e) = drained.and_then(|()| core.commit(consumer)) {
                 tracing::warn!(error = %e, "commit on revoke failed: the new owner replays from the last commit");
                 core.discard_uncommitted();
-                if !e.recoverable() {
-                    // The loop stops with it.
+                // Nothing polled after the failure may be handled: the partitions kept go
+                // back to their committed offsets (the loop rewinds), or the loop stops.
+                if let Some(lane) = core.lane.as_mut()
+                    && let Err(gone) = lane.discard()
+                {
+                    core.fatal.get_or_insert(gone.into());
+                }
+                if e.recoverable() {
+                    core.rewind_due.get_or_insert(e);
+                } else {
                     core.fatal.get_or_insert(e);
                 }
             }
@@ -423,7 +434,12 @@ impl Core {
         let mut outputs = std::mem::take(&mut self.outputs);
         let handled = self.deliver(origin, outcome, &mut outputs, || Source::of_message(m));
         for o in outputs.drain(..) {
-            keep_buffer(&mut self.buffers, o.value, SPARE_BUFFERS);
+            keep_buffer(
+                &mut self.buffers,
+                o.value,
+                SPARE_BUFFERS,
+                SPARE_BUFFER_BYTES,
+            );
         }
         self.outputs = outputs;
         handled
@@ -650,7 +666,12 @@ impl Core {
                 None => Output::encode(format, e, self.buffers.pop().unwrap_or_default()).and_then(
                     |mut o| {
                         let sent = self.produce(&mut o, Sent::flushed(self.epoch));
-                        keep_buffer(&mut self.buffers, o.value, SPARE_BUFFERS);
+                        keep_buffer(
+                            &mut self.buffers,
+                            o.value,
+                            SPARE_BUFFERS,
+                            SPARE_BUFFER_BYTES,
+                        );
                         sent
                     },
                 ),
@@ -1025,6 +1046,7 @@ pub fn run(
         poisoned: HashMap::new(),
         refused_outputs: HashMap::new(),
         fatal: None,
+        rewind_due: None,
         emits: Vec::new(),
         outputs: Vec::new(),
         buffers: Vec::new(),
@@ -1061,28 +1083,28 @@ pub fn run(
     tracing::info!(group = %opts.group_id, topics = ?opts.topics, exactly_once = opts.exactly_once, transform_lane = lock(&core).lane.is_some(), "consuming");
 
     let result = run_loop(&consumer, &core, &status);
-    let result = match result {
-        Ok(()) => {
-            let mut c = lock(&core);
+    let result = {
+        let mut c = lock(&core);
+        let result = result.and_then(|()| {
             c.drain_lane().and_then(|()| c.commit(&consumer)).map(|()| {
                 c.producer.flush(TXN_TIMEOUT).ok();
             })
-        }
-        Err(e) => {
+        });
+        if result.is_err() && c.in_txn {
             // Nothing more is committed; what was processed since the last commit is
             // replayed by whoever takes over.
-            let mut c = lock(&core);
-            if c.in_txn {
-                abort(&c.producer).ok();
-                c.in_txn = false;
-            }
-            Err(e)
+            abort(&c.producer).ok();
+            c.in_txn = false;
         }
+        // Whatever the lane still holds (after an error) is not handled: the revoke at
+        // close must not produce and commit records past one that stopped the loop.
+        c.lane = None;
+        result
     };
-    lock(&core).publish_counts();
     status.ready.store(false, Ordering::Relaxed);
     // Closing leaves the group (the revoke callback finds nothing left to commit).
     drop(consumer);
+    lock(&core).publish_counts();
     result
 }
 
@@ -1108,6 +1130,13 @@ fn run_loop(
         let mut c = lock(core);
         if let Some(e) = c.fatal.take() {
             return Err(e);
+        }
+        if let Some(e) = c.rewind_due.take() {
+            // The record just polled is read again after the rewind.
+            drop(polled);
+            c.rewind(consumer, &e)?;
+            lane_busy = false;
+            continue;
         }
         match polled {
             Some(Ok(m)) => {
