@@ -797,10 +797,17 @@ async fn without_a_dead_letter_topic_a_bad_record_stops_the_pipeline_after_commi
     let name = unique("nodlq");
     let (input, output) = (format!("{name}-in"), format!("{name}-out"));
     create_topics(&bootstrap, &[(&input, 1), (&output, 1)]).await;
-    let records: Vec<(String, String)> = [r#"{"a":1}"#, r#"{"a":2}"#, "not json", r#"{"a":3}"#]
-        .iter()
-        .enumerate()
-        .map(|(i, v)| (i.to_string(), v.to_string()))
+    // The bad record is the 301st of 1,000: the records after it fill more batches of
+    // the transform lane, which must be neither produced nor committed.
+    let records: Vec<(String, String)> = (0..1_000)
+        .map(|i| {
+            let v = if i == 300 {
+                "not json".to_string()
+            } else {
+                format!(r#"{{"a":{i}}}"#)
+            };
+            (i.to_string(), v)
+        })
         .collect();
     produce(&bootstrap, &input, &records).await;
     let manifest = write_manifest(
@@ -815,10 +822,18 @@ async fn without_a_dead_letter_topic_a_bad_record_stops_the_pipeline_after_commi
         "{}",
         p.log_text()
     );
+    let out = read(&bootstrap, &output);
+    let values: Vec<i64> = out
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_str(r.value.as_deref().unwrap()).unwrap();
+            v["a"].as_i64().unwrap()
+        })
+        .collect();
+    let want: Vec<i64> = (0..300).collect();
     assert_eq!(
-        read(&bootstrap, &output).len(),
-        2,
-        "the records before the bad one are committed"
+        values, want,
+        "the records before the bad one are committed, and none after it"
     );
 }
 
