@@ -306,6 +306,32 @@ async fn kill_mid_stream(
     feed.await.unwrap().unwrap();
 }
 
+/// Keeps orders with a positive total and adds their total in cents: a pipeline without
+/// state.
+fn cents_spec(input: &str, output: &str, delivery: &str) -> serde_json::Value {
+    serde_json::json!({
+        "inputs": [input],
+        "steps": [
+            {"name": "positive", "filter": "value.total > 0.0"},
+            {"name": "cents", "map": {"set": {"cents": "value.total * 100.0"}}}
+        ],
+        "outputs": [{"topic": output}],
+        "delivery": delivery,
+        "commitInterval": "100ms"
+    })
+}
+
+/// The order ids of `cents_spec`'s output records, each checked for its cents.
+fn order_ids_with_cents(out: &[Read]) -> Vec<String> {
+    out.iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_str(r.value.as_deref().unwrap()).unwrap();
+            assert_eq!(v["cents"].as_f64(), v["total"].as_f64().map(|t| t * 100.0));
+            v["orderId"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
 fn seed_spec(input: &str, output: &str, dlq: &str) -> serde_json::Value {
     serde_json::json!({
         "inputs": [input],
@@ -492,17 +518,7 @@ async fn sigkill_during_at_least_once_run_loses_nothing() {
     create_topics(&bootstrap, &[(&input, 3), (&output, 2)]).await;
     let producer = kafka::producer(&bootstrap).unwrap();
     let (first, _, kept_first) = orders(0, 20_000);
-    let spec = serde_json::json!({
-        "inputs": [input],
-        "steps": [
-            {"name": "positive", "filter": "value.total > 0.0"},
-            {"name": "cents", "map": {"set": {"cents": "value.total * 100.0"}}}
-        ],
-        "outputs": [{"topic": output}],
-        "delivery": "atLeastOnce",
-        "commitInterval": "100ms"
-    });
-    let manifest = write_manifest(&name, spec);
+    let manifest = write_manifest(&name, cents_spec(&input, &output, "atLeastOnce"));
 
     kill_mid_stream(&bootstrap, &manifest, &name, &input, &output, first).await;
 
@@ -515,14 +531,7 @@ async fn sigkill_during_at_least_once_run_loses_nothing() {
     assert!(status.success(), "{status}; log: {}", p.log.display());
 
     let out = read(&bootstrap, &output);
-    let seen: std::collections::BTreeSet<String> = out
-        .iter()
-        .map(|r| {
-            let v: serde_json::Value = serde_json::from_str(r.value.as_deref().unwrap()).unwrap();
-            assert_eq!(v["cents"].as_f64(), v["total"].as_f64().map(|t| t * 100.0));
-            v["orderId"].as_str().unwrap().to_string()
-        })
-        .collect();
+    let seen: std::collections::BTreeSet<String> = order_ids_with_cents(&out).into_iter().collect();
     let expected: std::collections::BTreeSet<String> = (0..21_000)
         .filter(|i| (i % 50) as f64 - 5.0 > 0.0)
         .map(|i| format!("o-{i}"))
@@ -544,17 +553,7 @@ async fn replicas_hand_partitions_over_mid_stream_without_loss_or_duplicates() {
     let (input, output) = (format!("{name}-orders"), format!("{name}-cents"));
     create_topics(&bootstrap, &[(&input, 4), (&output, 2)]).await;
     let (records, _, kept) = orders(0, 60_000);
-    let spec = serde_json::json!({
-        "inputs": [input],
-        "steps": [
-            {"name": "positive", "filter": "value.total > 0.0"},
-            {"name": "cents", "map": {"set": {"cents": "value.total * 100.0"}}}
-        ],
-        "outputs": [{"topic": output}],
-        "delivery": "exactlyOnce",
-        "commitInterval": "100ms"
-    });
-    let manifest = write_manifest(&name, spec);
+    let manifest = write_manifest(&name, cents_spec(&input, &output, "exactlyOnce"));
     let mut first = Processor::start_replica(&bootstrap, &manifest, &format!("{name}-1"), "1");
     // About 15 s of input: 75 chunks, 200 ms apart.
     let feed = kafka::produce_paced(
@@ -593,12 +592,8 @@ async fn replicas_hand_partitions_over_mid_stream_without_loss_or_duplicates() {
 
     let out = read(&bootstrap, &output);
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    for r in &out {
-        let v: serde_json::Value = serde_json::from_str(r.value.as_deref().unwrap()).unwrap();
-        assert_eq!(v["cents"].as_f64(), v["total"].as_f64().map(|t| t * 100.0));
-        *seen
-            .entry(v["orderId"].as_str().unwrap().to_string())
-            .or_insert(0) += 1;
+    for id in order_ids_with_cents(&out) {
+        *seen.entry(id).or_insert(0) += 1;
     }
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
     assert!(

@@ -105,12 +105,12 @@ impl Batch {
 
     /// An input's key.
     pub fn key(&self, input: &Input) -> Option<&[u8]> {
-        input.key.clone().map(|r| &self.bytes[r])
+        part(&self.bytes, &input.key)
     }
 
     /// An input's value.
     pub fn payload(&self, input: &Input) -> Option<&[u8]> {
-        input.payload.clone().map(|r| &self.bytes[r])
+        part(&self.bytes, &input.payload)
     }
 
     fn len(&self) -> usize {
@@ -146,8 +146,8 @@ impl Batch {
     fn transform(&mut self, engine: &mut Engine, topics: &mut LocalTopics, emits: &mut Vec<Emit>) {
         self.clear_outputs();
         for input in &self.inputs {
-            let key = input.key.clone().map(|r| &self.bytes[r]);
-            let payload = input.payload.clone().map(|r| &self.bytes[r]);
+            let key = part(&self.bytes, &input.key);
+            let payload = part(&self.bytes, &input.payload);
             let before = self.outputs.len();
             let outcome = record(
                 engine.format(),
@@ -185,6 +185,11 @@ impl LocalTopics {
         self.known.push((at, local.clone()));
         local
     }
+}
+
+/// The bytes of a key or value a batch holds.
+fn part<'a>(bytes: &'a [u8], range: &Option<Range<usize>>) -> Option<&'a [u8]> {
+    range.clone().map(|r| &bytes[r])
 }
 
 /// A record's headers, copied.

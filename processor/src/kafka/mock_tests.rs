@@ -35,14 +35,29 @@ struct Read {
     headers: Vec<(String, String)>,
 }
 
-fn produce(bootstrap: &str, topic: &str, values: &[&str]) {
+/// A mock cluster with topics `in`, `out` and `dlq` (one partition each), and its
+/// bootstrap servers.
+fn cluster() -> (MockCluster<'static, DefaultProducerContext>, String) {
+    let cluster = MockCluster::new(1).unwrap();
+    for t in ["in", "out", "dlq"] {
+        cluster.create_topic(t, 1, 1).unwrap();
+    }
+    let bootstrap = cluster.bootstrap_servers();
+    (cluster, bootstrap)
+}
+
+fn produce(bootstrap: &str, topic: &str, values: &[impl AsRef<str>]) {
     let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
         .unwrap();
     for v in values {
-        p.send(BaseRecord::<str, str>::to(topic).key("k").payload(*v))
-            .unwrap();
+        p.send(
+            BaseRecord::<str, str>::to(topic)
+                .key("k")
+                .payload(v.as_ref()),
+        )
+        .unwrap();
     }
     p.flush(Duration::from_secs(10)).unwrap();
 }
@@ -135,11 +150,7 @@ fn good_records_flow_and_bad_ones_are_dead_lettered_through_the_lane() {
 }
 
 fn records_flow_and_bad_ones_are_dead_lettered(lane: bool) {
-    let cluster = MockCluster::new(1).unwrap();
-    for t in ["in", "out", "dlq"] {
-        cluster.create_topic(t, 1, 1).unwrap();
-    }
-    let bootstrap = cluster.bootstrap_servers();
+    let (_cluster, bootstrap) = cluster();
     produce(
         &bootstrap,
         "in",
@@ -188,11 +199,7 @@ fn an_output_the_broker_rejects_is_dead_lettered_after_a_rewind_through_the_lane
 }
 
 fn rejected_output_is_dead_lettered_after_a_rewind(lane: bool) {
-    let cluster = MockCluster::new(1).unwrap();
-    for t in ["in", "out", "dlq"] {
-        cluster.create_topic(t, 1, 1).unwrap();
-    }
-    let bootstrap = cluster.bootstrap_servers();
+    let (cluster, bootstrap) = cluster();
     produce(&bootstrap, "in", &[r#"{"total": 1.0}"#]);
     // The next produce request (the output) is refused for good.
     cluster.request_errors(
@@ -219,11 +226,7 @@ fn rejected_output_is_dead_lettered_after_a_rewind(lane: bool) {
 
 #[test]
 fn records_cross_the_lane_in_many_batches_and_keep_their_order() {
-    let cluster = MockCluster::new(1).unwrap();
-    for t in ["in", "out", "dlq"] {
-        cluster.create_topic(t, 1, 1).unwrap();
-    }
-    let bootstrap = cluster.bootstrap_servers();
+    let (_cluster, bootstrap) = cluster();
     // Several full batches; every 100th record cannot be decoded.
     let values: Vec<String> = (0..2_000)
         .map(|i| {
@@ -234,8 +237,7 @@ fn records_cross_the_lane_in_many_batches_and_keep_their_order() {
             }
         })
         .collect();
-    let refs: Vec<&str> = values.iter().map(String::as_str).collect();
-    produce(&bootstrap, "in", &refs);
+    produce(&bootstrap, "in", &values);
     let (status, handle) = start_worker(&bootstrap, true);
     let out = read(&bootstrap, "out", 1_980);
     let dlq = read(&bootstrap, "dlq", 20);
@@ -266,18 +268,13 @@ fn records_cross_the_lane_in_many_batches_and_keep_their_order() {
 
 #[test]
 fn large_records_cross_the_lane_whole_and_in_order() {
-    let cluster = MockCluster::new(1).unwrap();
-    for t in ["in", "out", "dlq"] {
-        cluster.create_topic(t, 1, 1).unwrap();
-    }
-    let bootstrap = cluster.bootstrap_servers();
+    let (_cluster, bootstrap) = cluster();
     // 400 kB each: a batch is handed over after three (1 MiB), not 256.
     let pad = "x".repeat(400_000);
     let values: Vec<String> = (0..10)
         .map(|i| format!(r#"{{"total": {}.0, "pad": "{pad}"}}"#, i + 1))
         .collect();
-    let refs: Vec<&str> = values.iter().map(String::as_str).collect();
-    produce(&bootstrap, "in", &refs);
+    produce(&bootstrap, "in", &values);
     let (status, handle) = start_worker(&bootstrap, true);
     let out = read(&bootstrap, "out", 10);
     status.shutdown.store(true, Ordering::Relaxed);

@@ -556,11 +556,11 @@ impl Core {
     /// Hands a polled record to the transform lane, handling what comes back while
     /// waiting for room.
     fn queue(&mut self, m: &BorrowedMessage<'_>) -> Result<(), WorkerError> {
-        let topic = self.topic_of(m);
-        let Some(lane) = self.lane.as_mut() else {
+        if self.lane.is_none() {
             return self.handle(m);
-        };
-        if lane.push(m, topic) {
+        }
+        let topic = self.topic_of(m);
+        if self.lane.as_mut().is_some_and(|lane| lane.push(m, topic)) {
             self.submit()?;
         }
         Ok(())
