@@ -1,5 +1,6 @@
 //! The Sluice processor: the data plane that runs pipelines against Kafka.
 
+pub mod allocator;
 pub mod app;
 pub mod config;
 pub mod engine;

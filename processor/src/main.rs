@@ -14,7 +14,7 @@ use sluice_processor::kafka::KafkaSettings;
 /// mimalloc: a record's decode, steps and encode allocate and free many small objects,
 /// which glibc's allocator made about a sixth of the worker thread's time.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: sluice_processor::allocator::Allocator = sluice_processor::allocator::Allocator;
 
 #[derive(Parser)]
 #[command(

@@ -306,27 +306,59 @@ fn plain_scalar(text: &str) -> Option<Value> {
             let plain = b.len() >= 2 && b.last() == Some(&b'"') && !inner.contains('\\');
             plain.then(|| Value::String(Arc::new(inner.to_string())))
         }
-        b'-' | b'0'..=b'9' => {
-            if b.iter().skip(1).all(u8::is_ascii_digit) {
-                if text.starts_with("-0") {
-                    return None;
-                }
-                text.parse::<i64>().ok().map(Value::Int)
-            } else if b.iter().filter(|c| c.is_ascii_digit()).count() <= 15
-                && b.iter()
-                    .all(|c| c.is_ascii_digit() || matches!(c, b'-' | b'.'))
-            {
-                text.parse::<f64>().ok().map(Value::Float)
-            } else {
-                None
-            }
-        }
+        b'-' | b'0'..=b'9' => plain_number(b),
         _ => match text {
             "true" => Some(Value::Bool(true)),
             "false" => Some(Value::Bool(false)),
             "null" => Some(Value::Null),
             _ => None,
         },
+    }
+}
+
+/// Powers of ten a double holds exactly, for [`plain_number`].
+const POW10: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+
+/// A JSON number's CEL value in one pass, for the numbers [`plain_scalar`] takes: an
+/// integer of at most 18 digits (exact in an `i64`; longer ones go through `str::parse`),
+/// or a decimal of at most 15 digits, whose digits and power of ten are exact doubles, so
+/// one division rounds correctly.
+fn plain_number(b: &[u8]) -> Option<Value> {
+    let (negative, digits) = match b.split_first()? {
+        (b'-', rest) => (true, rest),
+        _ => (false, b),
+    };
+    let mut mantissa: u64 = 0;
+    let mut count = 0usize;
+    let mut point = None;
+    for &c in digits {
+        match c {
+            b'0'..=b'9' if count < 19 => {
+                mantissa = mantissa * 10 + u64::from(c - b'0');
+                count += 1;
+            }
+            b'.' if point.is_none() && count > 0 => point = Some(count),
+            _ => return None,
+        }
+    }
+    match point {
+        None if count == 0 || (negative && mantissa == 0) => None,
+        None if count < 19 => {
+            let m = i64::try_from(mantissa).ok()?;
+            Some(Value::Int(if negative { -m } else { m }))
+        }
+        None => std::str::from_utf8(b).ok()?.parse().ok().map(Value::Int),
+        Some(at) => {
+            if count > 15 {
+                return None;
+            }
+            let scale = *POW10.get(count.checked_sub(at).filter(|&f| f > 0)?)?;
+            // At most 15 digits: below 2^53, so exact as a double.
+            let v = mantissa as f64 / scale;
+            Some(Value::Float(if negative { -v } else { v }))
+        }
     }
 }
 

@@ -1,6 +1,6 @@
-//! `sluice-bench engine [records]`: the engine's cost per record, without Kafka: decode
-//! and encode alone (the baseline), then b's and c's steps, all on the same in-memory
-//! orders in one process.
+//! `sluice-bench engine [records] [b|c]`: the engine's cost per record, without Kafka:
+//! decode and encode alone (the baseline), then b's and c's steps, all on the same
+//! in-memory orders in one process. Naming one topology runs only it (for profilers).
 
 use std::time::Instant;
 
@@ -53,24 +53,28 @@ fn run(data: &[(Vec<u8>, String)], mut engine: Option<Engine>) -> anyhow::Result
     Ok(started.elapsed().as_secs_f64() / data.len() as f64 * 1e9)
 }
 
-/// Prints nanoseconds per record for the baseline, b and c over `n` orders.
-pub fn engine_cost(n: u64) -> anyhow::Result<()> {
+const FILTER_MAP: &str = "- {name: positive, filter: 'value.total > 0.0'}\n- {name: shape, map: {set: {totalCents: 'value.total * 100.0'}, drop: [orderId]}}";
+const AGGREGATE: &str = "- {name: positive, filter: 'value.total > 0.0'}\n- {name: per-region, aggregate: {groupBy: {region: value.region}, aggregations: [{name: total, op: sum, of: value.total}]}}";
+
+/// Prints nanoseconds per record for the baseline, b and c over `n` orders; with
+/// `only` (`b` or `c`), runs that topology alone.
+pub fn engine_cost(n: u64, only: Option<&str>) -> anyhow::Result<()> {
     let data: Vec<(Vec<u8>, String)> = (0..n)
         .map(|i| (format!("o-{i}").into_bytes(), order(i)))
         .collect();
+    if let Some(only) = only {
+        let steps = match only {
+            "b" => FILTER_MAP,
+            "c" => AGGREGATE,
+            other => anyhow::bail!("unknown topology {other:?}: expected b or c"),
+        };
+        let cost = run(&data, Some(engine(steps)?))?;
+        println!("{n} records of ~90 bytes, {only} alone: {cost:.0} ns/record");
+        return Ok(());
+    }
     let base = run(&data, None)?;
-    let filter_map = run(
-        &data,
-        Some(engine(
-            "- {name: positive, filter: 'value.total > 0.0'}\n- {name: shape, map: {set: {totalCents: 'value.total * 100.0'}, drop: [orderId]}}",
-        )?),
-    )?;
-    let aggregate = run(
-        &data,
-        Some(engine(
-            "- {name: positive, filter: 'value.total > 0.0'}\n- {name: per-region, aggregate: {groupBy: {region: value.region}, aggregations: [{name: total, op: sum, of: value.total}]}}",
-        )?),
-    )?;
+    let filter_map = run(&data, Some(engine(FILTER_MAP)?))?;
+    let aggregate = run(&data, Some(engine(AGGREGATE)?))?;
     println!("{n} records of ~90 bytes, in one process:");
     println!("  decode + encode only     {base:>7.0} ns/record");
     println!(

@@ -28,7 +28,7 @@
 //! machine whose speed drifts between minutes, back-to-back pairs give a steadier ratio
 //! than one run of each.
 //!
-//! `sluice-bench engine [records]` measures the engine alone, without Kafka (see
+//! `sluice-bench engine [records] [b|c]` measures the engine alone, without Kafka (see
 //! [`engine_cost`]).
 
 mod engine_cost;
@@ -52,7 +52,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 // The processor's allocator, so the engine measurement matches the processor.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: sluice_processor::allocator::Allocator = sluice_processor::allocator::Allocator;
 
 struct Args {
     bootstrap: String,
@@ -797,7 +797,7 @@ fn main() -> anyhow::Result<()> {
             .map(|s| s.parse())
             .transpose()?
             .unwrap_or(1_000_000);
-        return engine_cost::engine_cost(n);
+        return engine_cost::engine_cost(n, argv.get(3).map(String::as_str));
     }
     let args = parse_args()?;
     let ticks = clock_ticks();
