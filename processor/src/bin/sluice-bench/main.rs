@@ -253,9 +253,30 @@ fn send_order(
 fn end_offsets(c: &BaseConsumer, topic: &str, partitions: i32) -> anyhow::Result<i64> {
     let mut sum = 0;
     for p in 0..partitions {
-        sum += c.fetch_watermarks(topic, p, Duration::from_secs(10))?.1;
+        sum += high_watermark(c, topic, p)?;
     }
     Ok(sum)
+}
+
+/// A partition's end offset, asked again for up to 30 s while the broker is still
+/// electing the leader of a topic just made.
+fn high_watermark(c: &BaseConsumer, topic: &str, partition: i32) -> anyhow::Result<i64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match c.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+            Ok((_, high)) => return Ok(high),
+            Err(KafkaError::MetadataFetch(
+                RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::UnknownTopicOrPartition,
+            )) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            Err(e) => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("end offset of {topic}/{partition}"))
+                );
+            }
+        }
+    }
 }
 
 fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> anyhow::Result<i64> {
@@ -435,7 +456,7 @@ fn latency(args: &Args, input: &str, output: &str) -> anyhow::Result<f64> {
         .create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..args.partitions {
-        let (_, hi) = consumer.fetch_watermarks(output, p, Duration::from_secs(10))?;
+        let hi = high_watermark(&consumer, output, p)?;
         tpl.add_partition_offset(output, p, Offset::Offset(hi))?;
     }
     consumer.assign(&tpl)?;
