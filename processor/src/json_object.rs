@@ -91,18 +91,19 @@ impl JsonObject {
         }
         let src = std::str::from_utf8(bytes)
             .map_err(|e| <serde_json::Error as de::Error>::custom(format!("invalid UTF-8: {e}")))?;
-        let spans = match flat::fields(src) {
-            Some(fields) => fields,
+        let fields = match flat::fields(src) {
+            Some((fields, false)) => fields,
+            Some((fields, true)) => unique(src, fields),
             None => {
                 let mut de = serde_json::Deserializer::from_str(src);
                 let spans = de.deserialize_map(SpanVisitor { src })?;
                 de.end()?;
-                spans
+                unique(src, spans)
             }
         };
         Ok(Some(JsonObject {
             src: src.to_string(),
-            fields: unique(src, spans),
+            fields,
         }))
     }
 

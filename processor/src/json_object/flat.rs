@@ -13,8 +13,9 @@ use super::{Name, Slot};
 /// The fields of `text`, each as the span of its key (between the quotes) and of its
 /// value, when `text` is a valid JSON object of the flat shape (module docs); `None`
 /// otherwise. `text` is valid UTF-8, so only the JSON grammar is checked here. The list
-/// has room for a few more fields, which steps often add.
-pub(super) fn fields(text: &str) -> Option<Vec<(Name, Slot)>> {
+/// has room for a few more fields, which steps often add. The flag says whether two keys
+/// may be the same (false means they all differ).
+pub(super) fn fields(text: &str) -> Option<(Vec<(Name, Slot)>, bool)> {
     let b = text.as_bytes();
     let mut at = skip_space(b, 0);
     if b.get(at) != Some(&b'{') {
@@ -22,15 +23,23 @@ pub(super) fn fields(text: &str) -> Option<Vec<(Name, Slot)>> {
     }
     at = skip_space(b, at + 1);
     let mut out = Vec::with_capacity(FIELDS_WITH_ROOM);
+    let mut seen = KeySketch::default();
     if b.get(at) != Some(&b'}') {
         loop {
             let key = plain_string(b, at)?;
-            at = skip_space(b, key.end + 1);
-            if b.get(at) != Some(&b':') {
-                return None;
-            }
-            at = skip_space(b, at + 1);
-            let value = scalar(b, at)?;
+            seen.add(b, &key);
+            at = key.end + 1;
+            // Compact JSON (no space around the colon) takes the first branch.
+            at = if b.get(at) == Some(&b':') {
+                at + 1
+            } else {
+                let colon = skip_space(b, at);
+                if b.get(colon) != Some(&b':') {
+                    return None;
+                }
+                colon + 1
+            };
+            let value = scalar(b, skip_space(b, at))?;
             at = skip_space(b, value.end);
             out.push((Name::Span(key), Slot::Raw(value)));
             match b.get(at) {
@@ -40,7 +49,35 @@ pub(super) fn fields(text: &str) -> Option<Vec<(Name, Slot)>> {
             }
         }
     }
-    (skip_space(b, at + 1) == b.len()).then_some(out)
+    (skip_space(b, at + 1) == b.len()).then_some((out, seen.maybe_repeated))
+}
+
+/// Notes keys by length and first and last byte, in one bit of 64 each: keys that land
+/// on distinct bits all differ, so the full check for repeated keys is skipped.
+#[derive(Default)]
+struct KeySketch {
+    bits: u64,
+    maybe_repeated: bool,
+}
+
+impl KeySketch {
+    fn add(&mut self, b: &[u8], key: &Range<usize>) {
+        let first = b.get(key.start).copied().unwrap_or(0);
+        let last = key
+            .end
+            .checked_sub(1)
+            .and_then(|i| b.get(i))
+            .copied()
+            .unwrap_or(0);
+        let mix = key
+            .len()
+            .wrapping_mul(31)
+            .wrapping_add(usize::from(first).wrapping_mul(7))
+            .wrapping_add(usize::from(last));
+        let bit = 1u64 << (mix % 64);
+        self.maybe_repeated |= self.bits & bit != 0;
+        self.bits |= bit;
+    }
 }
 
 /// Room for the fields of a typical record and the ones its steps add.
@@ -61,9 +98,37 @@ fn plain_string(b: &[u8], at: usize) -> Option<Range<usize>> {
         return None;
     }
     let start = at + 1;
-    let rest = b.get(start..)?;
-    let len = rest.iter().position(|&c| ENDS_PLAIN[usize::from(c)])?;
-    (rest[len] == b'"').then_some(start..start + len)
+    let end = first_stop(b, start)?;
+    (b.get(end) == Some(&b'"')).then_some(start..end)
+}
+
+/// The position of the first byte from `from` on that [`ENDS_PLAIN`] holds, looking at
+/// eight bytes at a time while eight are left.
+fn first_stop(b: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(word) = b.get(i..i + 8) {
+        let stops = stop_bytes(u64::from_le_bytes(word.try_into().ok()?));
+        if stops != 0 {
+            return Some(i + (stops.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    b.get(i..)?
+        .iter()
+        .position(|&c| ENDS_PLAIN[usize::from(c)])
+        .map(|n| i + n)
+}
+
+/// The word's bytes that [`ENDS_PLAIN`] holds (a quote, a backslash, a control
+/// character), as the high bit of each; only the lowest is exact (the borrows of these
+/// tests can mark bytes above a true one), which is the one [`first_stop`] reads.
+fn stop_bytes(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGHS;
+    below(w ^ (ONES * u64::from(b'"')), 1)
+        | below(w ^ (ONES * u64::from(b'\\')), 1)
+        | below(w, 0x20)
 }
 
 /// The bytes a plain string's text stops at: its closing quote, a backslash (an escape)
@@ -135,7 +200,7 @@ mod tests {
 
     /// When the scan answers, serde_json accepts the text and reads the same fields.
     fn agrees(text: &str) -> bool {
-        let Some(spans) = fields(text) else {
+        let Some((spans, maybe_repeated)) = fields(text) else {
             return false;
         };
         let tree: Value = serde_json::from_str(text)
@@ -143,6 +208,17 @@ mod tests {
         let Value::Object(map) = tree else {
             panic!("scan accepted a non-object {text:?}")
         };
+        let keys: std::collections::HashSet<&str> = spans
+            .iter()
+            .filter_map(|(k, _)| match k {
+                Name::Span(k) => Some(&text[k.clone()]),
+                Name::Owned(_) => None,
+            })
+            .collect();
+        assert!(
+            maybe_repeated || keys.len() == spans.len(),
+            "repeated keys not flagged: {text:?}"
+        );
         let mut seen = serde_json::Map::new();
         for (k, v) in spans {
             let (Name::Span(k), Slot::Raw(v)) = (k, v) else {
@@ -241,6 +317,23 @@ mod tests {
             let text = tokens.concat();
             agrees(&text);
             agrees(&format!("{{{text}}}"));
+        }
+
+        /// The word-at-a-time search finds the same stop as a byte-by-byte one.
+        #[test]
+        fn first_stop_matches_a_byte_scan(
+            bytes in proptest::collection::vec(proptest::prop_oneof![
+                proptest::num::u8::ANY,
+                proptest::sample::select(&b"\"\\\x00\x1f ~\x7f\x80\xff"[..]),
+                proptest::sample::select(&b"abcdefgh"[..]),
+            ], 0..40),
+            from in 0usize..42,
+        ) {
+            let slow = bytes
+                .get(from..)
+                .and_then(|rest| rest.iter().position(|&c| ENDS_PLAIN[usize::from(c)]))
+                .map(|n| from + n);
+            proptest::prop_assert_eq!(first_stop(&bytes, from), slow);
         }
 
         /// Every flat object serde_json writes is scanned.
