@@ -289,12 +289,11 @@ impl Engine {
     fn run_from(
         &mut self,
         start: usize,
-        record: Record,
+        mut record: Record,
         from_repartition: bool,
         sample: bool,
         out: &mut Vec<Emit>,
     ) -> Result<(), Failure> {
-        let mut record = record;
         let mut cached: Option<Scope> = None;
         for i in start..self.steps.len() {
             let started = sample.then(Instant::now);
