@@ -265,8 +265,13 @@ fn high_watermark(c: &BaseConsumer, topic: &str, partition: i32) -> anyhow::Resu
     loop {
         match c.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
             Ok((_, high)) => return Ok(high),
+            // librdkafka says UnknownPartition while the metadata has no leader yet, and
+            // the broker the other three while the election is under way.
             Err(KafkaError::MetadataFetch(
-                RDKafkaErrorCode::NotLeaderForPartition
+                RDKafkaErrorCode::UnknownPartition
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::NotLeaderForPartition
                 | RDKafkaErrorCode::LeaderNotAvailable
                 | RDKafkaErrorCode::UnknownTopicOrPartition,
             )) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
