@@ -61,6 +61,11 @@ const HOUSEKEEPING_EVERY: u32 = 32;
 const SPARE_BUFFERS: usize = 16;
 const SPARE_BUFFER_BYTES: usize = 1 << 20;
 
+/// Keeps a spent value buffer for the next outputs (the worker's own, without a lane).
+fn keep_spare(buffers: &mut Vec<Vec<u8>>, buffer: Vec<u8>) {
+    keep_buffer(buffers, buffer, SPARE_BUFFERS, SPARE_BUFFER_BYTES);
+}
+
 /// How long transactional calls may take.
 const TXN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -434,12 +439,7 @@ impl Core {
         let mut outputs = std::mem::take(&mut self.outputs);
         let handled = self.deliver(origin, outcome, &mut outputs, || Source::of_message(m));
         for o in outputs.drain(..) {
-            keep_buffer(
-                &mut self.buffers,
-                o.value,
-                SPARE_BUFFERS,
-                SPARE_BUFFER_BYTES,
-            );
+            keep_spare(&mut self.buffers, o.value);
         }
         self.outputs = outputs;
         handled
@@ -666,12 +666,7 @@ impl Core {
                 None => Output::encode(format, e, self.buffers.pop().unwrap_or_default()).and_then(
                     |mut o| {
                         let sent = self.produce(&mut o, Sent::flushed(self.epoch));
-                        keep_buffer(
-                            &mut self.buffers,
-                            o.value,
-                            SPARE_BUFFERS,
-                            SPARE_BUFFER_BYTES,
-                        );
+                        keep_spare(&mut self.buffers, o.value);
                         sent
                     },
                 ),
