@@ -93,19 +93,35 @@ fn committed_reader(bootstrap: &str, topic: &str) -> anyhow::Result<BaseConsumer
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .first()
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .unwrap_or_default();
-    anyhow::ensure!(!partitions.is_empty(), "topic {topic} has no partitions");
+    let partitions = partitions_of(&consumer, topic)?;
     let mut tpl = TopicPartitionList::new();
     for p in &partitions {
         tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
     Ok(consumer)
+}
+
+/// The partitions of `topic`, asked again for up to 30 s while the metadata of a topic
+/// just created does not show them yet.
+fn partitions_of(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<Vec<i32>> {
+    let start = Instant::now();
+    loop {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .first()
+            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+            .unwrap_or_default();
+        if !partitions.is_empty() {
+            return Ok(partitions);
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(30),
+            "topic {topic} has no partitions"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Reads every committed record of `topic` from the beginning until nothing new arrived
