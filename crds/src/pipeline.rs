@@ -104,6 +104,11 @@ pub struct PipelineSpec {
     #[serde(default = "default_commit_interval")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
     pub commit_interval: String,
+    /// Most records each processor replica consumes per second (unset: as fast as it
+    /// can). Protects what the outputs feed; the autoscaler measures the limit as a
+    /// replica's capacity and adds replicas when the backlog needs more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
     /// How the processor replicas are sized.
     #[serde(default)]
     pub scaling: Scaling,
@@ -448,6 +453,15 @@ pub enum Delivery {
     /// Offsets committed after outputs are acknowledged; a crash may repeat records.
     #[default]
     AtLeastOnce,
+}
+
+/// A cap on how fast one replica consumes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Records per second, per replica.
+    #[schemars(range(min = 1))]
+    pub records_per_second: i32,
 }
 
 /// How processor replicas are sized.

@@ -286,6 +286,11 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<(), AppError> 
         group_id,
         exactly_once: cfg.spec.delivery == Delivery::ExactlyOnce,
         commit_interval,
+        rate_limit: cfg
+            .spec
+            .rate_limit
+            .as_ref()
+            .map(|r| u32::try_from(r.records_per_second).unwrap_or(1).max(1)),
         dead_letter: cfg.spec.dead_letter.as_ref().map(|d| d.topic.clone()),
         produce_retries: cfg.spec.dead_letter.as_ref().map(|d| d.retries),
         start_from: cfg.spec.start_from,

@@ -12,5 +12,6 @@ pub mod json_object;
 pub mod kafka;
 pub mod logging;
 pub mod metrics;
+pub mod pace;
 pub mod record;
 pub mod steps;

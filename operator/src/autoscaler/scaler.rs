@@ -516,9 +516,24 @@ impl Autoscaler {
         };
         let mut reason =
             format!("lag {lag} records, draining {c:.0}/s per replica, arrival {arrival:.0}/s: ");
-        match &sizing.hot {
-            None => reason.push_str(&format!("{} drain it within {target}{arriving}", count(n))),
-            Some((id, hot, _)) => reason.push_str(&format!(
+        // Past one replica per partition more do not help: then say how long the
+        // backlog takes rather than promise the target.
+        let rate = f64::from(n) * c - arrival;
+        let beyond_target = (rate > 0.0)
+            .then(|| Duration::try_from_secs_f64(lag as f64 / rate).ok())
+            .flatten()
+            .filter(|drain| drain.as_secs_f64() > self.target_secs() * 1.01);
+        match (&sizing.hot, beyond_target) {
+            (None, Some(drain)) => reason.push_str(&format!(
+                "{} drain it in about {} at best (a partition is read by one replica at a \
+                 time), longer than the {target} target{arriving}",
+                count(n),
+                format_duration(whole_secs(drain))
+            )),
+            (None, None) => {
+                reason.push_str(&format!("{} drain it within {target}{arriving}", count(n)))
+            }
+            (Some((id, hot, _)), _) => reason.push_str(&format!(
                 "{} carry the total within {target}{arriving}, but partition {id} alone needs \
                  {hot:.0}/s, so {} keep the one reading it from falling behind",
                 count(sizing.total.max(1)),

@@ -220,6 +220,42 @@ fn backlog_sizes_replicas_to_drain_within_the_lag_target() {
 }
 
 #[test]
+fn a_new_groups_backlog_is_sized_in_the_first_whole_interval_after_its_replica_is_ready() {
+    // The e2e backlog test as the operator reads it: 60,000 records on 4 partitions
+    // before the pipeline exists, a 2 s lag target, one replica held to 1,000/s.
+    let mut s = settings(1, 8);
+    s.lag_target = Duration::from_secs(2);
+    let mut scaler = Autoscaler::new(s);
+    let waiting = |committed: Option<i64>| vec![(0, 15_000, committed); 4];
+    let d = scaler.observe(&obs(0, &waiting(None), 0));
+    assert_eq!(
+        (d.replicas, d.metrics.total_lag),
+        (1, 60_000),
+        "{}",
+        d.reason
+    );
+    // The replica starts, then joins the group before its first commit.
+    let mut starting = obs(5, &waiting(None), 1);
+    starting.ready_replicas = 0;
+    let d = scaler.observe(&starting);
+    assert_eq!(d.replicas, 1, "{}", d.reason);
+    let d = scaler.observe(&obs(10, &waiting(None), 1));
+    assert_eq!(d.replicas, 1, "{}", d.reason);
+    // The first whole interval with the replica consuming: 250/s per partition.
+    let d = scaler.observe(&obs(15, &waiting(Some(1_250)), 1));
+    assert_eq!(d.replicas, 4, "{}", d.reason);
+    assert_eq!(d.metrics.capacity_per_replica, Some(1000.0));
+    // Four replicas are the most that help, and the reason does not pretend they meet
+    // the target: 55,000 records at 4,000/s take about 13 s.
+    assert!(
+        d.reason
+            .contains("4 replicas drain it in about 13s at best"),
+        "{}",
+        d.reason
+    );
+}
+
+#[test]
 fn a_backlog_appearing_between_readings_scales_up_without_waiting_to_measure() {
     let mut scaler = Autoscaler::new(settings(1, 12));
     // 12 partitions at 500/s for a minute, caught up (so the median arrival rate is

@@ -145,6 +145,7 @@ impl Scalers {
             };
         };
         let metrics = &decision.metrics;
+        log_reading(key, &observation, &decision);
         let (replicas, reason) = match p.spec.scaling.mode {
             ScalingMode::Auto => (
                 i32::try_from(decision.replicas).unwrap_or(i32::MAX),
@@ -187,6 +188,47 @@ impl Scalers {
             .ok()
             .and_then(|m| m.get(key).cloned())
     }
+}
+
+/// The log target of the autoscaler's readings: `RUST_LOG=info,sluice::autoscaler=debug`
+/// (the chart's `operator.logLevel`) shows what it read and decided at every tick.
+pub const READINGS_LOG: &str = "sluice::autoscaler";
+
+/// Logs one reading and its decision at debug level, one line per tick and pipeline:
+/// per partition `topic-partition=logStart..logEnd@committed` (`-` when never committed).
+fn log_reading(key: &str, obs: &Observation, decision: &crate::autoscaler::Decision) {
+    if !tracing::enabled!(target: READINGS_LOG, tracing::Level::DEBUG) {
+        return;
+    }
+    let partitions = obs
+        .partitions
+        .iter()
+        .map(|p| {
+            let committed = p
+                .committed
+                .map_or_else(|| "-".to_string(), |c| c.to_string());
+            format!("{}={}..{}@{committed}", p.id, p.log_start, p.log_end)
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let m = &decision.metrics;
+    tracing::debug!(
+        target: READINGS_LOG,
+        pipeline = key,
+        at_secs = obs.now.as_secs_f64(),
+        replicas = obs.replicas,
+        ready = obs.ready_replicas,
+        rebalancing = obs.rebalancing,
+        lag = m.total_lag,
+        max_partition_lag = m.max_partition_lag,
+        consumed_per_second = m.records_per_second,
+        arrived_per_second = m.arrival_per_second,
+        capacity_per_replica = ?m.capacity_per_replica,
+        decided = decision.replicas,
+        reason = %decision.reason,
+        %partitions,
+        "autoscaler reading"
+    );
 }
 
 #[cfg(test)]

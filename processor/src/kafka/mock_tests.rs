@@ -105,6 +105,17 @@ fn start_worker(
     Arc<Status>,
     std::thread::JoinHandle<Result<(), worker::WorkerError>>,
 ) {
+    start_paced_worker(bootstrap, lane, None)
+}
+
+fn start_paced_worker(
+    bootstrap: &str,
+    lane: bool,
+    rate_limit: Option<u32>,
+) -> (
+    Arc<Status>,
+    std::thread::JoinHandle<Result<(), worker::WorkerError>>,
+) {
     let spec: PipelineSpec = serde_saphyr::from_str(SPEC).unwrap();
     let metrics = Metrics::new();
     let engine = Engine::new("mock", &spec, metrics.pipeline("mock")).unwrap();
@@ -118,6 +129,7 @@ fn start_worker(
         transactional_id: "sluice-test-mock-0".to_string(),
         exactly_once: false,
         commit_interval: Duration::from_millis(50),
+        rate_limit,
         dead_letter: Some("dlq".to_string()),
         produce_retries: Some(0),
         start_from: StartFrom::Earliest,
@@ -289,4 +301,40 @@ fn large_records_cross_the_lane_whole_and_in_order() {
         })
         .collect();
     assert_eq!(totals, (1..=10).map(f64::from).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_rate_limited_worker_delivers_every_record_once_and_commits_them() {
+    let (_cluster, bootstrap) = cluster();
+    let values: Vec<String> = (0..300)
+        .map(|i| format!(r#"{{"total": {}.0}}"#, i + 1))
+        .collect();
+    produce(&bootstrap, "in", &values);
+    // 1,000 a second: the loop sleeps between records and commits in the pauses.
+    let (status, handle) = start_paced_worker(&bootstrap, false, Some(1_000));
+    let out = read(&bootstrap, "out", 300);
+    status.shutdown.store(true, Ordering::Relaxed);
+    handle.join().unwrap().unwrap();
+
+    let totals: Vec<f64> = out
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_str(&r.value).unwrap();
+            v["total"].as_f64().unwrap()
+        })
+        .collect();
+    assert_eq!(totals, (1..=300).map(f64::from).collect::<Vec<_>>());
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", "sluice-test-mock")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition("in", 0);
+    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        committed.find_partition("in", 0).map(|p| p.offset()),
+        Some(Offset::Offset(300)),
+        "everything read is committed"
+    );
 }

@@ -51,6 +51,7 @@ use super::lane::{self, Batch, Lane, LaneError, headers_of, keep_buffer};
 use super::output::{Output, send};
 use super::restore::{RestoreFailure, restore};
 use crate::engine::{Emit, Engine, Failure};
+use crate::pace::Pacer;
 use crate::record::Record;
 
 /// Records processed between two looks at delivery reports and the commit timer.
@@ -65,6 +66,10 @@ const SPARE_BUFFER_BYTES: usize = 1 << 20;
 fn keep_spare(buffers: &mut Vec<Vec<u8>>, buffer: Vec<u8>) {
     keep_buffer(buffers, buffer, SPARE_BUFFERS, SPARE_BUFFER_BYTES);
 }
+
+/// The longest the loop sleeps at once to keep to `spec.rateLimit`: commits and
+/// shutdown are looked at in between.
+const MAX_PACING_SLEEP: Duration = Duration::from_millis(50);
 
 /// How long transactional calls may take.
 const TXN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -83,6 +88,8 @@ pub struct WorkerOptions {
     pub exactly_once: bool,
     /// How often to commit.
     pub commit_interval: Duration,
+    /// Most records consumed per second (`spec.rateLimit`).
+    pub rate_limit: Option<u32>,
     /// Dead-letter topic.
     pub dead_letter: Option<String>,
     /// Produce retries before an output counts as undeliverable (`deadLetter.retries`).
@@ -1111,6 +1118,7 @@ fn run_loop(
     let mut since_housekeeping = 0u32;
     // Whether the transform lane holds records: then the consumer is not waited on.
     let mut lane_busy = false;
+    let mut pacer = lock(core).opts.rate_limit.map(Pacer::new);
     loop {
         if status.shutdown.load(Ordering::Relaxed) {
             return Ok(());
@@ -1120,8 +1128,21 @@ fn run_loop(
         } else {
             Duration::from_millis(100)
         };
-        let polled = consumer.poll(timeout);
+        // Under a rate limit, a record early for its slot is not polled yet: the loop
+        // sleeps and does its housekeeping as when idle.
+        let wait = pacer
+            .as_ref()
+            .map_or(Duration::ZERO, |p| p.wait(Instant::now()));
+        let polled = if wait.is_zero() {
+            consumer.poll(timeout)
+        } else {
+            std::thread::sleep(wait.min(MAX_PACING_SLEEP));
+            None
+        };
         let busy = matches!(polled, Some(Ok(_)));
+        if let (true, Some(p)) = (busy, pacer.as_mut()) {
+            p.took(Instant::now());
+        }
         let mut c = lock(core);
         if let Some(e) = c.fatal.take() {
             return Err(e);
