@@ -15,8 +15,9 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 
+use super::headers::headers_of;
 use super::output::Output;
 use crate::engine::{Emit, Engine, Failure, decode};
 use crate::format::RecordFormat;
@@ -190,17 +191,6 @@ impl LocalTopics {
 /// The bytes of a key or value a batch holds.
 fn part<'a>(bytes: &'a [u8], range: &Option<Range<usize>>) -> Option<&'a [u8]> {
     range.clone().map(|r| &bytes[r])
-}
-
-/// A record's headers, copied.
-pub(super) fn headers_of(m: &BorrowedMessage<'_>) -> Vec<(String, Vec<u8>)> {
-    m.headers()
-        .map(|h| {
-            h.iter()
-                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Keeps a spent value buffer in `buffers` if there is room and it is at most `largest`

@@ -338,3 +338,66 @@ fn a_rate_limited_worker_delivers_every_record_once_and_commits_them() {
         "everything read is committed"
     );
 }
+
+#[test]
+fn a_header_name_that_is_not_utf8_passes_through_without_a_panic() {
+    header_name_not_utf8(false);
+}
+
+#[test]
+fn a_header_name_that_is_not_utf8_passes_through_the_lane_without_a_panic() {
+    header_name_not_utf8(true);
+}
+
+/// Headers with a name of raw bytes, which the rdkafka crate's `insert` cannot write.
+#[allow(unsafe_code)]
+fn raw_headers(name: &[u8], value: &[u8]) -> rdkafka::message::OwnedHeaders {
+    let headers = rdkafka::message::OwnedHeaders::new();
+    // The crate's borrowed headers are the native `rd_kafka_headers_t` itself.
+    let native = std::ptr::from_ref(headers.as_borrowed())
+        .cast::<rdkafka::bindings::rd_kafka_headers_t>()
+        .cast_mut();
+    // SAFETY: `native` is the live header list `headers` owns; librdkafka copies both
+    // buffers before returning.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_header_add(
+            native,
+            name.as_ptr().cast(),
+            isize::try_from(name.len()).unwrap(),
+            value.as_ptr().cast(),
+            isize::try_from(value.len()).unwrap(),
+        )
+    };
+    assert_eq!(
+        err,
+        rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+    );
+    headers
+}
+
+fn header_name_not_utf8(lane: bool) {
+    let (_cluster, bootstrap) = cluster();
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    p.send(
+        BaseRecord::<str, str>::to("in")
+            .payload(r#"{"total": 1.0}"#)
+            .headers(raw_headers(b"\xff\xfetrace", b"abc")),
+    )
+    .unwrap();
+    p.send(BaseRecord::<str, str>::to("in").payload(r#"{"total": 2.0}"#))
+        .unwrap();
+    p.flush(Duration::from_secs(10)).unwrap();
+    let (status, handle) = start_worker(&bootstrap, lane);
+    let out = read(&bootstrap, "out", 2);
+    status.shutdown.store(true, Ordering::Relaxed);
+    handle.join().expect("the worker did not panic").unwrap();
+
+    assert_eq!(out.len(), 2);
+    assert!(out[0].value.contains("100"), "{}", out[0].value);
+    // Decoded as Kafka's Java client decodes it: invalid bytes become U+FFFD.
+    assert_eq!(header(&out[0], "\u{fffd}\u{fffd}trace"), "abc");
+    assert!(out[1].value.contains("200"), "{}", out[1].value);
+}

@@ -2,6 +2,7 @@
 //! consume-transform-produce loop.
 
 mod acks;
+mod headers;
 mod lane;
 mod output;
 pub mod restore;

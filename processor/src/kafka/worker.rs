@@ -47,7 +47,8 @@ use sluice_crds::pipeline::StartFrom;
 
 use super::KafkaSettings;
 use super::acks::{Checkpoints, DeliveryTracker, Offsets, Origin, OutputId, Sent, advance};
-use super::lane::{self, Batch, Lane, LaneError, headers_of, keep_buffer};
+use super::headers::headers_of;
+use super::lane::{self, Batch, Lane, LaneError, keep_buffer};
 use super::output::{Output, send};
 use super::restore::{RestoreFailure, restore};
 use crate::engine::{Emit, Engine, Failure};
