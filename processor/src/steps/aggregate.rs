@@ -111,6 +111,31 @@ impl Acc {
         }
     }
 
+    /// Whether adding `x` leaves this accumulator a finite number. JSON has no infinity
+    /// or NaN: such a result could be neither emitted nor written to the changelog in a
+    /// form that restore reads back, so the record is refused instead.
+    fn stays_finite(&self, x: Option<Number>) -> bool {
+        let Some(x) = x else { return true };
+        match self {
+            Acc::Count { .. } => true,
+            Acc::Min { .. } | Acc::Max { .. } => x.as_f64().is_finite(),
+            Acc::Sum {
+                int,
+                float,
+                is_float,
+            } => match x {
+                Number::Int(i) if !*is_float => {
+                    int.checked_add(i).is_some() || (*int as f64 + i as f64).is_finite()
+                }
+                _ => {
+                    let base = if *is_float { *float } else { *int as f64 };
+                    (base + x.as_f64()).is_finite()
+                }
+            },
+            Acc::Avg { sum, .. } => (sum + x.as_f64()).is_finite(),
+        }
+    }
+
     fn value(&self) -> serde_json::Value {
         match self {
             Acc::Sum {
@@ -375,6 +400,26 @@ impl Aggregate {
             }
             None => None,
         };
+        let fresh: Vec<Acc>;
+        let accs = match part.groups.get(&key) {
+            Some(g) => &g.accs,
+            None => {
+                fresh = self.aggs.iter().map(|(_, op, _)| Acc::new(*op)).collect();
+                &fresh
+            }
+        };
+        let overflow = accs
+            .iter()
+            .zip(&inputs)
+            .zip(&self.aggs)
+            .find(|((acc, x), _)| !acc.stays_finite(**x));
+        if let Some((_, (name, _, _))) = overflow {
+            return Err(StepError::Shape(format!(
+                "aggregation {name} of group {key} would not be a finite number (an \
+                 overflow, or a NaN or infinite input): the record is refused and the group \
+                 keeps its value"
+            )));
+        }
         if !part.groups.contains_key(&key) {
             let state = GroupState {
                 group,
@@ -938,6 +983,54 @@ mod tests {
         );
         assert!(feed(&mut a, 0, serde_json::json!({"total": 1})).is_err());
         let out = feed(&mut a, 0, serde_json::json!({"region": "x", "total": 1})).unwrap();
+        let Payload::Json(v) = out.value else {
+            panic!()
+        };
+        assert_eq!(v["n"], serde_json::json!(2));
+    }
+
+    #[test]
+    fn a_result_that_is_not_finite_is_refused_and_the_state_stays_restorable() {
+        let mut a = agg();
+        feed(
+            &mut a,
+            0,
+            serde_json::json!({"region": "x", "total": 1.0e308}),
+        )
+        .unwrap();
+        // The sum and the mean would overflow to infinity.
+        let err = feed(
+            &mut a,
+            0,
+            serde_json::json!({"region": "x", "total": 1.0e308}),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("not be a finite number"), "{err}");
+        // A new group whose first record is refused leaves nothing behind.
+        let nan = "0.0 / 0.0";
+        let mut b = Aggregate::compile(
+            "per-region",
+            &serde_saphyr::from_str(&format!(
+                "groupBy: {{region: value.region}}\naggregations: [{{name: m, op: max, of: '{nan}'}}]\n"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(feed(&mut b, 0, serde_json::json!({"region": "y"})).is_err());
+        assert_eq!(b.group_count(), 0);
+
+        // Everything written to the changelog reads back.
+        let mut restored = agg();
+        for (p, k, v) in a.take_changes() {
+            restored.restore(p, k.as_bytes(), v.as_deref()).unwrap();
+        }
+        assert_eq!(restored.snapshot(), a.snapshot());
+        let out = feed(
+            &mut restored,
+            0,
+            serde_json::json!({"region": "x", "total": 1.0}),
+        )
+        .unwrap();
         let Payload::Json(v) = out.value else {
             panic!()
         };
