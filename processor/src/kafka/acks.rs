@@ -13,8 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rdkafka::client::ClientContext;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::ProducerContext;
+use rdkafka::types::RDKafkaErrorCode;
 
 /// Where an output came from, for dead-lettering it if it cannot be delivered.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -82,6 +84,30 @@ pub(crate) struct Failed {
     pub error: String,
     /// For an `emit: onCommit` output: which one.
     pub output: Option<OutputId>,
+    /// The broker refused the record for what it is (see [`refuses_the_record`]): it is
+    /// dead-lettered on replay. Otherwise the failure passes (a timeout, a purge by an
+    /// abort, a leader change) and the record is produced again.
+    pub poison: bool,
+}
+
+/// Whether a delivery error is the broker refusing this record for what it is (too
+/// large, invalid, against a policy), so producing it again would fail again. Every
+/// other error (timeouts, records purged by an aborted transaction, leader changes, a
+/// broker restarting) passes: the record is replayed, never dead-lettered for it.
+pub(crate) fn refuses_the_record(err: &KafkaError) -> bool {
+    matches!(
+        err.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::InvalidTimestamp
+                | RDKafkaErrorCode::PolicyViolation
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::BadMessage
+        )
+    )
 }
 
 /// Producer callbacks: remember outputs that could not be delivered, and count the ones
@@ -128,6 +154,7 @@ impl ProducerContext for DeliveryTracker {
                 origin: sent.origin,
                 error,
                 output,
+                poison: refuses_the_record(err),
             });
         }
         self.acked(sent.epoch);
@@ -287,6 +314,28 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_refusal_of_the_record_itself_is_poison() {
+        let e = KafkaError::MessageProduction;
+        for passing in [
+            RDKafkaErrorCode::PurgeInflight,
+            RDKafkaErrorCode::PurgeQueue,
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::RequestTimedOut,
+            RDKafkaErrorCode::NotLeaderForPartition,
+            RDKafkaErrorCode::NotEnoughReplicas,
+        ] {
+            assert!(!refuses_the_record(&e(passing)), "{passing:?}");
+        }
+        for refused in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::InvalidRecord,
+            RDKafkaErrorCode::PolicyViolation,
+        ] {
+            assert!(refuses_the_record(&e(refused)), "{refused:?}");
+        }
+    }
 
     fn offsets(list: &[(i32, i64)]) -> Offsets {
         list.iter()

@@ -63,6 +63,11 @@ fn produce(bootstrap: &str, topic: &str, values: &[impl AsRef<str>]) {
 }
 
 fn read(bootstrap: &str, topic: &str, want: usize) -> Vec<Read> {
+    read_for(bootstrap, topic, want, Duration::from_secs(60))
+}
+
+/// Reads `topic` from the start until `want` records or `deadline`.
+fn read_for(bootstrap: &str, topic: &str, want: usize, deadline: Duration) -> Vec<Read> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "reader")
@@ -74,7 +79,7 @@ fn read(bootstrap: &str, topic: &str, want: usize) -> Vec<Read> {
     c.assign(&tpl).unwrap();
     let mut out = Vec::new();
     let start = Instant::now();
-    while out.len() < want && start.elapsed() < Duration::from_secs(60) {
+    while out.len() < want && start.elapsed() < deadline {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
             let headers = m
                 .headers()
@@ -400,4 +405,31 @@ fn header_name_not_utf8(lane: bool) {
     // Decoded as Kafka's Java client decodes it: invalid bytes become U+FFFD.
     assert_eq!(header(&out[0], "\u{fffd}\u{fffd}trace"), "abc");
     assert!(out[1].value.contains("200"), "{}", out[1].value);
+}
+
+#[test]
+fn an_output_that_fails_for_a_passing_reason_is_produced_again_not_dead_lettered() {
+    let (cluster, bootstrap) = cluster();
+    produce(&bootstrap, "in", &[r#"{"total": 1.0}"#]);
+    // The broker times out the output's produce request more often than the producer
+    // retries (a broker restarting): the delivery fails, the worker rewinds, and the
+    // record must then be produced again, not taken for a record the broker refuses.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 3],
+    );
+    let (status, handle) = start_worker(&bootstrap, false);
+    let out = read(&bootstrap, "out", 1);
+    status.shutdown.store(true, Ordering::Relaxed);
+    handle.join().unwrap().unwrap();
+    // The worker has stopped: anything dead-lettered is there to read.
+    let dlq = read_for(&bootstrap, "dlq", 1, Duration::from_secs(5));
+
+    assert_eq!(out.len(), 1, "the record reaches its output");
+    assert!(out[0].value.contains("100"), "{}", out[0].value);
+    assert!(
+        dlq.is_empty(),
+        "nothing is dead-lettered: {:?}",
+        dlq.iter().map(|r| &r.headers).collect::<Vec<_>>()
+    );
 }

@@ -908,7 +908,13 @@ impl Core {
             }
             self.in_txn = false;
         }
+        let mut passing: Option<(usize, String)> = None;
         for failed in self.producer.context().take_failed() {
+            if !failed.poison {
+                let (n, _) = passing.get_or_insert((0, failed.error));
+                *n += 1;
+                continue;
+            }
             match failed.output {
                 Some(output) => {
                     self.refused_outputs.insert(output, failed.error);
@@ -918,6 +924,9 @@ impl Core {
                 }
                 None => {}
             }
+        }
+        if let Some((count, first)) = passing {
+            tracing::warn!(count, first = %first, "outputs not delivered for a passing reason: they are produced again after the rewind");
         }
         self.offsets.clear();
         self.checkpoints.clear();
