@@ -367,9 +367,8 @@ impl Autoscaler {
                         current,
                         format!(
                             "lag {lag} records, draining {c:.0}/s per replica, arrival \
-                             {arrival:.0}/s: {} drain it within {}",
-                            count(current),
-                            format_duration(self.settings.lag_target)
+                             {arrival:.0}/s: {}",
+                            self.drains(current, lag, arrival, c)
                         ),
                     )
                 }
@@ -516,24 +515,9 @@ impl Autoscaler {
         };
         let mut reason =
             format!("lag {lag} records, draining {c:.0}/s per replica, arrival {arrival:.0}/s: ");
-        // Past one replica per partition more do not help: then say how long the
-        // backlog takes rather than promise the target.
-        let rate = f64::from(n) * c - arrival;
-        let beyond_target = (rate > 0.0)
-            .then(|| Duration::try_from_secs_f64(lag as f64 / rate).ok())
-            .flatten()
-            .filter(|drain| drain.as_secs_f64() > self.target_secs() * 1.01);
-        match (&sizing.hot, beyond_target) {
-            (None, Some(drain)) => reason.push_str(&format!(
-                "{} drain it in about {} at best (a partition is read by one replica at a \
-                 time), longer than the {target} target{arriving}",
-                count(n),
-                format_duration(whole_secs(drain))
-            )),
-            (None, None) => {
-                reason.push_str(&format!("{} drain it within {target}{arriving}", count(n)))
-            }
-            (Some((id, hot, _)), _) => reason.push_str(&format!(
+        match &sizing.hot {
+            None => reason.push_str(&format!("{}{arriving}", self.drains(n, lag, arrival, c))),
+            Some((id, hot, _)) => reason.push_str(&format!(
                 "{} carry the total within {target}{arriving}, but partition {id} alone needs \
                  {hot:.0}/s, so {} keep the one reading it from falling behind",
                 count(sizing.total.max(1)),
@@ -541,6 +525,26 @@ impl Autoscaler {
             )),
         }
         reason
+    }
+
+    /// "3 replicas drain it within 30s", or, when `n` replicas at `c` records/s each
+    /// cannot (past one replica per partition more do not help), how long they take:
+    /// the reason never promises the target it cannot meet.
+    fn drains(&self, n: u32, lag: u64, arrival: f64, c: f64) -> String {
+        let target = format_duration(self.settings.lag_target);
+        let rate = f64::from(n) * c - arrival;
+        let drain = (rate > 0.0)
+            .then(|| Duration::try_from_secs_f64(lag as f64 / rate).ok())
+            .flatten();
+        match drain {
+            Some(d) if d.as_secs_f64() > self.target_secs() * 1.01 => format!(
+                "{} drain it in about {} at best (a partition is read by one replica at a \
+                 time), longer than the {target} target",
+                count(n),
+                format_duration(Duration::from_secs(d.as_secs().saturating_add(1)))
+            ),
+            _ => format!("{} drain it within {target}", count(n)),
+        }
     }
 
     /// Replica bounds: `[min, max]`, never above the input partition count (a partition

@@ -246,10 +246,20 @@ fn a_new_groups_backlog_is_sized_in_the_first_whole_interval_after_its_replica_i
     assert_eq!(d.replicas, 4, "{}", d.reason);
     assert_eq!(d.metrics.capacity_per_replica, Some(1000.0));
     // Four replicas are the most that help, and the reason does not pretend they meet
-    // the target: 55,000 records at 4,000/s take about 13 s.
+    // the target: 55,000 records at 4,000/s take about 14 s.
     assert!(
         d.reason
-            .contains("4 replicas drain it in about 13s at best"),
+            .contains("4 replicas drain it in about 14s at best"),
+        "{}",
+        d.reason
+    );
+    // Four replicas at work, still behind the target: they hold, and say how long.
+    let d = scaler.observe(&obs(20, &waiting(Some(2_500)), 4));
+    assert_eq!(d.replicas, 4, "{}", d.reason);
+    let d = scaler.observe(&obs(25, &waiting(Some(7_500)), 4));
+    assert_eq!(d.replicas, 4, "{}", d.reason);
+    assert!(
+        d.reason.contains("4 replicas drain it in about 8s at best"),
         "{}",
         d.reason
     );
