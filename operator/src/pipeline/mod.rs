@@ -100,6 +100,20 @@ impl PipelineSettings {
 /// naming its step or output, or else what the processor's engine refuses; empty when
 /// the spec is valid.
 pub fn validate(p: &Pipeline) -> Vec<String> {
+    // Scaling settings the autoscaler cannot use (a lag target of zero, a commit interval
+    // that is no duration) are refused here, not dropped at the first tick.
+    let scaling = crate::autoscaler::Settings::from_spec(
+        &p.spec.scaling,
+        p.spec.start_from,
+        &p.spec.commit_interval,
+    )
+    .err()
+    .map(|e| e.to_string());
+    scaling.into_iter().chain(engine_errors(p)).collect()
+}
+
+/// What the processor's engine refuses in the spec.
+fn engine_errors(p: &Pipeline) -> Vec<String> {
     // The processor's own engine compiles the spec once; only when it refuses are the
     // expressions compiled one by one, to name every bad one with its place.
     let name = p.name_any();
@@ -479,6 +493,23 @@ mod tests {
         let errors = validate(&two_stateful);
         assert!(
             errors.len() == 1 && errors[0].contains("more than one stateful step"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn scaling_settings_the_autoscaler_cannot_use_are_refused() {
+        let mut p = pipeline(json!([]));
+        p.spec.scaling.lag_target = "0s".into();
+        assert_eq!(
+            validate(&p),
+            vec!["scaling.lagTarget must be longer than zero".to_string()]
+        );
+        p.spec.scaling.lag_target = "30s".into();
+        p.spec.commit_interval = "5 parsecs".into();
+        let errors = validate(&p);
+        assert!(
+            errors.len() == 1 && errors[0].starts_with("commitInterval \"5 parsecs\""),
             "{errors:?}"
         );
     }

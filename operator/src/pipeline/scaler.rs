@@ -134,7 +134,12 @@ impl Scalers {
             _ => None,
         };
         let Some(decision) = decision else {
-            // Settings the CRD's validation should have refused: keep the current size.
+            // Settings `validate` refuses (so this is not reached for them): keep the
+            // current size.
+            tracing::warn!(
+                pipeline = key,
+                "scaling settings unusable: keeping the current size"
+            );
             return Outcome {
                 replicas: current.max(1),
                 lag: 0,
