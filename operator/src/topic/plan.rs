@@ -40,6 +40,9 @@ pub fn validate(topic: &Topic) -> Result<Desired, String> {
             "the Kafka topic name {name:?} contains {c:?}; Kafka allows letters, digits, '.', '_' and '-'"
         ));
     }
+    if let Some(why) = reserved(&name) {
+        problems.push(why);
+    }
     if topic.spec.partitions < 1 {
         problems.push(format!(
             "spec.partitions is {}; it must be at least 1",
@@ -66,6 +69,26 @@ pub fn validate(topic: &Topic) -> Result<Desired, String> {
     } else {
         Err(problems.join("; "))
     }
+}
+
+/// Why a Kafka topic name belongs to Kafka or to Sluice itself and never to a Topic:
+/// adopting one would reset its config to what the Topic says (broker defaults when it
+/// says nothing) and, with `deletionPolicy: Delete`, delete it.
+fn reserved(name: &str) -> Option<String> {
+    if name.starts_with("__") {
+        return Some(format!(
+            "{name:?} is one of Kafka's internal topics (names starting with \"__\"); a Topic cannot manage it"
+        ));
+    }
+    let internal = name.starts_with("sluice-")
+        && (name.ends_with("-changelog") || name.ends_with("-repartition"));
+    internal.then(|| {
+        format!(
+            "{name:?} has the form of a Sluice pipeline's internal topic \
+             (sluice-<namespace>-<pipeline>-<step>-changelog or -repartition), which the \
+             pipeline manages; a Topic cannot claim it"
+        )
+    })
 }
 
 /// A change Kafka cannot make, or a config Kafka does not accept.
@@ -273,6 +296,24 @@ mod tests {
         let mut t = topic("orders", 3);
         t.spec.topic_name = Some("shop.orders".into());
         assert_eq!(validate(&t).unwrap().name, "shop.orders");
+    }
+
+    #[test]
+    fn kafka_and_sluice_internal_topics_are_refused() {
+        for name in [
+            "__consumer_offsets",
+            "__transaction_state",
+            "sluice-shop-totals-per-region-changelog",
+            "sluice-shop-totals-per-region-repartition",
+        ] {
+            let mut t = topic("internal", 1);
+            t.spec.topic_name = Some(name.into());
+            let err = validate(&t).unwrap_err();
+            assert!(err.contains("cannot"), "{name}: {err}");
+        }
+        let mut t = topic("ok", 1);
+        t.spec.topic_name = Some("sluice-changelog-archive".into());
+        assert!(validate(&t).is_ok());
     }
 
     #[test]
