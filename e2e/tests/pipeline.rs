@@ -320,6 +320,46 @@ async fn missing_input_topic_is_reported() {
 }
 
 #[tokio::test]
+async fn missing_output_and_table_topics_are_named_until_they_exist() {
+    let f = fixture("missingout").await;
+    f.topics(&[("orders", 1)]).await;
+    let spec = json!({
+        "inputs": [f.topic("orders")],
+        "steps": [{"name": "who", "enrich": {"table": f.topic("customers"), "key": "value.c", "into": "customer"}}],
+        "outputs": [{"topic": f.topic("totals")}],
+    });
+    f.pipeline("half", spec).await;
+    let api = f.pipelines();
+    let missing = wait_for(Duration::from_secs(60), "TopicMissing", || async {
+        let p = api.get("half").await.ok()?;
+        p.status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "TopicsReady" && c.reason == "TopicMissing")
+    })
+    .await;
+    assert_eq!(missing.status, "False");
+    for base in ["customers", "totals"] {
+        assert!(
+            missing.message.contains(&f.topic(base)),
+            "{base}: {}",
+            missing.message
+        );
+    }
+    // Once they exist the condition clears and the processor runs.
+    f.topics(&[("customers", 1), ("totals", 1)]).await;
+    wait_for(Duration::from_secs(120), "Ready=True", || async {
+        let p = api.get("half").await.ok()?;
+        p.status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready" && c.status == "True")
+    })
+    .await;
+    f.finish().await;
+}
+
+#[tokio::test]
 async fn spec_change_rolls_out_without_losing_or_duplicating_records() {
     let f = fixture("rollout").await;
     f.topics(&[("orders", 3), ("totals", 3), ("dlq", 1)]).await;

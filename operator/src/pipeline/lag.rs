@@ -70,29 +70,22 @@ fn read_blocking(
     let mut partitions = Vec::new();
     let mut missing_topics = Vec::new();
     for topic in inputs {
-        let metadata = client
-            .fetch_metadata(Some(topic), timeout)
-            .map_err(kafka(format!("metadata of {topic}")))?;
-        let Some(meta) = metadata.topics().first() else {
+        let Some(ids) = partitions_of(admin, topic, timeout)? else {
             missing_topics.push(topic.clone());
             continue;
         };
-        if meta.error().is_some() || meta.partitions().is_empty() {
-            missing_topics.push(topic.clone());
-            continue;
-        }
-        for p in meta.partitions() {
+        for id in ids {
             let (low, high) = client
-                .fetch_watermarks(topic, p.id(), timeout)
-                .map_err(kafka(format!("watermarks of {topic}-{}", p.id())))?;
+                .fetch_watermarks(topic, id, timeout)
+                .map_err(kafka(format!("watermarks of {topic}-{id}")))?;
             partitions.push(PartitionOffsets {
                 id: PartitionId {
                     topic: topic.clone(),
-                    partition: p.id(),
+                    partition: id,
                 },
                 log_start: low,
                 log_end: high,
-                committed: committed.get(&(topic.clone(), p.id())).copied(),
+                committed: committed.get(&(topic.clone(), id)).copied(),
             });
         }
     }
@@ -109,4 +102,43 @@ fn read_blocking(
         missing_topics,
         rebalancing,
     })
+}
+
+/// The partition numbers of `topic`, or `None` when Kafka does not have it.
+fn partitions_of(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<Vec<i32>>, LagError> {
+    let metadata = admin
+        .inner()
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| LagError::Kafka {
+            what: format!("metadata of {topic}"),
+            message: e.to_string(),
+        })?;
+    Ok(metadata
+        .topics()
+        .first()
+        .filter(|meta| meta.error().is_none() && !meta.partitions().is_empty())
+        .map(|meta| meta.partitions().iter().map(|p| p.id()).collect()))
+}
+
+/// Which of `topics` Kafka does not have. Blocking calls run on the blocking pool.
+pub async fn missing(
+    admin: Arc<AdminClient<DefaultClientContext>>,
+    topics: Vec<String>,
+    timeout: Duration,
+) -> Result<Vec<String>, LagError> {
+    tokio::task::spawn_blocking(move || {
+        let mut missing = Vec::new();
+        for topic in topics {
+            if partitions_of(&admin, &topic, timeout)?.is_none() {
+                missing.push(topic);
+            }
+        }
+        Ok(missing)
+    })
+    .await
+    .map_err(|e| LagError::Task(e.to_string()))?
 }

@@ -281,6 +281,16 @@ async fn reconcile_pipeline(p: &Pipeline, state: &PipelineController) -> Result<
     };
     if let Some(r) = &reading {
         observed.missing_inputs = r.missing_topics.clone();
+        match lag::missing(
+            ctx.kafka.client(),
+            topics::other_topics(p),
+            ctx.kafka.timeout(),
+        )
+        .await
+        {
+            Ok(missing) => observed.missing_others = missing,
+            Err(err) => observed.kafka_error = Some(err.to_string()),
+        }
     }
     let current = existing
         .as_ref()

@@ -21,6 +21,9 @@ pub struct Observed {
     pub spec_errors: Vec<String>,
     /// Input topics missing in Kafka.
     pub missing_inputs: Vec<String>,
+    /// Other topics the pipeline needs (outputs, route targets, enrich tables, the
+    /// dead-letter topic) missing in Kafka: the processors wait for them.
+    pub missing_others: Vec<String>,
     /// Kafka could not be asked (the error), so topics are unknown.
     pub kafka_error: Option<String>,
     /// The processor Deployment as the API server reports it, when it exists.
@@ -78,12 +81,23 @@ pub fn compute(
                 observed.missing_inputs.join(", ")
             ),
         )
+    } else if !observed.missing_others.is_empty() {
+        cond(
+            TOPICS_READY,
+            false,
+            "TopicMissing",
+            format!(
+                "topic(s) the pipeline writes to or reads as a table not found in Kafka: {} \
+                 (the processors wait until they exist)",
+                observed.missing_others.join(", ")
+            ),
+        )
     } else {
         cond(
             TOPICS_READY,
             true,
             "TopicsExist",
-            "all input topics exist".into(),
+            "every topic the pipeline reads and writes exists".into(),
         )
     };
     let available = if observed.deployment.is_none() {
@@ -232,6 +246,32 @@ mod tests {
                 .all(|c| c.observed_generation == Some(3))
         );
         assert_eq!((s.ready_replicas, s.desired_replicas, s.lag), (2, 2, 5));
+    }
+
+    #[test]
+    fn a_missing_output_or_table_topic_is_named() {
+        let obs = Observed {
+            deployment: Some(deployment(0, 1, 1)),
+            desired_replicas: 1,
+            missing_others: vec!["customers".into(), "totals".into()],
+            ..Observed::default()
+        };
+        let s = compute(Some(1), String::new(), &obs, &PipelineStatus::default());
+        let topics = get(&s, TOPICS_READY);
+        assert_eq!(
+            (topics.status.as_str(), topics.reason.as_str()),
+            ("False", "TopicMissing")
+        );
+        assert!(
+            topics.message.contains("customers, totals"),
+            "{}",
+            topics.message
+        );
+        let ready = get(&s, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "TopicMissing")
+        );
     }
 
     #[test]

@@ -28,6 +28,28 @@ pub fn resource_name(topic: &str) -> String {
     name.trim_matches('-').to_string()
 }
 
+/// Every topic `p` writes to or reads as a table, besides its inputs: outputs, route
+/// targets, enrich tables and the dead-letter topic (sorted, each once). The processor
+/// waits until all of them exist, so status names the missing ones.
+pub fn other_topics(p: &Pipeline) -> Vec<String> {
+    let spec = &p.spec;
+    let mut topics: Vec<String> = spec.outputs.iter().map(|o| o.topic.clone()).collect();
+    for step in &spec.steps {
+        if let Some(r) = &step.route {
+            topics.extend(r.routes.iter().map(|r| r.topic.clone()));
+            topics.extend(r.default.clone());
+        }
+        if let Some(e) = &step.enrich {
+            topics.push(e.table.clone());
+        }
+    }
+    topics.extend(spec.dead_letter.as_ref().map(|d| d.topic.clone()));
+    topics.sort();
+    topics.dedup();
+    topics.retain(|t| !spec.inputs.contains(t));
+    topics
+}
+
 /// The Topic resource to create for the dead-letter topic of `p`, if it has one.
 /// Its Kafka topic is kept when the Pipeline goes (`Retain`): dead letters are evidence.
 pub fn dead_letter_topic(p: &Pipeline) -> Option<Topic> {
@@ -89,6 +111,25 @@ pub async fn ensure(ctx: &Context, p: &Pipeline) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn other_topics_are_outputs_routes_tables_and_the_dead_letter_topic() {
+        let p: Pipeline = serde_json::from_value(serde_json::json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "Pipeline",
+            "metadata": {"name": "p", "namespace": "n"},
+            "spec": {
+                "inputs": ["orders"],
+                "steps": [
+                    {"name": "r", "route": {"routes": [{"when": "true", "topic": "big"}], "default": "rest"}},
+                    {"name": "e", "enrich": {"table": "customers", "key": "value.c", "into": "customer"}}
+                ],
+                "outputs": [{"topic": "out"}, {"topic": "big"}],
+                "deadLetter": {"topic": "dlq"}
+            }
+        }))
+        .unwrap();
+        assert_eq!(other_topics(&p), ["big", "customers", "dlq", "out", "rest"]);
+    }
 
     #[test]
     fn topic_names_become_resource_names() {
