@@ -350,6 +350,24 @@ fn seed_spec(input: &str, output: &str, dlq: &str) -> serde_json::Value {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_exactly_once_commit_interval_above_ten_seconds_commits() {
+    // Each commit interval is one transaction. With the transaction timeout fixed at
+    // 10 s, a 12 s interval was aborted by the broker before it could commit, every time.
+    let (bootstrap, name, input, output, _) = topics("slowcommit", 1).await;
+    let (records, _, kept) = orders(0, 300);
+    produce(&bootstrap, &input, &records).await;
+    let mut spec = cents_spec(&input, &output, "exactlyOnce");
+    spec["commitInterval"] = serde_json::json!("12s");
+    let manifest = write_manifest(&name, spec);
+    let p = Processor::start(&bootstrap, &manifest, &name);
+    let out = read_until(&bootstrap, &output, kept, &p);
+    let mut ids = order_ids_with_cents(&out);
+    assert_eq!(ids.len(), kept, "each kept order once");
+    ids.dedup();
+    assert_eq!(ids.len(), kept);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn seed_aggregation_gives_exact_totals_per_region() {
     let (bootstrap, name, input, output, dlq) = topics("seed", 3).await;
     let (records, totals, kept) = orders(0, 600);

@@ -2,10 +2,10 @@
 //! No Kafka here, so every path is unit-tested.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cel::{Context, Value};
-use sluice_crds::pipeline::PipelineSpec;
+use sluice_crds::pipeline::{Delivery, PipelineSpec};
 
 use crate::expr::{Expr, Needs, Scope, root_context, scope};
 use crate::format::RecordFormat;
@@ -56,6 +56,32 @@ impl Failure {
     }
 }
 
+/// The longest `commitInterval` under `exactlyOnce`. Each interval is one transaction,
+/// and brokers abort a transaction open longer than `transaction.max.timeout.ms` (15
+/// minutes by default); the processor asks for three intervals (see
+/// `kafka::worker::transaction_timeout`), so five minutes is the most that fits.
+pub const MAX_EXACTLY_ONCE_COMMIT_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Refuses a commit interval that is no duration, or too long for a transaction.
+fn check_commit_interval(spec: &PipelineSpec) -> Result<(), ConfigError> {
+    let interval = humantime::parse_duration(&spec.commit_interval).map_err(|e| {
+        ConfigError::Invalid(format!(
+            "commitInterval {:?} is not a duration (like 100ms or 2s): {e}",
+            spec.commit_interval
+        ))
+    })?;
+    if spec.delivery == Delivery::ExactlyOnce && interval > MAX_EXACTLY_ONCE_COMMIT_INTERVAL {
+        return Err(ConfigError::Invalid(format!(
+            "commitInterval {} is longer than {}, the most exactlyOnce allows: each interval \
+             is one Kafka transaction, and brokers abort transactions open longer than 15 \
+             minutes by default",
+            spec.commit_interval,
+            humantime::format_duration(MAX_EXACTLY_ONCE_COMMIT_INTERVAL)
+        )));
+    }
+    Ok(())
+}
+
 /// A pipeline ready to process records.
 pub struct Engine {
     name: String,
@@ -95,6 +121,7 @@ impl Engine {
         if spec.inputs.is_empty() {
             return Err(ConfigError::Invalid("spec.inputs is empty".to_string()));
         }
+        check_commit_interval(spec)?;
         let steps = spec
             .steps
             .iter()
@@ -554,6 +581,40 @@ delivery: exactlyOnce
             Some(b"k".to_vec()),
             Payload::Json(v),
         )
+    }
+
+    #[test]
+    fn an_exactly_once_commit_interval_longer_than_a_transaction_may_be_is_refused() {
+        let spec = |interval: &str, delivery: &str| -> PipelineSpec {
+            serde_saphyr::from_str(&format!(
+                "inputs: [in]\noutputs: [{{topic: out}}]\ncommitInterval: {interval}\ndelivery: {delivery}\n"
+            ))
+            .unwrap()
+        };
+        let m = || PipelineMetrics::detached("p");
+        let err = Engine::new("p", &spec("6m", "exactlyOnce"), m()).unwrap_err();
+        assert!(err.to_string().contains("longer than 5m"), "{err}");
+        assert!(Engine::new("p", &spec("5m", "exactlyOnce"), m()).is_ok());
+        assert!(Engine::new("p", &spec("6m", "atLeastOnce"), m()).is_ok());
+        let err = Engine::new("p", &spec("soon", "atLeastOnce"), m()).unwrap_err();
+        assert!(err.to_string().contains("not a duration"), "{err}");
+    }
+
+    #[test]
+    fn the_transaction_timeout_outlasts_three_commit_intervals_within_the_brokers_limit() {
+        use crate::kafka::worker::transaction_timeout;
+        assert_eq!(
+            transaction_timeout(Duration::from_millis(100)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            transaction_timeout(Duration::from_secs(12)),
+            Duration::from_secs(36)
+        );
+        assert_eq!(
+            transaction_timeout(Duration::from_secs(300)),
+            Duration::from_secs(900)
+        );
     }
 
     #[test]

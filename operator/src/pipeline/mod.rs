@@ -30,6 +30,7 @@ use sluice_processor::engine::Engine;
 use sluice_processor::metrics::PipelineMetrics;
 use tracing::{Instrument, debug, info, info_span};
 
+use crate::autoscaler::SettingsError;
 use crate::context::{Context, FIELD_MANAGER};
 use render::ProcessorDefaults;
 use scaler::Scalers;
@@ -108,6 +109,16 @@ pub fn validate(p: &Pipeline) -> Vec<String> {
         &p.spec.commit_interval,
     )
     .err()
+    // The engine reports a commit interval that is no duration itself.
+    .filter(|e| {
+        !matches!(
+            e,
+            SettingsError::Duration {
+                field: "commitInterval",
+                ..
+            }
+        )
+    })
     .map(|e| e.to_string());
     scaling.into_iter().chain(engine_errors(p)).collect()
 }
@@ -519,7 +530,15 @@ mod tests {
         p.spec.commit_interval = "5 parsecs".into();
         let errors = validate(&p);
         assert!(
-            errors.len() == 1 && errors[0].starts_with("commitInterval \"5 parsecs\""),
+            errors.len() == 1
+                && errors[0].starts_with("commitInterval \"5 parsecs\" is not a duration"),
+            "{errors:?}"
+        );
+        p.spec.commit_interval = "10m".into();
+        p.spec.delivery = sluice_crds::pipeline::Delivery::ExactlyOnce;
+        let errors = validate(&p);
+        assert!(
+            errors.len() == 1 && errors[0].contains("longer than 5m"),
             "{errors:?}"
         );
     }

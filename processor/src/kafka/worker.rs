@@ -72,6 +72,17 @@ fn keep_spare(buffers: &mut Vec<Vec<u8>>, buffer: Vec<u8>) {
 /// shutdown are looked at in between.
 const MAX_PACING_SLEEP: Duration = Duration::from_millis(50);
 
+/// The transaction timeout for `commitInterval`: a transaction spans one interval plus
+/// its commit, so three intervals, and never below 10 s (a commit after a slow poll or a
+/// long record must not find its transaction aborted by the broker). Capped at 15
+/// minutes, the brokers' default `transaction.max.timeout.ms`; the engine refuses longer
+/// intervals ([`crate::engine::MAX_EXACTLY_ONCE_COMMIT_INTERVAL`]).
+pub fn transaction_timeout(commit_interval: Duration) -> Duration {
+    commit_interval
+        .saturating_mul(3)
+        .clamp(Duration::from_secs(10), Duration::from_secs(900))
+}
+
 /// How long transactional calls may take.
 const TXN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -1027,8 +1038,9 @@ pub fn run(
         pcfg.set("message.send.max.retries", r.max(1).to_string());
     }
     if opts.exactly_once {
+        let timeout = transaction_timeout(opts.commit_interval);
         pcfg.set("transactional.id", &opts.transactional_id)
-            .set("transaction.timeout.ms", "10000");
+            .set("transaction.timeout.ms", timeout.as_millis().to_string());
     }
     let producer: BaseProducer<DeliveryTracker> = pcfg
         .create_with_context(DeliveryTracker::default())
