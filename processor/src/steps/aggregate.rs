@@ -242,6 +242,20 @@ pub struct Aggregate {
     window: Option<Tumbling>,
     emit: Emit,
     state: HashMap<i32, PartitionState>,
+    /// Milliseconds since the epoch now (the wall clock; tests set their own).
+    clock: fn() -> i64,
+}
+
+/// How far past the processor's clock a record's timestamp may be in a windowed
+/// aggregate. Stream time only moves forward: one record stamped in the far future (a
+/// producer's broken clock) would close every open window and make every later record
+/// late. Such a record is dead-lettered instead and stream time stays where it was.
+pub const MAX_FUTURE_MS: i64 = 3_600_000;
+
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn millis(step: &str, field: &str, value: &str) -> Result<i64, ConfigError> {
@@ -324,6 +338,7 @@ impl Aggregate {
             window,
             emit,
             state: HashMap::new(),
+            clock: wall_clock_ms,
         })
     }
 
@@ -385,6 +400,13 @@ impl Aggregate {
         let part = self.state.entry(partition).or_default();
         let window_start = match self.window {
             Some(w) => {
+                let now = (self.clock)();
+                if ts > now.saturating_add(MAX_FUTURE_MS) {
+                    return Err(StepError::Shape(format!(
+                        "timestamp {ts} is more than 1h ahead of the processor's clock \
+                         ({now}): refused, so that it does not close every open window"
+                    )));
+                }
                 let start = ts.div_euclid(w.size) * w.size;
                 if w.closes_at(start) <= part.stream_time {
                     return Err(StepError::Shape(format!(
@@ -797,6 +819,25 @@ mod tests {
                 .any(|(_, k, v)| k == "[\"eu\",0]" && v.is_none()),
             "{changes:?}"
         );
+    }
+
+    #[test]
+    fn a_far_future_timestamp_is_refused_and_leaves_stream_time_alone() {
+        let mut a = windowed("window: {tumbling: 1m}\n");
+        a.clock = || 10 * 60_000;
+        let rec = |t: f64| serde_json::json!({"region": "x", "total": t});
+        feed_at(&mut a, 0, 60_000, rec(1.0)).unwrap();
+        // Ten hours ahead of the clock: refused.
+        let err = feed_at(&mut a, 0, 10 * 3_600_000, rec(2.0)).unwrap_err();
+        assert!(
+            err.to_string().contains("ahead of the processor's clock"),
+            "{err}"
+        );
+        // The open window still takes records: nothing was closed.
+        let out = feed_at(&mut a, 0, 90_000, rec(3.0)).unwrap();
+        assert_eq!(values(&out)[0]["total"], serde_json::json!(4.0));
+        // Within an hour of the clock is fine.
+        assert!(feed_at(&mut a, 0, 10 * 60_000 + MAX_FUTURE_MS, rec(1.0)).is_ok());
     }
 
     #[test]
