@@ -360,6 +360,56 @@ async fn missing_output_and_table_topics_are_named_until_they_exist() {
 }
 
 #[tokio::test]
+async fn a_pipeline_never_takes_over_objects_it_did_not_create() {
+    let f = fixture("takeover").await;
+    f.topics(&[("orders", 1), ("totals", 1)]).await;
+    // Somebody's ConfigMap already has the name the processor's config would get.
+    let theirs = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "taken-processor"},
+        "data": {"owner": "someone else"}
+    });
+    cluster::apply(&f.client, &f.ns, &theirs).await.unwrap();
+    let spec = json!({"inputs": [f.topic("orders")], "outputs": [{"topic": f.topic("totals")}]});
+    f.pipeline("taken", spec).await;
+    let api = f.pipelines();
+    let ready = wait_for(Duration::from_secs(60), "ResourceConflict", || async {
+        let p = api.get("taken").await.ok()?;
+        p.status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready" && c.reason == "ResourceConflict")
+    })
+    .await;
+    assert_eq!(ready.status, "False");
+    assert!(
+        ready.message.contains("ConfigMap taken-processor"),
+        "{}",
+        ready.message
+    );
+    let deployments: Api<Deployment> = Api::namespaced(f.client.clone(), &f.ns);
+    assert!(
+        deployments
+            .get_opt("taken-processor")
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing deployed"
+    );
+    // Theirs is untouched and carries no owner reference, so deleting the Pipeline
+    // cannot take it along.
+    let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(f.client.clone(), &f.ns);
+    let cm = configmaps.get("taken-processor").await.unwrap();
+    assert_eq!(
+        cm.data.unwrap_or_default().get("owner").map(String::as_str),
+        Some("someone else")
+    );
+    assert!(cm.metadata.owner_references.unwrap_or_default().is_empty());
+    f.finish().await;
+}
+
+#[tokio::test]
 async fn spec_change_rolls_out_without_losing_or_duplicating_records() {
     let f = fixture("rollout").await;
     f.topics(&[("orders", 3), ("totals", 3), ("dlq", 1)]).await;

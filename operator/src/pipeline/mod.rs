@@ -340,9 +340,17 @@ async fn reconcile_pipeline(p: &Pipeline, state: &PipelineController) -> Result<
             observed.last_scale = outcome.last_scale;
         }
         topics::ensure(ctx, p).await?;
-        let deployed =
+        let applied =
             apply_children(p, state, existing.as_ref(), observed.desired_replicas).await?;
-        if deployed {
+        if let Applied::Conflict(message) = &applied {
+            // Once per conflict, not every tick: status already says it otherwise.
+            if previous.conditions.iter().all(|c| c.message != *message) {
+                ctx.event(&oref, KIND, true, "ResourceConflict", message.clone())
+                    .await;
+            }
+            observed.conflict = Some(message.clone());
+        }
+        if applied == Applied::Written {
             let note = format!(
                 "processor Deployment {} applied with {} replica(s)",
                 render::processor_name(&name),
@@ -388,14 +396,27 @@ async fn reconcile_pipeline(p: &Pipeline, state: &PipelineController) -> Result<
     Ok(Action::requeue(state.settings.tick))
 }
 
+/// What [`apply_children`] did.
+#[derive(Debug, Clone, PartialEq)]
+enum Applied {
+    /// The children were already as rendered.
+    Unchanged,
+    /// The children were written.
+    Written,
+    /// An object with a child's name exists and is not this Pipeline's: nothing was
+    /// written, and this says which.
+    Conflict(String),
+}
+
 /// Applies the ConfigMap, Deployment and Service unless the existing Deployment carries
-/// the fingerprint of exactly what would be applied. Returns whether anything was written.
+/// the fingerprint of exactly what would be applied, and never over an object with a
+/// child's name that this Pipeline does not own.
 async fn apply_children(
     p: &Pipeline,
     state: &PipelineController,
     existing: Option<&Deployment>,
     replicas: i32,
-) -> Result<bool, Error> {
+) -> Result<Applied, Error> {
     let ctx = &state.ctx;
     let ns = p.namespace().unwrap_or_default();
     let name = render::processor_name(&p.name_any());
@@ -409,7 +430,36 @@ async fn apply_children(
         .and_then(|d| d.metadata.annotations.as_ref())
         .and_then(|a| a.get(render::RENDERED_ANNOTATION));
     if applied == Some(&fingerprint) {
-        return Ok(false);
+        return Ok(Applied::Unchanged);
+    }
+    let svc_name = service.metadata.name.clone().unwrap_or_default();
+    let configmaps = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns);
+    let services = Api::<Service>::namespaced(ctx.client.clone(), &ns);
+    let mut taken = Vec::new();
+    if existing.is_some_and(|d| render::foreign(&d.metadata, p)) {
+        taken.push(format!("Deployment {name}"));
+    }
+    let cm_meta = configmaps
+        .get_metadata_opt(&name)
+        .await
+        .map_err(Error::kube("read the processor ConfigMap"))?;
+    if cm_meta.is_some_and(|m| render::foreign(&m.metadata, p)) {
+        taken.push(format!("ConfigMap {name}"));
+    }
+    let svc_meta = services
+        .get_metadata_opt(&svc_name)
+        .await
+        .map_err(Error::kube("read the processor metrics Service"))?;
+    if svc_meta.is_some_and(|m| render::foreign(&m.metadata, p)) {
+        taken.push(format!("Service {svc_name}"));
+    }
+    if !taken.is_empty() {
+        return Ok(Applied::Conflict(format!(
+            "{} already exist(s) and belong(s) to something else, so nothing was deployed: \
+             rename the Pipeline or remove them (if the Pipeline was just recreated, they go \
+             with the old one in a moment)",
+            taken.join(", ")
+        )));
     }
     deployment
         .metadata
@@ -417,12 +467,11 @@ async fn apply_children(
         .get_or_insert_with(Default::default)
         .insert(render::RENDERED_ANNOTATION.to_string(), fingerprint);
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)
+    configmaps
         .patch(&name, &params, &Patch::Apply(&cm))
         .await
         .map_err(Error::kube("apply the processor ConfigMap"))?;
-    let svc_name = service.metadata.name.clone().unwrap_or_default();
-    Api::<Service>::namespaced(ctx.client.clone(), &ns)
+    services
         .patch(&svc_name, &params, &Patch::Apply(&service))
         .await
         .map_err(Error::kube("apply the processor metrics Service"))?;
@@ -431,7 +480,7 @@ async fn apply_children(
         .await
         .map_err(Error::kube("apply the processor Deployment"))?;
     ctx.metrics.kube_write(KIND, "children");
-    Ok(true)
+    Ok(Applied::Written)
 }
 
 async fn write_status(

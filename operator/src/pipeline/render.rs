@@ -111,6 +111,19 @@ fn meta(p: &Pipeline, name: String) -> Result<ObjectMeta, RenderError> {
     })
 }
 
+/// Whether an existing object with a child's name is not `p`'s: no controller owner
+/// reference to this Pipeline (by UID). The operator never takes such an object over: a
+/// force-apply would rewrite it, and the owner reference would let the garbage collector
+/// delete it with the Pipeline.
+pub fn foreign(existing: &ObjectMeta, p: &Pipeline) -> bool {
+    let uid = p.metadata.uid.as_deref();
+    !existing
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && uid == Some(o.uid.as_str()) && o.kind == "Pipeline")
+}
+
 fn owner(p: &Pipeline) -> Result<OwnerReference, RenderError> {
     p.controller_owner_ref(&())
         .ok_or(RenderError::MissingMetadata("uid"))
@@ -412,6 +425,17 @@ mod tests {
             (owner.kind.as_str(), owner.controller),
             ("Pipeline", Some(true))
         );
+    }
+
+    #[test]
+    fn only_objects_this_pipeline_controls_are_its_own() {
+        let p = pipeline();
+        let ours = config_map(&p, String::new()).unwrap().metadata;
+        assert!(!foreign(&ours, &p));
+        assert!(foreign(&ObjectMeta::default(), &p), "no owner: not ours");
+        let mut recreated = p.clone();
+        recreated.metadata.uid = Some("another-uid".into());
+        assert!(foreign(&ours, &recreated), "the old Pipeline's child");
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub const DEGRADED: &str = "Degraded";
 pub struct Observed {
     /// The spec's problems (invalid expressions, ...); empty when valid.
     pub spec_errors: Vec<String>,
+    /// An object with a child's name belongs to something else (nothing deployed).
+    pub conflict: Option<String>,
     /// Input topics missing in Kafka.
     pub missing_inputs: Vec<String>,
     /// Other topics the pipeline needs (outputs, route targets, enrich tables, the
@@ -163,6 +165,8 @@ pub fn compute(
     };
     let ready_cond = if !observed.spec_errors.is_empty() {
         cond(READY, false, "InvalidSpec", observed.spec_errors.join("; "))
+    } else if let Some(conflict) = &observed.conflict {
+        cond(READY, false, "ResourceConflict", conflict.clone())
     } else if topics.status != "True" {
         cond(READY, false, &topics.reason, topics.message.clone())
     } else if available.status != "True" {
