@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::State;
@@ -10,6 +9,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use crate::health::MAX_SILENCE;
 use crate::kafka::worker::Status;
 use crate::metrics::Metrics;
 
@@ -23,7 +23,7 @@ struct AppState {
 pub fn router(metrics: Arc<Metrics>, status: Arc<Status>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(health_handler))
         .route("/readyz", get(ready_handler))
         .with_state(AppState { metrics, status })
 }
@@ -39,12 +39,23 @@ async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn ready_handler(State(s): State<AppState>) -> impl IntoResponse {
-    if s.status.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
+    match s.status.not_ready() {
+        None => (StatusCode::OK, "ready\n".to_string()),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
+    }
+}
+
+async fn health_handler(State(s): State<AppState>) -> impl IntoResponse {
+    // The clock starts with the process, so joining and restoring count as turning.
+    if s.status.alive(MAX_SILENCE) {
+        (StatusCode::OK, "ok\n")
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: joining the group or restoring state\n",
+            "the worker loop has not turned for 15 minutes\n",
         )
     }
 }

@@ -7,6 +7,7 @@ pub mod engine;
 pub mod expr;
 pub mod format;
 pub mod generate;
+pub mod health;
 pub mod http;
 pub mod json_object;
 pub mod kafka;

@@ -433,3 +433,44 @@ fn an_output_that_fails_for_a_passing_reason_is_produced_again_not_dead_lettered
         dlq.iter().map(|r| &r.headers).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn a_replica_that_keeps_rewinding_reports_no_progress_until_it_commits_again() {
+    let (cluster, bootstrap) = cluster();
+    produce(&bootstrap, "in", &["not json"]);
+    // The dead-letter topic refuses the record again and again: each refusal rewinds
+    // the worker, which tries again; nothing moves.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 20],
+    );
+    let (status, handle) = start_worker(&bootstrap, false);
+    let start = Instant::now();
+    let stalled = loop {
+        if let Some(why) = status.not_ready().filter(|w| w.contains("no progress")) {
+            break why;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "never reported");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        stalled.contains("dead-letter") || stalled.contains("flush"),
+        "{stalled}"
+    );
+    // Once the broker takes records again the record is dead-lettered, the offset is
+    // committed, and the replica is ready again.
+    let dlq = read(&bootstrap, "dlq", 1);
+    let start = Instant::now();
+    while status.not_ready().is_some() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{:?}",
+            status.not_ready()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    status.shutdown.store(true, Ordering::Relaxed);
+    handle.join().unwrap().unwrap();
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].value, "not json");
+}

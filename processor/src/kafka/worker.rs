@@ -32,7 +32,7 @@
 //! come back in order and are handled here as above.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -116,14 +116,7 @@ pub struct WorkerOptions {
     pub restore_timeout: Duration,
 }
 
-/// Shared flags between the worker and the HTTP server / signal handler.
-#[derive(Debug, Default)]
-pub struct Status {
-    /// Set once the consumer joined the group and state is restored.
-    pub ready: AtomicBool,
-    /// Set to stop: the worker commits, leaves the group and returns.
-    pub shutdown: AtomicBool,
-}
+pub use crate::health::Status;
 
 /// Why the worker stopped.
 #[derive(Debug, thiserror::Error)]
@@ -837,6 +830,7 @@ impl Core {
             consumer
                 .commit(&partition_list(&offsets)?, CommitMode::Async)
                 .map_err(WorkerError::Commit)?;
+            self.status.committed();
             self.engine.metrics().commits.inc();
         }
         Ok(())
@@ -877,9 +871,7 @@ impl Core {
                     .send_offsets_to_transaction(&tpl, &cgm, TXN_TIMEOUT)
                     .map_err(WorkerError::Transaction)?;
             }
-            self.producer
-                .commit_transaction(TXN_TIMEOUT)
-                .map_err(WorkerError::Transaction)?;
+            commit_transaction(&self.producer).map_err(WorkerError::Transaction)?;
             self.in_txn = false;
             self.next_epoch();
         } else {
@@ -898,6 +890,7 @@ impl Core {
             }
             self.next_epoch();
         }
+        self.status.committed();
         let metrics = self.engine.metrics();
         metrics.commits.inc();
         metrics.batch_size.observe(self.batch as f64);
@@ -958,6 +951,7 @@ impl Core {
         cause: &WorkerError,
     ) -> Result<(), WorkerError> {
         tracing::warn!(error = %cause, "rewinding to the last commit");
+        self.status.rewound(&cause.to_string());
         self.discard_uncommitted();
         // The consumer goes back to the committed offsets and reads again what the lane
         // still holds.
@@ -999,6 +993,21 @@ fn abort(producer: &BaseProducer<DeliveryTracker>) -> Result<(), KafkaError> {
         match producer.abort_transaction(Duration::from_secs(1)) {
             Err(KafkaError::Transaction(e)) if e.is_retriable() && Instant::now() < deadline => {
                 producer.poll(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Commits the open transaction. A retriable error (the commit timed out, the
+/// coordinator moved) leaves the transaction committing: librdkafka's documented answer
+/// is to call commit again, not to abort what may already be committed.
+fn commit_transaction(producer: &BaseProducer<DeliveryTracker>) -> Result<(), KafkaError> {
+    let deadline = Instant::now() + TXN_TIMEOUT;
+    loop {
+        match producer.commit_transaction(TXN_TIMEOUT) {
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && Instant::now() < deadline => {
+                tracing::warn!(error = %e, "committing the transaction again");
             }
             other => return other,
         }
@@ -1200,6 +1209,7 @@ fn run_loop(
             continue;
         }
         since_housekeeping = 0;
+        status.beat();
         c.publish_counts();
         c.producer.poll(Duration::ZERO);
         let ended = if c.due() {
