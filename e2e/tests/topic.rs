@@ -251,14 +251,18 @@ async fn kafka_set_config(bootstrap: &str, topic: &str, config: &[(&str, &str)])
 /// Installs (server-side applies) the Topic CRD, the only one these tests need, and waits
 /// until it is Established.
 async fn install_topic_crd(client: &Client) {
+    install_crd(client, "topics.sluice.dev").await;
+}
+
+async fn install_crd(client: &Client, name: &str) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd = sluice_crds::generate::crds()
         .into_iter()
-        .find(|c| c.metadata.name.as_deref() == Some("topics.sluice.dev"))
-        .expect("the Topic CRD");
+        .find(|c| c.metadata.name.as_deref() == Some(name))
+        .expect("the CRD");
     api.patch(
-        "topics.sluice.dev",
+        name,
         &PatchParams::apply(cluster::FIELD_MANAGER).force(),
         &Patch::Apply(&crd),
     )
@@ -267,10 +271,10 @@ async fn install_topic_crd(client: &Client) {
     let established = kube::runtime::wait::conditions::is_crd_established();
     tokio::time::timeout(
         WAIT,
-        kube::runtime::wait::await_condition(api, "topics.sluice.dev", established),
+        kube::runtime::wait::await_condition(api, name, established),
     )
     .await
-    .expect("Topic CRD Established")
+    .expect("CRD Established")
     .unwrap();
 }
 
@@ -663,6 +667,50 @@ async fn refuses_what_kafka_cannot_do_and_recovers_when_the_spec_is_fixed() {
         Some("5400000")
     );
     assert!(op.stop().await.success());
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn a_topic_a_stateful_pipeline_reads_does_not_grow_until_the_pipeline_goes() {
+    let s = setup("topic-state").await;
+    install_crd(&s.client, "pipelines.sluice.dev").await;
+    let op = Operator::start(&s.env, &s.ns, "a", &s.bootstrap).await;
+    let kname = cluster::unique("stateful");
+    create(
+        &s.topics,
+        "orders",
+        json!({"topicName": kname, "partitions": 2}),
+    )
+    .await;
+    wait_ready(&s.topics, "orders").await;
+    // A Pipeline summing per key reads it: its state lives per input partition.
+    let pipeline = json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "Pipeline",
+        "metadata": {"name": "totals"},
+        "spec": {"inputs": [kname], "outputs": [{"topic": "out"}], "steps": [
+            {"name": "sum", "aggregate": {"groupBy": {"r": "value.r"},
+             "aggregations": [{"name": "n", "op": "count"}]}}]}
+    });
+    cluster::apply(&s.client, &s.ns, &pipeline).await.unwrap();
+
+    patch_spec(&s.topics, "orders", json!({"partitions": 4})).await;
+    let t = wait_reason(&s.topics, "orders", "NotSupported").await;
+    let (_, _, msg) = ready(&t).unwrap();
+    assert!(msg.contains("Pipeline(s) totals"), "{msg}");
+    assert_eq!(kafka_layout(&s.bootstrap, &kname).await, Some((2, 1)));
+
+    // Without the Pipeline the topic grows.
+    let pipelines: Api<sluice_crds::Pipeline> = Api::namespaced(s.client.clone(), &s.ns);
+    pipelines
+        .delete("totals", &Default::default())
+        .await
+        .unwrap();
+    wait_ready(&s.topics, "orders").await;
+    wait_kafka("4 partitions", Some((4, 1)), || {
+        kafka_layout(&s.bootstrap, &kname)
+    })
+    .await;
+    op.stop().await;
     s.finish().await;
 }
 

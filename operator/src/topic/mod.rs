@@ -23,7 +23,7 @@ use kube::{Api, Resource, ResourceExt};
 use rdkafka::error::RDKafkaErrorCode;
 use serde_json::json;
 use sluice_crds::topic::DeletionPolicy;
-use sluice_crds::{Topic, TopicStatus};
+use sluice_crds::{Pipeline, Topic, TopicStatus};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::context::{Context, FIELD_MANAGER};
@@ -248,7 +248,25 @@ async fn reconcile_topic(topic: &Topic, state: &TopicController) -> Result<Actio
             return kafka_failed(topic, &api, state, &oref, &desired.name, "describe", e).await;
         }
     };
-    let plan = plan::plan(&desired, observed.as_ref());
+    let mut plan = plan::plan(&desired, observed.as_ref());
+    if matches!(
+        plan,
+        Plan::Update {
+            partitions: Some(_),
+            ..
+        }
+    ) {
+        // Growing: not while a Pipeline keeps state per partition of this topic.
+        let pipelines: Api<Pipeline> = Api::namespaced(ctx.client.clone(), &namespace);
+        let items = match pipelines.list(&Default::default()).await {
+            Ok(list) => list.items,
+            // The Pipeline kind is not installed: no Pipeline reads the topic.
+            Err(kube::Error::Api(e)) if e.code == 404 => Vec::new(),
+            Err(e) => return Err(Error::kube("list the Pipelines reading the topic")(e)),
+        };
+        let readers = plan::stateful_readers(&desired.name, &items);
+        plan = plan.unless_state_splits(&readers);
+    }
     debug!(?plan, "planned");
 
     if let Some(o) = &observed {

@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use sluice_crds::Topic;
+use kube::ResourceExt;
+use sluice_crds::{Pipeline, Topic};
 
 use crate::kafka::{ConfigOp, TopicState};
 
@@ -89,6 +90,25 @@ fn reserved(name: &str) -> Option<String> {
              pipeline manages; a Topic cannot claim it"
         )
     })
+}
+
+/// The names of the Pipelines among `pipelines` that read `topic` with an aggregate or
+/// dedupe step: their state is kept per input partition.
+pub fn stateful_readers<'a>(
+    topic: &str,
+    pipelines: impl IntoIterator<Item = &'a Pipeline>,
+) -> Vec<String> {
+    pipelines
+        .into_iter()
+        .filter(|p| p.spec.inputs.iter().any(|i| i == topic))
+        .filter(|p| {
+            p.spec
+                .steps
+                .iter()
+                .any(|s| s.aggregate.is_some() || s.dedupe.is_some())
+        })
+        .map(|p| p.name_any())
+        .collect()
 }
 
 /// A change Kafka cannot make, or a config Kafka does not accept.
@@ -186,6 +206,24 @@ pub enum Plan {
 }
 
 impl Plan {
+    /// Refuses to grow the topic's partitions while `readers` (Pipelines that keep state
+    /// per partition of it) exist; any other plan is kept.
+    pub fn unless_state_splits(self, readers: &[String]) -> Plan {
+        match self {
+            Plan::Update {
+                partitions: Some((from, to)),
+                ..
+            } if !readers.is_empty() => Plan::Refuse(Refusal::NotSupported(format!(
+                "cannot grow from {from} to {to} partitions: Pipeline(s) {} keep state per \
+                 partition of this topic (an aggregate or dedupe step), and more partitions \
+                 would split each key's state between two; write to a new topic with more \
+                 partitions instead, or delete those Pipelines first",
+                readers.join(", ")
+            ))),
+            other => other,
+        }
+    }
+
     /// True when nothing needs to change.
     pub fn in_sync(&self) -> bool {
         matches!(
@@ -329,6 +367,43 @@ mod tests {
         assert!(validate(&t).unwrap_err().contains("not a valid"));
         t.spec.topic_name = Some("x".repeat(250));
         assert!(validate(&t).unwrap_err().contains("249"));
+    }
+
+    #[test]
+    fn a_topic_read_by_a_stateful_pipeline_does_not_grow() {
+        let pipeline = |name: &str, steps: serde_json::Value| -> Pipeline {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "sluice.dev/v1alpha1", "kind": "Pipeline",
+                "metadata": {"name": name, "namespace": "n"},
+                "spec": {"inputs": ["orders"], "steps": steps, "outputs": [{"topic": "out"}]}
+            }))
+            .unwrap()
+        };
+        let pipelines = [
+            pipeline(
+                "totals",
+                serde_json::json!([{"name": "sum", "aggregate": {
+                "groupBy": {"r": "value.r"}, "aggregations": [{"name": "n", "op": "count"}]}}]),
+            ),
+            pipeline(
+                "clean",
+                serde_json::json!([{"name": "keep", "filter": "true"}]),
+            ),
+        ];
+        let readers = stateful_readers("orders", &pipelines);
+        assert_eq!(readers, ["totals"]);
+        assert!(stateful_readers("refunds", &pipelines).is_empty());
+
+        let grow = plan(&desired(6, None, &[]), Some(&state(3, 1, &[])));
+        let Plan::Refuse(r) = grow.clone().unless_state_splits(&readers) else {
+            panic!()
+        };
+        assert_eq!(r.reason(), "NotSupported");
+        assert!(r.message().contains("from 3 to 6"), "{}", r.message());
+        assert!(r.message().contains("totals"), "{}", r.message());
+        assert_eq!(grow.clone().unless_state_splits(&[]), grow);
+        let same = plan(&desired(3, None, &[]), Some(&state(3, 1, &[])));
+        assert_eq!(same.clone().unless_state_splits(&readers), same);
     }
 
     #[test]
