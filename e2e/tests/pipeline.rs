@@ -410,6 +410,45 @@ async fn a_pipeline_never_takes_over_objects_it_did_not_create() {
 }
 
 #[tokio::test]
+async fn a_scaling_change_resizes_without_rolling_the_processors() {
+    let f = fixture("resize").await;
+    f.topics(&[("orders", 2), ("totals", 1)]).await;
+    let spec = |max: i32| {
+        json!({
+            "inputs": [f.topic("orders")],
+            "outputs": [{"topic": f.topic("totals")}],
+            "scaling": {"minReplicas": 1, "maxReplicas": max, "lagTarget": "20s"},
+        })
+    };
+    f.pipeline("sized", spec(1)).await;
+    let api = f.pipelines();
+    wait_for(Duration::from_secs(120), "Ready=True", || async {
+        let p = api.get("sized").await.ok()?;
+        p.status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready" && c.status == "True")
+    })
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(f.client.clone(), &f.ns);
+    let template = |d: Deployment| d.spec.map(|s| s.template);
+    let before = template(deployments.get("sized-processor").await.unwrap());
+    f.pipeline("sized", spec(2)).await;
+    let generation = api.get("sized").await.unwrap().metadata.generation;
+    wait_for(Duration::from_secs(60), "the new spec observed", || async {
+        let s = api.get("sized").await.ok()?.status?;
+        (s.observed_generation == generation).then_some(())
+    })
+    .await;
+    let after = template(deployments.get("sized-processor").await.unwrap());
+    assert_eq!(
+        after, before,
+        "the pod template, and so the pods, are unchanged"
+    );
+    f.finish().await;
+}
+
+#[tokio::test]
 async fn spec_change_rolls_out_without_losing_or_duplicating_records() {
     let f = fixture("rollout").await;
     f.topics(&[("orders", 3), ("totals", 3), ("dlq", 1)]).await;

@@ -17,6 +17,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use sluice_crds::Pipeline;
+use sluice_crds::pipeline::{PipelineSpec, Scaling};
 
 /// Label every object of a pipeline carries, with the pipeline's name.
 pub const PIPELINE_LABEL: &str = "sluice.dev/pipeline";
@@ -130,15 +131,30 @@ fn owner(p: &Pipeline) -> Result<OwnerReference, RenderError> {
 }
 
 /// The processor config: the Pipeline as a manifest (apiVersion, kind, name, namespace,
-/// spec), the same file `sluice-processor run -f` reads.
+/// spec), the same file `sluice-processor run -f` reads, holding only what the processor
+/// runs ([`processor_spec`]).
 pub fn config_text(p: &Pipeline) -> Result<String, RenderError> {
     let doc = serde_json::json!({
         "apiVersion": "sluice.dev/v1alpha1",
         "kind": "Pipeline",
         "metadata": {"name": p.name_any(), "namespace": p.namespace()},
-        "spec": p.spec,
+        "spec": processor_spec(&p.spec),
     });
     Ok(serde_json::to_string_pretty(&doc)?)
+}
+
+/// The part of a spec the processor runs: everything but how the pipeline is sized and
+/// where it runs (`scaling`, `replicas`, `resources`, `image`). Those change the
+/// Deployment, not the processor, so they stay out of the config and its hash: a new
+/// `maxReplicas`, or HPA writing `spec.replicas` in external mode, never rolls the pods.
+pub fn processor_spec(spec: &PipelineSpec) -> PipelineSpec {
+    PipelineSpec {
+        scaling: Scaling::default(),
+        replicas: None,
+        resources: None,
+        image: None,
+        ..spec.clone()
+    }
 }
 
 /// Hash of the processor config, put in the pod template so a spec change rolls out.
@@ -394,6 +410,23 @@ mod tests {
         changed.spec.inputs.push("refunds".into());
         assert_ne!(before, config_hash(&config_text(&changed).unwrap()));
         assert_eq!(before, config_hash(&config_text(&p).unwrap()));
+    }
+
+    #[test]
+    fn sizing_changes_leave_the_config_and_its_hash_alone() {
+        let p = pipeline();
+        let before = config_text(&p).unwrap();
+        let mut resized = p.clone();
+        resized.spec.scaling.max_replicas = 7;
+        resized.spec.scaling.lag_target = "5s".into();
+        resized.spec.replicas = Some(3);
+        assert_eq!(config_text(&resized).unwrap(), before);
+        // What the processor runs is all there.
+        let mut limited = p.clone();
+        limited.spec.rate_limit = Some(sluice_crds::pipeline::RateLimit {
+            records_per_second: 10,
+        });
+        assert_ne!(config_text(&limited).unwrap(), before);
     }
 
     #[test]
