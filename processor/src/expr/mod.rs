@@ -30,6 +30,31 @@ pub struct CompileError {
     pub message: String,
 }
 
+/// The functions `program` calls that CEL does not define, so that a typo is refused
+/// when the spec is checked rather than on every record. Each named call is probed on an
+/// empty context, as a global and as a member function without arguments: a function CEL
+/// defines fails there for its arguments, an undefined one as an undeclared reference.
+fn unknown_functions(program: &Program) -> Vec<String> {
+    let references = program.references();
+    let called = references.functions();
+    let named = called
+        .into_iter()
+        .filter(|f| !f.is_empty() && f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|f| !f.starts_with('_'));
+    let root = Context::default();
+    let undeclared = |probe: String, name: &str| match Program::compile(&probe) {
+        Ok(p) => matches!(
+            p.execute(&root),
+            Err(cel::ExecutionError::UndeclaredReference(r)) if r.as_str() == name
+        ),
+        Err(_) => false,
+    };
+    named
+        .filter(|f| undeclared(format!("{f}()"), f) && undeclared(format!("0.{f}()"), f))
+        .map(str::to_string)
+        .collect()
+}
+
 /// An expression that failed on a record.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EvalError {
@@ -176,6 +201,18 @@ impl Expr {
             source_text: source.to_string(),
             message: e.to_string(),
         })?;
+        let unknown = unknown_functions(&program);
+        if !unknown.is_empty() {
+            return Err(CompileError {
+                source_text: source.to_string(),
+                message: format!(
+                    "no such function: {} (CEL's standard functions are size, contains, \
+                     startsWith, endsWith, matches, int, uint, double, string, bytes, bool, \
+                     duration, timestamp, ...)",
+                    unknown.join(", ")
+                ),
+            });
+        }
         let needs = Needs::of(program.expression());
         let native = native::lower(program.expression());
         Ok(Self {
@@ -486,6 +523,46 @@ pub fn cel_to_json(v: &Value) -> Result<serde_json::Value, ToJsonError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_to_a_function_cel_does_not_define_is_refused_at_compile() {
+        let err = Expr::compile("value.total.frobnicate() > 1").unwrap_err();
+        assert!(
+            err.message.contains("no such function: frobnicate"),
+            "{err}"
+        );
+        let err = Expr::compile("lenght(value.items) > 0").unwrap_err();
+        assert!(err.message.contains("lenght"), "{err}");
+        for fine in [
+            "size(value.items) > 0",
+            "value.items.size() > 0",
+            "value.name.startsWith('a') && value.name.endsWith('z')",
+            "value.name.contains('x') || value.name.matches('^a')",
+            "int(value.x) + 1 > double(value.y)",
+            "string(value.n) == 'x' && bool(value.b) && bytes('x') == b'x'",
+            "has(value.x) && [1, 2].exists(x, x > 1) && [1].all(x, x > 0)",
+            "[1, 2].map(x, x * 2).filter(x, x > 2).size() == 1",
+            "timestamp(value.t) > timestamp('2024-01-01T00:00:00Z')",
+            "duration('1s') < duration('2s') && type(1) == int && dyn(1) == 1",
+            "value.region in ['eu', 'us'] && !(value.total < 0.0)",
+            "value.total > 0.0 ? 'pos' : 'neg'",
+            "uint(1) == 1u && 1 != 2",
+        ] {
+            assert!(
+                Expr::compile(fine).is_ok(),
+                "{fine}: {:?}",
+                Expr::compile(fine).err()
+            );
+        }
+        // `max` is not in this CEL library: it would fail on every record, so it is
+        // refused here.
+        let runtime = Program::compile("max(1, 2)")
+            .unwrap()
+            .execute(&Context::default());
+        assert!(runtime.is_err(), "{runtime:?}");
+        assert!(Expr::compile("max(1, 2) == 2").is_err());
+    }
+
     use crate::record::{Payload, Record};
 
     fn rec(value: serde_json::Value) -> Record {
