@@ -92,6 +92,7 @@ mod tests {
         Observation {
             now: Duration::from_secs(secs),
             partitions: vec![],
+            internal: vec![],
             replicas,
             ready_replicas: ready,
             rebalancing,

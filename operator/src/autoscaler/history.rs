@@ -28,6 +28,8 @@ pub(crate) struct Sample {
     pub ready: u32,
     pub rebalancing: bool,
     pub parts: BTreeMap<PartitionId, PartSample>,
+    /// Distinct input partitions (the internal ones are in `parts` too).
+    pub inputs: usize,
 }
 
 impl Sample {
@@ -38,7 +40,7 @@ impl Sample {
 
     /// Distinct input partitions in this sample.
     pub fn partition_count(&self) -> usize {
-        self.parts.len()
+        self.inputs
     }
 
     pub fn total_lag(&self) -> u64 {
@@ -170,9 +172,16 @@ impl History {
             self.samples.pop_back();
         }
         let previous = self.samples.back();
+        let inputs = obs
+            .partitions
+            .iter()
+            .map(|p| &p.id)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
         let parts = obs
             .partitions
             .iter()
+            .chain(&obs.internal)
             .map(|p| {
                 let (log_start, log_end) = p.bounds();
                 let mut lag = p.lag(start_from);
@@ -198,6 +207,7 @@ impl History {
             ready: obs.ready_replicas,
             rebalancing: obs.rebalancing,
             parts,
+            inputs,
         });
         let now = obs.now;
         while self.samples.len() > 2
@@ -374,6 +384,7 @@ mod tests {
                     committed: *committed,
                 })
                 .collect(),
+            internal: Vec::new(),
             replicas,
             ready_replicas: replicas,
             rebalancing: false,

@@ -278,8 +278,9 @@ async fn reconcile_pipeline(p: &Pipeline, state: &PipelineController) -> Result<
     let group = render::group_id(&ns, &name);
     let reading = lag::read(
         ctx.kafka.client(),
-        group,
+        group.clone(),
         p.spec.inputs.clone(),
+        topics::internal_consumed(p, &group),
         ctx.kafka.timeout(),
     )
     .await;
