@@ -118,12 +118,6 @@ impl PartialEq for InternalTopic {
     }
 }
 
-/// The repartition topic of a stateful step of the pipeline whose group is `group`
-/// (created when its inputs have more than one partition in all).
-pub fn repartition_topic(group: &str, step: &str) -> String {
-    format!("{group}-{step}-repartition")
-}
-
 /// Works out the topics. `partitions` gives the partition count of existing topics.
 pub fn plan(
     cfg: &PipelineConfig,
@@ -153,7 +147,7 @@ pub fn plan(
         let state_topic = if cfg.spec.inputs.len() == 1 && max == 1 {
             cfg.spec.inputs[0].clone()
         } else {
-            let t = repartition_topic(&group, step);
+            let t = format!("{group}-{step}-repartition");
             internal.push(InternalTopic {
                 name: t.clone(),
                 partitions: max,

@@ -92,7 +92,6 @@ mod tests {
         Observation {
             now: Duration::from_secs(secs),
             partitions: vec![],
-            internal: vec![],
             replicas,
             ready_replicas: ready,
             rebalancing,

@@ -28,8 +28,6 @@ pub(crate) struct Sample {
     pub ready: u32,
     pub rebalancing: bool,
     pub parts: BTreeMap<PartitionId, PartSample>,
-    /// Distinct input partitions (the internal ones are in `parts` too).
-    pub inputs: usize,
 }
 
 impl Sample {
@@ -40,7 +38,7 @@ impl Sample {
 
     /// Distinct input partitions in this sample.
     pub fn partition_count(&self) -> usize {
-        self.inputs
+        self.parts.len()
     }
 
     pub fn total_lag(&self) -> u64 {
@@ -172,16 +170,9 @@ impl History {
             self.samples.pop_back();
         }
         let previous = self.samples.back();
-        let inputs = obs
-            .partitions
-            .iter()
-            .map(|p| &p.id)
-            .collect::<std::collections::BTreeSet<_>>()
-            .len();
         let parts = obs
             .partitions
             .iter()
-            .chain(&obs.internal)
             .map(|p| {
                 let (log_start, log_end) = p.bounds();
                 let mut lag = p.lag(start_from);
@@ -207,7 +198,6 @@ impl History {
             ready: obs.ready_replicas,
             rebalancing: obs.rebalancing,
             parts,
-            inputs,
         });
         let now = obs.now;
         while self.samples.len() > 2
@@ -384,7 +374,6 @@ mod tests {
                     committed: *committed,
                 })
                 .collect(),
-            internal: Vec::new(),
             replicas,
             ready_replicas: replicas,
             rebalancing: false,

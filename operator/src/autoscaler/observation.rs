@@ -73,10 +73,6 @@ pub struct Observation {
     pub now: Duration,
     /// Every input partition (all input topics).
     pub partitions: Vec<PartitionOffsets>,
-    /// Partitions of internal topics the group also consumes (a stateful pipeline's
-    /// repartition topic): records waiting there are lag and work like any other, but they
-    /// do not raise the replica bound, which the input partitions set.
-    pub internal: Vec<PartitionOffsets>,
     /// Replicas the Deployment asks for now.
     pub replicas: u32,
     /// Replicas that are ready (started and consuming).

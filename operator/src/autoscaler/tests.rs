@@ -37,7 +37,6 @@ fn obs(secs: u64, parts: &[(i64, i64, Option<i64>)], replicas: u32) -> Observati
                 committed: *committed,
             })
             .collect(),
-        internal: Vec::new(),
         replicas,
         ready_replicas: replicas,
         rebalancing: false,
@@ -264,36 +263,6 @@ fn a_new_groups_backlog_is_sized_in_the_first_whole_interval_after_its_replica_i
         "{}",
         d.reason
     );
-}
-
-#[test]
-fn records_waiting_in_a_repartition_topic_are_lag_but_do_not_raise_the_bound() {
-    let mut scaler = Autoscaler::new(settings(1, 8));
-    let repartition = |committed: i64| -> Vec<PartitionOffsets> {
-        (0..2)
-            .map(|i| PartitionOffsets {
-                id: PartitionId {
-                    topic: "sluice-n-p-sum-repartition".into(),
-                    partition: i,
-                },
-                log_start: 0,
-                log_end: 50_000,
-                committed: Some(committed),
-            })
-            .collect()
-    };
-    // The inputs are read to their end; 100,000 forwarded records wait to be summed.
-    let mut o = obs(0, &[(0, 1_000, Some(1_000)); 2], 1);
-    o.internal = repartition(0);
-    let d = scaler.observe(&o);
-    assert_eq!(d.metrics.total_lag, 100_000, "{}", d.reason);
-    // One replica sums 500/s: far too slow for the 30 s target, yet the two input
-    // partitions bound the size.
-    let mut o = obs(5, &[(0, 1_000, Some(1_000)); 2], 1);
-    o.internal = repartition(1_250);
-    let d = scaler.observe(&o);
-    assert_eq!(d.replicas, 2, "{}", d.reason);
-    assert_eq!(d.metrics.total_lag, 97_500);
 }
 
 #[test]

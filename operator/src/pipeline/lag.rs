@@ -16,9 +16,6 @@ use crate::autoscaler::{PartitionId, PartitionOffsets};
 pub struct GroupReading {
     /// Every partition of every input topic that exists.
     pub partitions: Vec<PartitionOffsets>,
-    /// Every partition of the internal topics the group consumes that exist (a
-    /// repartition topic).
-    pub internal: Vec<PartitionOffsets>,
     /// Input topics Kafka does not have.
     pub missing_topics: Vec<String>,
     /// The group is between generations (members joining or leaving).
@@ -44,16 +41,14 @@ pub enum LagError {
     Task(String),
 }
 
-/// Reads the offsets of `group` over `inputs` and over those of the `internal` topics
-/// that exist. Blocking calls run on the blocking pool.
+/// Reads the offsets of `group` over `inputs`. Blocking calls run on the blocking pool.
 pub async fn read(
     admin: Arc<AdminClient<DefaultClientContext>>,
     group: String,
     inputs: Vec<String>,
-    internal: Vec<String>,
     timeout: Duration,
 ) -> Result<GroupReading, LagError> {
-    tokio::task::spawn_blocking(move || read_blocking(&admin, &group, &inputs, &internal, timeout))
+    tokio::task::spawn_blocking(move || read_blocking(&admin, &group, &inputs, timeout))
         .await
         .map_err(|e| LagError::Task(e.to_string()))?
 }
@@ -62,7 +57,6 @@ fn read_blocking(
     admin: &AdminClient<DefaultClientContext>,
     group: &str,
     inputs: &[String],
-    internal_topics: &[String],
     timeout: Duration,
 ) -> Result<GroupReading, LagError> {
     let client = admin.inner();
@@ -74,25 +68,17 @@ fn read_blocking(
     };
     let committed = offsets::committed_offsets(admin, group, timeout)?;
     let mut partitions = Vec::new();
-    let mut internal = Vec::new();
     let mut missing_topics = Vec::new();
-    let topics = inputs
-        .iter()
-        .map(|t| (t, false))
-        .chain(internal_topics.iter().map(|t| (t, true)));
-    for (topic, is_internal) in topics {
+    for topic in inputs {
         let Some(ids) = partitions_of(admin, topic, timeout)? else {
-            // An internal topic that does not exist is not used (yet).
-            if !is_internal {
-                missing_topics.push(topic.clone());
-            }
+            missing_topics.push(topic.clone());
             continue;
         };
         for id in ids {
             let (low, high) = client
                 .fetch_watermarks(topic, id, timeout)
                 .map_err(kafka(format!("watermarks of {topic}-{id}")))?;
-            let offsets = PartitionOffsets {
+            partitions.push(PartitionOffsets {
                 id: PartitionId {
                     topic: topic.clone(),
                     partition: id,
@@ -100,12 +86,7 @@ fn read_blocking(
                 log_start: low,
                 log_end: high,
                 committed: committed.get(&(topic.clone(), id)).copied(),
-            };
-            if is_internal {
-                internal.push(offsets);
-            } else {
-                partitions.push(offsets);
-            }
+            });
         }
     }
     let rebalancing = client
@@ -118,7 +99,6 @@ fn read_blocking(
         .unwrap_or(false);
     Ok(GroupReading {
         partitions,
-        internal,
         missing_topics,
         rebalancing,
     })

@@ -278,9 +278,8 @@ async fn reconcile_pipeline(p: &Pipeline, state: &PipelineController) -> Result<
     let group = render::group_id(&ns, &name);
     let reading = lag::read(
         ctx.kafka.client(),
-        group.clone(),
+        group,
         p.spec.inputs.clone(),
-        topics::internal_consumed(p, &group),
         ctx.kafka.timeout(),
     )
     .await;

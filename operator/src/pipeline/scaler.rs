@@ -115,7 +115,6 @@ impl Scalers {
         let observation = Observation {
             now,
             partitions: reading.partitions.clone(),
-            internal: reading.internal.clone(),
             replicas: u32::try_from(current).unwrap_or(0),
             ready_replicas: u32::try_from(ready).unwrap_or(0),
             rebalancing: reading.rebalancing,
@@ -209,7 +208,6 @@ fn log_reading(key: &str, obs: &Observation, decision: &crate::autoscaler::Decis
     let partitions = obs
         .partitions
         .iter()
-        .chain(&obs.internal)
         .map(|p| {
             let committed = p
                 .committed
@@ -266,7 +264,6 @@ mod tests {
                 log_end: 0,
                 committed: None,
             }],
-            internal: vec![],
             missing_topics: vec![],
             rebalancing: false,
         }

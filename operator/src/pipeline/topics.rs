@@ -28,19 +28,6 @@ pub fn resource_name(topic: &str) -> String {
     name.trim_matches('-').to_string()
 }
 
-/// The internal topics the processors of `p` (consumer group `group`) consume besides
-/// the inputs: the repartition topic of its stateful step, which exists when the inputs
-/// have more than one partition in all. Records waiting there are lag too.
-pub fn internal_consumed(p: &Pipeline, group: &str) -> Vec<String> {
-    p.spec
-        .steps
-        .iter()
-        .find(|s| s.aggregate.is_some() || s.dedupe.is_some())
-        .map(|s| sluice_processor::app::repartition_topic(group, &s.name))
-        .into_iter()
-        .collect()
-}
-
 /// Every topic `p` writes to or reads as a table, besides its inputs: outputs, route
 /// targets, enrich tables and the dead-letter topic (sorted, each once). The processor
 /// waits until all of them exist, so status names the missing ones.

@@ -98,7 +98,6 @@ impl Scaler for Sluice {
         let decision = self.autoscaler.observe(&Observation {
             now: Duration::from_secs(view.t),
             partitions: view.partitions.clone(),
-            internal: Vec::new(),
             replicas: view.replicas,
             ready_replicas: view.ready_replicas,
             rebalancing: view.rebalancing,
