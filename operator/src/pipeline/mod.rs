@@ -439,18 +439,17 @@ async fn apply_children(
     if existing.is_some_and(|d| render::foreign(&d.metadata, p)) {
         taken.push(format!("Deployment {name}"));
     }
-    let cm_meta = configmaps
-        .get_metadata_opt(&name)
-        .await
-        .map_err(Error::kube("read the processor ConfigMap"))?;
-    if cm_meta.is_some_and(|m| render::foreign(&m.metadata, p)) {
+    if foreign_child(&configmaps, &name, p, "read the processor ConfigMap").await? {
         taken.push(format!("ConfigMap {name}"));
     }
-    let svc_meta = services
-        .get_metadata_opt(&svc_name)
-        .await
-        .map_err(Error::kube("read the processor metrics Service"))?;
-    if svc_meta.is_some_and(|m| render::foreign(&m.metadata, p)) {
+    if foreign_child(
+        &services,
+        &svc_name,
+        p,
+        "read the processor metrics Service",
+    )
+    .await?
+    {
         taken.push(format!("Service {svc_name}"));
     }
     if !taken.is_empty() {
@@ -481,6 +480,24 @@ async fn apply_children(
         .map_err(Error::kube("apply the processor Deployment"))?;
     ctx.metrics.kube_write(KIND, "children");
     Ok(Applied::Written)
+}
+
+/// Whether an object named `name` exists in `api` and is not `p`'s (see
+/// [`render::foreign`]).
+async fn foreign_child<K>(
+    api: &Api<K>,
+    name: &str,
+    p: &Pipeline,
+    action: &'static str,
+) -> Result<bool, Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let meta = api
+        .get_metadata_opt(name)
+        .await
+        .map_err(Error::kube(action))?;
+    Ok(meta.is_some_and(|m| render::foreign(&m.metadata, p)))
 }
 
 async fn write_status(
