@@ -148,6 +148,17 @@ fn start_paced_worker(
     (status, handle)
 }
 
+/// The `total` of each output of `SPEC`, each checked for its cents.
+fn totals_with_cents(out: &[Read]) -> Vec<f64> {
+    out.iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_str(&r.value).unwrap();
+            assert_eq!(v["cents"].as_f64(), v["total"].as_f64().map(|t| t * 100.0));
+            v["total"].as_f64().unwrap()
+        })
+        .collect()
+}
+
 fn header<'a>(r: &'a Read, key: &str) -> &'a str {
     r.headers
         .iter()
@@ -261,14 +272,7 @@ fn records_cross_the_lane_in_many_batches_and_keep_their_order() {
     status.shutdown.store(true, Ordering::Relaxed);
     handle.join().unwrap().unwrap();
 
-    let totals: Vec<f64> = out
-        .iter()
-        .map(|r| {
-            let v: serde_json::Value = serde_json::from_str(&r.value).unwrap();
-            assert_eq!(v["cents"].as_f64(), v["total"].as_f64().map(|t| t * 100.0));
-            v["total"].as_f64().unwrap()
-        })
-        .collect();
+    let totals = totals_with_cents(&out);
     let want: Vec<f64> = (0..2_000)
         .filter(|i| i % 100 != 99)
         .map(|i| f64::from(i + 1))
@@ -321,13 +325,7 @@ fn a_rate_limited_worker_delivers_every_record_once_and_commits_them() {
     status.shutdown.store(true, Ordering::Relaxed);
     handle.join().unwrap().unwrap();
 
-    let totals: Vec<f64> = out
-        .iter()
-        .map(|r| {
-            let v: serde_json::Value = serde_json::from_str(&r.value).unwrap();
-            v["total"].as_f64().unwrap()
-        })
-        .collect();
+    let totals = totals_with_cents(&out);
     assert_eq!(totals, (1..=300).map(f64::from).collect::<Vec<_>>());
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
