@@ -190,11 +190,17 @@ fn expressions(p: &Pipeline) -> Vec<(String, String)> {
     out
 }
 
+/// A spec's problems, and the generation they were found for.
+type Validated = (Option<i64>, Vec<String>);
+
 /// State shared by every Pipeline reconcile.
 pub struct PipelineController {
     ctx: Arc<Context>,
     settings: PipelineSettings,
     scalers: Scalers,
+    /// `validate`'s answer per pipeline and generation: the spec is compiled once per
+    /// change, not at every tick.
+    validated: std::sync::Mutex<std::collections::HashMap<String, Validated>>,
 }
 
 /// Runs the Pipeline controller until `shutdown` resolves.
@@ -210,6 +216,7 @@ pub async fn run(
         ctx,
         // One reading per tick, less a little for scheduling jitter.
         scalers: Scalers::new(settings.tick.mul_f32(0.8)),
+        validated: Default::default(),
         settings,
     });
     let selector = state.ctx.settings.watcher_config();
@@ -224,6 +231,25 @@ pub async fn run(
         })
         .await;
     info!("Pipeline controller stopped");
+}
+
+impl PipelineController {
+    /// [`validate`], remembered until the spec's generation changes.
+    fn validate(&self, p: &Pipeline) -> Vec<String> {
+        let key = key_of(p);
+        let generation = p.metadata.generation;
+        if let Ok(cache) = self.validated.lock()
+            && let Some((g, errors)) = cache.get(&key)
+            && *g == generation
+        {
+            return errors.clone();
+        }
+        let errors = validate(p);
+        if let Ok(mut cache) = self.validated.lock() {
+            cache.insert(key, (generation, errors.clone()));
+        }
+        errors
+    }
 }
 
 fn key_of(p: &Pipeline) -> String {
@@ -257,6 +283,9 @@ async fn reconcile_pipeline(p: &Pipeline, state: &PipelineController) -> Result<
     let ctx = &state.ctx;
     if p.meta().deletion_timestamp.is_some() {
         state.scalers.forget(&key_of(p));
+        if let Ok(mut v) = state.validated.lock() {
+            v.remove(&key_of(p));
+        }
         return Ok(Action::await_change());
     }
     let ns = p.namespace().unwrap_or_default();
@@ -271,7 +300,7 @@ async fn reconcile_pipeline(p: &Pipeline, state: &PipelineController) -> Result<
 
     // Validate, then read Kafka.
     let mut observed = status::Observed {
-        spec_errors: validate(p),
+        spec_errors: state.validate(p),
         deployment: existing.clone(),
         ..status::Observed::default()
     };
