@@ -9,7 +9,7 @@ STATE := e2e/.state
 BIN := $(STATE)/bin
 RELEASE_NS := sluice-system
 
-.PHONY: demo test unit lint e2e generate check-generated deploy undeploy up down bench help
+.PHONY: demo test unit lint e2e generate check-generated deploy undeploy up down bench soak help
 
 help:
 	@echo "make demo      local cluster + Kafka + Sluice + the orders pipeline moving data"
@@ -18,6 +18,7 @@ help:
 	@echo "make deploy    build Sluice and helm-install it into the running e2e environment"
 	@echo "make generate  regenerate CRD YAML, chart CRDs and manifests/install.yaml"
 	@echo "make bench     run the benchmarks (on demand)"
+	@echo "make soak      the installed operator's steady-load test for five minutes (needs e2e/up)"
 
 demo:
 	e2e/demo
@@ -76,6 +77,11 @@ check-generated:
 
 deploy:
 	e2e/deploy
+
+# The steady-load test of `make test` holds its load for 90 s; this holds it for five
+# minutes against the running environment (e2e/up first).
+soak: deploy
+	SLUICE_STEADY_LOAD_SECONDS=300 $(CARGO) test -p sluice-e2e --test pipeline steady_load -- --test-threads=1
 
 bench:
 	$(CARGO) run --release -p sluice-operator --bin scaling-bench

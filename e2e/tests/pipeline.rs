@@ -569,8 +569,18 @@ async fn backlog_scales_up_to_the_partition_count_and_back_down_after_draining()
     f.finish().await;
 }
 
+/// How long the steady-load test holds its load: `SLUICE_STEADY_LOAD_SECONDS`, 90 s unless
+/// set (`make soak` holds it for five minutes). 90 s is 18 readings at the default 5 s interval.
+fn steady_load_duration() -> Duration {
+    let seconds = std::env::var("SLUICE_STEADY_LOAD_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(90);
+    Duration::from_secs(seconds)
+}
+
 #[tokio::test]
-async fn steady_load_under_one_replicas_capacity_causes_no_scaling_for_five_minutes() {
+async fn steady_load_under_one_replicas_capacity_causes_no_scaling() {
     let f = fixture("steady").await;
     f.topics(&[("orders", 4), ("totals", 4), ("dlq", 1)]).await;
     let scaling = json!({"minReplicas": 1, "maxReplicas": 4, "lagTarget": "10s"});
@@ -584,13 +594,13 @@ async fn steady_load_under_one_replicas_capacity_causes_no_scaling_for_five_minu
     .await;
     let first = api.get("steady").await.unwrap().status.unwrap().last_scale;
 
-    // 200 orders a second, far below what one replica consumes, for five minutes.
+    // 200 orders a second, far below what one replica consumes, for `steady_load_duration`.
     let producer = kafka::producer(&f.env.var("KAFKA_BOOTSTRAP")).unwrap();
     let topic = f.topic("orders");
     let start = Instant::now();
     let mut sent = 0;
     let mut replicas_seen = std::collections::BTreeSet::new();
-    while start.elapsed() < Duration::from_secs(300) {
+    while start.elapsed() < steady_load_duration() {
         let (records, _, _) = orders(sent, sent + 100);
         kafka::produce(&producer, &topic, &records).await.unwrap();
         sent += 100;
