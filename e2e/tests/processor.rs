@@ -396,6 +396,74 @@ async fn seed_aggregation_gives_exact_totals_per_region() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_restore_that_cannot_finish_holds_back_only_its_own_partition() {
+    // A transaction left open on the changelog holds its partition's restore back (a
+    // read_committed reader cannot pass it). The restore used to run inside the
+    // rebalance callback: the whole replica stopped until the transaction ended (and a
+    // restore longer than the replica's own transaction timeout fenced it). Now only the
+    // partition being restored waits; the others are processed meanwhile.
+    let (bootstrap, name, input, output, dlq) = topics("restorewait", 2).await;
+    let changelog = format!("sluice-e2e-{name}-per-region-changelog");
+    create_topics(&bootstrap, &[(&changelog, 2)]).await;
+    use rdkafka::producer::Producer as _;
+    let hanging: rdkafka::producer::BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("transactional.id", format!("{name}-hanging"))
+        .set("transaction.timeout.ms", "600000")
+        .create()
+        .expect("transactional producer");
+    hanging.init_transactions(Duration::from_secs(30)).unwrap();
+    hanging.begin_transaction().unwrap();
+    hanging
+        .send(
+            rdkafka::producer::BaseRecord::to(&changelog)
+                .partition(1)
+                .key("[\"nowhere\"]")
+                .payload("{}"),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    hanging.flush(Duration::from_secs(30)).unwrap();
+
+    // Many groups, so that both state partitions hold some.
+    let records: Vec<(String, String)> = (0..400)
+        .map(|i| {
+            let value = serde_json::json!({"orderId": format!("o-{i}"), "region": format!("r-{}", i % 20), "total": 1.0});
+            (format!("o-{i}"), value.to_string())
+        })
+        .collect();
+    produce(&bootstrap, &input, &records).await;
+    let manifest = write_manifest(&name, seed_spec(&input, &output, &dlq));
+    let p = Processor::start(&bootstrap, &manifest, &name);
+
+    // Some groups are counted while the transaction is still open.
+    let start = Instant::now();
+    let early = loop {
+        let out = kafka::read_all(&bootstrap, &output, Duration::from_secs(2), WAIT).unwrap();
+        if !out.is_empty() {
+            break kafka::latest_by_key(&out);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "nothing was processed while one partition's restore waited; log: {}",
+            p.log_text()
+        );
+    };
+    assert!(
+        early.len() < 20,
+        "every group was counted while a changelog transaction was open: {early:?}"
+    );
+    assert!(p.log_text().contains("restoring state"), "{}", p.log_text());
+
+    // Once the transaction ends, the last partition is restored and counted too.
+    hanging.abort_transaction(Duration::from_secs(30)).unwrap();
+    let expected: BTreeMap<String, f64> = (0..20).map(|r| (format!("r-{r}"), 20.0)).collect();
+    let out = read_until_totals(&bootstrap, &output, &expected, true, &p);
+    assert_totals(&out, &expected);
+    assert!(read(&bootstrap, &dlq).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn on_commit_aggregation_emits_coalesced_exact_totals() {
     let (bootstrap, name, input, output, dlq) = topics("oncommit", 3).await;
     let (records, totals, kept) = orders(0, 3000);

@@ -472,3 +472,88 @@ fn a_replica_that_keeps_rewinding_reports_no_progress_until_it_commits_again() {
     assert_eq!(dlq.len(), 1);
     assert_eq!(dlq[0].value, "not json");
 }
+
+const AGGREGATE_SPEC: &str = r#"
+inputs: [in]
+steps:
+- name: per-region
+  aggregate:
+    groupBy: {region: value.region}
+    aggregations: [{name: total, op: sum, of: value.total}]
+outputs: [{topic: out}]
+deadLetter: {topic: dlq}
+"#;
+
+/// A worker running `AGGREGATE_SPEC`, its state following `in` and logged to `chg`.
+fn start_aggregate_worker(
+    bootstrap: &str,
+) -> (
+    Arc<Status>,
+    std::thread::JoinHandle<Result<(), worker::WorkerError>>,
+) {
+    let spec: PipelineSpec = serde_saphyr::from_str(AGGREGATE_SPEC).unwrap();
+    let metrics = Metrics::new();
+    let engine = Engine::new("mock", &spec, metrics.pipeline("mock")).unwrap();
+    let opts = WorkerOptions {
+        settings: KafkaSettings {
+            bootstrap: bootstrap.to_string(),
+            extra: Default::default(),
+        },
+        group_id: "sluice-test-mock".to_string(),
+        transactional_id: "sluice-test-mock-0".to_string(),
+        exactly_once: false,
+        commit_interval: Duration::from_millis(50),
+        rate_limit: None,
+        dead_letter: Some("dlq".to_string()),
+        produce_retries: Some(0),
+        start_from: StartFrom::Earliest,
+        topics: vec!["in".to_string()],
+        state: Some(("in".to_string(), "chg".to_string())),
+        restore_timeout: Duration::from_secs(30),
+    };
+    let status = Arc::new(Status::default());
+    let s = status.clone();
+    let handle = std::thread::spawn(move || worker::run(opts, engine, None, s));
+    (status, handle)
+}
+
+#[test]
+fn a_restarted_aggregate_restores_its_state_between_polls_and_counts_on() {
+    let (cluster, bootstrap) = cluster();
+    cluster.create_topic("chg", 1, 1).unwrap();
+    let orders = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| format!(r#"{{"region": "r{}", "total": 1.0}}"#, i % 2))
+            .collect()
+    };
+    produce(&bootstrap, "in", &orders(100));
+    let (status, handle) = start_aggregate_worker(&bootstrap);
+    read(&bootstrap, "out", 100);
+    status.shutdown.store(true, Ordering::Relaxed);
+    handle.join().unwrap().unwrap();
+
+    // The next replica restores the 2 groups from the changelog, then counts on.
+    produce(&bootstrap, "in", &orders(100));
+    let (status, handle) = start_aggregate_worker(&bootstrap);
+    let out = read(&bootstrap, "out", 200);
+    assert!(status.ready.load(Ordering::Relaxed), "ready once restored");
+    status.shutdown.store(true, Ordering::Relaxed);
+    handle.join().unwrap().unwrap();
+
+    assert_eq!(out.len(), 200, "one update per order");
+    let last: std::collections::BTreeMap<String, f64> = out
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_str(&r.value).unwrap();
+            (
+                v["region"].as_str().unwrap().to_string(),
+                v["total"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        last,
+        [("r0".to_string(), 100.0), ("r1".to_string(), 100.0)].into(),
+        "the totals count on from the restored state"
+    );
+}

@@ -50,7 +50,7 @@ use super::acks::{Checkpoints, DeliveryTracker, Offsets, Origin, OutputId, Sent,
 use super::headers::headers_of;
 use super::lane::{self, Batch, Lane, LaneError, keep_buffer};
 use super::output::{Output, send};
-use super::restore::{RestoreFailure, restore};
+use super::restore::{Restore, RestoreFailure};
 use crate::engine::{Emit, Engine, Failure};
 use crate::pace::Pacer;
 use crate::record::Record;
@@ -82,6 +82,9 @@ pub fn transaction_timeout(commit_interval: Duration) -> Duration {
         .saturating_mul(3)
         .clamp(Duration::from_secs(10), Duration::from_secs(900))
 }
+
+/// How long the loop reads a restore under way before it polls its own consumer again.
+const RESTORE_STEP: Duration = Duration::from_millis(20);
 
 /// How long transactional calls may take.
 const TXN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -250,6 +253,8 @@ struct Core {
     last_commit: Instant,
     /// State partitions held (restored or built here).
     owned: BTreeSet<i32>,
+    /// State partitions being restored (paused meanwhile).
+    restoring: Option<Restore>,
     /// State no longer matches committed offsets: rebuild on the next assignment.
     state_invalid: bool,
     /// Records whose outputs could not be delivered: dead-letter them on replay.
@@ -338,6 +343,15 @@ impl ConsumerContext for RebalanceHandler {
     }
 }
 
+/// `partitions` of `topic` as a list.
+fn partitions_of(topic: &str, partitions: &[i32]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for &p in partitions {
+        tpl.add_partition(topic, p);
+    }
+    tpl
+}
+
 fn partition_names(tpl: &TopicPartitionList) -> Vec<String> {
     tpl.elements()
         .iter()
@@ -392,19 +406,30 @@ impl Core {
             .iter()
             .map(|e| (self.topic_arc(e.topic()), e.partition()))
             .collect();
-        if let Err(e) = self.on_assign(&assignment) {
+        if let Err(e) = self.on_assign(consumer, &assignment) {
             self.fatal = Some(e);
             return;
         }
-        self.status.ready.store(true, Ordering::Relaxed);
+        self.status
+            .ready
+            .store(self.restoring.is_none(), Ordering::Relaxed);
     }
 
-    fn on_assign(&mut self, tpl: &TopicPartitionList) -> Result<(), WorkerError> {
+    /// Follows a new assignment with the state: drops the state of partitions lost,
+    /// and pauses the gained ones (and any whose restore was under way) while their state
+    /// is restored from the changelog by [`Core::advance_restore`], outside the rebalance
+    /// callback and a little at a time, so the partitions kept go on meanwhile.
+    fn on_assign<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        tpl: &TopicPartitionList,
+    ) -> Result<(), WorkerError> {
         if self.state_invalid {
             if let Some(agg) = self.engine.aggregate_mut() {
                 agg.clear();
             }
             self.owned.clear();
+            self.restoring = None;
             self.state_invalid = false;
         }
         let Some((state_topic, changelog)) = self.opts.state.clone() else {
@@ -415,26 +440,69 @@ impl Core {
             .iter()
             .map(|e| e.partition())
             .collect();
-        let lost: Vec<i32> = self.owned.difference(&assigned).copied().collect();
-        let gained: Vec<i32> = assigned.difference(&self.owned).copied().collect();
         let Some(agg) = self.engine.aggregate_mut() else {
             return Ok(());
         };
-        for p in lost {
+        // A restore under way starts again with the new assignment: what it read goes.
+        for p in self
+            .restoring
+            .take()
+            .map(|r| r.pending())
+            .unwrap_or_default()
+        {
             agg.drop_partition(p);
         }
-        let started = Instant::now();
-        let n = restore(
+        for &p in self.owned.difference(&assigned) {
+            agg.drop_partition(p);
+        }
+        self.owned = self.owned.intersection(&assigned).copied().collect();
+        let gained: Vec<i32> = assigned.difference(&self.owned).copied().collect();
+        if gained.is_empty() {
+            self.engine.report_state();
+            return Ok(());
+        }
+        consumer
+            .pause(&partitions_of(&state_topic, &gained))
+            .map_err(WorkerError::Commit)?;
+        tracing::info!(partitions = ?gained, topic = %changelog, "restoring state: these partitions wait for it");
+        self.restoring = Some(Restore::start(
             &self.opts.settings,
             &self.opts.group_id,
             &changelog,
             &gained,
-            agg,
             self.opts.restore_timeout,
-        )?;
-        tracing::info!(partitions = ?gained, records = n, took_ms = started.elapsed().as_millis() as u64, topic = %changelog, "state restored");
-        self.owned = assigned;
-        self.engine.report_state();
+        )?);
+        Ok(())
+    }
+
+    /// Reads the restore under way for a moment; resumes each partition whose state is
+    /// whole, and says the replica is ready when all are.
+    fn advance_restore<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), WorkerError> {
+        let (Some(restore), Some(agg), Some((state_topic, _))) = (
+            self.restoring.as_mut(),
+            self.engine.aggregate_mut(),
+            self.opts.state.as_ref(),
+        ) else {
+            return Ok(());
+        };
+        let done = restore.step(agg, RESTORE_STEP)?;
+        if !done.is_empty() {
+            consumer
+                .resume(&partitions_of(state_topic, &done))
+                .map_err(WorkerError::Commit)?;
+            self.owned.extend(done.iter().copied());
+        }
+        if restore.is_finished() {
+            tracing::info!(partitions = ?self.owned, records = restore.applied(), took_ms = restore.elapsed().as_millis() as u64, topic = %restore.topic(), "state restored");
+            self.restoring = None;
+            self.status.ready.store(true, Ordering::Relaxed);
+        }
+        if !done.is_empty() {
+            self.engine.report_state();
+        }
         Ok(())
     }
 
@@ -963,7 +1031,7 @@ impl Core {
         }
         let assignment = consumer.assignment().map_err(WorkerError::Commit)?;
         self.state_invalid = true;
-        self.on_assign(&assignment)?;
+        self.on_assign(consumer, &assignment)?;
         let committed = consumer
             .committed_offsets(assignment, Duration::from_secs(30))
             .map_err(WorkerError::Commit)?;
@@ -1075,6 +1143,7 @@ pub fn run(
         batch: 0,
         last_commit: Instant::now(),
         owned: BTreeSet::new(),
+        restoring: None,
         state_invalid: false,
         poisoned: HashMap::new(),
         refused_outputs: HashMap::new(),
@@ -1149,12 +1218,14 @@ fn run_loop(
     let mut since_housekeeping = 0u32;
     // Whether the transform lane holds records: then the consumer is not waited on.
     let mut lane_busy = false;
+    // Whether a restore is under way: then the loop reads it rather than wait.
+    let mut restoring = false;
     let mut pacer = lock(core).opts.rate_limit.map(Pacer::new);
     loop {
         if status.shutdown.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let timeout = if lane_busy {
+        let timeout = if lane_busy || restoring {
             Duration::ZERO
         } else {
             Duration::from_millis(100)
@@ -1210,6 +1281,8 @@ fn run_loop(
         }
         since_housekeeping = 0;
         status.beat();
+        c.advance_restore(consumer)?;
+        restoring = c.restoring.is_some();
         c.publish_counts();
         c.producer.poll(Duration::ZERO);
         let ended = if c.due() {
