@@ -57,13 +57,38 @@ kafka_ready() {
         org.apache.kafka.tools.TopicCommand --bootstrap-server "$1" --list
 }
 
+# The SCRAM user of the broker's SASL listener (what `make deploy` gives Sluice).
+KAFKA_SASL_USER=sluice
+KAFKA_SASL_PASSWORD=sluice-e2e-secret
+
+# Creates (or resets) the SCRAM-SHA-512 credentials of the SASL user, through the
+# PLAINTEXT listener, with Kafka's own kafka-configs tool.
+kafka_scram_user() {
+    java -Xmx128m -cp "$KAFKA_CACHE/broker/*" -Dlog4j2.configurationFile="$STATE/kafka/log4j2.properties" \
+        kafka.admin.ConfigCommand --bootstrap-server "$1" --alter --entity-type users \
+        --entity-name "$KAFKA_SASL_USER" \
+        --add-config "SCRAM-SHA-512=[iterations=4096,password=$KAFKA_SASL_PASSWORD]"
+}
+
+# The env entries of the SASL listener.
+kafka_sasl_env() {
+    set_env KAFKA_SASL_BOOTSTRAP "127.0.0.1:$1"
+    set_env KAFKA_SASL_USER "$KAFKA_SASL_USER"
+    set_env KAFKA_SASL_PASSWORD "$KAFKA_SASL_PASSWORD"
+}
+
 kafka_up() {
-    local port cport dir=$STATE/kafka props bootstrap
+    local port cport sport dir=$STATE/kafka props bootstrap
     port=$(port_for kafka)
+    sport=$(port_for kafka-sasl kafka)
     bootstrap=127.0.0.1:$port
-    if running kafka && kafka_ready "$bootstrap" >/dev/null 2>&1; then
-        say "Kafka already running at $bootstrap"
+    props=$dir/server.properties
+    # A broker started before the SASL listener existed is restarted with it.
+    if running kafka && grep -qs "SASL_PLAINTEXT://127.0.0.1:$sport" "$props" &&
+        kafka_ready "$bootstrap" >/dev/null 2>&1; then
+        say "Kafka already running at $bootstrap (SASL/SCRAM at 127.0.0.1:$sport)"
         set_env KAFKA_BOOTSTRAP "$bootstrap"
+        kafka_sasl_env "$sport"
         return 0
     fi
     stop kafka
@@ -73,17 +98,19 @@ kafka_up() {
     mkdir -p "$dir/data"
     local log4j
     log4j=$(kafka_log4j)
-    props=$dir/server.properties
     cat >"$props" <<EOF
-# Written by e2e/up: one node that is both broker and KRaft controller.
+# Written by e2e/up: one node that is both broker and KRaft controller. Clients connect
+# in plain text, or with SASL/SCRAM-SHA-512 on the SASL_PLAINTEXT listener.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sport,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sport
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 log.dirs=$dir/data
 num.partitions=1
 default.replication.factor=1
@@ -110,8 +137,11 @@ EOF
     say "starting Kafka $KAFKA_VERSION (KRaft) on $bootstrap"
     start kafka java "${java_opts[@]}" -cp "$KAFKA_CACHE/broker/*" kafka.Kafka "$props"
     wait_until kafka 120 kafka_ready "$bootstrap" || die "Kafka did not become ready; see $LOGS/kafka.log"
+    kafka_scram_user "$bootstrap" >>"$LOGS/kafka.log" 2>&1 ||
+        die "could not create the SCRAM user $KAFKA_SASL_USER; see $LOGS/kafka.log"
     set_env KAFKA_BOOTSTRAP "$bootstrap"
-    say "Kafka ready at $bootstrap"
+    kafka_sasl_env "$sport"
+    say "Kafka ready at $bootstrap (SASL/SCRAM-SHA-512 at 127.0.0.1:$sport, user $KAFKA_SASL_USER)"
 }
 
 # Whether the Connect REST API lists the FileStreamSource plugin.

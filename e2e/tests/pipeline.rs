@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use sluice_crds::{Pipeline, Topic};
@@ -241,6 +242,87 @@ async fn seed_pipeline_sums_orders_per_region_exactly_once_with_a_dlq() {
             .unwrap()
             .contains("sluice.dev/pipeline=region-totals")
     );
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn the_kafka_client_secret_reaches_each_pipeline_namespace_and_processors_connect_with_sasl()
+{
+    // `make deploy` installs Sluice against the broker's SASL/SCRAM listener, with its
+    // client settings in a Secret of the release namespace only. Processors run in the
+    // Pipeline's namespace and can mount only Secrets of their own namespace: the
+    // operator gives each Pipeline a copy, owned by it.
+    let f = fixture("sasl").await;
+    f.topics(&[("orders", 2), ("totals", 1), ("dlq", 1)]).await;
+    f.pipeline(
+        "sasl-totals",
+        seed_spec(&f, json!({"minReplicas": 1, "maxReplicas": 1})),
+    )
+    .await;
+    let (records, expected, kept) = orders(0, 90);
+    f.produce("orders", &records).await;
+    let out = f.read_until("totals", kept, Duration::from_secs(180)).await;
+    assert_totals(&out, &expected, kept);
+
+    let deployments: Api<Deployment> = Api::namespaced(f.client.clone(), &f.ns);
+    let pod = deployments
+        .get("sasl-totals-processor")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+    let env = pod.containers[0].env.clone().unwrap_or_default();
+    let bootstrap = env
+        .iter()
+        .find(|e| e.name == "SLUICE_KAFKA_BOOTSTRAP")
+        .and_then(|e| e.value.clone());
+    assert_eq!(
+        bootstrap.as_deref(),
+        Some(f.env.var("KAFKA_SASL_BOOTSTRAP").as_str()),
+        "the processors read and wrote through the SASL listener"
+    );
+    let mounted = pod
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|v| v.secret.and_then(|s| s.secret_name));
+    assert_eq!(mounted.as_deref(), Some("sasl-totals-processor-kafka"));
+
+    let secrets: Api<Secret> = Api::namespaced(f.client.clone(), &f.ns);
+    let secret = secrets.get("sasl-totals-processor-kafka").await.unwrap();
+    let properties =
+        String::from_utf8(secret.data.unwrap()["client.properties"].0.clone()).unwrap();
+    assert!(
+        properties.contains("sasl.mechanism=SCRAM-SHA-512"),
+        "{properties}"
+    );
+    let owner = &secret.metadata.owner_references.unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("Pipeline", "sasl-totals")
+    );
+
+    // The copy goes with its Pipeline.
+    f.pipelines()
+        .delete("sasl-totals", &Default::default())
+        .await
+        .unwrap();
+    wait_for(
+        Duration::from_secs(120),
+        "the Secret's garbage collection",
+        || async {
+            secrets
+                .get_opt("sasl-totals-processor-kafka")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
     f.finish().await;
 }
 

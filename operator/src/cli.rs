@@ -71,10 +71,6 @@ pub struct Args {
     #[arg(long, env = "SLUICE_PROCESSOR_RESOURCES")]
     pub processor_resources: Option<String>,
 
-    /// Secret (in each Pipeline's namespace) whose `client.properties` processors use for SASL/TLS.
-    #[arg(long, env = "SLUICE_KAFKA_CLIENT_SECRET")]
-    pub kafka_client_secret: Option<String>,
-
     /// How often each pipeline's lag is read and its size decided.
     #[arg(long, env = "SLUICE_AUTOSCALE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub autoscale_interval: Duration,

@@ -147,19 +147,26 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 }
 
 /// The librdkafka properties: the file's, then the flags.
+/// The text of the Kafka client settings file (`--kafka-config-file`), if one is set.
+pub(crate) fn kafka_properties_text(args: &Args) -> Result<Option<String>> {
+    args.kafka_config_file
+        .as_ref()
+        .map(|path| {
+            std::fs::read_to_string(path)
+                .map_err(|e| Error::KafkaConfig(format!("cannot read {}: {e}", path.display())))
+        })
+        .transpose()
+}
+
 fn kafka_properties(args: &Args) -> Result<std::collections::BTreeMap<String, String>> {
-    let file = match &args.kafka_config_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| Error::KafkaConfig(format!("cannot read {}: {e}", path.display())))?;
-            kafka::config::parse_properties(&text).map_err(|line| {
-                Error::KafkaConfig(format!(
-                    "{} line {line} is not a key=value property",
-                    path.display()
-                ))
-            })?
-        }
-        None => Default::default(),
+    let file = match (&args.kafka_config_file, kafka_properties_text(args)?) {
+        (Some(path), Some(text)) => kafka::config::parse_properties(&text).map_err(|line| {
+            Error::KafkaConfig(format!(
+                "{} line {line} is not a key=value property",
+                path.display()
+            ))
+        })?,
+        _ => Default::default(),
     };
     Ok(kafka::config::client_properties(
         &args.kafka_bootstrap,

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
@@ -90,7 +90,7 @@ impl PipelineSettings {
                 image: args.processor_image.clone(),
                 resources,
                 kafka_bootstrap: args.kafka_bootstrap.clone(),
-                kafka_client_secret: args.kafka_client_secret.clone().filter(|s| !s.is_empty()),
+                kafka_client_properties: crate::kafka_properties_text(args)?,
             },
             tick: args.autoscale_interval,
         })
@@ -454,6 +454,13 @@ async fn apply_children(
     let cm = render::config_map(p, config)?;
     let mut deployment = render::deployment(p, &state.settings.defaults, replicas, &hash)?;
     let service = render::service(p)?;
+    let kafka_client = state
+        .settings
+        .defaults
+        .kafka_client_properties
+        .as_deref()
+        .map(|props| render::kafka_client_secret(p, props))
+        .transpose()?;
     let fingerprint = render::fingerprint(&cm, &deployment, &service)?;
     let applied = existing
         .and_then(|d| d.metadata.annotations.as_ref())
@@ -470,6 +477,13 @@ async fn apply_children(
     }
     if foreign_child(&configmaps, &name, p, "read the processor ConfigMap").await? {
         taken.push(format!("ConfigMap {name}"));
+    }
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
+    let secret_name = render::kafka_client_secret_name(&p.name_any());
+    if kafka_client.is_some()
+        && foreign_child(&secrets, &secret_name, p, "read the Kafka client Secret").await?
+    {
+        taken.push(format!("Secret {secret_name}"));
     }
     if foreign_child(
         &services,
@@ -503,6 +517,12 @@ async fn apply_children(
         .patch(&svc_name, &params, &Patch::Apply(&service))
         .await
         .map_err(Error::kube("apply the processor metrics Service"))?;
+    if let Some(secret) = &kafka_client {
+        secrets
+            .patch(&secret_name, &params, &Patch::Apply(secret))
+            .await
+            .map_err(Error::kube("apply the Kafka client Secret"))?;
+    }
     Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
         .patch(&name, &params, &Patch::Apply(&deployment))
         .await

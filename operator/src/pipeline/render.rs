@@ -3,13 +3,14 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
+    ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service,
     ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -23,6 +24,11 @@ use sluice_crds::pipeline::{PipelineSpec, Scaling};
 pub const PIPELINE_LABEL: &str = "sluice.dev/pipeline";
 /// Pod template annotation holding the hash of the processor config; a change rolls out.
 pub const CONFIG_HASH_ANNOTATION: &str = "sluice.dev/config-hash";
+/// Pod template annotation holding the hash of the Kafka client settings; new settings
+/// (rotated credentials) roll out.
+pub const KAFKA_CLIENT_HASH_ANNOTATION: &str = "sluice.dev/kafka-client-hash";
+/// Key of the Kafka client settings inside their Secret.
+pub const KAFKA_CLIENT_KEY: &str = "client.properties";
 /// Deployment annotation with the fingerprint of everything last applied for the pipeline;
 /// equal fingerprints mean there is nothing to write.
 pub const RENDERED_ANNOTATION: &str = "sluice.dev/rendered";
@@ -44,8 +50,9 @@ pub struct ProcessorDefaults {
     pub resources: Option<ResourceRequirements>,
     /// Kafka bootstrap servers.
     pub kafka_bootstrap: String,
-    /// Name of a Secret (in the Pipeline's namespace) with `client.properties` for SASL/TLS.
-    pub kafka_client_secret: Option<String>,
+    /// The operator's own Kafka client settings (`client.properties` text, for SASL/TLS):
+    /// each pipeline gets a copy as a Secret in its namespace ([`kafka_client_secret`]).
+    pub kafka_client_properties: Option<String>,
 }
 
 /// Why a Pipeline cannot be rendered.
@@ -67,6 +74,11 @@ pub fn group_id(namespace: &str, name: &str) -> String {
 /// Names of the objects a pipeline owns.
 pub fn processor_name(pipeline: &str) -> String {
     format!("{pipeline}-processor")
+}
+
+/// Name of the Secret holding a pipeline's copy of the Kafka client settings.
+pub fn kafka_client_secret_name(pipeline: &str) -> String {
+    format!("{pipeline}-processor-kafka")
 }
 
 /// Labels that select the processor pods of a pipeline.
@@ -230,15 +242,24 @@ pub fn deployment(
         read_only: Some(true),
         ..VolumeMount::default()
     }];
-    if let Some(secret) = &defaults.kafka_client_secret {
+    let mut annotations = BTreeMap::from([
+        (CONFIG_HASH_ANNOTATION.to_string(), config_hash.to_string()),
+        ("prometheus.io/scrape".to_string(), "true".to_string()),
+        ("prometheus.io/port".to_string(), HTTP_PORT.to_string()),
+    ]);
+    if let Some(properties) = &defaults.kafka_client_properties {
+        annotations.insert(
+            KAFKA_CLIENT_HASH_ANNOTATION.to_string(),
+            self::config_hash(properties),
+        );
         env.push(env_value(
             "SLUICE_KAFKA_CONFIG_FILE",
-            &format!("{KAFKA_CLIENT_DIR}/client.properties"),
+            &format!("{KAFKA_CLIENT_DIR}/{KAFKA_CLIENT_KEY}"),
         ));
         volumes.push(Volume {
             name: "kafka-client".into(),
             secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.clone()),
+                secret_name: Some(kafka_client_secret_name(&name)),
                 ..SecretVolumeSource::default()
             }),
             ..Volume::default()
@@ -320,11 +341,7 @@ pub fn deployment(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
-                    annotations: Some(BTreeMap::from([
-                        (CONFIG_HASH_ANNOTATION.to_string(), config_hash.to_string()),
-                        ("prometheus.io/scrape".to_string(), "true".to_string()),
-                        ("prometheus.io/port".to_string(), HTTP_PORT.to_string()),
-                    ])),
+                    annotations: Some(annotations),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
@@ -348,6 +365,20 @@ pub fn deployment(
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
+    })
+}
+
+/// The pipeline's copy of the operator's Kafka client settings, in its namespace, for its
+/// processors to mount (a pod can mount only a Secret of its own namespace).
+pub fn kafka_client_secret(p: &Pipeline, properties: &str) -> Result<Secret, RenderError> {
+    Ok(Secret {
+        metadata: meta(p, kafka_client_secret_name(&p.name_any()))?,
+        data: Some(BTreeMap::from([(
+            KAFKA_CLIENT_KEY.to_string(),
+            ByteString(properties.as_bytes().to_vec()),
+        )])),
+        type_: Some("Opaque".into()),
+        ..Secret::default()
     })
 }
 
@@ -472,19 +503,56 @@ mod tests {
     }
 
     #[test]
-    fn image_and_client_secret_overrides() {
+    fn image_override_and_the_kafka_client_settings_copied_into_the_namespace() {
         let mut p = pipeline();
         p.spec.image = Some("custom:1".into());
         let mut d = defaults();
-        d.kafka_client_secret = Some("kafka-client".into());
+        let props = "security.protocol=SASL_PLAINTEXT\n";
+        d.kafka_client_properties = Some(props.into());
         let dep = deployment(&p, &d, 1, "h").unwrap();
-        let pod = dep.spec.unwrap().template.spec.unwrap();
+        let template = dep.spec.unwrap().template;
+        let pod = template.spec.unwrap();
         assert_eq!(pod.containers[0].image.as_deref(), Some("custom:1"));
+        let volumes = pod.volumes.unwrap();
+        let mounted = volumes.iter().find(|v| v.name == "kafka-client").unwrap();
+        let secret = kafka_client_secret(&p, props).unwrap();
+        assert_eq!(
+            mounted.secret.as_ref().unwrap().secret_name,
+            secret.metadata.name,
+            "the pods mount the pipeline's own copy"
+        );
+        assert_eq!(secret.metadata.namespace.as_deref(), Some("shop"));
+        assert_eq!(
+            secret.data.unwrap()[KAFKA_CLIENT_KEY].0,
+            props.as_bytes(),
+            "the operator's settings, as they are"
+        );
+        assert!(!foreign(&secret.metadata, &p), "owned by the pipeline");
+        let hash = |props: &str| {
+            let mut d = defaults();
+            d.kafka_client_properties = Some(props.into());
+            let t = deployment(&p, &d, 1, "h").unwrap().spec.unwrap().template;
+            t.metadata.unwrap().annotations.unwrap()[KAFKA_CLIENT_HASH_ANNOTATION].clone()
+        };
+        assert_ne!(
+            hash(props),
+            hash("sasl.password=new\n"),
+            "new settings roll the pods"
+        );
         assert!(
-            pod.volumes
-                .unwrap()
-                .iter()
-                .any(|v| v.name == "kafka-client")
+            !template.metadata.unwrap().annotations.unwrap().is_empty()
+                && deployment(&p, &defaults(), 1, "h")
+                    .unwrap()
+                    .spec
+                    .unwrap()
+                    .template
+                    .spec
+                    .unwrap()
+                    .volumes
+                    .unwrap()
+                    .iter()
+                    .all(|v| v.name != "kafka-client"),
+            "without settings nothing is mounted"
         );
     }
 
