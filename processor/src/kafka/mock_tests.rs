@@ -557,3 +557,55 @@ fn a_restarted_aggregate_restores_its_state_between_polls_and_counts_on() {
         "the totals count on from the restored state"
     );
 }
+
+#[test]
+fn a_table_is_read_to_its_end_across_partitions_then_followed() {
+    let (cluster, bootstrap) = cluster();
+    cluster.create_topic("tbl", 2, 1).unwrap();
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let row = |key: String, partition: i32, value: Option<String>| {
+        let mut r = BaseRecord::<String, String>::to("tbl")
+            .key(&key)
+            .partition(partition);
+        r = match &value {
+            Some(v) => r.payload(v),
+            None => r,
+        };
+        p.send(r).map_err(|(e, _)| e).unwrap();
+    };
+    for i in 0..50 {
+        row(format!("c-{i}"), i % 2, Some(format!(r#"{{"tier": {i}}}"#)));
+    }
+    row("c-7".to_string(), 1, None);
+    p.flush(Duration::from_secs(10)).unwrap();
+
+    let settings = KafkaSettings {
+        bootstrap: bootstrap.clone(),
+        extra: Default::default(),
+    };
+    let table = crate::kafka::table::load(
+        &settings,
+        "sluice-test-mock",
+        "tbl",
+        crate::format::RecordFormat::Json,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!(table.len(), 49, "every row of both partitions, c-7 deleted");
+    assert_eq!(table.get(b"c-8"), Some(serde_json::json!({"tier": 8})));
+
+    row("c-50".to_string(), 0, Some(r#"{"tier": 50}"#.to_string()));
+    p.flush(Duration::from_secs(10)).unwrap();
+    let start = Instant::now();
+    while table.get(b"c-50").is_none() && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        table.get(b"c-50"),
+        Some(serde_json::json!({"tier": 50})),
+        "followed"
+    );
+}

@@ -2,6 +2,7 @@
 //! consume-transform-produce loop.
 
 mod acks;
+mod compacted;
 mod headers;
 mod lane;
 mod output;

@@ -2,17 +2,13 @@
 //! changelog partition is read (read_committed) to its end before that partition is
 //! processed, a little at a time between the worker's polls.
 
-use std::collections::{BTreeSet, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Offset, TopicPartitionList};
 
 use super::KafkaSettings;
+use super::compacted::{AtEnd, CompactedReader, ReadError};
 use crate::steps::StateStep;
 use crate::steps::aggregate::RestoreError;
 
@@ -49,39 +45,12 @@ pub enum RestoreFailure {
     },
 }
 
-/// Client callbacks that do not log reaching the end of a partition as an error (it
-/// is how a restore knows it is done).
-pub(crate) struct QuietEof;
-
-impl ClientContext for QuietEof {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
-            tracing::error!(%error, reason, "kafka client error while restoring");
-        }
-    }
-}
-
-impl ConsumerContext for QuietEof {}
-
-/// Longest a step waits for the end of a changelog partition to be known.
-const MEASURE_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// A restore of changelog partitions that is read a little at a time: the worker's loop
 /// calls [`Restore::step`] between polls of its own consumer, so the group keeps its
 /// member, transactions commit on time and the partitions not being restored go on
-/// meanwhile. Each partition is read (read_committed) from its beginning to the end it
-/// had when the restore started; it is done when its position reaches that end.
+/// meanwhile.
 pub struct Restore {
-    consumer: BaseConsumer<QuietEof>,
-    topic: String,
-    /// Partitions whose end is not known yet (a changelog created a moment ago may have no
-    /// leader yet).
-    unmeasured: BTreeSet<i32>,
-    /// Partitions being read, with the end each had when measured.
-    reading: HashMap<i32, i64>,
-    timeout: Duration,
-    deadline: Instant,
-    started: Instant,
+    reader: CompactedReader,
     applied: u64,
 }
 
@@ -94,42 +63,29 @@ impl Restore {
         partitions: &[i32],
         timeout: Duration,
     ) -> Result<Restore, RestoreFailure> {
-        let consumer: BaseConsumer<QuietEof> = settings
-            .consumer_config()
-            .set("group.id", format!("{group_id}-restore"))
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "earliest")
-            .create_with_context(QuietEof)
-            .map_err(|source| RestoreFailure::Kafka {
-                topic: topic.to_string(),
-                source,
-            })?;
-        let started = Instant::now();
-        Ok(Restore {
-            consumer,
-            topic: topic.to_string(),
-            unmeasured: partitions.iter().copied().collect(),
-            reading: HashMap::new(),
+        let reader = CompactedReader::new(
+            settings,
+            &format!("{group_id}-restore"),
+            topic,
+            partitions,
             timeout,
-            deadline: started + timeout,
-            started,
-            applied: 0,
-        })
+            AtEnd::Stop,
+        )
+        .map_err(|source| RestoreFailure::Kafka {
+            topic: topic.to_string(),
+            source,
+        })?;
+        Ok(Restore { reader, applied: 0 })
     }
 
     /// Partitions not restored yet.
     pub fn pending(&self) -> Vec<i32> {
-        let mut p: Vec<i32> = self.unmeasured.iter().copied().collect();
-        p.extend(self.reading.keys());
-        p.sort_unstable();
-        p
+        self.reader.pending()
     }
 
     /// Whether every partition is restored.
     pub fn is_finished(&self) -> bool {
-        self.unmeasured.is_empty() && self.reading.is_empty()
+        self.reader.is_finished()
     }
 
     /// Changelog records applied so far.
@@ -139,12 +95,12 @@ impl Restore {
 
     /// Time since the restore started.
     pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
+        self.reader.elapsed()
     }
 
     /// The changelog topic.
     pub fn topic(&self) -> &str {
-        &self.topic
+        self.reader.topic()
     }
 
     /// Reads into `state` for about `budget`; returns the partitions finished in this step.
@@ -153,158 +109,25 @@ impl Restore {
         state: &mut dyn StateStep,
         budget: Duration,
     ) -> Result<Vec<i32>, RestoreFailure> {
-        let until = Instant::now() + budget;
-        let mut finished = self.measure()?;
-        while !self.reading.is_empty() {
-            let now = Instant::now();
-            if now > self.deadline {
-                return Err(RestoreFailure::Timeout {
-                    topic: self.topic.clone(),
-                    partitions: self.pending(),
-                    timeout: self.timeout,
-                });
-            }
-            if now >= until {
-                break;
-            }
-            match self.consumer.poll((until - now).min(POLL_TIMEOUT)) {
-                Some(Ok(m)) => {
-                    if let Some(k) = m.key() {
-                        state
-                            .restore(m.partition(), k, m.payload())
-                            .map_err(|source| RestoreFailure::Corrupt {
-                                topic: self.topic.clone(),
-                                source,
-                            })?;
-                        self.applied += 1;
-                    }
-                    let partition = m.partition();
-                    let end = self.reading.get(&partition).copied().unwrap_or(0);
-                    if m.offset() + 1 >= end {
-                        drop(m);
-                        self.finish(partition, &mut finished)?;
-                    }
-                }
-                Some(Err(KafkaError::PartitionEOF(_))) | None => {
-                    // Control records (transaction markers) take offsets too: compare the
-                    // position, not the last record, with the end.
-                    let position = self.consumer.position().map_err(|e| self.kafka(e))?;
-                    let reached: Vec<i32> = position
-                        .elements_for_topic(&self.topic)
-                        .iter()
-                        .filter_map(|e| match e.offset() {
-                            Offset::Offset(o)
-                                if self
-                                    .reading
-                                    .get(&e.partition())
-                                    .is_some_and(|&end| o >= end) =>
-                            {
-                                Some(e.partition())
-                            }
-                            _ => None,
-                        })
-                        .collect();
-                    for p in reached {
-                        self.finish(p, &mut finished)?;
-                    }
-                }
-                Some(Err(e)) => return Err(self.kafka(e)),
-            }
-        }
-        Ok(finished)
-    }
-
-    /// Learns the end of the partitions not measured yet and starts reading them; an
-    /// empty partition is finished at once.
-    fn measure(&mut self) -> Result<Vec<i32>, RestoreFailure> {
-        let mut finished = Vec::new();
-        if self.unmeasured.is_empty() {
-            return Ok(finished);
-        }
-        let mut tpl = TopicPartitionList::new();
-        for p in self.unmeasured.clone() {
-            match self
-                .consumer
-                .fetch_watermarks(&self.topic, p, MEASURE_TIMEOUT)
-            {
-                Ok((_, end)) => {
-                    self.unmeasured.remove(&p);
-                    if end > 0 {
-                        self.reading.insert(p, end);
-                        tpl.add_partition_offset(&self.topic, p, Offset::Beginning)
-                            .map_err(|e| self.kafka(e))?;
-                    } else {
-                        finished.push(p);
-                    }
-                }
-                Err(e) if transient(&e) && Instant::now() < self.deadline => {
-                    tracing::debug!(error = %e, topic = %self.topic, partition = p, "changelog not ready yet: retrying");
-                }
-                Err(e) => return Err(self.kafka(e)),
-            }
-        }
-        if tpl.count() > 0 {
-            self.consumer
-                .incremental_assign(&tpl)
-                .map_err(|e| self.kafka(e))?;
-        }
-        Ok(finished)
-    }
-
-    /// A partition reached its end: it stops being read.
-    fn finish(&mut self, partition: i32, finished: &mut Vec<i32>) -> Result<(), RestoreFailure> {
-        if self.reading.remove(&partition).is_none() {
-            return Ok(());
-        }
-        finished.push(partition);
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&self.topic, partition);
-        self.consumer
-            .incremental_unassign(&tpl)
-            .map_err(|e| self.kafka(e))
-    }
-
-    fn kafka(&self, source: KafkaError) -> RestoreFailure {
-        RestoreFailure::Kafka {
-            topic: self.topic.clone(),
-            source,
-        }
-    }
-}
-
-/// How long one poll of the changelog waits at most.
-const POLL_TIMEOUT: Duration = Duration::from_millis(100);
-
-/// Errors a topic created a moment ago gives until its partitions have leaders.
-fn transient(e: &KafkaError) -> bool {
-    matches!(
-        e.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::NotLeaderForPartition
-                | RDKafkaErrorCode::LeaderNotAvailable
-                | RDKafkaErrorCode::UnknownTopicOrPartition
-                | RDKafkaErrorCode::UnknownPartition
-                | RDKafkaErrorCode::UnknownTopic
-                | RDKafkaErrorCode::RequestTimedOut
-                | RDKafkaErrorCode::OperationTimedOut
-        )
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_partition_without_a_leader_yet_is_retried_and_a_bad_config_is_not() {
-        let missing_leader = KafkaError::MetadataFetch(RDKafkaErrorCode::NotLeaderForPartition);
-        assert!(transient(&missing_leader));
-        assert!(transient(&KafkaError::MetadataFetch(
-            RDKafkaErrorCode::UnknownTopicOrPartition
-        )));
-        assert!(!transient(&KafkaError::MetadataFetch(
-            RDKafkaErrorCode::TopicAuthorizationFailed
-        )));
-        assert!(!transient(&KafkaError::ClientCreation("bad".into())));
+        let applied = &mut self.applied;
+        let result = self.reader.step(budget, |m| {
+            let Some(key) = m.key() else { return Ok(()) };
+            state.restore(m.partition(), key, m.payload())?;
+            *applied += 1;
+            Ok(())
+        });
+        let topic = self.reader.topic().to_string();
+        result.map_err(|e| match e {
+            ReadError::Kafka(source) => RestoreFailure::Kafka { topic, source },
+            ReadError::Apply(source) => RestoreFailure::Corrupt { topic, source },
+            ReadError::Timeout {
+                partitions,
+                timeout,
+            } => RestoreFailure::Timeout {
+                topic,
+                partitions,
+                timeout,
+            },
+        })
     }
 }

@@ -1,17 +1,15 @@
 //! Tables for enrich steps: every replica reads the whole (compacted) table topic into
 //! memory before the pipeline starts, then a background thread keeps it current.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 
 use super::KafkaSettings;
-use super::restore::QuietEof;
+use super::compacted::{AtEnd, CompactedReader};
 use crate::format::RecordFormat;
 use crate::record::Payload;
 use crate::steps::enrich::Table;
@@ -57,6 +55,9 @@ fn apply(
     }
 }
 
+/// How long the loading loop reads before it looks at the clock again.
+const LOAD_STEP: Duration = Duration::from_secs(1);
+
 /// Reads `topic` to its end, then keeps following it on a background thread.
 pub fn load(
     settings: &KafkaSettings,
@@ -65,62 +66,31 @@ pub fn load(
     format: RecordFormat,
     timeout: Duration,
 ) -> Result<Arc<Table>, TableError> {
-    let err = |e: KafkaError| TableError {
+    let err = |message: String| TableError {
         topic: topic.to_string(),
-        message: e.to_string(),
+        message,
     };
-    let consumer: BaseConsumer<QuietEof> = settings
-        .consumer_config()
-        .set("group.id", format!("{group_id}-table"))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .create_with_context(QuietEof)
-        .map_err(err)?;
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(30))
-        .map_err(err)?;
-    let partitions: Vec<i32> = md
-        .topics()
-        .first()
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .unwrap_or_default();
-    let mut tpl = TopicPartitionList::new();
-    let mut high = HashMap::new();
-    for p in &partitions {
-        let (_, hi) = consumer
-            .fetch_watermarks(topic, *p, Duration::from_secs(30))
-            .map_err(err)?;
-        high.insert(*p, hi);
-        tpl.add_partition_offset(topic, *p, Offset::Beginning)
-            .map_err(err)?;
-    }
-    consumer.assign(&tpl).map_err(err)?;
+    let partitions = partitions_of(settings, topic).map_err(|e| err(e.to_string()))?;
+    let mut reader = CompactedReader::new(
+        settings,
+        &format!("{group_id}-table"),
+        topic,
+        &partitions,
+        timeout,
+        AtEnd::Follow,
+    )
+    .map_err(|e| err(e.to_string()))?;
     let table = Arc::new(Table::default());
-    let deadline = Instant::now() + timeout;
-    let caught_up = |c: &BaseConsumer<QuietEof>| -> Result<bool, KafkaError> {
-        let pos = c.position()?;
-        Ok(high.iter().all(|(p, hi)| {
-            *hi == 0
-                || pos
-                    .find_partition(topic, *p)
-                    .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o >= *hi))
-        }))
-    };
-    while !caught_up(&consumer).map_err(err)? {
-        if Instant::now() > deadline {
-            return Err(TableError {
-                topic: topic.to_string(),
-                message: format!("not read to its end within {timeout:?}"),
-            });
-        }
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => apply(&table, format, topic, &m),
-            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
-            Some(Err(e)) => return Err(err(e)),
-        }
+    while !reader.is_finished() {
+        reader
+            .step(LOAD_STEP, |m| {
+                apply(&table, format, topic, m);
+                Ok::<(), std::convert::Infallible>(())
+            })
+            .map_err(|e| err(e.to_string()))?;
     }
-    tracing::info!(%topic, rows = table.len(), "table loaded");
+    tracing::info!(%topic, rows = table.len(), took_ms = reader.elapsed().as_millis() as u64, "table loaded");
+    let consumer = reader.into_consumer();
     let follower = table.clone();
     let name = topic.to_string();
     std::thread::Builder::new()
@@ -136,9 +106,17 @@ pub fn load(
                 }
             }
         })
-        .map_err(|e| TableError {
-            topic: topic.to_string(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| err(e.to_string()))?;
     Ok(table)
+}
+
+/// The partitions of `topic`.
+fn partitions_of(settings: &KafkaSettings, topic: &str) -> Result<Vec<i32>, KafkaError> {
+    let consumer: BaseConsumer = settings.client_config().create()?;
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+    Ok(md
+        .topics()
+        .first()
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default())
 }
