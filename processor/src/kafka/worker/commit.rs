@@ -1,0 +1,271 @@
+//! Ending commit intervals: changelog writes, transactions, offset commits, and the
+//! rewind to the last commit after a failure.
+
+use super::*;
+
+/// The transaction timeout for `commitInterval`: a transaction spans one interval plus
+/// its commit, so three intervals, and never below 10 s (a commit after a slow poll or a
+/// long record must not find its transaction aborted by the broker). Capped at 15
+/// minutes, the brokers' default `transaction.max.timeout.ms`; the engine refuses longer
+/// intervals ([`crate::engine::MAX_EXACTLY_ONCE_COMMIT_INTERVAL`]).
+pub fn transaction_timeout(commit_interval: Duration) -> Duration {
+    commit_interval
+        .saturating_mul(3)
+        .clamp(Duration::from_secs(10), Duration::from_secs(900))
+}
+
+impl Core {
+    pub(super) fn due(&self) -> bool {
+        self.batch > 0 && self.last_commit.elapsed() >= self.opts.commit_interval
+    }
+
+    /// Sends the aggregate's changed state to its changelog (in the current epoch, so
+    /// the offsets sealed with it wait for these too).
+    pub(super) fn write_changelog(&mut self) -> Result<(), WorkerError> {
+        let epoch = self.epoch;
+        if let Some((_, changelog)) = self.opts.state.clone()
+            && let Some(agg) = self.engine.aggregate_mut()
+        {
+            for (partition, key, value) in agg.take_changes() {
+                let mut rec: BaseRecord<'_, str, [u8], Box<Sent>> =
+                    BaseRecord::with_opaque_to(&changelog, Sent::boxed(Origin::internal(), epoch))
+                        .partition(partition)
+                        .key(key.as_str());
+                if let Some(v) = &value {
+                    rec = rec.payload(v.as_slice());
+                }
+                send(&self.producer, rec, epoch).map_err(WorkerError::Flush)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the commit interval. `exactlyOnce` commits its transaction; `atLeastOnce`
+    /// seals the epoch and commits, without waiting, whatever is acknowledged by now.
+    pub(super) fn end_interval<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), WorkerError> {
+        if self.opts.exactly_once {
+            return self.commit(consumer);
+        }
+        self.flush_pending()?;
+        self.write_changelog()?;
+        let offsets = std::mem::take(&mut self.offsets);
+        self.checkpoints.seal(self.epoch, offsets);
+        self.next_epoch();
+        self.engine.metrics().batch_size.observe(self.batch as f64);
+        self.batch = 0;
+        self.last_commit = Instant::now();
+        self.engine.report_state();
+        self.commit_acked(consumer)
+    }
+
+    /// `atLeastOnce`: commits (asynchronously) the offsets of sealed epochs whose outputs
+    /// are all acknowledged; a failed delivery stops here so the loop rewinds.
+    pub(super) fn commit_acked<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), WorkerError> {
+        self.check_deliveries()?;
+        let tracker = self.producer.context();
+        let offsets = self.checkpoints.take_acked(|e| tracker.acked_through(e));
+        if !offsets.is_empty() {
+            consumer
+                .commit(&partition_list(&offsets)?, CommitMode::Async)
+                .map_err(WorkerError::Commit)?;
+            self.status.committed();
+            self.engine.metrics().commits.inc();
+        }
+        Ok(())
+    }
+
+    /// A delivery failed: the loop rewinds (and dead-letters the record on replay).
+    pub(super) fn check_deliveries(&self) -> Result<(), WorkerError> {
+        if self.producer.context().any_failed() {
+            return Err(WorkerError::Flush(KafkaError::MessageProduction(
+                RDKafkaErrorCode::Fail,
+            )));
+        }
+        Ok(())
+    }
+
+    /// Commits everything processed so far and waits for it: at a rebalance, at
+    /// shutdown, and at the end of every `exactlyOnce` interval (outputs, changelog and
+    /// offsets in one transaction).
+    pub(super) fn commit<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), WorkerError> {
+        if self.batch == 0 && !self.in_txn && self.checkpoints.is_empty() {
+            self.last_commit = Instant::now();
+            return Ok(());
+        }
+        self.flush_pending()?;
+        self.write_changelog()?;
+        if self.opts.exactly_once {
+            let tpl = partition_list(&self.offsets)?;
+            let cgm = consumer
+                .group_metadata()
+                .ok_or(WorkerError::Commit(KafkaError::Global(
+                    RDKafkaErrorCode::State,
+                )))?;
+            if tpl.count() > 0 {
+                self.producer
+                    .send_offsets_to_transaction(&tpl, &cgm, TXN_TIMEOUT)
+                    .map_err(WorkerError::Transaction)?;
+            }
+            commit_transaction(&self.producer).map_err(WorkerError::Transaction)?;
+            self.in_txn = false;
+            self.next_epoch();
+        } else {
+            self.producer
+                .flush(TXN_TIMEOUT)
+                .map_err(WorkerError::Flush)?;
+            self.check_deliveries()?;
+            let mut offsets = self.checkpoints.take_all();
+            for (t, p, o) in self.offsets.drain(..) {
+                advance(&mut offsets, t, p, o);
+            }
+            if !offsets.is_empty() {
+                consumer
+                    .commit(&partition_list(&offsets)?, CommitMode::Sync)
+                    .map_err(WorkerError::Commit)?;
+            }
+            self.next_epoch();
+        }
+        self.status.committed();
+        let metrics = self.engine.metrics();
+        metrics.commits.inc();
+        metrics.batch_size.observe(self.batch as f64);
+        self.offsets.clear();
+        self.batch = 0;
+        self.last_commit = Instant::now();
+        self.engine.report_state();
+        Ok(())
+    }
+
+    /// Forgets everything not committed: aborts the transaction, remembers undeliverable
+    /// records, and marks the state for rebuilding.
+    pub(super) fn discard_uncommitted(&mut self) {
+        self.engine.metrics().aborts.inc();
+        if self.opts.exactly_once && self.in_txn {
+            if let Err(e) = abort(&self.producer) {
+                tracing::error!(error = %e, "abort failed");
+                self.fatal.get_or_insert(WorkerError::Transaction(e));
+            }
+            self.in_txn = false;
+        }
+        let mut passing: Option<(usize, String)> = None;
+        for failed in self.producer.context().take_failed() {
+            if !failed.poison {
+                let (n, _) = passing.get_or_insert((0, failed.error));
+                *n += 1;
+                continue;
+            }
+            match failed.output {
+                Some(output) => {
+                    self.refused_outputs.insert(output, failed.error);
+                }
+                None if failed.origin.is_record() => {
+                    self.poisoned.insert(failed.origin, failed.error);
+                }
+                None => {}
+            }
+        }
+        if let Some((count, first)) = passing {
+            tracing::warn!(count, first = %first, "outputs not delivered for a passing reason: they are produced again after the rewind");
+        }
+        self.offsets.clear();
+        self.checkpoints.clear();
+        // What was sent is replayed: a new epoch starts, and reports of the old ones
+        // count no more.
+        self.producer.context().forget_unacked(self.epoch);
+        self.epoch += 1;
+        self.batch = 0;
+        self.state_invalid = true;
+        self.last_commit = Instant::now();
+    }
+
+    /// After a failed commit: abort, rebuild the state, and seek every assigned partition
+    /// back to its committed offset.
+    pub(super) fn rewind<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        cause: &WorkerError,
+    ) -> Result<(), WorkerError> {
+        tracing::warn!(error = %cause, "rewinding to the last commit");
+        self.status.rewound(&cause.to_string());
+        self.discard_uncommitted();
+        // The consumer goes back to the committed offsets and reads again what the lane
+        // still holds.
+        if let Some(lane) = self.lane.as_mut() {
+            lane.discard()?;
+        }
+        if let Some(e) = self.fatal.take() {
+            return Err(e);
+        }
+        let assignment = consumer.assignment().map_err(WorkerError::Commit)?;
+        self.state_invalid = true;
+        self.on_assign(consumer, &assignment)?;
+        let committed = consumer
+            .committed_offsets(assignment, Duration::from_secs(30))
+            .map_err(WorkerError::Commit)?;
+        for e in committed.elements() {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => match self.opts.start_from {
+                    StartFrom::Earliest => Offset::Beginning,
+                    StartFrom::Latest => Offset::End,
+                },
+            };
+            consumer
+                .seek(e.topic(), e.partition(), offset, Duration::from_secs(10))
+                .map_err(WorkerError::Commit)?;
+        }
+        Ok(())
+    }
+}
+
+/// Aborts the open transaction. Aborting waits for the records in flight, whose
+/// delivery reports only arrive when the producer is polled (this thread is the only one
+/// that polls it): so abort in short attempts, serving the reports between them, until
+/// done or `TXN_TIMEOUT` passes.
+pub(super) fn abort(producer: &BaseProducer<DeliveryTracker>) -> Result<(), KafkaError> {
+    let deadline = Instant::now() + TXN_TIMEOUT;
+    loop {
+        match producer.abort_transaction(Duration::from_secs(1)) {
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && Instant::now() < deadline => {
+                producer.poll(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Commits the open transaction. A retriable error (the commit timed out, the
+/// coordinator moved) leaves the transaction committing: librdkafka's documented answer
+/// is to call commit again, not to abort what may already be committed.
+pub(super) fn commit_transaction(
+    producer: &BaseProducer<DeliveryTracker>,
+) -> Result<(), KafkaError> {
+    let deadline = Instant::now() + TXN_TIMEOUT;
+    loop {
+        match producer.commit_transaction(TXN_TIMEOUT) {
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && Instant::now() < deadline => {
+                tracing::warn!(error = %e, "committing the transaction again");
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The offsets as a list to commit.
+pub(super) fn partition_list(offsets: &Offsets) -> Result<TopicPartitionList, WorkerError> {
+    let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+    for (t, p, o) in offsets {
+        tpl.add_partition_offset(t, *p, Offset::Offset(*o))
+            .map_err(WorkerError::Commit)?;
+    }
+    Ok(tpl)
+}

@@ -1,0 +1,117 @@
+//! Writing a record that cannot be processed or delivered to the dead-letter topic.
+
+use super::*;
+
+/// A record that goes to the dead-letter topic: where it came from and what it held.
+pub(super) struct DeadLetterSource {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    headers: Vec<(String, Vec<u8>)>,
+    timestamp: Option<i64>,
+}
+
+impl DeadLetterSource {
+    /// A consumed record, as it was read.
+    pub(super) fn of_message(m: &BorrowedMessage<'_>) -> DeadLetterSource {
+        DeadLetterSource {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            headers: headers_of(m),
+            timestamp: m.timestamp().to_millis(),
+        }
+    }
+
+    /// A record that went through the transform lane, as it was read.
+    pub(super) fn of_input(batch: &Batch, input: &lane::Input) -> DeadLetterSource {
+        DeadLetterSource {
+            topic: input.topic.to_string(),
+            partition: input.partition,
+            offset: input.offset,
+            key: batch.key(input).map(<[u8]>::to_vec),
+            payload: batch.payload(input).map(<[u8]>::to_vec),
+            headers: input.headers.clone(),
+            timestamp: input.timestamp,
+        }
+    }
+
+    /// A record the steps made (an aggregate's held-back output), with the coordinates
+    /// of the input record it carries.
+    pub(super) fn of_record(r: &Record, format: crate::format::RecordFormat) -> DeadLetterSource {
+        DeadLetterSource {
+            topic: r.topic.to_string(),
+            partition: r.partition,
+            offset: r.offset,
+            key: r.key.clone(),
+            payload: format.encode(&r.value).ok(),
+            headers: r.headers.clone(),
+            timestamp: (r.timestamp > 0).then_some(r.timestamp),
+        }
+    }
+}
+
+impl Core {
+    pub(super) fn dead_letter(
+        &mut self,
+        src: &DeadLetterSource,
+        failure: &Failure,
+    ) -> Result<(), WorkerError> {
+        let Some(dlq) = self.opts.dead_letter.clone() else {
+            return Err(WorkerError::NoDeadLetter {
+                topic: src.topic.clone(),
+                partition: src.partition,
+                offset: src.offset,
+                failure: failure.clone(),
+            });
+        };
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in &src.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_slice()),
+            });
+        }
+        let partition = src.partition.to_string();
+        let offset = src.offset.to_string();
+        for (k, v) in [
+            ("sluice.error", failure.error.as_str()),
+            ("sluice.step", failure.step.as_str()),
+            ("sluice.source.topic", src.topic.as_str()),
+            ("sluice.source.partition", partition.as_str()),
+            ("sluice.source.offset", offset.as_str()),
+        ] {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let mut rec: BaseRecord<'_, [u8], [u8], Box<Sent>> =
+            BaseRecord::with_opaque_to(&dlq, Sent::boxed(Origin::internal(), self.epoch))
+                .headers(headers);
+        if let Some(k) = &src.key {
+            rec = rec.key(k);
+        }
+        if let Some(p) = &src.payload {
+            rec = rec.payload(p);
+        }
+        if let Some(ts) = src.timestamp {
+            rec = rec.timestamp(ts);
+        }
+        send(&self.producer, rec, self.epoch)
+            .map_err(|source| WorkerError::DeadLetter { topic: dlq, source })?;
+        self.engine.metrics().dead_lettered.inc();
+        self.dead_lettered_logged += 1;
+        if self.dead_lettered_logged <= 10 || self.dead_lettered_logged.is_multiple_of(1000) {
+            tracing::warn!(
+                step = %failure.step, error = %failure.error, topic = %src.topic, partition = src.partition,
+                offset = src.offset, dead_lettered = self.dead_lettered_logged, "record dead-lettered"
+            );
+        }
+        Ok(())
+    }
+}
