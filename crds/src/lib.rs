@@ -6,6 +6,7 @@
 
 pub mod common;
 pub mod connector;
+pub mod contract;
 pub mod generate;
 pub mod pipeline;
 pub mod topic;

@@ -160,12 +160,14 @@ pub(crate) fn kafka_properties_text(args: &Args) -> Result<Option<String>> {
 
 fn kafka_properties(args: &Args) -> Result<std::collections::BTreeMap<String, String>> {
     let file = match (&args.kafka_config_file, kafka_properties_text(args)?) {
-        (Some(path), Some(text)) => kafka::config::parse_properties(&text).map_err(|line| {
-            Error::KafkaConfig(format!(
-                "{} line {line} is not a key=value property",
-                path.display()
-            ))
-        })?,
+        (Some(path), Some(text)) => {
+            sluice_crds::contract::parse_properties(&text).map_err(|line| {
+                Error::KafkaConfig(format!(
+                    "{} line {line} is not a key=value property",
+                    path.display()
+                ))
+            })?
+        }
         _ => Default::default(),
     };
     Ok(kafka::config::client_properties(

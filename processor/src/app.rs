@@ -282,7 +282,7 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<(), AppError> 
     let group_id = cfg.group_id();
     let wopts = WorkerOptions {
         settings: opts.settings.clone(),
-        transactional_id: format!("{group_id}-{}", opts.replica_id),
+        transactional_id: sluice_crds::contract::transactional_id(&group_id, &opts.replica_id),
         group_id,
         exactly_once: cfg.spec.delivery == Delivery::ExactlyOnce,
         commit_interval,

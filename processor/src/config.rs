@@ -61,7 +61,7 @@ impl PipelineConfig {
         if let Some(g) = &self.group_override {
             return g.clone();
         }
-        format!("sluice-{}-{}", self.namespace, self.name)
+        sluice_crds::contract::group_id(&self.namespace, &self.name)
     }
 
     /// Reads a config file (see [`PipelineConfig::parse`]).
@@ -135,24 +135,15 @@ pub fn load_kafka_properties(path: &Path) -> Result<BTreeMap<String, String>, Lo
     parse_kafka_properties(&text, &origin)
 }
 
-/// Parses `key=value` lines.
+/// Parses `key=value` lines ([`sluice_crds::contract::parse_properties`]).
 pub fn parse_kafka_properties(
     text: &str,
     origin: &str,
 ) -> Result<BTreeMap<String, String>, LoadError> {
-    let mut out = BTreeMap::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (k, v) = line.split_once('=').ok_or(LoadError::KafkaProperty {
-            path: origin.to_string(),
-            line: i + 1,
-        })?;
-        out.insert(k.trim().to_string(), v.trim().to_string());
-    }
-    Ok(out)
+    sluice_crds::contract::parse_properties(text).map_err(|line| LoadError::KafkaProperty {
+        path: origin.to_string(),
+        line,
+    })
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! `/metrics`, `/healthz` and `/readyz`.
 
 use std::net::SocketAddr;
+
+use sluice_crds::contract;
 use std::sync::Arc;
 
 use axum::Router;
@@ -22,9 +24,9 @@ struct AppState {
 /// The router.
 pub fn router(metrics: Arc<Metrics>, status: Arc<Status>) -> Router {
     Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(health_handler))
-        .route("/readyz", get(ready_handler))
+        .route(contract::METRICS_PATH, get(metrics_handler))
+        .route(contract::HEALTH_PATH, get(health_handler))
+        .route(contract::READY_PATH, get(ready_handler))
         .with_state(AppState { metrics, status })
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
+use sluice_crds::contract;
 use sluice_processor::app::{self, RunOptions};
 use sluice_processor::config::{PipelineConfig, load_kafka_properties};
 use sluice_processor::generate::{self, Pace, Template};
@@ -30,10 +31,10 @@ struct Cli {
 #[derive(clap::Args, Clone)]
 struct KafkaArgs {
     /// Kafka bootstrap servers.
-    #[arg(long, env = "SLUICE_KAFKA_BOOTSTRAP")]
+    #[arg(long, env = contract::env::KAFKA_BOOTSTRAP)]
     bootstrap: String,
     /// File of extra librdkafka properties (key=value lines), e.g. SASL/TLS from a Secret.
-    #[arg(long, env = "SLUICE_KAFKA_CONFIG_FILE")]
+    #[arg(long, env = contract::env::KAFKA_CONFIG_FILE)]
     kafka_config: Option<PathBuf>,
 }
 
@@ -42,18 +43,18 @@ enum Command {
     /// Run a pipeline from the config file the operator mounts.
     Pipeline {
         /// The pipeline config: its spec (YAML or JSON) with `name` and `namespace`.
-        #[arg(long, env = "SLUICE_PIPELINE_CONFIG")]
+        #[arg(long, env = contract::env::PIPELINE_CONFIG)]
         config: PathBuf,
         #[command(flatten)]
         kafka: KafkaArgs,
         /// Address for /metrics, /healthz and /readyz.
-        #[arg(long, env = "SLUICE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+        #[arg(long, env = contract::env::HTTP_ADDR, default_value_t = SocketAddr::from(([0, 0, 0, 0], contract::HTTP_PORT)))]
         listen: SocketAddr,
         /// Stable identity of this replica, part of the transactional id (default: POD_NAME, then HOSTNAME).
-        #[arg(long, env = "SLUICE_REPLICA_ID")]
+        #[arg(long, env = contract::env::REPLICA_ID)]
         replica_id: Option<String>,
         /// Consumer group, overriding `sluice-<namespace>-<name>`.
-        #[arg(long, env = "SLUICE_GROUP_ID")]
+        #[arg(long, env = contract::env::GROUP_ID)]
         group_id: Option<String>,
     },
     /// Run a Pipeline manifest locally, without Kubernetes.
@@ -64,10 +65,10 @@ enum Command {
         #[command(flatten)]
         kafka: KafkaArgs,
         /// Address for /metrics, /healthz and /readyz (none by default).
-        #[arg(long, env = "SLUICE_HTTP_ADDR")]
+        #[arg(long, env = contract::env::HTTP_ADDR)]
         listen: Option<SocketAddr>,
         /// Identity of this process, part of the transactional id.
-        #[arg(long, env = "SLUICE_REPLICA_ID", default_value = "local-0")]
+        #[arg(long, env = contract::env::REPLICA_ID, default_value = "local-0")]
         replica_id: String,
     },
     /// Write generated records to a topic (demos and load).
@@ -112,7 +113,7 @@ fn settings(k: &KafkaArgs) -> Result<KafkaSettings, String> {
 }
 
 fn fail(code: i32, msg: impl std::fmt::Display) -> ! {
-    if std::env::var("SLUICE_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json")) {
+    if std::env::var(contract::env::LOG_FORMAT).is_ok_and(|v| v.eq_ignore_ascii_case("json")) {
         tracing::error!("{msg}");
     }
     eprintln!("sluice-processor: {msg}");

@@ -17,8 +17,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
-use sluice_crds::Pipeline;
 use sluice_crds::pipeline::{PipelineSpec, Scaling};
+use sluice_crds::{Pipeline, contract};
 
 /// Label every object of a pipeline carries, with the pipeline's name.
 pub const PIPELINE_LABEL: &str = "sluice.dev/pipeline";
@@ -39,7 +39,7 @@ pub const CONFIG_DIR: &str = "/etc/sluice/pipeline";
 /// Where the optional Kafka client settings Secret is mounted.
 pub const KAFKA_CLIENT_DIR: &str = "/etc/sluice/kafka";
 /// The processor's HTTP port (metrics and probes).
-pub const HTTP_PORT: i32 = 8080;
+pub const HTTP_PORT: i32 = contract::HTTP_PORT as i32;
 
 /// Settings from the operator's installation that every processor Deployment gets.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -66,10 +66,7 @@ pub enum RenderError {
     Serialize(#[from] serde_json::Error),
 }
 
-/// The consumer group of a pipeline: stable, so rollouts and rescales keep its offsets.
-pub fn group_id(namespace: &str, name: &str) -> String {
-    format!("sluice-{namespace}-{name}")
-}
+pub use contract::group_id;
 
 /// Names of the objects a pipeline owns.
 pub fn processor_name(pipeline: &str) -> String {
@@ -211,13 +208,13 @@ pub fn deployment(
         .namespace()
         .ok_or(RenderError::MissingMetadata("namespace"))?;
     let mut env = vec![
-        env_value("SLUICE_KAFKA_BOOTSTRAP", &defaults.kafka_bootstrap),
-        env_value("SLUICE_HTTP_ADDR", &format!("0.0.0.0:{HTTP_PORT}")),
-        env_value("SLUICE_GROUP_ID", &group_id(&namespace, &name)),
-        env_value("SLUICE_LOG_FORMAT", "json"),
+        env_value(contract::env::KAFKA_BOOTSTRAP, &defaults.kafka_bootstrap),
+        env_value(contract::env::HTTP_ADDR, &format!("0.0.0.0:{HTTP_PORT}")),
+        env_value(contract::env::GROUP_ID, &group_id(&namespace, &name)),
+        env_value(contract::env::LOG_FORMAT, "json"),
         EnvVar {
             // Each replica's identity: its transactional id and its name in the group.
-            name: "SLUICE_REPLICA_ID".into(),
+            name: contract::env::REPLICA_ID.into(),
             value_from: Some(EnvVarSource {
                 field_ref: Some(ObjectFieldSelector {
                     field_path: "metadata.name".into(),
@@ -253,7 +250,7 @@ pub fn deployment(
             self::config_hash(properties),
         );
         env.push(env_value(
-            "SLUICE_KAFKA_CONFIG_FILE",
+            contract::env::KAFKA_CONFIG_FILE,
             &format!("{KAFKA_CLIENT_DIR}/{KAFKA_CLIENT_KEY}"),
         ));
         volumes.push(Volume {
@@ -290,8 +287,8 @@ pub fn deployment(
                 .unwrap_or_else(|| defaults.image.clone()),
         ),
         args: Some(vec![
-            "pipeline".into(),
-            "--config".into(),
+            contract::PIPELINE_COMMAND.into(),
+            contract::CONFIG_FLAG.into(),
             format!("{CONFIG_DIR}/{CONFIG_KEY}"),
         ]),
         env: Some(env),
@@ -301,8 +298,8 @@ pub fn deployment(
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
-        readiness_probe: Some(probe("/readyz", 5, 3)),
-        liveness_probe: Some(probe("/healthz", 10, 6)),
+        readiness_probe: Some(probe(contract::READY_PATH, 5, 3)),
+        liveness_probe: Some(probe(contract::HEALTH_PATH, 10, 6)),
         resources: p
             .spec
             .resources
