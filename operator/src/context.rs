@@ -14,9 +14,9 @@ use crate::metrics::Metrics;
 /// The one field manager for every server-side apply and patch.
 pub const FIELD_MANAGER: &str = "sluice-operator";
 
-/// Settings that shape reconciles.
+/// ReconcileSettings that shape reconciles.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct ReconcileSettings {
     /// Reconcile every object this often even when nothing changed.
     pub resync: Duration,
     /// Watch only this namespace; `None` for all.
@@ -28,7 +28,7 @@ pub struct Settings {
 /// The label that assigns a resource to one operator instance.
 pub const INSTANCE_LABEL: &str = "sluice.dev/instance";
 
-impl Settings {
+impl ReconcileSettings {
     /// The label selector of the resources this operator handles.
     pub fn selector(&self) -> String {
         match &self.instance {
@@ -51,8 +51,8 @@ pub struct Context {
     pub kafka: KafkaAdmin,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
-    /// Settings.
-    pub settings: Settings,
+    /// ReconcileSettings.
+    pub settings: ReconcileSettings,
     /// Publishes Kubernetes events.
     pub recorder: Recorder,
     /// Per-object retry backoff.
@@ -65,7 +65,7 @@ impl Context {
         client: Client,
         kafka: KafkaAdmin,
         metrics: Arc<Metrics>,
-        settings: Settings,
+        settings: ReconcileSettings,
         identity: &str,
     ) -> Self {
         let reporter = Reporter {
@@ -146,7 +146,7 @@ mod tests {
 
     #[test]
     fn instances_select_their_own_resources() {
-        let mut s = Settings {
+        let mut s = ReconcileSettings {
             resync: Duration::from_secs(60),
             namespace: None,
             instance: None,

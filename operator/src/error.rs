@@ -23,12 +23,16 @@ pub enum Error {
     /// A Kubernetes API call failed.
     #[error("Kubernetes API call failed: {action}: {source}")]
     Kube {
-        /// What was being done ("write status", "add finalizer", ...).
-        action: &'static str,
+        /// What was being done ("write status", "apply the processor Deployment", ...).
+        action: String,
         /// The client's error.
         #[source]
         source: kube::Error,
     },
+
+    /// A Pipeline could not be rendered into the objects that run it.
+    #[error(transparent)]
+    Render(#[from] crate::pipeline::render::RenderError),
 
     /// The object in the cluster could not be read as its kind.
     #[error("the object is malformed: {0}")]
@@ -72,6 +76,7 @@ impl Error {
             Error::KafkaUnavailable(_) => "kafka_unavailable",
             Error::KafkaAdmin { .. } => "kafka_admin",
             Error::Kube { .. } => "kube",
+            Error::Render(_) => "render",
             Error::Malformed(_) => "malformed",
             Error::KafkaConfig(_) => "kafka_config",
             Error::CrdMissing(_) => "crd_missing",
@@ -84,7 +89,8 @@ impl Error {
     }
 
     /// Wraps a Kubernetes client error with what was being done.
-    pub fn kube(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
+    pub fn kube(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+        let action = action.into();
         move |source| Error::Kube { action, source }
     }
 

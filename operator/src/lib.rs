@@ -27,7 +27,7 @@ use tokio::sync::watch;
 pub use cli::Args;
 pub use error::{Error, Result};
 
-use context::{Context, Settings};
+use context::{Context, ReconcileSettings};
 use kafka::KafkaAdmin;
 use leader::Leadership;
 use metrics::Metrics;
@@ -67,7 +67,7 @@ pub async fn run(args: Args) -> Result<()> {
         client.clone(),
         kafka,
         metrics.clone(),
-        Settings {
+        ReconcileSettings {
             resync: args.resync,
             namespace: args.namespace.clone(),
             instance: args.instance.clone(),

@@ -27,7 +27,7 @@ where
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Err(Error::CrdMissing(crd.into())),
         Err(source) => Err(Error::Kube {
-            action: "check that the CRDs are installed",
+            action: "check that the CRDs are installed".into(),
             source,
         }),
     }

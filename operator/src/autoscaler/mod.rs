@@ -46,7 +46,7 @@ mod sizing;
 
 pub use observation::{Observation, PartitionId, PartitionOffsets};
 pub use scaler::{Autoscaler, Decision, LagMetrics};
-pub use settings::{Settings, SettingsError};
+pub use settings::{ScalingSettings, SettingsError};
 
 #[cfg(test)]
 mod tests;

@@ -8,7 +8,7 @@ use humantime::format_duration;
 use super::cost::ChangeCost;
 use super::history::{History, Load, Rates};
 use super::observation::{Observation, PartitionId};
-use super::settings::Settings;
+use super::settings::ScalingSettings;
 use super::sizing::{Demand, Sizing, TARGET_UTILIZATION, size};
 
 /// Consumption rate for the status, and the steady part of the arrival rate.
@@ -83,7 +83,7 @@ impl Plan {
 /// [`Decision`]. Pure: no I/O and no clock; time comes in with each observation.
 #[derive(Clone, Debug)]
 pub struct Autoscaler {
-    settings: Settings,
+    settings: ScalingSettings,
     history: History,
     capacity: Option<f64>,
     recommendations: VecDeque<(Duration, u32)>,
@@ -96,7 +96,7 @@ pub struct Autoscaler {
 
 impl Autoscaler {
     /// A scaler with no history.
-    pub fn new(settings: Settings) -> Self {
+    pub fn new(settings: ScalingSettings) -> Self {
         Self {
             settings,
             history: History::new(HISTORY),
@@ -111,12 +111,12 @@ impl Autoscaler {
     }
 
     /// The settings in force.
-    pub fn settings(&self) -> &Settings {
+    pub fn settings(&self) -> &ScalingSettings {
         &self.settings
     }
 
     /// Takes new settings (the spec changed), keeping the history and what was learnt.
-    pub fn set_settings(&mut self, settings: Settings) {
+    pub fn set_settings(&mut self, settings: ScalingSettings) {
         self.settings = settings;
     }
 

@@ -6,7 +6,7 @@ use sluice_crds::pipeline::{Scaling, StartFrom};
 
 /// What the autoscaler needs from a Pipeline's spec, with durations parsed.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Settings {
+pub struct ScalingSettings {
     /// Fewest replicas; 0 lets an idle pipeline scale to zero.
     pub min_replicas: u32,
     /// Most replicas (the input partition count caps it further).
@@ -64,7 +64,7 @@ pub enum SettingsError {
     ZeroLagTarget,
 }
 
-impl Settings {
+impl ScalingSettings {
     /// Parses a Pipeline's `spec.scaling`, `spec.startFrom` and `spec.commitInterval`.
     pub fn from_spec(
         scaling: &Scaling,
@@ -119,7 +119,8 @@ mod tests {
 
     #[test]
     fn defaults_parse() {
-        let s = Settings::from_spec(&Scaling::default(), StartFrom::Earliest, "100ms").unwrap();
+        let s =
+            ScalingSettings::from_spec(&Scaling::default(), StartFrom::Earliest, "100ms").unwrap();
         assert_eq!(s.min_replicas, 1);
         assert_eq!(s.max_replicas, 10);
         assert_eq!(s.lag_target, Duration::from_secs(30));
@@ -134,24 +135,24 @@ mod tests {
             lag_target: "soon".into(),
             ..Scaling::default()
         };
-        let err = Settings::from_spec(&scaling, StartFrom::Earliest, "1s").unwrap_err();
+        let err = ScalingSettings::from_spec(&scaling, StartFrom::Earliest, "1s").unwrap_err();
         assert!(
             err.to_string().contains("scaling.lagTarget \"soon\""),
             "{err}"
         );
 
         scaling.lag_target = "0s".into();
-        let err = Settings::from_spec(&scaling, StartFrom::Earliest, "1s").unwrap_err();
+        let err = ScalingSettings::from_spec(&scaling, StartFrom::Earliest, "1s").unwrap_err();
         assert!(matches!(err, SettingsError::ZeroLagTarget));
 
         scaling.lag_target = "30s".into();
         scaling.min_replicas = 5;
         scaling.max_replicas = 2;
-        let err = Settings::from_spec(&scaling, StartFrom::Earliest, "1s").unwrap_err();
+        let err = ScalingSettings::from_spec(&scaling, StartFrom::Earliest, "1s").unwrap_err();
         assert!(matches!(err, SettingsError::MinAboveMax { min: 5, max: 2 }));
 
         scaling.min_replicas = -1;
-        let err = Settings::from_spec(&scaling, StartFrom::Earliest, "1s").unwrap_err();
+        let err = ScalingSettings::from_spec(&scaling, StartFrom::Earliest, "1s").unwrap_err();
         assert!(err.to_string().contains("minReplicas is -1"), "{err}");
     }
 }

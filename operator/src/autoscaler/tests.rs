@@ -8,8 +8,8 @@ use sluice_crds::pipeline::StartFrom;
 use super::sim::{ClusterConfig, Sluice, Trace, run};
 use super::*;
 
-fn settings(min: u32, max: u32) -> Settings {
-    Settings {
+fn settings(min: u32, max: u32) -> ScalingSettings {
+    ScalingSettings {
         min_replicas: min,
         max_replicas: max,
         lag_target: Duration::from_secs(30),
@@ -53,7 +53,7 @@ fn cluster(partitions: usize) -> ClusterConfig {
     }
 }
 
-fn sluice(settings: Settings) -> Sluice {
+fn sluice(settings: ScalingSettings) -> Sluice {
     Sluice {
         autoscaler: Autoscaler::new(settings),
         every_secs: 5,

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use sluice_crds::pipeline::StartFrom;
 use sluice_operator::autoscaler::sim::keda::{Keda, KedaSettings};
-use sluice_operator::autoscaler::sim::{ClusterConfig, Outcome, Scaler, Sluice, Trace, run};
-use sluice_operator::autoscaler::{Autoscaler, Settings};
+use sluice_operator::autoscaler::sim::{ClusterConfig, Scaler, SimResult, Sluice, Trace, run};
+use sluice_operator::autoscaler::{Autoscaler, ScalingSettings};
 
 const PARTITIONS: usize = 12;
 const CAPACITY: f64 = 1000.0;
@@ -82,7 +82,7 @@ fn main() -> ExitCode {
             ratios(&ours, &theirs_default)
         );
         for (k, theirs) in [&theirs, &theirs_default].into_iter().enumerate() {
-            let reach = |o: &Outcome| o.reach_secs.unwrap_or(u64::MAX);
+            let reach = |o: &SimResult| o.reach_secs.unwrap_or(u64::MAX);
             score[k][0] += usize::from(reach(&ours) <= reach(theirs));
             score[k][1] += usize::from(ours.changes <= theirs.changes);
             score[k][2] += usize::from(ours.over_target_secs <= theirs.over_target_secs);
@@ -180,7 +180,7 @@ fn print_setup(cluster: &ClusterConfig, threshold: f64) {
 }
 
 fn sluice(min: u32) -> Sluice {
-    let settings = Settings {
+    let settings = ScalingSettings {
         min_replicas: min,
         max_replicas: MAX_REPLICAS,
         lag_target: Duration::from_secs(LAG_TARGET_SECS),
@@ -339,7 +339,7 @@ struct Sweep {
 }
 
 impl Sweep {
-    fn add(&mut self, out: &Outcome) {
+    fn add(&mut self, out: &SimResult) {
         self.runs += 1;
         if let Some(s) = out.reach_secs {
             self.reached += 1;
@@ -413,7 +413,7 @@ fn sweep(cluster: &ClusterConfig, threshold: f64, ats: std::ops::Range<u64>) {
                 labels[k] = scaler.name();
                 outcomes.push(outcome);
             }
-            let reach = |o: &Outcome| o.reach_secs.unwrap_or(u64::MAX);
+            let reach = |o: &SimResult| o.reach_secs.unwrap_or(u64::MAX);
             for (k, theirs) in outcomes[1..].iter().enumerate() {
                 wins[k][0] += u32::from(reach(&outcomes[0]) <= reach(theirs));
                 wins[k][1] += u32::from(outcomes[0].changes <= theirs.changes);
@@ -434,7 +434,7 @@ fn sweep(cluster: &ClusterConfig, threshold: f64, ats: std::ops::Range<u64>) {
     }
 }
 
-fn row(trace: &str, scaler: &dyn Scaler, out: &Outcome) {
+fn row(trace: &str, scaler: &dyn Scaler, out: &SimResult) {
     let reach = out
         .reach_secs
         .map_or("never".to_string(), |s| format!("{s} s"));
@@ -461,7 +461,7 @@ fn row(trace: &str, scaler: &dyn Scaler, out: &Outcome) {
     );
 }
 
-fn ratios(ours: &Outcome, theirs: &Outcome) -> String {
+fn ratios(ours: &SimResult, theirs: &SimResult) -> String {
     let ratio = |a: f64, b: f64| {
         if b == 0.0 {
             if a == 0.0 {

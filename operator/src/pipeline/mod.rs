@@ -30,6 +30,7 @@ use sluice_processor::engine::Engine;
 use sluice_processor::metrics::PipelineMetrics;
 use tracing::{Instrument, debug, info, info_span};
 
+use crate::Error;
 use crate::autoscaler::SettingsError;
 use crate::context::{Context, FIELD_MANAGER};
 use render::ProcessorDefaults;
@@ -37,30 +38,6 @@ use scaler::Scalers;
 
 /// The kind, for metrics, logs and events.
 pub const KIND: &str = "Pipeline";
-
-/// Why a Pipeline reconcile failed (it is retried with backoff).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A Kubernetes API call failed.
-    #[error("{action}: {source}")]
-    Kube {
-        /// What was being done.
-        action: String,
-        /// The client's error.
-        #[source]
-        source: kube::Error,
-    },
-    /// The Pipeline could not be rendered.
-    #[error(transparent)]
-    Render(#[from] render::RenderError),
-}
-
-impl Error {
-    fn kube(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
-        let action = action.into();
-        move |source| Error::Kube { action, source }
-    }
-}
 
 /// Pipeline controller settings.
 #[derive(Debug, Clone)]
@@ -103,7 +80,7 @@ impl PipelineSettings {
 pub fn validate(p: &Pipeline) -> Vec<String> {
     // Scaling settings the autoscaler cannot use (a lag target of zero, a commit interval
     // that is no duration) are refused here, not dropped at the first tick.
-    let scaling = crate::autoscaler::Settings::from_spec(
+    let scaling = crate::autoscaler::ScalingSettings::from_spec(
         &p.spec.scaling,
         p.spec.start_from,
         &p.spec.commit_interval,
@@ -263,7 +240,7 @@ async fn reconcile(p: Arc<Pipeline>, state: Arc<PipelineController>) -> Result<A
         let _timer = ctx.metrics.reconcile_timer(KIND);
         let result = reconcile_pipeline(&p, &state).await;
         ctx.metrics
-            .reconciled(KIND, if result.is_ok() { "ok" } else { "error" });
+            .reconciled(KIND, result.as_ref().map_or_else(Error::label, |_| "ok"));
         if result.is_ok() {
             ctx.backoff.succeeded(&key_of(&p));
         }

@@ -12,11 +12,11 @@ use sluice_crds::Pipeline;
 use sluice_crds::pipeline::{ScaleDecision, ScalingMode};
 
 use super::lag::GroupReading;
-use crate::autoscaler::{Autoscaler, Observation, Settings};
+use crate::autoscaler::{Autoscaler, Observation, ScalingSettings};
 
 /// What one tick decided for one pipeline.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Outcome {
+pub struct ScaleTick {
     /// Replicas to run.
     pub replicas: i32,
     /// Records waiting across all input partitions.
@@ -40,7 +40,7 @@ pub struct Scalers {
     min_interval: Duration,
     by_pipeline: Mutex<HashMap<String, Autoscaler>>,
     last_scale: Mutex<HashMap<String, ScaleDecision>>,
-    last_outcome: Mutex<HashMap<String, (Duration, Outcome)>>,
+    last_outcome: Mutex<HashMap<String, (Duration, ScaleTick)>>,
 }
 
 impl Default for Scalers {
@@ -83,7 +83,7 @@ impl Scalers {
         reading: &GroupReading,
         current: i32,
         ready: i32,
-    ) -> Outcome {
+    ) -> ScaleTick {
         let now = self.origin.elapsed();
         let recent = self.last_outcome.lock().ok().and_then(|m| {
             m.get(key)
@@ -91,7 +91,7 @@ impl Scalers {
                 .map(|(_, o)| o.clone())
         });
         if let Some(previous) = recent {
-            return Outcome {
+            return ScaleTick {
                 decision: None,
                 ..previous
             };
@@ -111,7 +111,7 @@ impl Scalers {
         current: i32,
         ready: i32,
         now: std::time::Duration,
-    ) -> Outcome {
+    ) -> ScaleTick {
         let observation = Observation {
             now,
             partitions: reading.partitions.clone(),
@@ -120,7 +120,7 @@ impl Scalers {
             rebalancing: reading.rebalancing,
         };
         let settings =
-            Settings::from_spec(&p.spec.scaling, p.spec.start_from, &p.spec.commit_interval);
+            ScalingSettings::from_spec(&p.spec.scaling, p.spec.start_from, &p.spec.commit_interval);
         let decision = match (settings, self.by_pipeline.lock()) {
             (Ok(settings), Ok(mut map)) => {
                 let scaler = map
@@ -134,13 +134,13 @@ impl Scalers {
             _ => None,
         };
         let Some(decision) = decision else {
-            // Settings `validate` refuses (so this is not reached for them): keep the
+            // ScalingSettings `validate` refuses (so this is not reached for them): keep the
             // current size.
             tracing::warn!(
                 pipeline = key,
                 "scaling settings unusable: keeping the current size"
             );
-            return Outcome {
+            return ScaleTick {
                 replicas: current.max(1),
                 lag: 0,
                 max_partition_lag: 0,
@@ -177,7 +177,7 @@ impl Scalers {
         if let (Some(d), Ok(mut map)) = (&decision, self.last_scale.lock()) {
             map.insert(key.to_string(), d.clone());
         }
-        Outcome {
+        ScaleTick {
             replicas,
             lag: i64::try_from(metrics.total_lag).unwrap_or(i64::MAX),
             max_partition_lag: i64::try_from(metrics.max_partition_lag).unwrap_or(i64::MAX),

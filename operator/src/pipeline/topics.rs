@@ -8,7 +8,7 @@ use kube::{Resource, ResourceExt};
 use sluice_crds::topic::DeletionPolicy;
 use sluice_crds::{Pipeline, Topic, TopicSpec};
 
-use super::Error;
+use crate::Error;
 use crate::context::{Context, FIELD_MANAGER};
 
 /// A DNS-1123 name for a Topic resource holding Kafka topic `topic`.

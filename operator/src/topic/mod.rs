@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::kafka::{AdminError, TopicState};
 use conflict::Claim;
 use plan::{Desired, Plan, Refusal};
-use status::Outcome;
+use status::TopicOutcome;
 
 /// The kind, for metrics, logs and events.
 pub const KIND: &str = "Topic";
@@ -226,7 +226,7 @@ async fn reconcile_topic(topic: &Topic, state: &TopicController) -> Result<Actio
                 &oref,
                 &name,
                 None,
-                Outcome::InvalidSpec(message),
+                TopicOutcome::InvalidSpec(message),
             )
             .await?;
             return Ok(Action::requeue(ctx.settings.resync));
@@ -234,7 +234,7 @@ async fn reconcile_topic(topic: &Topic, state: &TopicController) -> Result<Actio
     };
 
     if let Some(owner) = other_owner(topic, &state.store, &desired.name) {
-        let outcome = Outcome::Conflict {
+        let outcome = TopicOutcome::Conflict {
             owner: owner.key,
             topic: desired.name.clone(),
         };
@@ -290,15 +290,15 @@ async fn reconcile_topic(topic: &Topic, state: &TopicController) -> Result<Actio
     };
 
     let (observed, outcome, next) = match applied {
-        Applied::Nothing => (observed, Outcome::Ready, ctx.settings.resync),
-        Applied::Refused(r) => (observed, Outcome::Refused(r), ctx.settings.resync),
+        Applied::Nothing => (observed, TopicOutcome::Ready, ctx.settings.resync),
+        Applied::Refused(r) => (observed, TopicOutcome::Refused(r), ctx.settings.resync),
         Applied::Changed => match ctx.kafka.describe(&desired.name).await {
             Ok(Some(now)) if plan::plan(&desired, Some(&now)).in_sync() => {
-                (Some(now), Outcome::Ready, ctx.settings.resync)
+                (Some(now), TopicOutcome::Ready, ctx.settings.resync)
             }
             Ok(now) => (
                 now,
-                Outcome::Pending(format!(
+                TopicOutcome::Pending(format!(
                     "waiting for Kafka to show the changes to topic {}",
                     desired.name
                 )),
@@ -449,11 +449,11 @@ async fn kafka_failed(
 ) -> Result<Action> {
     let (outcome, error) = match err {
         AdminError::Unavailable(m) => (
-            Outcome::KafkaUnavailable(format!("Kafka did not answer: {m}")),
+            TopicOutcome::KafkaUnavailable(format!("Kafka did not answer: {m}")),
             Error::KafkaUnavailable(m),
         ),
         AdminError::Rejected { message, .. } => (
-            Outcome::KafkaError(format!("Kafka could not {action} topic {name}: {message}")),
+            TopicOutcome::KafkaError(format!("Kafka could not {action} topic {name}: {message}")),
             Error::KafkaAdmin {
                 action,
                 topic: name.to_string(),
@@ -487,7 +487,7 @@ async fn write_status(
     oref: &ObjectReference,
     name: &str,
     observed: Option<&TopicState>,
-    outcome: Outcome,
+    outcome: TopicOutcome,
 ) -> Result<()> {
     let ctx = &state.ctx;
     let previous = state.previous(topic);
@@ -512,7 +512,7 @@ async fn write_status(
     let after = status::ready_of(Some(&new)).map(|(s, r, _)| (s, r));
     if before != after {
         // A refusal, conflict or Kafka failure is worth a Warning event, named by its reason.
-        if !matches!(outcome, Outcome::Ready | Outcome::Pending(_)) {
+        if !matches!(outcome, TopicOutcome::Ready | TopicOutcome::Pending(_)) {
             let (_, reason, message) = outcome.condition(name, observed);
             ctx.event(oref, KIND, true, reason, message).await;
         }

@@ -8,7 +8,7 @@ use crate::topic::plan::Refusal;
 
 /// How a reconcile ended, as the user should read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum TopicOutcome {
     /// The Kafka topic matches the spec.
     Ready,
     /// The spec is invalid.
@@ -30,7 +30,7 @@ pub enum Outcome {
     Pending(String),
 }
 
-impl Outcome {
+impl TopicOutcome {
     /// `(ready, reason, message)` of the Ready condition.
     pub fn condition(
         &self,
@@ -38,7 +38,7 @@ impl Outcome {
         observed: Option<&TopicState>,
     ) -> (bool, &'static str, String) {
         match self {
-            Outcome::Ready => {
+            TopicOutcome::Ready => {
                 let message = match observed {
                     Some(o) => format!(
                         "Kafka topic {topic} has {} partitions, replication factor {} and {} topic configs as specified",
@@ -50,18 +50,18 @@ impl Outcome {
                 };
                 (true, "InSync", message)
             }
-            Outcome::InvalidSpec(m) => (false, "InvalidSpec", m.clone()),
-            Outcome::Refused(r) => (false, r.reason(), r.message().to_string()),
-            Outcome::Conflict { owner, topic } => (
+            TopicOutcome::InvalidSpec(m) => (false, "InvalidSpec", m.clone()),
+            TopicOutcome::Refused(r) => (false, r.reason(), r.message().to_string()),
+            TopicOutcome::Conflict { owner, topic } => (
                 false,
                 "ResourceConflict",
                 format!(
                     "Kafka topic {topic} is managed by Topic {owner}, which is older; this resource changes nothing"
                 ),
             ),
-            Outcome::KafkaUnavailable(m) => (false, "KafkaUnavailable", m.clone()),
-            Outcome::KafkaError(m) => (false, "KafkaError", m.clone()),
-            Outcome::Pending(m) => (false, "Pending", m.clone()),
+            TopicOutcome::KafkaUnavailable(m) => (false, "KafkaUnavailable", m.clone()),
+            TopicOutcome::KafkaError(m) => (false, "KafkaError", m.clone()),
+            TopicOutcome::Pending(m) => (false, "Pending", m.clone()),
         }
     }
 }
@@ -74,7 +74,7 @@ pub fn compute(
     previous: Option<&TopicStatus>,
     kafka_name: &str,
     observed: Option<&TopicState>,
-    outcome: &Outcome,
+    outcome: &TopicOutcome,
 ) -> TopicStatus {
     let previous = previous.cloned().unwrap_or_default();
     let generation = topic.metadata.generation;
@@ -88,13 +88,13 @@ pub fn compute(
         &previous.conditions,
     );
     let (partitions, replication_factor, config) = match (outcome, observed) {
-        (Outcome::Conflict { .. }, _) => (None, None, Default::default()),
+        (TopicOutcome::Conflict { .. }, _) => (None, None, Default::default()),
         (_, Some(o)) => (
             Some(o.partitions),
             Some(o.replication_factor),
             o.config.clone(),
         ),
-        (Outcome::KafkaUnavailable(_), None) => (
+        (TopicOutcome::KafkaUnavailable(_), None) => (
             previous.partitions,
             previous.replication_factor,
             previous.config.clone(),
@@ -171,7 +171,7 @@ mod tests {
             None,
             "orders",
             Some(&state()),
-            &Outcome::Ready,
+            &TopicOutcome::Ready,
         );
         assert_eq!(s.observed_generation, Some(2));
         assert_eq!(s.partitions, Some(3));
@@ -189,7 +189,7 @@ mod tests {
             None,
             "orders",
             Some(&state()),
-            &Outcome::Ready,
+            &TopicOutcome::Ready,
         );
         let t = topic(1, Some(first.clone()));
         let again = compute(
@@ -197,7 +197,7 @@ mod tests {
             t.status.as_ref(),
             "orders",
             Some(&state()),
-            &Outcome::Ready,
+            &TopicOutcome::Ready,
         );
         assert!(!changed(Some(&first), &again));
         assert_eq!(
@@ -209,7 +209,7 @@ mod tests {
             Some(&first),
             "orders",
             Some(&state()),
-            &Outcome::Ready,
+            &TopicOutcome::Ready,
         );
         assert!(changed(Some(&first), &newer));
         assert!(changed(None, &newer));
@@ -222,7 +222,7 @@ mod tests {
             None,
             "orders",
             Some(&state()),
-            &Outcome::Ready,
+            &TopicOutcome::Ready,
         );
         let t = topic(1, Some(first));
         let s = compute(
@@ -230,7 +230,7 @@ mod tests {
             t.status.as_ref(),
             "orders",
             None,
-            &Outcome::KafkaUnavailable("all brokers down".into()),
+            &TopicOutcome::KafkaUnavailable("all brokers down".into()),
         );
         assert_eq!(s.partitions, Some(3));
         assert_eq!(s.conditions[0].status, "False");
@@ -245,7 +245,7 @@ mod tests {
             None,
             "orders",
             Some(&state()),
-            &Outcome::Refused(Refusal::NotSupported("fewer partitions".into())),
+            &TopicOutcome::Refused(Refusal::NotSupported("fewer partitions".into())),
         );
         assert_eq!(
             ready_of(Some(&s)).unwrap(),
@@ -260,7 +260,7 @@ mod tests {
             None,
             "orders",
             None,
-            &Outcome::Conflict {
+            &TopicOutcome::Conflict {
                 owner: "shop/orders".into(),
                 topic: "orders".into(),
             },

@@ -116,7 +116,7 @@ impl Scaler for Sluice {
 
 /// What one run measured.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Outcome {
+pub struct SimResult {
     /// Seconds from when the load needs `need` replicas until that many are ready;
     /// `None` when never.
     pub reach_secs: Option<u64>,
@@ -250,7 +250,7 @@ impl Cluster {
 }
 
 /// Replays `trace` on `config` with `scaler` driving the replica count.
-pub fn run(config: &ClusterConfig, trace: &Trace, scaler: &mut dyn Scaler) -> Outcome {
+pub fn run(config: &ClusterConfig, trace: &Trace, scaler: &mut dyn Scaler) -> SimResult {
     let partitions = config.partitions.max(1);
     let weights = normalised(&trace.weights, partitions);
     let mut cluster = Cluster {
@@ -266,7 +266,7 @@ pub fn run(config: &ClusterConfig, trace: &Trace, scaler: &mut dyn Scaler) -> Ou
         paused_until: 0,
     };
     let (need, need_from) = trace.need;
-    let mut out = Outcome::default();
+    let mut out = SimResult::default();
     let mut replica_secs = 0u64;
     let mut idle_replica_secs = 0u64;
     for t in 0..trace.duration_secs {
