@@ -26,8 +26,8 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sluice_crds::Pipeline;
 use sluice_crds::pipeline::PipelineStatus;
-use sluice_processor::engine::Engine;
-use sluice_processor::metrics::PipelineMetrics;
+use sluice_engine::engine::Engine;
+use sluice_engine::metrics::PipelineMetrics;
 use tracing::{Instrument, debug, info, info_span};
 
 use crate::Error;

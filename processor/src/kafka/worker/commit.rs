@@ -269,3 +269,24 @@ pub(super) fn partition_list(offsets: &Offsets) -> Result<TopicPartitionList, Wo
     }
     Ok(tpl)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_transaction_timeout_outlasts_three_commit_intervals_within_the_brokers_limit() {
+        assert_eq!(
+            transaction_timeout(Duration::from_millis(100)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            transaction_timeout(Duration::from_secs(12)),
+            Duration::from_secs(36)
+        );
+        assert_eq!(
+            transaction_timeout(Duration::from_secs(300)),
+            Duration::from_secs(900)
+        );
+    }
+}

@@ -601,23 +601,6 @@ delivery: exactlyOnce
     }
 
     #[test]
-    fn the_transaction_timeout_outlasts_three_commit_intervals_within_the_brokers_limit() {
-        use crate::kafka::worker::transaction_timeout;
-        assert_eq!(
-            transaction_timeout(Duration::from_millis(100)),
-            Duration::from_secs(10)
-        );
-        assert_eq!(
-            transaction_timeout(Duration::from_secs(12)),
-            Duration::from_secs(36)
-        );
-        assert_eq!(
-            transaction_timeout(Duration::from_secs(300)),
-            Duration::from_secs(900)
-        );
-    }
-
-    #[test]
     fn seed_aggregation_emits_running_totals() {
         let mut e = engine(SEED);
         let mut out = Vec::new();
