@@ -382,6 +382,57 @@ async fn bad_expression_is_refused_with_a_readable_status_and_nothing_deployed()
 }
 
 #[tokio::test]
+async fn an_image_the_installation_does_not_list_is_refused_and_nothing_deployed() {
+    let f = fixture("image").await;
+    f.topics(&[("orders", 1), ("totals", 1)]).await;
+    let mut spec = json!({
+        "inputs": [f.topic("orders")],
+        "outputs": [{"topic": f.topic("totals")}],
+        "image": "evil.example/miner:latest",
+    });
+    f.pipeline("imaged", spec.clone()).await;
+    let api = f.pipelines();
+    let ready = wait_for(
+        Duration::from_secs(60),
+        "Ready=False InvalidSpec",
+        || async {
+            let c = api
+                .get("imaged")
+                .await
+                .ok()?
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready")?;
+            (c.reason == "InvalidSpec").then_some(c)
+        },
+    )
+    .await;
+    assert!(
+        ready.message.contains("evil.example/miner:latest")
+            && ready.message.contains("processor.allowedImages"),
+        "{}",
+        ready.message
+    );
+    let deployments: Api<Deployment> = Api::namespaced(f.client.clone(), &f.ns);
+    assert!(
+        deployments
+            .get_opt("imaged-processor")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Without the image, the release's processor runs it.
+    spec.as_object_mut().unwrap().remove("image");
+    f.pipeline("imaged", spec).await;
+    wait_for(Duration::from_secs(60), "processor Deployment", || async {
+        deployments.get_opt("imaged-processor").await.ok()?
+    })
+    .await;
+    f.finish().await;
+}
+
+#[tokio::test]
 async fn missing_input_topic_is_reported() {
     let f = fixture("missing").await;
     f.topics(&[("totals", 1)]).await;

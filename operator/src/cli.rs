@@ -67,6 +67,11 @@ pub struct Args {
     )]
     pub processor_image: String,
 
+    /// Images a Pipeline's `spec.image` may name besides `--processor-image`, comma
+    /// separated (the chart's `processor.allowedImages`).
+    #[arg(long, env = "SLUICE_PROCESSOR_ALLOWED_IMAGES", value_delimiter = ',')]
+    pub processor_allowed_images: Vec<String>,
+
     /// Default resources of a processor container, as JSON (`{"requests":{"cpu":"100m"}}`).
     #[arg(long, env = "SLUICE_PROCESSOR_RESOURCES")]
     pub processor_resources: Option<String>,

@@ -65,6 +65,12 @@ impl PipelineSettings {
         Ok(Self {
             defaults: ProcessorDefaults {
                 image: args.processor_image.clone(),
+                allowed_images: args
+                    .processor_allowed_images
+                    .iter()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
                 resources,
                 kafka_bootstrap: args.kafka_bootstrap.clone(),
                 kafka_client_properties: crate::kafka_properties_text(args)?,
@@ -276,8 +282,10 @@ async fn reconcile_pipeline(p: &Pipeline, state: &PipelineController) -> Result<
         .map_err(Error::kube("read the processor Deployment"))?;
 
     // Validate, then read Kafka.
+    let mut spec_errors = state.validate(p);
+    spec_errors.extend(state.settings.defaults.image_refusal(&p.spec));
     let mut observed = status::Observed {
-        spec_errors: state.validate(p),
+        spec_errors,
         deployment: existing.clone(),
         ..status::Observed::default()
     };

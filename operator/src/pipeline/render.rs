@@ -46,6 +46,8 @@ pub const HTTP_PORT: i32 = contract::HTTP_PORT as i32;
 pub struct ProcessorDefaults {
     /// Processor image unless the Pipeline overrides it.
     pub image: String,
+    /// Images a Pipeline's `spec.image` may name besides `image`.
+    pub allowed_images: Vec<String>,
     /// Resources unless the Pipeline overrides them.
     pub resources: Option<ResourceRequirements>,
     /// Kafka bootstrap servers.
@@ -53,6 +55,25 @@ pub struct ProcessorDefaults {
     /// The operator's own Kafka client settings (`client.properties` text, for SASL/TLS):
     /// each pipeline gets a copy as a Secret in its namespace ([`kafka_client_secret`]).
     pub kafka_client_properties: Option<String>,
+}
+
+impl ProcessorDefaults {
+    /// Why `spec.image` cannot run, if it cannot: only the release's processor image and
+    /// the listed ones run, so whoever may create a Pipeline cannot make the operator
+    /// run an image of their choosing.
+    pub fn image_refusal(&self, spec: &PipelineSpec) -> Option<String> {
+        let image = spec.image.as_deref()?;
+        if image == self.image || self.allowed_images.iter().any(|a| a == image) {
+            return None;
+        }
+        let mut allowed = vec![self.image.as_str()];
+        allowed.extend(self.allowed_images.iter().map(String::as_str));
+        Some(format!(
+            "spec.image {image} is not allowed here: this installation runs {} (the chart's \
+             processor.allowedImages lists more)",
+            allowed.join(", ")
+        ))
+    }
 }
 
 /// Why a Pipeline cannot be rendered.
@@ -428,6 +449,26 @@ mod tests {
             kafka_bootstrap: "kafka:9092".into(),
             ..ProcessorDefaults::default()
         }
+    }
+
+    #[test]
+    fn only_the_release_image_and_the_listed_ones_run() {
+        let mut d = defaults();
+        d.allowed_images = vec!["registry.example/sluice-processor:0.1.0-debug".into()];
+        let mut spec = pipeline().spec;
+        assert_eq!(d.image_refusal(&spec), None, "no image: the release's");
+        spec.image = Some(d.image.clone());
+        assert_eq!(d.image_refusal(&spec), None);
+        spec.image = Some("registry.example/sluice-processor:0.1.0-debug".into());
+        assert_eq!(d.image_refusal(&spec), None);
+        spec.image = Some("evil.example/miner:latest".into());
+        let why = d.image_refusal(&spec).unwrap();
+        assert!(why.contains("evil.example/miner:latest"), "{why}");
+        assert!(
+            why.contains("ghcr.io/sluice/sluice-processor:0.1.0"),
+            "{why}"
+        );
+        assert!(why.contains("processor.allowedImages"), "{why}");
     }
 
     #[test]
