@@ -96,6 +96,31 @@ impl Fixture {
         Api::namespaced(self.client.clone(), &self.ns)
     }
 
+    /// Waits for Pipeline `name`'s Ready condition to carry `reason`, and returns it.
+    async fn ready_with_reason(
+        &self,
+        name: &str,
+        reason: &str,
+    ) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        let api = self.pipelines();
+        wait_for(
+            Duration::from_secs(60),
+            &format!("Ready with reason {reason}"),
+            || async {
+                let c = api
+                    .get(name)
+                    .await
+                    .ok()?
+                    .status?
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "Ready")?;
+                (c.reason == reason).then_some(c)
+            },
+        )
+        .await
+    }
+
     async fn produce(&self, base: &str, records: &[(String, String)]) {
         let producer = kafka::producer(&self.env.var("KAFKA_BOOTSTRAP")).unwrap();
         kafka::produce(&producer, &self.topic(base), records)
@@ -336,21 +361,7 @@ async fn bad_expression_is_refused_with_a_readable_status_and_nothing_deployed()
         "outputs": [{"topic": f.topic("totals")}],
     });
     f.pipeline("broken", spec).await;
-    let api = f.pipelines();
-    let ready = wait_for(
-        Duration::from_secs(60),
-        "Ready=False InvalidSpec",
-        || async {
-            let p = api.get("broken").await.ok()?;
-            let c = p
-                .status?
-                .conditions
-                .into_iter()
-                .find(|c| c.type_ == "Ready")?;
-            (c.reason == "InvalidSpec").then_some(c)
-        },
-    )
-    .await;
+    let ready = f.ready_with_reason("broken", "InvalidSpec").await;
     assert_eq!(ready.status, "False");
     assert!(
         ready.message.contains("step broken filter"),
@@ -391,23 +402,7 @@ async fn an_image_the_installation_does_not_list_is_refused_and_nothing_deployed
         "image": "evil.example/miner:latest",
     });
     f.pipeline("imaged", spec.clone()).await;
-    let api = f.pipelines();
-    let ready = wait_for(
-        Duration::from_secs(60),
-        "Ready=False InvalidSpec",
-        || async {
-            let c = api
-                .get("imaged")
-                .await
-                .ok()?
-                .status?
-                .conditions
-                .into_iter()
-                .find(|c| c.type_ == "Ready")?;
-            (c.reason == "InvalidSpec").then_some(c)
-        },
-    )
-    .await;
+    let ready = f.ready_with_reason("imaged", "InvalidSpec").await;
     assert!(
         ready.message.contains("evil.example/miner:latest")
             && ready.message.contains("processor.allowedImages"),
