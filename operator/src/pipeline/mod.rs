@@ -26,8 +26,6 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sluice_crds::Pipeline;
 use sluice_crds::pipeline::PipelineStatus;
-use sluice_engine::engine::Engine;
-use sluice_engine::metrics::PipelineMetrics;
 use tracing::{Instrument, debug, info, info_span};
 
 use crate::Error;
@@ -80,9 +78,9 @@ impl PipelineSettings {
     }
 }
 
-/// Problems that make the spec unrunnable: every CEL expression that does not compile,
-/// naming its step or output, or else what the processor's engine refuses; empty when
-/// the spec is valid.
+/// Problems that make the spec unrunnable: scaling settings the autoscaler cannot use,
+/// then [`sluice_engine::check::check`]'s (every expression that does not compile, with
+/// its place and field path, or else what the engine refuses); empty when it runs.
 pub fn validate(p: &Pipeline) -> Vec<String> {
     // Scaling settings the autoscaler cannot use (a lag target of zero, a commit interval
     // that is no duration) are refused here, not dropped at the first tick.
@@ -103,74 +101,11 @@ pub fn validate(p: &Pipeline) -> Vec<String> {
         )
     })
     .map(|e| e.to_string());
-    scaling.into_iter().chain(engine_errors(p)).collect()
-}
-
-/// What the processor's engine refuses in the spec.
-fn engine_errors(p: &Pipeline) -> Vec<String> {
-    // The processor's own engine compiles the spec once; only when it refuses are the
-    // expressions compiled one by one, to name every bad one with its place.
-    let name = p.name_any();
-    let Err(refused) = Engine::new(&name, &p.spec, PipelineMetrics::detached(&name)) else {
-        return Vec::new();
-    };
-    let errors: Vec<String> = expressions(p)
+    let problems = sluice_engine::check::check(&p.name_any(), &p.spec);
+    scaling
         .into_iter()
-        .filter_map(|(place, source)| {
-            cel::Program::compile(&source)
-                .err()
-                .map(|e| format!("{place}: invalid expression {source:?}: {e}"))
-        })
-        .collect();
-    if errors.is_empty() {
-        vec![refused.to_string()]
-    } else {
-        errors
-    }
-}
-
-/// Every CEL expression of a spec, with where it is written.
-fn expressions(p: &Pipeline) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for step in &p.spec.steps {
-        let at = |what: &str| format!("step {} {what}", step.name);
-        if let Some(f) = &step.filter {
-            out.push((at("filter"), f.clone()));
-        }
-        if let Some(m) = &step.map {
-            out.extend(
-                m.set
-                    .iter()
-                    .map(|(k, v)| (at(&format!("map.set.{k}")), v.clone())),
-            );
-        }
-        if let Some(r) = &step.route {
-            out.extend(r.routes.iter().map(|r| (at("route.when"), r.when.clone())));
-        }
-        if let Some(a) = &step.aggregate {
-            out.extend(
-                a.group_by
-                    .iter()
-                    .map(|(k, v)| (at(&format!("aggregate.groupBy.{k}")), v.clone())),
-            );
-            out.extend(a.aggregations.iter().filter_map(|g| {
-                g.of.clone()
-                    .map(|of| (at(&format!("aggregate {}", g.name)), of))
-            }));
-        }
-        if let Some(d) = &step.dedupe {
-            out.push((at("dedupe.key"), d.key.clone()));
-        }
-        if let Some(e) = &step.enrich {
-            out.push((at("enrich.key"), e.key.clone()));
-        }
-    }
-    out.extend(p.spec.outputs.iter().filter_map(|o| {
-        o.key
-            .clone()
-            .map(|k| (format!("output {} key", o.topic), k))
-    }));
-    out
+        .chain(problems.iter().map(ToString::to_string))
+        .collect()
 }
 
 /// A spec's problems, and the generation they were found for.
@@ -581,7 +516,7 @@ mod tests {
     }
 
     #[test]
-    fn every_bad_expression_is_named_with_its_step() {
+    fn every_bad_expression_is_named_with_its_step_and_field_path() {
         let p = pipeline(json!([
             {"name": "first", "filter": "value.total >"},
             {"name": "second", "map": {"set": {"x": "1 +"}}}
@@ -589,10 +524,13 @@ mod tests {
         let errors = validate(&p);
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(
-            errors[0].starts_with("step first filter: invalid expression"),
+            errors[0].starts_with("step first filter (spec.steps[0].filter): invalid expression"),
             "{errors:?}"
         );
-        assert!(errors[1].starts_with("step second map.set.x"), "{errors:?}");
+        assert!(
+            errors[1].starts_with("step second map.set.x (spec.steps[1].map.set.x)"),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! CEL expressions, the steps and their keyed state, and the engine that runs the steps
 //! over one record. No Kafka client, async runtime, HTTP server or allocator here.
 
+pub mod check;
 pub mod engine;
 pub mod expr;
 pub mod format;
