@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use sluice_crds::{Pipeline, Topic};
@@ -423,6 +423,63 @@ async fn an_image_the_installation_does_not_list_is_refused_and_nothing_deployed
     wait_for(Duration::from_secs(60), "processor Deployment", || async {
         deployments.get_opt("imaged-processor").await.ok()?
     })
+    .await;
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn children_edited_or_deleted_by_hand_are_repaired_within_a_resync() {
+    let f = fixture("repair").await;
+    f.topics(&[("orders", 1), ("totals", 1), ("dlq", 1)]).await;
+    f.pipeline(
+        "mended",
+        seed_spec(&f, json!({"minReplicas": 1, "maxReplicas": 1})),
+    )
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(f.client.clone(), &f.ns);
+    let configmaps: Api<ConfigMap> = Api::namespaced(f.client.clone(), &f.ns);
+    let services: Api<Service> = Api::namespaced(f.client.clone(), &f.ns);
+    let image_of = |d: Deployment| d.spec?.template.spec?.containers.first()?.image.clone();
+    let image = wait_for(Duration::from_secs(60), "processor Deployment", || async {
+        image_of(deployments.get_opt("mended-processor").await.ok()??)
+    })
+    .await;
+
+    configmaps
+        .delete("mended-processor", &Default::default())
+        .await
+        .unwrap();
+    services
+        .delete("mended-processor-metrics", &Default::default())
+        .await
+        .unwrap();
+    let edit = json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "processor", "image": "example.invalid/other:1"}
+    ]}}}});
+    deployments
+        .patch(
+            "mended-processor",
+            &kube::api::PatchParams::apply("e2e-hand-edit").force(),
+            &kube::api::Patch::Apply(json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "mended-processor"},
+                "spec": edit["spec"],
+            })),
+        )
+        .await
+        .unwrap();
+
+    // The operator resyncs every 10 s under `make deploy`.
+    wait_for(
+        Duration::from_secs(60),
+        "the ConfigMap, Service and image back",
+        || async {
+            let cm = configmaps.get_opt("mended-processor").await.ok()??;
+            services.get_opt("mended-processor-metrics").await.ok()??;
+            let now = image_of(deployments.get_opt("mended-processor").await.ok()??)?;
+            (now == image && cm.data.is_some()).then_some(())
+        },
+    )
     .await;
     f.finish().await;
 }

@@ -119,6 +119,8 @@ pub struct PipelineController {
     /// `validate`'s answer per pipeline and generation: the spec is compiled once per
     /// change, not at every tick.
     validated: std::sync::Mutex<std::collections::HashMap<String, Validated>>,
+    /// When each pipeline's children were last applied whole.
+    applied_at: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 /// Runs the Pipeline controller until `shutdown` resolves.
@@ -135,6 +137,7 @@ pub async fn run(
         // One reading per tick, less a little for scheduling jitter.
         scalers: Scalers::new(settings.tick.mul_f32(0.8)),
         validated: Default::default(),
+        applied_at: Default::default(),
         settings,
     });
     let selector = state.ctx.settings.watcher_config();
@@ -152,6 +155,22 @@ pub async fn run(
 }
 
 impl PipelineController {
+    /// Whether `p`'s children are due to be applied whole again (a resync has passed
+    /// since the last time, or they never were); the answer `true` starts a new period.
+    fn resync_due(&self, p: &Pipeline) -> bool {
+        let now = std::time::Instant::now();
+        let Ok(mut at) = self.applied_at.lock() else {
+            return true;
+        };
+        let due = at
+            .get(&key_of(p))
+            .is_none_or(|last| now.duration_since(*last) >= self.ctx.settings.resync);
+        if due {
+            at.insert(key_of(p), now);
+        }
+        due
+    }
+
     /// [`validate`], remembered until the spec's generation changes.
     fn validate(&self, p: &Pipeline) -> Vec<String> {
         let key = key_of(p);
@@ -203,6 +222,9 @@ async fn reconcile_pipeline(p: &Pipeline, state: &PipelineController) -> Result<
         state.scalers.forget(&key_of(p));
         if let Ok(mut v) = state.validated.lock() {
             v.remove(&key_of(p));
+        }
+        if let Ok(mut a) = state.applied_at.lock() {
+            a.remove(&key_of(p));
         }
         return Ok(Action::await_change());
     }
@@ -350,16 +372,20 @@ async fn reconcile_pipeline(p: &Pipeline, state: &PipelineController) -> Result<
 enum Applied {
     /// The children were already as rendered.
     Unchanged,
-    /// The children were written.
+    /// The children were written: what is rendered changed.
     Written,
+    /// What is rendered did not change, and the children were applied again at a resync
+    /// (repairing any that was edited or deleted).
+    Reapplied,
     /// An object with a child's name exists and is not this Pipeline's: nothing was
     /// written, and this says which.
     Conflict(String),
 }
 
-/// Applies the ConfigMap, Deployment and Service unless the existing Deployment carries
-/// the fingerprint of exactly what would be applied, and never over an object with a
-/// child's name that this Pipeline does not own.
+/// Applies the ConfigMap, Deployment, Service (and Kafka client Secret) when what is
+/// rendered changed or a resync is due (between resyncs, the Deployment's fingerprint of
+/// what was applied saves the writes), and never over an object with a child's name that
+/// this Pipeline does not own.
 async fn apply_children(
     p: &Pipeline,
     state: &PipelineController,
@@ -385,7 +411,11 @@ async fn apply_children(
     let applied = existing
         .and_then(|d| d.metadata.annotations.as_ref())
         .and_then(|a| a.get(render::RENDERED_ANNOTATION));
-    if applied == Some(&fingerprint) {
+    // Between resyncs (the autoscaler's ticks) nothing is written when the Deployment
+    // says it holds what would be applied; at each resync every child is applied again,
+    // so one that was edited or deleted is repaired.
+    let unchanged = applied == Some(&fingerprint);
+    if unchanged && !state.resync_due(p) {
         return Ok(Applied::Unchanged);
     }
     let svc_name = service.metadata.name.clone().unwrap_or_default();
@@ -448,7 +478,11 @@ async fn apply_children(
         .await
         .map_err(Error::kube("apply the processor Deployment"))?;
     ctx.metrics.kube_write(KIND, "children");
-    Ok(Applied::Written)
+    Ok(if unchanged {
+        Applied::Reapplied
+    } else {
+        Applied::Written
+    })
 }
 
 /// Whether an object named `name` exists in `api` and is not `p`'s (see
