@@ -85,4 +85,5 @@ soak: deploy
 
 bench:
 	$(CARGO) run --release -p sluice-operator --bin scaling-bench
-	$(CARGO) run --release -p sluice-processor --bin sluice-bench
+	$(CARGO) build --release -p sluice-processor --bin sluice-processor
+	$(CARGO) run --release -p sluice-bench
