@@ -45,6 +45,25 @@ pub fn repo_root() -> PathBuf {
     package_dir().join("..")
 }
 
+/// Builds binary `name` of package `name` (debug) in the checkout under test and returns
+/// its path; panics with cargo's failure (a test harness has no better place for it).
+pub fn cargo_binary(name: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "-q", "-p", name, "--bin", name])
+        .current_dir(repo_root())
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build -p {name} failed");
+    let bin = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+        .join("debug")
+        .join(name);
+    assert!(bin.exists(), "{} not found after the build", bin.display());
+    bin
+}
+
 impl TestEnv {
     /// The directory `e2e/up` keeps its state in.
     pub fn state_dir() -> PathBuf {

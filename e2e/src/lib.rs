@@ -3,4 +3,6 @@
 pub mod cluster;
 pub mod env;
 pub mod kafka;
+pub mod processor;
 pub mod runner;
+pub mod topic_harness;

@@ -25,20 +25,6 @@ const BASE_LIBRARIES: &[&str] = &[
     "libcrypto.so.3",
 ];
 
-fn binary(name: &str) -> PathBuf {
-    let root = sluice_e2e::env::repo_root();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "-q", "-p", name, "--bin", name])
-        .current_dir(&root)
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "cargo build -p {name} failed");
-    target.join("debug").join(name)
-}
-
 /// The file names of the shared libraries `ldd` says `path` loads.
 fn needed(path: &PathBuf) -> Vec<String> {
     let out = Command::new("ldd").arg(path).output().expect("run ldd");
@@ -68,7 +54,7 @@ fn both_binaries_load_only_libraries_their_base_image_carries() {
             BASE_IMAGE,
             "{dockerfile}: the library list here is that of {BASE_IMAGE}"
         );
-        let libs = needed(&binary(name));
+        let libs = needed(&sluice_e2e::env::cargo_binary(name));
         assert!(libs.iter().any(|l| l == "libc.so.6"), "{name}: {libs:?}");
         let missing: Vec<&String> = libs
             .iter()
