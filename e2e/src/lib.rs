@@ -2,6 +2,7 @@
 
 pub mod cluster;
 pub mod env;
+pub mod installed;
 pub mod kafka;
 pub mod processor;
 pub mod runner;
