@@ -7,6 +7,7 @@ pub mod autoscaler;
 pub mod backoff;
 pub mod cli;
 pub mod context;
+pub mod controller;
 pub mod error;
 pub mod http;
 pub mod kafka;

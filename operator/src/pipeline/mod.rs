@@ -16,7 +16,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::{Api, Patch, PatchParams};
@@ -26,11 +25,11 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sluice_crds::Pipeline;
 use sluice_crds::pipeline::PipelineStatus;
-use tracing::{Instrument, debug, info, info_span};
 
 use crate::Error;
 use crate::autoscaler::SettingsError;
 use crate::context::{Context, FIELD_MANAGER};
+use crate::controller::Reconcile;
 use render::ProcessorDefaults;
 use scaler::Scalers;
 
@@ -129,7 +128,7 @@ pub async fn run(
     settings: PipelineSettings,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let pipelines: Api<Pipeline> = ctx.watched_api();
+    let pipelines: Api<crate::controller::Guarded<Pipeline>> = ctx.watched_api();
     let deployments: Api<Deployment> = ctx.watched_api();
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=sluice-operator");
     let state = Arc::new(PipelineController {
@@ -141,17 +140,23 @@ pub async fn run(
         settings,
     });
     let selector = state.ctx.settings.watcher_config();
-    Controller::new(pipelines, selector)
+    let controller = Controller::new(pipelines, selector)
         .owns(deployments, owned)
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, state)
-        .for_each(|result| async move {
-            if let Err(err) = result {
-                debug!(%err, "Pipeline reconcile did not complete");
-            }
-        })
-        .await;
-    info!("Pipeline controller stopped");
+        .graceful_shutdown_on(shutdown);
+    crate::controller::run(controller, state).await;
+}
+
+impl Reconcile for PipelineController {
+    type Kind = Pipeline;
+    const KIND: &'static str = KIND;
+
+    fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    async fn reconcile(&self, p: &Pipeline) -> Result<Action, Error> {
+        reconcile_pipeline(p, self).await
+    }
 }
 
 impl PipelineController {
@@ -191,29 +196,6 @@ impl PipelineController {
 
 fn key_of(p: &Pipeline) -> String {
     format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any())
-}
-
-async fn reconcile(p: Arc<Pipeline>, state: Arc<PipelineController>) -> Result<Action, Error> {
-    let span = info_span!("reconcile", kind = KIND, namespace = %p.namespace().unwrap_or_default(), name = %p.name_any());
-    async {
-        let ctx = &state.ctx;
-        let _timer = ctx.metrics.reconcile_timer(KIND);
-        let result = reconcile_pipeline(&p, &state).await;
-        ctx.metrics
-            .reconciled(KIND, result.as_ref().map_or_else(Error::label, |_| "ok"));
-        if result.is_ok() {
-            ctx.backoff.succeeded(&key_of(&p));
-        }
-        result
-    }
-    .instrument(span)
-    .await
-}
-
-fn error_policy(p: Arc<Pipeline>, err: &Error, state: Arc<PipelineController>) -> Action {
-    let delay = state.ctx.backoff.failed(&key_of(&p));
-    tracing::warn!(%err, ?delay, "Pipeline reconcile failed; retrying");
-    Action::requeue(delay)
 }
 
 async fn reconcile_pipeline(p: &Pipeline, state: &PipelineController) -> Result<Action, Error> {

@@ -13,10 +13,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Patch, PatchParams};
-use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
@@ -24,9 +22,10 @@ use rdkafka::error::RDKafkaErrorCode;
 use serde_json::json;
 use sluice_crds::topic::DeletionPolicy;
 use sluice_crds::{Pipeline, Topic, TopicStatus};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::debug;
 
 use crate::context::{Context, FIELD_MANAGER};
+use crate::controller::Reconcile;
 use crate::error::{Error, Result};
 use crate::kafka::{AdminError, TopicState};
 use conflict::Claim;
@@ -39,13 +38,12 @@ pub const KIND: &str = "Topic";
 /// How long to wait before looking again after a change Kafka has not shown yet.
 const SETTLE: Duration = Duration::from_secs(2);
 
-type Guarded = DeserializeGuard<Topic>;
+type Guarded = crate::controller::Guarded<Topic>;
 
 /// The Topic controller's state: the shared context and a cache of every watched Topic.
 pub struct TopicController {
     ctx: Arc<Context>,
     store: Store<Guarded>,
-    reported_malformed: Mutex<HashSet<String>>,
     /// The status this process last wrote, by uid: the cache can lag behind our own writes,
     /// and comparing against a stale copy would write again and repeat events.
     written: Mutex<HashMap<String, TopicStatus>>,
@@ -87,24 +85,29 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let state = Arc::new(TopicController {
         ctx,
         store,
-        reported_malformed: Mutex::new(HashSet::new()),
         written: Mutex::new(HashMap::new()),
     });
-    controller
+    let controller = controller
         // When a Topic changes or goes away, the others naming the same Kafka topic may
         // change owner: reconcile them too.
         .watches(api, config, move |guard: Guarded| {
             peers(&peers_store, &guard)
         })
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, state)
-        .for_each(|result| async move {
-            if let Err(err) = result {
-                debug!(%err, "Topic reconcile did not complete");
-            }
-        })
-        .await;
-    info!("Topic controller stopped");
+        .graceful_shutdown_on(shutdown);
+    crate::controller::run(controller, state).await;
+}
+
+impl Reconcile for TopicController {
+    type Kind = Topic;
+    const KIND: &'static str = KIND;
+
+    fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    async fn reconcile(&self, topic: &Topic) -> Result<Action> {
+        reconcile_topic(topic, self).await
+    }
 }
 
 /// The other Topics (by reference) that name the same Kafka topic as `guard`.
@@ -122,84 +125,6 @@ fn peers(store: &Store<Guarded>, guard: &Guarded) -> Vec<ObjectRef<Guarded>> {
         })
         .map(|other| ObjectRef::from_obj(other.as_ref()))
         .collect()
-}
-
-fn key_of(guard: &Guarded) -> String {
-    format!(
-        "{}/{}",
-        guard.namespace().unwrap_or_default(),
-        guard.name_any()
-    )
-}
-
-async fn reconcile(guard: Arc<Guarded>, state: Arc<TopicController>) -> Result<Action> {
-    let span = info_span!(
-        "reconcile",
-        kind = KIND,
-        namespace = %guard.namespace().unwrap_or_default(),
-        name = %guard.name_any()
-    );
-    async move {
-        let ctx = &state.ctx;
-        let _timer = ctx.metrics.reconcile_timer(KIND);
-        let result = match &guard.0 {
-            Ok(topic) => reconcile_topic(topic, &state).await,
-            Err(invalid) => report_malformed(&guard, &invalid.error, &state).await,
-        };
-        let label = match &result {
-            Ok(_) => "ok",
-            Err(e) => e.label(),
-        };
-        ctx.metrics.reconciled(KIND, label);
-        if result.is_ok() {
-            ctx.backoff.succeeded(&key_of(&guard));
-        }
-        result
-    }
-    .instrument(span)
-    .await
-}
-
-fn error_policy(guard: Arc<Guarded>, err: &Error, state: Arc<TopicController>) -> Action {
-    let delay = err
-        .fixed_retry()
-        .unwrap_or_else(|| state.ctx.backoff.failed(&key_of(&guard)));
-    warn!(
-        namespace = %guard.namespace().unwrap_or_default(),
-        name = %guard.name_any(),
-        error = %err,
-        retry_in = ?delay,
-        "Topic reconcile failed"
-    );
-    Action::requeue(delay)
-}
-
-/// A Topic that cannot be read as a Topic: say so once per version, never crash.
-async fn report_malformed(guard: &Guarded, error: &str, state: &TopicController) -> Result<Action> {
-    let version = format!(
-        "{}@{}",
-        guard.uid().unwrap_or_default(),
-        guard.resource_version().unwrap_or_default()
-    );
-    let first = state
-        .reported_malformed
-        .lock()
-        .map(|mut seen| seen.insert(version))
-        .unwrap_or(true);
-    warn!(%error, "Topic is malformed");
-    if first {
-        state
-            .ctx
-            .event(
-                &guard.object_ref(&()),
-                KIND,
-                true,
-                "Malformed",
-                format!("This Topic cannot be read: {error}"),
-            )
-            .await;
-    }
-    Ok(Action::await_change())
 }
 
 async fn reconcile_topic(topic: &Topic, state: &TopicController) -> Result<Action> {
