@@ -222,6 +222,60 @@ async fn refused_totals_are_dead_lettered(delivery: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_record_too_large_for_the_dead_letter_topic_is_dead_lettered_without_its_value() {
+    // The dead-letter topic takes at most 1,000 bytes a record. A bad record of 5,000
+    // bytes used to make the worker rewind forever; its dead letter now goes again
+    // without key, value and headers, and the pipeline goes on.
+    let bootstrap = TestEnv::require().var("KAFKA_BOOTSTRAP");
+    let name = unique("bigdlq");
+    let (input, output, dlq) = (
+        format!("{name}-in"),
+        format!("{name}-out"),
+        format!("{name}-dlq"),
+    );
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("admin client");
+    let news = [
+        NewTopic::new(&input, 1, TopicReplication::Fixed(1)),
+        NewTopic::new(&output, 1, TopicReplication::Fixed(1)),
+        NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "1000"),
+    ];
+    for r in admin
+        .create_topics(news.iter(), &AdminOptions::new())
+        .await
+        .expect("create topics")
+    {
+        r.expect("topic created");
+    }
+    let (mut records, _, kept) = orders(0, 20);
+    records.insert(5, ("big".into(), format!("not json {}", "x".repeat(5_000))));
+    produce(&bootstrap, &input, &records).await;
+    let manifest = write_manifest(&name, cents_spec(&input, &output, "exactlyOnce"));
+    let mut p = Processor::start(&bootstrap, &manifest, &name);
+    let out = read_until(&bootstrap, &output, kept, &p);
+    let dead = read(&bootstrap, &dlq);
+    p.signal("-TERM");
+    assert!(p.wait().success(), "log: {}", p.log.display());
+
+    assert_eq!(
+        order_ids_with_cents(&out).len(),
+        kept,
+        "every good order once"
+    );
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].value, None, "{:?}", dead[0]);
+    assert_eq!(dead[0].headers["sluice.source.offset"], "5");
+    assert_eq!(dead[0].headers["sluice.step"], "decode");
+    assert!(
+        dead[0].headers["sluice.dropped"].contains("refused"),
+        "{:?}",
+        dead[0].headers
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sigkill_during_exactly_once_run_loses_and_duplicates_nothing() {
     let (bootstrap, name, input, output, dlq) = topics("kill", 3).await;
     let producer = kafka::producer(&bootstrap).unwrap();

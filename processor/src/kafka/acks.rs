@@ -50,6 +50,8 @@ pub(crate) struct Sent {
     /// An `emit: onCommit` output, which stands for its group rather than for one
     /// consumed record.
     pub flushed: bool,
+    /// The dead letter of the consumed record `origin`.
+    pub dead_letter: bool,
 }
 
 impl Sent {
@@ -59,6 +61,17 @@ impl Sent {
             origin,
             epoch,
             flushed: false,
+            dead_letter: false,
+        })
+    }
+
+    /// The opaque for the dead letter of the consumed record `origin`, sent in `epoch`.
+    pub fn dead_letter(origin: Origin, epoch: u64) -> Box<Sent> {
+        Box::new(Sent {
+            origin,
+            epoch,
+            flushed: false,
+            dead_letter: true,
         })
     }
 
@@ -68,6 +81,7 @@ impl Sent {
             origin: Origin::internal(),
             epoch,
             flushed: true,
+            dead_letter: false,
         })
     }
 }
@@ -84,6 +98,8 @@ pub(crate) struct Failed {
     pub error: String,
     /// For an `emit: onCommit` output: which one.
     pub output: Option<OutputId>,
+    /// It was the dead letter of `origin`.
+    pub dead_letter: bool,
     /// The broker refused the record for what it is (see [`refuses_the_record`]): it is
     /// dead-lettered on replay. Otherwise the failure passes (a timeout, a purge by an
     /// abort, a leader change) and the record is produced again.
@@ -154,6 +170,7 @@ impl ProducerContext for DeliveryTracker {
                 origin: sent.origin,
                 error,
                 output,
+                dead_letter: sent.dead_letter,
                 poison: refuses_the_record(err),
             });
         }

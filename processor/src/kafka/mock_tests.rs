@@ -609,3 +609,31 @@ fn a_table_is_read_to_its_end_across_partitions_then_followed() {
         "followed"
     );
 }
+
+#[test]
+fn a_dead_letter_the_broker_refuses_goes_again_without_the_record() {
+    let (cluster, bootstrap) = cluster();
+    produce(&bootstrap, "in", &["not json"]);
+    // The first produce request (the dead letter) is refused for what it is.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+    );
+    let (status, handle) = start_worker(&bootstrap, false);
+    let dlq = read(&bootstrap, "dlq", 1);
+    produce(&bootstrap, "in", &[r#"{"total": 2.0}"#]);
+    let out = read(&bootstrap, "out", 1);
+    status.shutdown.store(true, Ordering::Relaxed);
+    handle.join().unwrap().unwrap();
+
+    assert_eq!(dlq.len(), 1, "one dead letter, not a rewind loop");
+    assert_eq!(dlq[0].value, "", "the refused record's value is left out");
+    assert_eq!(header(&dlq[0], "sluice.step"), "decode");
+    assert_eq!(header(&dlq[0], "sluice.source.offset"), "0");
+    assert!(
+        header(&dlq[0], "sluice.dropped").contains("refused"),
+        "{:?}",
+        dlq[0].headers
+    );
+    assert_eq!(out.len(), 1, "the pipeline goes on");
+}

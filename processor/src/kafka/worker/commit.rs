@@ -167,6 +167,10 @@ impl Core {
                 Some(output) => {
                     self.refused_outputs.insert(output, failed.error);
                 }
+                None if failed.dead_letter && failed.origin.is_record() => {
+                    self.refused_dead_letters
+                        .insert(failed.origin, failed.error);
+                }
                 None if failed.origin.is_record() => {
                     self.poisoned.insert(failed.origin, failed.error);
                 }

@@ -69,35 +69,56 @@ impl Core {
                 failure: failure.clone(),
             });
         };
+        let origin = Origin {
+            topic: Arc::from(src.topic.as_str()),
+            partition: src.partition,
+            offset: src.offset,
+        };
+        // A dead letter the broker refused for what it was goes again without the
+        // record's key, value and headers: its coordinates and error still say which
+        // record failed and why, and the record stays in its source topic.
+        let refused = self.refused_dead_letters.remove(&origin);
         let mut headers = OwnedHeaders::new();
-        for (k, v) in &src.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v.as_slice()),
-            });
+        if refused.is_none() {
+            for (k, v) in &src.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v.as_slice()),
+                });
+            }
         }
         let partition = src.partition.to_string();
         let offset = src.offset.to_string();
+        let dropped = refused.as_ref().map(|why| {
+            format!(
+                "key, value and headers left out: the dead-letter topic refused the record ({why})"
+            )
+        });
         for (k, v) in [
-            ("sluice.error", failure.error.as_str()),
-            ("sluice.step", failure.step.as_str()),
-            ("sluice.source.topic", src.topic.as_str()),
-            ("sluice.source.partition", partition.as_str()),
-            ("sluice.source.offset", offset.as_str()),
+            ("sluice.error", Some(failure.error.as_str())),
+            ("sluice.step", Some(failure.step.as_str())),
+            ("sluice.source.topic", Some(src.topic.as_str())),
+            ("sluice.source.partition", Some(partition.as_str())),
+            ("sluice.source.offset", Some(offset.as_str())),
+            ("sluice.dropped", dropped.as_deref()),
         ] {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v),
-            });
+            if let Some(v) = v {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v),
+                });
+            }
         }
         let mut rec: BaseRecord<'_, [u8], [u8], Box<Sent>> =
-            BaseRecord::with_opaque_to(&dlq, Sent::boxed(Origin::internal(), self.epoch))
+            BaseRecord::with_opaque_to(&dlq, Sent::dead_letter(origin, self.epoch))
                 .headers(headers);
-        if let Some(k) = &src.key {
-            rec = rec.key(k);
-        }
-        if let Some(p) = &src.payload {
-            rec = rec.payload(p);
+        if refused.is_none() {
+            if let Some(k) = &src.key {
+                rec = rec.key(k);
+            }
+            if let Some(p) = &src.payload {
+                rec = rec.payload(p);
+            }
         }
         if let Some(ts) = src.timestamp {
             rec = rec.timestamp(ts);

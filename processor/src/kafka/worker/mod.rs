@@ -151,6 +151,10 @@ struct Core {
     poisoned: HashMap<Origin, String>,
     /// `emit: onCommit` outputs the broker refused, by topic and key, with why.
     refused_outputs: HashMap<OutputId, String>,
+    /// Records whose dead letter the broker refused for what it was (too large for the
+    /// dead-letter topic, say), with why: on replay their dead letter goes without key,
+    /// value and headers.
+    refused_dead_letters: HashMap<Origin, String>,
     /// An error raised inside a callback, for the loop to return.
     fatal: Option<WorkerError>,
     /// A recoverable error raised inside a callback, for the loop to rewind on.

@@ -59,6 +59,7 @@ pub fn run(
         state_invalid: false,
         poisoned: HashMap::new(),
         refused_outputs: HashMap::new(),
+        refused_dead_letters: HashMap::new(),
         fatal: None,
         rewind_due: None,
         emits: Vec::new(),
