@@ -112,16 +112,21 @@ impl Drop for Processor {
 }
 
 pub async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("admin client");
     let news: Vec<NewTopic> = topics
         .iter()
         .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
         .collect();
+    create_new_topics(bootstrap, &news).await;
+}
+
+/// Creates `topics` as given (with their configs).
+pub async fn create_new_topics(bootstrap: &str, topics: &[NewTopic<'_>]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
     let results = admin
-        .create_topics(news.iter(), &AdminOptions::new())
+        .create_topics(topics.iter(), &AdminOptions::new())
         .await
         .expect("create topics");
     for r in results {

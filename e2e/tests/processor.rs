@@ -9,8 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::admin::{NewTopic, TopicReplication};
 use sluice_e2e::cluster::unique;
 use sluice_e2e::env::TestEnv;
 use sluice_e2e::kafka::{self, Read};
@@ -175,22 +174,15 @@ async fn refused_totals_are_dead_lettered(delivery: &str) {
         format!("{name}-out"),
         format!("{name}-dlq"),
     );
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()
-        .expect("admin client");
-    let news = [
-        NewTopic::new(&input, 1, TopicReplication::Fixed(1)),
-        NewTopic::new(&output, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "100"),
-        NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)),
-    ];
-    for r in admin
-        .create_topics(news.iter(), &AdminOptions::new())
-        .await
-        .expect("create topics")
-    {
-        r.expect("topic created");
-    }
+    create_new_topics(
+        &bootstrap,
+        &[
+            NewTopic::new(&input, 1, TopicReplication::Fixed(1)),
+            NewTopic::new(&output, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "100"),
+            NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)),
+        ],
+    )
+    .await;
     let (records, mut totals, _) = orders(0, 12);
     produce(&bootstrap, &input, &records).await;
     let mut spec = seed_spec(&input, &output, &dlq);
@@ -233,22 +225,15 @@ async fn a_record_too_large_for_the_dead_letter_topic_is_dead_lettered_without_i
         format!("{name}-out"),
         format!("{name}-dlq"),
     );
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()
-        .expect("admin client");
-    let news = [
-        NewTopic::new(&input, 1, TopicReplication::Fixed(1)),
-        NewTopic::new(&output, 1, TopicReplication::Fixed(1)),
-        NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "1000"),
-    ];
-    for r in admin
-        .create_topics(news.iter(), &AdminOptions::new())
-        .await
-        .expect("create topics")
-    {
-        r.expect("topic created");
-    }
+    create_new_topics(
+        &bootstrap,
+        &[
+            NewTopic::new(&input, 1, TopicReplication::Fixed(1)),
+            NewTopic::new(&output, 1, TopicReplication::Fixed(1)),
+            NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "1000"),
+        ],
+    )
+    .await;
     let (mut records, _, kept) = orders(0, 20);
     records.insert(5, ("big".into(), format!("not json {}", "x".repeat(5_000))));
     produce(&bootstrap, &input, &records).await;
