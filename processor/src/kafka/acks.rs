@@ -18,6 +18,8 @@ use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::ProducerContext;
 use rdkafka::types::RDKafkaErrorCode;
 
+use crate::engine::Failure;
+
 /// Where an output came from, for dead-lettering it if it cannot be delivered.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Origin {
@@ -50,8 +52,8 @@ pub(crate) struct Sent {
     /// An `emit: onCommit` output, which stands for its group rather than for one
     /// consumed record.
     pub flushed: bool,
-    /// The dead letter of the consumed record `origin`.
-    pub dead_letter: bool,
+    /// The dead letter of the consumed record `origin`, with why the record failed.
+    pub dead_letter: Option<Failure>,
 }
 
 impl Sent {
@@ -61,17 +63,18 @@ impl Sent {
             origin,
             epoch,
             flushed: false,
-            dead_letter: false,
+            dead_letter: None,
         })
     }
 
-    /// The opaque for the dead letter of the consumed record `origin`, sent in `epoch`.
-    pub fn dead_letter(origin: Origin, epoch: u64) -> Box<Sent> {
+    /// The opaque for the dead letter of the consumed record `origin` (which failed for
+    /// `failure`), sent in `epoch`.
+    pub fn dead_letter(origin: Origin, epoch: u64, failure: Failure) -> Box<Sent> {
         Box::new(Sent {
             origin,
             epoch,
             flushed: false,
-            dead_letter: true,
+            dead_letter: Some(failure),
         })
     }
 
@@ -81,7 +84,7 @@ impl Sent {
             origin: Origin::internal(),
             epoch,
             flushed: true,
-            dead_letter: false,
+            dead_letter: None,
         })
     }
 }
@@ -98,8 +101,8 @@ pub(crate) struct Failed {
     pub error: String,
     /// For an `emit: onCommit` output: which one.
     pub output: Option<OutputId>,
-    /// It was the dead letter of `origin`.
-    pub dead_letter: bool,
+    /// It was the dead letter of `origin`, which failed for this.
+    pub dead_letter: Option<Failure>,
     /// The broker refused the record for what it is (see [`refuses_the_record`]): it is
     /// dead-lettered on replay. Otherwise the failure passes (a timeout, a purge by an
     /// abort, a leader change) and the record is produced again.

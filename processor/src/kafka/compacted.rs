@@ -14,8 +14,11 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::KafkaSettings;
 
-/// Longest a step waits for the end of a partition to be known.
-const MEASURE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a step waits for the end of a partition to be known (one partition a step).
+const MEASURE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long to wait before asking again for the end of a partition without a leader yet.
+const MEASURE_BACKOFF: Duration = Duration::from_millis(200);
 
 /// How long one poll waits at most.
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
@@ -77,6 +80,8 @@ pub struct CompactedReader {
     timeout: Duration,
     deadline: Instant,
     started: Instant,
+    /// No partition is measured before this (a transient error a moment ago).
+    measure_after: Instant,
 }
 
 impl CompactedReader {
@@ -108,6 +113,7 @@ impl CompactedReader {
             timeout,
             deadline: started + timeout,
             started,
+            measure_after: started,
         })
     }
 
@@ -134,6 +140,27 @@ impl CompactedReader {
         self.started.elapsed()
     }
 
+    /// Stops reading `partitions`.
+    pub fn forget(&mut self, partitions: &[i32]) -> Result<(), KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            self.unmeasured.remove(p);
+            if self.reading.remove(p).is_some() {
+                tpl.add_partition(&self.topic, *p);
+            }
+        }
+        if tpl.count() > 0 {
+            self.consumer.incremental_unassign(&tpl)?;
+        }
+        Ok(())
+    }
+
+    /// Reads `partitions` too, with a new time limit for all.
+    pub fn add(&mut self, partitions: &[i32]) {
+        self.unmeasured.extend(partitions.iter().copied());
+        self.deadline = Instant::now() + self.timeout;
+    }
+
     /// The consumer, to follow the topic past its end ([`AtEnd::Follow`]).
     pub fn into_consumer(self) -> BaseConsumer<QuietEof> {
         self.consumer
@@ -147,7 +174,7 @@ impl CompactedReader {
         mut apply: impl FnMut(&BorrowedMessage<'_>) -> Result<(), E>,
     ) -> Result<Vec<i32>, ReadError<E>> {
         let until = Instant::now() + budget;
-        let mut finished = self.measure()?;
+        let mut finished = self.measure(until)?;
         while !self.reading.is_empty() {
             let now = Instant::now();
             if now > self.deadline {
@@ -195,38 +222,45 @@ impl CompactedReader {
         Ok(finished)
     }
 
-    /// Learns the end of the partitions not measured yet and starts reading them; an
-    /// empty partition is done at once (and still followed, with [`AtEnd::Follow`]).
-    fn measure<E>(&mut self) -> Result<Vec<i32>, ReadError<E>> {
+    /// Learns the end of one partition not measured yet and starts reading it (one a
+    /// step, so a step never waits long); an empty partition is done at once (and still
+    /// followed, with [`AtEnd::Follow`]). After a transient error the next try waits a
+    /// moment; when nothing else is being read, the step sleeps until then.
+    fn measure<E>(&mut self, until: Instant) -> Result<Vec<i32>, ReadError<E>> {
         let mut finished = Vec::new();
-        if self.unmeasured.is_empty() {
+        let Some(&p) = self.unmeasured.iter().next() else {
+            return Ok(finished);
+        };
+        let now = Instant::now();
+        if now < self.measure_after {
+            if self.reading.is_empty() {
+                std::thread::sleep(self.measure_after.min(until).saturating_duration_since(now));
+            }
             return Ok(finished);
         }
-        let mut tpl = TopicPartitionList::new();
-        for p in self.unmeasured.clone() {
-            match self
-                .consumer
-                .fetch_watermarks(&self.topic, p, MEASURE_TIMEOUT)
-            {
-                Ok((_, end)) => {
-                    self.unmeasured.remove(&p);
-                    if end > 0 {
-                        self.reading.insert(p, end);
-                    } else {
-                        finished.push(p);
-                    }
-                    if end > 0 || self.at_end == AtEnd::Follow {
-                        tpl.add_partition_offset(&self.topic, p, Offset::Beginning)?;
-                    }
+        match self
+            .consumer
+            .fetch_watermarks(&self.topic, p, MEASURE_TIMEOUT)
+        {
+            Ok((low, end)) => {
+                self.unmeasured.remove(&p);
+                // Records deleted up to the end (low = end) leave nothing to read.
+                if end > low {
+                    self.reading.insert(p, end);
+                } else {
+                    finished.push(p);
                 }
-                Err(e) if transient(&e) && Instant::now() < self.deadline => {
-                    tracing::debug!(error = %e, topic = %self.topic, partition = p, "partition not ready yet: retrying");
+                if end > low || self.at_end == AtEnd::Follow {
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition_offset(&self.topic, p, Offset::Beginning)?;
+                    self.consumer.incremental_assign(&tpl)?;
                 }
-                Err(e) => return Err(e.into()),
             }
-        }
-        if tpl.count() > 0 {
-            self.consumer.incremental_assign(&tpl)?;
+            Err(e) if transient(&e) && now < self.deadline => {
+                tracing::debug!(error = %e, topic = %self.topic, partition = p, "partition not ready yet: retrying");
+                self.measure_after = Instant::now() + MEASURE_BACKOFF;
+            }
+            Err(e) => return Err(e.into()),
         }
         Ok(finished)
     }

@@ -88,6 +88,21 @@ impl Restore {
         self.reader.is_finished()
     }
 
+    /// Stops restoring `partitions` (given up in a rebalance).
+    pub fn forget(&mut self, partitions: &[i32]) -> Result<(), RestoreFailure> {
+        self.reader
+            .forget(partitions)
+            .map_err(|source| RestoreFailure::Kafka {
+                topic: self.reader.topic().to_string(),
+                source,
+            })
+    }
+
+    /// Restores `partitions` too (gained in a rebalance), within a new time limit.
+    pub fn add(&mut self, partitions: &[i32]) {
+        self.reader.add(partitions);
+    }
+
     /// Changelog records applied so far.
     pub fn applied(&self) -> u64 {
         self.applied

@@ -167,9 +167,11 @@ impl Core {
                 Some(output) => {
                     self.refused_outputs.insert(output, failed.error);
                 }
-                None if failed.dead_letter && failed.origin.is_record() => {
-                    self.refused_dead_letters
-                        .insert(failed.origin, failed.error);
+                None if failed.origin.is_record() && failed.dead_letter.is_some() => {
+                    if let Some(failure) = failed.dead_letter {
+                        self.refused_dead_letters
+                            .insert(failed.origin, (failed.error, failure));
+                    }
                 }
                 None if failed.origin.is_record() => {
                     self.poisoned.insert(failed.origin, failed.error);
@@ -212,6 +214,9 @@ impl Core {
         let assignment = consumer.assignment().map_err(WorkerError::Commit)?;
         self.state_invalid = true;
         self.on_assign(consumer, &assignment)?;
+        if self.restoring.is_some() {
+            self.status.ready.store(false, Ordering::Relaxed);
+        }
         let committed = consumer
             .committed_offsets(assignment, Duration::from_secs(30))
             .map_err(WorkerError::Commit)?;

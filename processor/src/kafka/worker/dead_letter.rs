@@ -75,9 +75,12 @@ impl Core {
             offset: src.offset,
         };
         // A dead letter the broker refused for what it was goes again without the
-        // record's key, value and headers: its coordinates and error still say which
-        // record failed and why, and the record stays in its source topic.
-        let refused = self.refused_dead_letters.remove(&origin);
+        // record's key, value, headers and timestamp: its coordinates and error still say
+        // which record failed and why, and the record stays in its source topic.
+        let refused = self
+            .refused_dead_letters
+            .remove(&origin)
+            .map(|(why, _)| why);
         let mut headers = OwnedHeaders::new();
         if refused.is_none() {
             for (k, v) in &src.headers {
@@ -109,9 +112,11 @@ impl Core {
                 });
             }
         }
-        let mut rec: BaseRecord<'_, [u8], [u8], Box<Sent>> =
-            BaseRecord::with_opaque_to(&dlq, Sent::dead_letter(origin, self.epoch))
-                .headers(headers);
+        let mut rec: BaseRecord<'_, [u8], [u8], Box<Sent>> = BaseRecord::with_opaque_to(
+            &dlq,
+            Sent::dead_letter(origin, self.epoch, failure.clone()),
+        )
+        .headers(headers);
         if refused.is_none() {
             if let Some(k) = &src.key {
                 rec = rec.key(k);
@@ -120,7 +125,7 @@ impl Core {
                 rec = rec.payload(p);
             }
         }
-        if let Some(ts) = src.timestamp {
+        if let Some(ts) = src.timestamp.filter(|_| refused.is_none()) {
             rec = rec.timestamp(ts);
         }
         send(&self.producer, rec, self.epoch)

@@ -152,9 +152,9 @@ struct Core {
     /// `emit: onCommit` outputs the broker refused, by topic and key, with why.
     refused_outputs: HashMap<OutputId, String>,
     /// Records whose dead letter the broker refused for what it was (too large for the
-    /// dead-letter topic, say), with why: on replay their dead letter goes without key,
-    /// value and headers.
-    refused_dead_letters: HashMap<Origin, String>,
+    /// dead-letter topic, say), with why, and why the record failed: on replay the record
+    /// is not processed again, and its dead letter goes without key, value and headers.
+    refused_dead_letters: HashMap<Origin, (String, Failure)>,
     /// An error raised inside a callback, for the loop to return.
     fatal: Option<WorkerError>,
     /// A recoverable error raised inside a callback, for the loop to rewind on.
@@ -279,6 +279,9 @@ impl Core {
     /// Why a record is not to be produced again: its output could not be delivered
     /// before the last rewind.
     fn take_poisoned(&mut self, origin: &Origin) -> Option<Failure> {
+        if let Some((_, failure)) = self.refused_dead_letters.get(origin) {
+            return Some(failure.clone());
+        }
         if self.poisoned.is_empty() {
             return None;
         }

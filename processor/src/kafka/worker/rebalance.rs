@@ -95,6 +95,14 @@ impl Core {
             .iter()
             .map(|e| (self.topic_arc(e.topic()), e.partition()))
             .collect();
+        // Replays of partitions held no more are their new owner's.
+        let held = |o: &Origin| {
+            self.assigned
+                .iter()
+                .any(|(t, p)| *p == o.partition && **t == *o.topic)
+        };
+        self.refused_dead_letters.retain(|o, _| held(o));
+        self.poisoned.retain(|o, _| held(o));
         if let Err(e) = self.on_assign(consumer, &assignment) {
             self.fatal = Some(e);
             return;
@@ -104,10 +112,11 @@ impl Core {
             .store(self.restoring.is_none(), Ordering::Relaxed);
     }
 
-    /// Follows a new assignment with the state: drops the state of partitions lost,
-    /// and pauses the gained ones (and any whose restore was under way) while their state
-    /// is restored from the changelog by [`Core::advance_restore`], outside the rebalance
-    /// callback and a little at a time, so the partitions kept go on meanwhile.
+    /// Follows a new assignment with the state: drops the state of partitions lost (and
+    /// what a restore under way read of them), and pauses the gained ones while their
+    /// state is restored from the changelog by [`Core::advance_restore`], outside the
+    /// rebalance callback and a little at a time, so the partitions kept go on meanwhile.
+    /// A restore under way goes on for the partitions still held.
     pub(super) fn on_assign<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
@@ -132,20 +141,29 @@ impl Core {
         let Some(agg) = self.engine.aggregate_mut() else {
             return Ok(());
         };
-        // A restore under way starts again with the new assignment: what it read goes.
-        for p in self
-            .restoring
-            .take()
-            .map(|r| r.pending())
-            .unwrap_or_default()
-        {
-            agg.drop_partition(p);
-        }
         for &p in self.owned.difference(&assigned) {
             agg.drop_partition(p);
         }
         self.owned = self.owned.intersection(&assigned).copied().collect();
-        let gained: Vec<i32> = assigned.difference(&self.owned).copied().collect();
+        // A restore under way goes on for the partitions still held; what it read of the
+        // others goes.
+        let restoring: BTreeSet<i32> = self
+            .restoring
+            .as_ref()
+            .map(|r| r.pending().into_iter().collect())
+            .unwrap_or_default();
+        let lost: Vec<i32> = restoring.difference(&assigned).copied().collect();
+        for &p in &lost {
+            agg.drop_partition(p);
+        }
+        if let Some(restore) = self.restoring.as_mut() {
+            restore.forget(&lost)?;
+        }
+        let gained: Vec<i32> = assigned
+            .iter()
+            .filter(|p| !self.owned.contains(p) && !restoring.contains(p))
+            .copied()
+            .collect();
         if gained.is_empty() {
             self.engine.report_state();
             return Ok(());
@@ -154,13 +172,18 @@ impl Core {
             .pause(&partitions_of(&state_topic, &gained))
             .map_err(WorkerError::Commit)?;
         tracing::info!(partitions = ?gained, topic = %changelog, "restoring state: these partitions wait for it");
-        self.restoring = Some(Restore::start(
-            &self.opts.settings,
-            &self.opts.group_id,
-            &changelog,
-            &gained,
-            self.opts.restore_timeout,
-        )?);
+        match self.restoring.as_mut() {
+            Some(restore) => restore.add(&gained),
+            None => {
+                self.restoring = Some(Restore::start(
+                    &self.opts.settings,
+                    &self.opts.group_id,
+                    &changelog,
+                    &gained,
+                    self.opts.restore_timeout,
+                )?);
+            }
+        }
         Ok(())
     }
 
