@@ -121,6 +121,19 @@ fn start_paced_worker(
     Arc<Status>,
     std::thread::JoinHandle<Result<(), worker::WorkerError>>,
 ) {
+    start_worker_with(bootstrap, lane, rate_limit, &[])
+}
+
+/// A worker running `SPEC`, with extra librdkafka properties for its clients.
+fn start_worker_with(
+    bootstrap: &str,
+    lane: bool,
+    rate_limit: Option<u32>,
+    extra: &[(&str, &str)],
+) -> (
+    Arc<Status>,
+    std::thread::JoinHandle<Result<(), worker::WorkerError>>,
+) {
     let spec: PipelineSpec = serde_saphyr::from_str(SPEC).unwrap();
     let metrics = Metrics::new();
     let engine = Engine::new("mock", &spec, metrics.pipeline("mock")).unwrap();
@@ -128,7 +141,10 @@ fn start_paced_worker(
     let opts = WorkerOptions {
         settings: KafkaSettings {
             bootstrap: bootstrap.to_string(),
-            extra: Default::default(),
+            extra: extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         },
         group_id: "sluice-test-mock".to_string(),
         transactional_id: "sluice-test-mock-0".to_string(),
@@ -629,6 +645,30 @@ fn a_dead_letter_the_broker_refuses_goes_again_without_the_record() {
     assert_eq!(dlq.len(), 1, "one dead letter, not a rewind loop");
     assert_eq!(dlq[0].value, "", "the refused record's value is left out");
     assert_eq!(header(&dlq[0], "sluice.step"), "decode");
+    assert_eq!(header(&dlq[0], "sluice.source.offset"), "0");
+    assert!(
+        header(&dlq[0], "sluice.dropped").contains("refused"),
+        "{:?}",
+        dlq[0].headers
+    );
+    assert_eq!(out.len(), 1, "the pipeline goes on");
+}
+
+#[test]
+fn a_dead_letter_the_producer_refuses_at_once_goes_without_the_record() {
+    let (_cluster, bootstrap) = cluster();
+    let big = format!("not json {}", "x".repeat(5_000));
+    produce(&bootstrap, "in", &[big.as_str(), r#"{"total": 2.0}"#]);
+    // The worker's producer takes records of at most 2,000 bytes.
+    let (status, handle) =
+        start_worker_with(&bootstrap, false, None, &[("message.max.bytes", "2000")]);
+    let dlq = read(&bootstrap, "dlq", 1);
+    let out = read(&bootstrap, "out", 1);
+    status.shutdown.store(true, Ordering::Relaxed);
+    handle.join().unwrap().unwrap();
+
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].value, "");
     assert_eq!(header(&dlq[0], "sluice.source.offset"), "0");
     assert!(
         header(&dlq[0], "sluice.dropped").contains("refused"),

@@ -1,6 +1,7 @@
 //! Writing a record that cannot be processed or delivered to the dead-letter topic.
 
 use super::*;
+use crate::kafka::acks::refuses_the_record;
 
 /// A record that goes to the dead-letter topic: where it came from and what it held.
 pub(super) struct DeadLetterSource {
@@ -76,60 +77,23 @@ impl Core {
         };
         // A dead letter the broker refused for what it was goes again without the
         // record's key, value, headers and timestamp: its coordinates and error still say
-        // which record failed and why, and the record stays in its source topic.
-        let refused = self
+        // which record failed and why, and the record stays in its source topic. One the
+        // producer refuses at once (larger than its message.max.bytes) goes so right away.
+        let mut stripped = self
             .refused_dead_letters
             .remove(&origin)
             .map(|(why, _)| why);
-        let mut headers = OwnedHeaders::new();
-        if refused.is_none() {
-            for (k, v) in &src.headers {
-                headers = headers.insert(Header {
-                    key: k,
-                    value: Some(v.as_slice()),
-                });
+        loop {
+            let rec =
+                dead_letter_record(&dlq, src, failure, stripped.as_deref(), &origin, self.epoch);
+            match send(&self.producer, rec, self.epoch) {
+                Ok(()) => break,
+                Err(e) if stripped.is_none() && refuses_the_record(&e) => {
+                    stripped = Some(format!("{dlq}: {e}"));
+                }
+                Err(source) => return Err(WorkerError::DeadLetter { topic: dlq, source }),
             }
         }
-        let partition = src.partition.to_string();
-        let offset = src.offset.to_string();
-        let dropped = refused.as_ref().map(|why| {
-            format!(
-                "key, value and headers left out: the dead-letter topic refused the record ({why})"
-            )
-        });
-        for (k, v) in [
-            ("sluice.error", Some(failure.error.as_str())),
-            ("sluice.step", Some(failure.step.as_str())),
-            ("sluice.source.topic", Some(src.topic.as_str())),
-            ("sluice.source.partition", Some(partition.as_str())),
-            ("sluice.source.offset", Some(offset.as_str())),
-            ("sluice.dropped", dropped.as_deref()),
-        ] {
-            if let Some(v) = v {
-                headers = headers.insert(Header {
-                    key: k,
-                    value: Some(v),
-                });
-            }
-        }
-        let mut rec: BaseRecord<'_, [u8], [u8], Box<Sent>> = BaseRecord::with_opaque_to(
-            &dlq,
-            Sent::dead_letter(origin, self.epoch, failure.clone()),
-        )
-        .headers(headers);
-        if refused.is_none() {
-            if let Some(k) = &src.key {
-                rec = rec.key(k);
-            }
-            if let Some(p) = &src.payload {
-                rec = rec.payload(p);
-            }
-        }
-        if let Some(ts) = src.timestamp.filter(|_| refused.is_none()) {
-            rec = rec.timestamp(ts);
-        }
-        send(&self.producer, rec, self.epoch)
-            .map_err(|source| WorkerError::DeadLetter { topic: dlq, source })?;
         self.engine.metrics().dead_lettered.inc();
         self.dead_lettered_logged += 1;
         if self.dead_lettered_logged <= 10 || self.dead_lettered_logged.is_multiple_of(1000) {
@@ -140,4 +104,63 @@ impl Core {
         }
         Ok(())
     }
+}
+
+/// The dead letter of `src`: the record as it was read, with headers saying why and where
+/// it came from; with `stripped` (why the whole record was refused), its coordinates and
+/// error alone.
+fn dead_letter_record<'a>(
+    dlq: &'a str,
+    src: &'a DeadLetterSource,
+    failure: &Failure,
+    stripped: Option<&str>,
+    origin: &Origin,
+    epoch: u64,
+) -> BaseRecord<'a, [u8], [u8], Box<Sent>> {
+    let mut headers = OwnedHeaders::new();
+    if stripped.is_none() {
+        for (k, v) in &src.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_slice()),
+            });
+        }
+    }
+    let partition = src.partition.to_string();
+    let offset = src.offset.to_string();
+    let dropped = stripped.map(|why| {
+        format!("key, value and headers left out: the dead-letter topic refused the record ({why})")
+    });
+    for (k, v) in [
+        ("sluice.error", Some(failure.error.as_str())),
+        ("sluice.step", Some(failure.step.as_str())),
+        ("sluice.source.topic", Some(src.topic.as_str())),
+        ("sluice.source.partition", Some(partition.as_str())),
+        ("sluice.source.offset", Some(offset.as_str())),
+        ("sluice.dropped", dropped.as_deref()),
+    ] {
+        if let Some(v) = v {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+    }
+    let mut rec = BaseRecord::with_opaque_to(
+        dlq,
+        Sent::dead_letter(origin.clone(), epoch, failure.clone()),
+    )
+    .headers(headers);
+    if stripped.is_none() {
+        if let Some(k) = &src.key {
+            rec = rec.key(k.as_slice());
+        }
+        if let Some(p) = &src.payload {
+            rec = rec.payload(p.as_slice());
+        }
+        if let Some(ts) = src.timestamp {
+            rec = rec.timestamp(ts);
+        }
+    }
+    rec
 }
