@@ -12,6 +12,9 @@ pub(super) struct DeadLetterSource {
     payload: Option<Vec<u8>>,
     headers: Vec<(String, Vec<u8>)>,
     timestamp: Option<i64>,
+    /// An aggregate's held-back output: its coordinates are those of the last input of
+    /// its group, which differ between replays and must not stand for that input.
+    held_back: bool,
 }
 
 impl DeadLetterSource {
@@ -25,6 +28,7 @@ impl DeadLetterSource {
             payload: m.payload().map(<[u8]>::to_vec),
             headers: headers_of(m),
             timestamp: m.timestamp().to_millis(),
+            held_back: false,
         }
     }
 
@@ -38,6 +42,7 @@ impl DeadLetterSource {
             payload: batch.payload(input).map(<[u8]>::to_vec),
             headers: input.headers.clone(),
             timestamp: input.timestamp,
+            held_back: false,
         }
     }
 
@@ -52,6 +57,7 @@ impl DeadLetterSource {
             payload: format.encode(&r.value).ok(),
             headers: r.headers.clone(),
             timestamp: (r.timestamp > 0).then_some(r.timestamp),
+            held_back: true,
         }
     }
 }
@@ -79,10 +85,14 @@ impl Core {
         // record's key, value, headers and timestamp: its coordinates and error still say
         // which record failed and why, and the record stays in its source topic. One the
         // producer refuses at once (larger than its message.max.bytes) goes so right away.
-        let mut stripped = self
-            .refused_dead_letters
-            .remove(&origin)
-            .map(|(why, _)| why);
+        // Only a consumed record's own dead letter is remembered by its coordinates.
+        let mut stripped = if src.held_back {
+            None
+        } else {
+            self.refused_dead_letters
+                .remove(&origin)
+                .map(|(why, _)| why)
+        };
         loop {
             let rec =
                 dead_letter_record(&dlq, src, failure, stripped.as_deref(), &origin, self.epoch);
@@ -146,11 +156,12 @@ fn dead_letter_record<'a>(
             });
         }
     }
-    let mut rec = BaseRecord::with_opaque_to(
-        dlq,
-        Sent::dead_letter(origin.clone(), epoch, failure.clone()),
-    )
-    .headers(headers);
+    let sent = if src.held_back {
+        Sent::boxed(Origin::internal(), epoch)
+    } else {
+        Sent::dead_letter(origin.clone(), epoch, failure.clone())
+    };
+    let mut rec = BaseRecord::with_opaque_to(dlq, sent).headers(headers);
     if stripped.is_none() {
         if let Some(k) = &src.key {
             rec = rec.key(k.as_slice());
