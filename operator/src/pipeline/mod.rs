@@ -377,19 +377,13 @@ async fn apply_children(
     let ctx = &state.ctx;
     let ns = p.namespace().unwrap_or_default();
     let name = render::processor_name(&p.name_any());
-    let config = render::config_text(p)?;
-    let hash = render::config_hash(&config);
-    let cm = render::config_map(p, config)?;
-    let mut deployment = render::deployment(p, &state.settings.defaults, replicas, &hash)?;
-    let service = render::service(p)?;
-    let kafka_client = state
-        .settings
-        .defaults
-        .kafka_client_properties
-        .as_deref()
-        .map(|props| render::kafka_client_secret(p, props))
-        .transpose()?;
-    let fingerprint = render::fingerprint(&cm, &deployment, &service)?;
+    let render::Children {
+        config_map: cm,
+        deployment,
+        service,
+        kafka_client,
+        fingerprint,
+    } = render::children(p, &state.settings.defaults, replicas)?;
     let applied = existing
         .and_then(|d| d.metadata.annotations.as_ref())
         .and_then(|a| a.get(render::RENDERED_ANNOTATION));
@@ -435,11 +429,6 @@ async fn apply_children(
             taken.join(", ")
         )));
     }
-    deployment
-        .metadata
-        .annotations
-        .get_or_insert_with(Default::default)
-        .insert(render::RENDERED_ANNOTATION.to_string(), fingerprint);
     let params = PatchParams::apply(FIELD_MANAGER).force();
     configmaps
         .patch(&name, &params, &Patch::Apply(&cm))

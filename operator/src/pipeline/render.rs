@@ -208,6 +208,53 @@ pub fn fingerprint(
     Ok(config_hash(&text))
 }
 
+/// Everything a Pipeline's processors need, as reconcile applies it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Children {
+    /// The processor config.
+    pub config_map: ConfigMap,
+    /// The processors, carrying [`RENDERED_ANNOTATION`] with `fingerprint`.
+    pub deployment: Deployment,
+    /// The Service in front of their `/metrics`.
+    pub service: Service,
+    /// The copy of the Kafka client settings, when the installation has some.
+    pub kafka_client: Option<Secret>,
+    /// The fingerprint of what is rendered: equal fingerprints, nothing to write.
+    pub fingerprint: String,
+}
+
+/// The children of `p` with its processors at `replicas`: a pure function of the
+/// Pipeline and the installation's defaults (no API server).
+pub fn children(
+    p: &Pipeline,
+    defaults: &ProcessorDefaults,
+    replicas: i32,
+) -> Result<Children, RenderError> {
+    let config = config_text(p)?;
+    let hash = config_hash(&config);
+    let config_map = config_map(p, config)?;
+    let mut deployment = deployment(p, defaults, replicas, &hash)?;
+    let service = service(p)?;
+    let kafka_client = defaults
+        .kafka_client_properties
+        .as_deref()
+        .map(|props| kafka_client_secret(p, props))
+        .transpose()?;
+    let fingerprint = fingerprint(&config_map, &deployment, &service)?;
+    deployment
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(RENDERED_ANNOTATION.to_string(), fingerprint.clone());
+    Ok(Children {
+        config_map,
+        deployment,
+        service,
+        kafka_client,
+        fingerprint,
+    })
+}
+
 /// The ConfigMap holding the processor config.
 pub fn config_map(p: &Pipeline, config: String) -> Result<ConfigMap, RenderError> {
     Ok(ConfigMap {
@@ -449,6 +496,47 @@ mod tests {
             kafka_bootstrap: "kafka:9092".into(),
             ..ProcessorDefaults::default()
         }
+    }
+
+    #[test]
+    fn children_are_rendered_whole_with_a_fingerprint_of_what_changes_them() {
+        let p = pipeline();
+        let mut d = defaults();
+        let c = children(&p, &d, 2).unwrap();
+        assert_eq!(
+            c.config_map.metadata.name.as_deref(),
+            Some("totals-processor")
+        );
+        assert_eq!(
+            c.service.metadata.name.as_deref(),
+            Some("totals-processor-metrics")
+        );
+        assert_eq!(c.deployment.spec.as_ref().unwrap().replicas, Some(2));
+        assert_eq!(
+            c.deployment.metadata.annotations.as_ref().unwrap()[RENDERED_ANNOTATION],
+            c.fingerprint
+        );
+        assert!(c.kafka_client.is_none());
+        for meta in [
+            &c.config_map.metadata,
+            &c.deployment.metadata,
+            &c.service.metadata,
+        ] {
+            assert!(!foreign(meta, &p), "owned by the pipeline: {meta:?}");
+        }
+        assert_eq!(
+            children(&p, &d, 2).unwrap(),
+            c,
+            "the same input, the same children"
+        );
+        assert_ne!(children(&p, &d, 3).unwrap().fingerprint, c.fingerprint);
+        d.kafka_client_properties = Some("sasl.password=x\n".into());
+        let with_secret = children(&p, &d, 2).unwrap();
+        assert!(with_secret.kafka_client.is_some());
+        assert_ne!(
+            with_secret.fingerprint, c.fingerprint,
+            "new settings roll out"
+        );
     }
 
     #[test]
