@@ -5,6 +5,7 @@
 //! -> validate (pure) -> decide replicas (pure) -> render (pure) -> apply only what differs
 //! -> compute status (pure) -> write status only when it changed.
 
+pub mod events;
 pub mod lag;
 pub mod offsets;
 pub mod render;
@@ -30,6 +31,7 @@ use crate::Error;
 use crate::autoscaler::SettingsError;
 use crate::context::{Context, FIELD_MANAGER};
 use crate::controller::Reconcile;
+use events::Deployed;
 use render::ProcessorDefaults;
 use scaler::Scalers;
 
@@ -264,7 +266,8 @@ async fn reconcile_pipeline(p: &Pipeline, state: &PipelineController) -> Result<
     let deployable =
         observed.spec_errors.is_empty() && observed.missing_inputs.is_empty() && reading.is_some();
 
-    if deployable {
+    let mut decision = None;
+    let deployed = if deployable {
         if let Some(reading) = &reading {
             let ready = existing
                 .as_ref()
@@ -276,66 +279,30 @@ async fn reconcile_pipeline(p: &Pipeline, state: &PipelineController) -> Result<
             observed.lag = outcome.lag;
             observed.max_partition_lag = outcome.max_partition_lag;
             observed.records_per_second = outcome.records_per_second;
-            if let Some(decision) = &outcome.decision {
-                let reason = if decision.to > decision.from {
-                    "ScaledUp"
-                } else {
-                    "ScaledDown"
-                };
-                let action = format!("Scale{}To{}", decision.from, decision.to);
-                let note = format!(
-                    "{} -> {} replicas: {}",
-                    decision.from, decision.to, decision.reason
-                );
-                ctx.event_action(&oref, KIND, false, reason, &action, note)
-                    .await;
-            }
+            decision = outcome.decision;
             observed.last_scale = outcome.last_scale;
         }
         topics::ensure(ctx, p).await?;
         let applied =
             apply_children(p, state, existing.as_ref(), observed.desired_replicas).await?;
-        if let Applied::Conflict(message) = &applied {
-            // Once per conflict, not every tick: status already says it otherwise.
-            if previous.conditions.iter().all(|c| c.message != *message) {
-                ctx.event(&oref, KIND, true, "ResourceConflict", message.clone())
-                    .await;
+        match applied {
+            Applied::Conflict(message) => {
+                observed.conflict = Some(message.clone());
+                Deployed::Conflict(message)
             }
-            observed.conflict = Some(message.clone());
-        }
-        if applied == Applied::Written {
-            let note = format!(
-                "processor Deployment {} applied with {} replica(s)",
-                render::processor_name(&name),
-                observed.desired_replicas
-            );
-            ctx.event(&oref, KIND, false, "Deployed", note).await;
-            observed.deployment = deployments
-                .get_opt(&render::processor_name(&name))
-                .await
-                .map_err(Error::kube("read the processor Deployment"))?;
+            Applied::Written => {
+                observed.deployment = deployments
+                    .get_opt(&render::processor_name(&name))
+                    .await
+                    .map_err(Error::kube("read the processor Deployment"))?;
+                Deployed::Written(observed.desired_replicas)
+            }
+            Applied::Unchanged | Applied::Reapplied => Deployed::Unchanged,
         }
     } else {
         observed.desired_replicas = current;
-        let became_invalid =
-            sluice_crds::common::is_true(&previous.conditions, sluice_crds::common::READY)
-                || previous.observed_generation != p.metadata.generation;
-        if became_invalid {
-            let why = observed
-                .spec_errors
-                .first()
-                .cloned()
-                .or_else(|| observed.kafka_error.clone())
-                .unwrap_or_else(|| {
-                    format!(
-                        "input topic(s) missing: {}",
-                        observed.missing_inputs.join(", ")
-                    )
-                });
-            ctx.event(&oref, KIND, true, "Refused", format!("not deployed: {why}"))
-                .await;
-        }
-    }
+        Deployed::Refused
+    };
 
     let new_status = status::compute(
         p.metadata.generation,
@@ -345,6 +312,17 @@ async fn reconcile_pipeline(p: &Pipeline, state: &PipelineController) -> Result<
     );
     if status::changed(&previous, &new_status) {
         write_status(ctx, &ns, &name, &new_status).await?;
+    }
+    for e in events::events(
+        p.metadata.generation,
+        &render::processor_name(&name),
+        &previous,
+        &observed,
+        decision.as_ref(),
+        &deployed,
+    ) {
+        ctx.event_action(&oref, KIND, e.warning, e.reason, &e.action, e.note)
+            .await;
     }
     Ok(Action::requeue(state.settings.tick))
 }
