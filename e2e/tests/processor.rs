@@ -169,7 +169,9 @@ async fn a_record_too_large_for_the_dead_letter_topic_is_dead_lettered_without_i
     let (mut records, _, kept) = orders(0, 20);
     records.insert(5, ("big".into(), format!("not json {}", "x".repeat(5_000))));
     produce(&bootstrap, &input, &records).await;
-    let manifest = write_manifest(&name, cents_spec(&input, &output, "exactlyOnce"));
+    let mut spec = cents_spec(&input, &output, "exactlyOnce");
+    spec["deadLetter"] = serde_json::json!({"topic": dlq});
+    let manifest = write_manifest(&name, spec);
     let mut p = Processor::start(&bootstrap, &manifest, &name);
     let out = read_until(&bootstrap, &output, kept, &p);
     let dead = read(&bootstrap, &dlq);

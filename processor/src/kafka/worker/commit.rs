@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// How long a rewind serves the delivery reports already queued.
+const DELIVERY_REPORTS_WAIT: Duration = Duration::from_millis(100);
+
 /// The transaction timeout for `commitInterval`: a transaction spans one interval plus
 /// its commit, so three intervals, and never below 10 s (a commit after a slow poll or a
 /// long record must not find its transaction aborted by the broker). Capped at 15
@@ -156,6 +159,10 @@ impl Core {
             }
             self.in_txn = false;
         }
+        // Delivery reports already queued (a record the broker refused, the records the
+        // abort purged) are served before the failures are read: after the rewind, reports
+        // of this epoch are ignored, and a refusal missed here would never be known.
+        self.producer.poll(DELIVERY_REPORTS_WAIT);
         let mut passing: Option<(usize, String)> = None;
         for failed in self.producer.context().take_failed() {
             if !failed.poison {

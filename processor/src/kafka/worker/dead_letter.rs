@@ -89,9 +89,11 @@ impl Core {
         let mut stripped = if src.held_back {
             None
         } else {
+            // Kept (not taken): a stripped dead letter purged by an abort goes stripped
+            // again; the record is never replayed once its offset is committed.
             self.refused_dead_letters
-                .remove(&origin)
-                .map(|(why, _)| why)
+                .get(&origin)
+                .map(|(why, _)| why.clone())
         };
         loop {
             let rec =
