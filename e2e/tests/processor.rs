@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
 use rdkafka::admin::{NewTopic, TopicReplication};
 use sluice_e2e::cluster::unique;
 use sluice_e2e::env::TestEnv;

@@ -489,6 +489,19 @@ fn a_replica_that_keeps_rewinding_reports_no_progress_until_it_commits_again() {
     assert_eq!(dlq[0].value, "not json");
 }
 
+/// The last total of each region in outputs of `AGGREGATE_SPEC`.
+fn latest_total_per_region(out: &[Read]) -> std::collections::BTreeMap<String, f64> {
+    out.iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_str(&r.value).unwrap();
+            (
+                v["region"].as_str().unwrap().to_string(),
+                v["total"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 const AGGREGATE_SPEC: &str = r#"
 inputs: [in]
 steps:
@@ -557,16 +570,7 @@ fn a_restarted_aggregate_restores_its_state_between_polls_and_counts_on() {
     handle.join().unwrap().unwrap();
 
     assert_eq!(out.len(), 200, "one update per order");
-    let last: std::collections::BTreeMap<String, f64> = out
-        .iter()
-        .map(|r| {
-            let v: serde_json::Value = serde_json::from_str(&r.value).unwrap();
-            (
-                v["region"].as_str().unwrap().to_string(),
-                v["total"].as_f64().unwrap(),
-            )
-        })
-        .collect();
+    let last = latest_total_per_region(&out);
     assert_eq!(
         last,
         [("r0".to_string(), 100.0), ("r1".to_string(), 100.0)].into(),
@@ -674,4 +678,61 @@ fn a_dead_letter_the_producer_refuses_at_once_goes_without_the_record() {
     handle.join().unwrap().unwrap();
 
     assert_stripped_dead_letter_of_the_first_record(&dlq, &out);
+}
+
+#[test]
+fn a_restore_that_waits_for_its_changelog_keeps_the_loop_turning() {
+    // The changelog's end cannot be learnt for a while (each ListOffsets request is
+    // refused: no leader). The restore used to run inside the rebalance callback, so the
+    // loop stopped for as long: no heartbeat, no commit of the partitions kept, and a
+    // restore longer than the transaction timeout fenced the replica. Now it is read
+    // between polls: the replica is not ready meanwhile, but its loop keeps turning.
+    let (cluster, bootstrap) = cluster();
+    cluster.create_topic("chg", 1, 1).unwrap();
+    let orders = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| format!(r#"{{"region": "r{}", "total": 1.0}}"#, i % 2))
+            .collect()
+    };
+    produce(&bootstrap, "in", &orders(10));
+    let (status, handle) = start_aggregate_worker(&bootstrap);
+    read(&bootstrap, "out", 10);
+    status.shutdown.store(true, Ordering::Relaxed);
+    handle.join().unwrap().unwrap();
+
+    // The group has committed offsets, so only the restore asks for offsets now.
+    cluster.request_errors(
+        RDKafkaApiKey::ListOffsets,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE; 100],
+    );
+    produce(&bootstrap, "in", &orders(10));
+    let (status, handle) = start_aggregate_worker(&bootstrap);
+    let start = Instant::now();
+    let mut waiting = Duration::ZERO;
+    let mut stalled = Vec::new();
+    while !status.ready.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(250));
+        waiting = start.elapsed();
+        if waiting > Duration::from_secs(2) && !status.alive(Duration::from_secs(1)) {
+            stalled.push(waiting);
+        }
+    }
+    assert!(
+        waiting > Duration::from_secs(4),
+        "the restore did not wait (ListOffsets errors not injected?): ready after {waiting:?}"
+    );
+    assert!(
+        stalled.is_empty(),
+        "the loop stopped turning while the restore waited: at {stalled:?}"
+    );
+    let out = read(&bootstrap, "out", 20);
+    status.shutdown.store(true, Ordering::Relaxed);
+    handle.join().unwrap().unwrap();
+    assert_eq!(out.len(), 20);
+    let last = latest_total_per_region(&out);
+    assert_eq!(
+        last,
+        [("r0".to_string(), 10.0), ("r1".to_string(), 10.0)].into(),
+        "restored, then counted on"
+    );
 }
