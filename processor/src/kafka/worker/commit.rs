@@ -248,15 +248,12 @@ impl Core {
 /// that polls it): so abort in short attempts, serving the reports between them, until
 /// done or `TXN_TIMEOUT` passes.
 pub(super) fn abort(producer: &BaseProducer<DeliveryTracker>) -> Result<(), KafkaError> {
-    let deadline = Instant::now() + TXN_TIMEOUT;
-    loop {
-        match producer.abort_transaction(Duration::from_secs(1)) {
-            Err(KafkaError::Transaction(e)) if e.is_retriable() && Instant::now() < deadline => {
-                producer.poll(Duration::from_millis(100));
-            }
-            other => return other,
-        }
-    }
+    until_settled(
+        Instant::now() + TXN_TIMEOUT,
+        || producer.abort_transaction(Duration::from_secs(1)),
+        retriable_transaction_error,
+        |_| producer.poll(Duration::from_millis(100)),
+    )
 }
 
 /// Commits the open transaction. A retriable error (the commit timed out, the
@@ -265,12 +262,30 @@ pub(super) fn abort(producer: &BaseProducer<DeliveryTracker>) -> Result<(), Kafk
 pub(super) fn commit_transaction(
     producer: &BaseProducer<DeliveryTracker>,
 ) -> Result<(), KafkaError> {
-    let deadline = Instant::now() + TXN_TIMEOUT;
+    until_settled(
+        Instant::now() + TXN_TIMEOUT,
+        || producer.commit_transaction(TXN_TIMEOUT),
+        retriable_transaction_error,
+        |e| tracing::warn!(error = %e, "committing the transaction again"),
+    )
+}
+
+/// Whether a transactional call failed in a way that calling it again can finish.
+fn retriable_transaction_error(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::Transaction(t) if t.is_retriable())
+}
+
+/// Makes `attempt` until it succeeds, fails for good (`retriable` says no), or
+/// `deadline` passes (the last error is returned); `between` runs before each retry.
+fn until_settled<E>(
+    deadline: Instant,
+    mut attempt: impl FnMut() -> Result<(), E>,
+    retriable: impl Fn(&E) -> bool,
+    mut between: impl FnMut(&E),
+) -> Result<(), E> {
     loop {
-        match producer.commit_transaction(TXN_TIMEOUT) {
-            Err(KafkaError::Transaction(e)) if e.is_retriable() && Instant::now() < deadline => {
-                tracing::warn!(error = %e, "committing the transaction again");
-            }
+        match attempt() {
+            Err(e) if retriable(&e) && Instant::now() < deadline => between(&e),
             other => return other,
         }
     }
@@ -289,6 +304,55 @@ pub(super) fn partition_list(offsets: &Offsets) -> Result<TopicPartitionList, Wo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retriable_commit_error_is_answered_by_committing_again_not_by_giving_up() {
+        let mut calls = 0;
+        let mut retried = Vec::new();
+        let result = until_settled(
+            Instant::now() + Duration::from_secs(60),
+            || {
+                calls += 1;
+                if calls < 3 { Err("timed out") } else { Ok(()) }
+            },
+            |e| *e == "timed out",
+            |e| retried.push(*e),
+        );
+        assert_eq!(result, Ok(()));
+        assert_eq!(
+            (calls, retried.len()),
+            (3, 2),
+            "committed again until it went through"
+        );
+
+        let mut calls = 0;
+        let fenced = until_settled(
+            Instant::now() + Duration::from_secs(60),
+            || {
+                calls += 1;
+                Err("fenced")
+            },
+            |e| *e == "timed out",
+            |_| {},
+        );
+        assert_eq!((fenced, calls), (Err("fenced"), 1), "a fatal error at once");
+
+        let mut calls = 0;
+        let late = until_settled(
+            Instant::now(),
+            || {
+                calls += 1;
+                Err("timed out")
+            },
+            |e| *e == "timed out",
+            |_| {},
+        );
+        assert_eq!(
+            (late, calls),
+            (Err("timed out"), 1),
+            "no retry past the deadline"
+        );
+    }
 
     #[test]
     fn the_transaction_timeout_outlasts_three_commit_intervals_within_the_brokers_limit() {
