@@ -47,10 +47,25 @@ pub fn repo_root() -> PathBuf {
 
 /// Builds binary `name` of package `name` (debug) in the checkout under test and returns
 /// its path; panics with cargo's failure (a test harness has no better place for it).
+/// It builds what `make e2e` builds, the same packages at once: cargo unifies the
+/// features of shared dependencies over the packages it builds, so building one package
+/// alone would compile much of the workspace again with other features (minutes on a
+/// cold cache), where this finds everything built.
 pub fn cargo_binary(name: &str) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let status = std::process::Command::new(cargo)
-        .args(["build", "-q", "-p", name, "--bin", name])
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "sluice-operator",
+            "-p",
+            "sluice-processor",
+            "-p",
+            "sluice-e2e",
+            "--bins",
+            "--tests",
+        ])
         .current_dir(repo_root())
         .status()
         .expect("run cargo build");
