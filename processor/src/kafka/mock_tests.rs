@@ -489,6 +489,23 @@ fn a_replica_that_keeps_rewinding_reports_no_progress_until_it_commits_again() {
     assert_eq!(dlq[0].value, "not json");
 }
 
+/// `n` orders of 1.0 each, alternating between regions r0 and r1.
+fn two_region_orders(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!(r#"{{"region": "r{}", "total": 1.0}}"#, i % 2))
+        .collect()
+}
+
+/// Runs a first aggregate worker over `n` new orders until their outputs are read, then
+/// stops it (it commits and leaves the group).
+fn run_aggregate_to_the_end(bootstrap: &str, n: usize) {
+    produce(bootstrap, "in", &two_region_orders(n));
+    let (status, handle) = start_aggregate_worker(bootstrap);
+    read(bootstrap, "out", n);
+    status.shutdown.store(true, Ordering::Relaxed);
+    handle.join().unwrap().unwrap();
+}
+
 /// The last total of each region in outputs of `AGGREGATE_SPEC`.
 fn latest_total_per_region(out: &[Read]) -> std::collections::BTreeMap<String, f64> {
     out.iter()
@@ -550,16 +567,8 @@ fn start_aggregate_worker(
 fn a_restarted_aggregate_restores_its_state_between_polls_and_counts_on() {
     let (cluster, bootstrap) = cluster();
     cluster.create_topic("chg", 1, 1).unwrap();
-    let orders = |n: usize| -> Vec<String> {
-        (0..n)
-            .map(|i| format!(r#"{{"region": "r{}", "total": 1.0}}"#, i % 2))
-            .collect()
-    };
-    produce(&bootstrap, "in", &orders(100));
-    let (status, handle) = start_aggregate_worker(&bootstrap);
-    read(&bootstrap, "out", 100);
-    status.shutdown.store(true, Ordering::Relaxed);
-    handle.join().unwrap().unwrap();
+    let orders = two_region_orders;
+    run_aggregate_to_the_end(&bootstrap, 100);
 
     // The next replica restores the 2 groups from the changelog, then counts on.
     produce(&bootstrap, "in", &orders(100));
@@ -689,16 +698,8 @@ fn a_restore_that_waits_for_its_changelog_keeps_the_loop_turning() {
     // between polls: the replica is not ready meanwhile, but its loop keeps turning.
     let (cluster, bootstrap) = cluster();
     cluster.create_topic("chg", 1, 1).unwrap();
-    let orders = |n: usize| -> Vec<String> {
-        (0..n)
-            .map(|i| format!(r#"{{"region": "r{}", "total": 1.0}}"#, i % 2))
-            .collect()
-    };
-    produce(&bootstrap, "in", &orders(10));
-    let (status, handle) = start_aggregate_worker(&bootstrap);
-    read(&bootstrap, "out", 10);
-    status.shutdown.store(true, Ordering::Relaxed);
-    handle.join().unwrap().unwrap();
+    let orders = two_region_orders;
+    run_aggregate_to_the_end(&bootstrap, 10);
 
     // The group has committed offsets, so only the restore asks for offsets now.
     cluster.request_errors(

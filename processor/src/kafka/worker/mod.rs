@@ -279,7 +279,10 @@ impl Core {
     /// Why a record is not to be produced again: its output could not be delivered
     /// before the last rewind.
     fn take_poisoned(&mut self, origin: &Origin) -> Option<Failure> {
-        if let Some((_, failure)) = self.refused_dead_letters.get(origin) {
+        // Per record: both maps are almost always empty, and then nothing is hashed.
+        if !self.refused_dead_letters.is_empty()
+            && let Some((_, failure)) = self.refused_dead_letters.get(origin)
+        {
             return Some(failure.clone());
         }
         if self.poisoned.is_empty() {
