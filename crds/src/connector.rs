@@ -29,8 +29,9 @@ const NO_INLINE_SECRETS_MESSAGE: &str = "credentials must come from spec.secretR
     category = "sluice",
     derive = "PartialEq",
     printcolumn(name = "Type", type_ = "string", json_path = ".spec.type"),
-    printcolumn(name = "Plugin", type_ = "string", json_path = ".spec.plugin"),
+    printcolumn(name = "Plugin", type_ = "string", json_path = ".status.plugin"),
     printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
+    printcolumn(name = "Tasks", type_ = "string", json_path = ".status.tasksReady"),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -43,6 +44,8 @@ const NO_INLINE_SECRETS_MESSAGE: &str = "credentials must come from spec.secretR
     )
 )]
 #[x_kube(validation = Rule::new("self.type != 'sink' || size(self.topics) > 0").message("a sink needs at least one topic in spec.topics"))]
+#[x_kube(validation = Rule::new("!(has(self.kafkaConnect) && has(self.plugin))").message("set either spec.plugin or spec.kafkaConnect, not both"))]
+#[x_kube(validation = Rule::new("has(self.kafkaConnect) == has(oldSelf.kafkaConnect)").message("a Connector cannot move between Kafka Connect and a native plugin: make a new Connector"))]
 #[x_kube(validation = Rule::new("has(self.kafkaConnect) || has(self.plugin)").message("set spec.plugin for a native connector, or spec.kafkaConnect for a Kafka Connect one"))]
 #[x_kube(validation = Rule::new("!has(self.plugin) || (self.type == 'source' ? self.plugin in ['postgres-cdc', 'postgres-query', 'http', 'generator'] : self.plugin in ['postgres', 's3', 'http'])").message("source plugins: postgres-cdc, postgres-query, http, generator; sink plugins: postgres, s3, http"))]
 #[serde(rename_all = "camelCase")]
@@ -71,6 +74,29 @@ pub struct ConnectorSpec {
     /// Run this connector on an existing Kafka Connect cluster instead of natively.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka_connect: Option<KafkaConnectSpec>,
+    /// Restart a failed connector and its failed tasks, with exponential backoff. Without
+    /// this block nothing is restarted on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_restart: Option<AutoRestart>,
+}
+
+/// Automatic restarts of a failed connector or task.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoRestart {
+    /// Restart failed connectors and tasks.
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    /// Stop restarting after this many attempts in a row (Ready=False, reason
+    /// RestartLimitReached). Unset: no limit. The count starts again after the connector
+    /// has run as asked for a minute, or when the spec changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_restarts: Option<i32>,
+}
+
+fn enabled() -> bool {
+    true
 }
 
 /// Direction of a connector.
@@ -100,8 +126,10 @@ pub enum ConnectorState {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct KafkaConnectSpec {
-    /// REST URL of the Kafka Connect cluster, for example `http://connect:8083`.
+    /// REST URL of the Kafka Connect cluster, for example `http://connect:8083`. It cannot
+    /// change: the connector would be left behind on the old cluster.
     #[schemars(regex(pattern = r"^https?://"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.kafkaConnect.url cannot change (the connector would be left on the old cluster): make a new Connector"))]
     pub url: String,
     /// The connector class, for example `io.debezium.connector.postgresql.PostgresConnector`.
     pub class: String,
@@ -140,9 +168,52 @@ pub struct ConnectorStatus {
     /// How far the connector got: an LSN, offset or object name, as the plugin reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<String>,
-    /// The last error the connector or one of its tasks reported.
+    /// The last error the connector or one of its tasks reported (its first line).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The plugin, or for Kafka Connect the connector class without its package.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
+    /// The connector's name on its Kafka Connect cluster: `<namespace>.<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_name: Option<String>,
+    /// Tasks running of tasks reported, for example `1/1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks_ready: Option<String>,
+    /// The topics the connector has used, as Kafka Connect reports them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<String>,
+    /// The source offsets or sink positions the connector reports (at most 20).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offsets: Vec<ConnectorOffset>,
+    /// Automatic restarts: how many in a row, the last and the next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<RestartStatus>,
+}
+
+/// One offset a connector reports: the partition it belongs to and the position in it,
+/// each as compact JSON as Kafka Connect gives them.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectorOffset {
+    /// The source partition (for example `{"server":"sales"}`) or Kafka topic partition.
+    pub partition: String,
+    /// The position (for example `{"lsn":23456}`), or `null` once reset.
+    pub offset: String,
+}
+
+/// Automatic restarts so far.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartStatus {
+    /// Restarts in a row without a minute of running as asked in between.
+    pub count: i32,
+    /// When the last restart was asked for (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_restart_time: Option<String>,
+    /// The earliest time of the next restart, while one is due (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_restart_time: Option<String>,
 }
 
 /// One task of a connector.

@@ -64,6 +64,10 @@ pub enum Error {
     #[error("HTTP server: {0}")]
     Http(#[from] std::io::Error),
 
+    /// Kafka Connect could not be reached, or refused a call.
+    #[error(transparent)]
+    Connect(#[from] crate::connector::connect::ConnectError),
+
     /// A Kafka topic is still settling after a change; not a failure, retried soon.
     #[error("waiting for Kafka: {0}")]
     Settling(String),
@@ -82,6 +86,7 @@ impl Error {
             Error::CrdMissing(_) => "crd_missing",
             Error::Setting(_) => "setting",
             Error::Settling(_) => "settling",
+            Error::Connect(_) => "connect",
             Error::Lease(_) => "lease",
             Error::LeadershipLost => "leadership_lost",
             Error::Http(_) => "http",

@@ -6,9 +6,11 @@
 pub mod autoscaler;
 pub mod backoff;
 pub mod cli;
+pub mod connector;
 pub mod context;
 pub mod controller;
 pub mod error;
+pub mod finalizer;
 pub mod http;
 pub mod kafka;
 pub mod leader;
@@ -139,6 +141,7 @@ fn controllers(
     vec![
         topic::run(ctx.clone(), stopped(stop.clone())).boxed(),
         pipeline::run(ctx.clone(), pipelines, stopped(stop.clone())).boxed(),
+        connector::run(ctx.clone(), stopped(stop.clone())).boxed(),
     ]
 }
 
