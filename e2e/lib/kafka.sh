@@ -2,33 +2,50 @@
 # distributed mode, both from their Maven Central jars.
 # shellcheck shell=bash
 
-KAFKA_CACHE=$CACHE/kafka-$KAFKA_VERSION
+# Keyed by the version and the pom that resolves the jars: a change to either resolves again.
+KAFKA_CACHE=$CACHE/kafka-$KAFKA_VERSION-$(sha256sum "$E2E_DIR/toolchain/pom.xml" | cut -c1-8)
+DEBEZIUM_CACHE=$CACHE/debezium-$DEBEZIUM_VERSION
 
 # Kafka 4 brokers need Java 17 or newer.
 ensure_java() {
     command -v java >/dev/null 2>&1 || apt_install openjdk-17-jre-headless
 }
 
+# maven_copy WHAT PROFILE OUTDIR [MVN-ARGS...]: copies the jars of one profile of
+# e2e/toolchain/pom.xml into OUTDIR (WHAT names them in the error).
+maven_copy() {
+    local what=$1 profile=$2 out=$3 log=$LOGS/maven.log
+    shift 3
+    command -v mvn >/dev/null 2>&1 || apt_install maven
+    mkdir -p "$LOGS"
+    mvn -B -f "$E2E_DIR/toolchain/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
+        -Ddebezium.version="$DEBEZIUM_VERSION" -P"$profile" dependency:copy-dependencies \
+        -DoutputDirectory="$out" "$@" >>"$log" 2>&1 ||
+        die "Maven could not resolve $what; see $log"
+}
+
 # Resolves the jars with Maven into the cache: broker/, connect/, plugins/connect-file/.
 kafka_jars() {
     [ -f "$KAFKA_CACHE/.complete" ] && return 0
-    command -v mvn >/dev/null 2>&1 || apt_install maven
     say "downloading Kafka $KAFKA_VERSION jars from Maven Central (mvn dependency:copy-dependencies)"
-    local pom=$E2E_DIR/toolchain/pom.xml log=$LOGS/maven.log
-    mkdir -p "$LOGS"
     rm -rf "$KAFKA_CACHE"
     mkdir -p "$KAFKA_CACHE"
-    mvn -B -f "$pom" -Dkafka.version="$KAFKA_VERSION" -Pbroker dependency:copy-dependencies \
-        -DincludeScope=runtime -DoutputDirectory="$KAFKA_CACHE/broker" >>"$log" 2>&1 ||
-        die "Maven could not resolve the Kafka broker jars; see $log"
-    mvn -B -f "$pom" -Dkafka.version="$KAFKA_VERSION" -Pconnect dependency:copy-dependencies \
-        -DincludeScope=runtime -DoutputDirectory="$KAFKA_CACHE/connect" >>"$log" 2>&1 ||
-        die "Maven could not resolve the Kafka Connect jars; see $log"
+    maven_copy "the Kafka broker jars" broker "$KAFKA_CACHE/broker" -DincludeScope=runtime
+    maven_copy "the Kafka Connect jars" connect "$KAFKA_CACHE/connect" -DincludeScope=runtime
     # The plugin alone: its dependencies (connect-api) come from the worker's classpath.
-    mvn -B -f "$pom" -Dkafka.version="$KAFKA_VERSION" -Pconnect-file dependency:copy-dependencies \
-        -DexcludeTransitive=true -DoutputDirectory="$KAFKA_CACHE/plugins/connect-file" >>"$log" 2>&1 ||
-        die "Maven could not resolve connect-file; see $log"
+    maven_copy connect-file connect-file "$KAFKA_CACHE/plugins/connect-file" -DexcludeTransitive=true
     touch "$KAFKA_CACHE/.complete"
+}
+
+# Resolves Debezium's PostgreSQL connector into the cache: plugins/debezium-postgres/. The
+# Kafka and slf4j APIs come from the worker, as in Debezium's own plugin archive.
+debezium_jars() {
+    [ -f "$DEBEZIUM_CACHE/.complete" ] && return 0
+    say "downloading Debezium $DEBEZIUM_VERSION (PostgreSQL connector) from Maven Central"
+    rm -rf "$DEBEZIUM_CACHE"
+    maven_copy "Debezium's PostgreSQL connector" debezium-postgres "$DEBEZIUM_CACHE/plugins/debezium-postgres" \
+        -DincludeScope=runtime -DexcludeGroupIds=org.apache.kafka,org.slf4j
+    touch "$DEBEZIUM_CACHE/.complete"
 }
 
 # A log4j2 configuration that logs to stdout (the component's log file).
@@ -88,6 +105,7 @@ kafka_up() {
         kafka_ready "$bootstrap" >/dev/null 2>&1; then
         say "Kafka already running at $bootstrap (SASL/SCRAM at 127.0.0.1:$sport)"
         set_env KAFKA_BOOTSTRAP "$bootstrap"
+        set_env KAFKA_JARS "$KAFKA_CACHE"
         kafka_sasl_env "$sport"
         return 0
     fi
@@ -140,13 +158,17 @@ EOF
     kafka_scram_user "$bootstrap" >>"$LOGS/kafka.log" 2>&1 ||
         die "could not create the SCRAM user $KAFKA_SASL_USER; see $LOGS/kafka.log"
     set_env KAFKA_BOOTSTRAP "$bootstrap"
+    set_env KAFKA_JARS "$KAFKA_CACHE"
     kafka_sasl_env "$sport"
     say "Kafka ready at $bootstrap (SASL/SCRAM-SHA-512 at 127.0.0.1:$sport, user $KAFKA_SASL_USER)"
 }
 
-# Whether the Connect REST API lists the FileStreamSource plugin.
+# Whether the Connect REST API lists the FileStreamSource and Debezium PostgreSQL plugins.
 connect_ready() {
-    curl -fsS "$1/connector-plugins" | grep -q FileStreamSourceConnector
+    local plugins
+    plugins=$(curl -fsS "$1/connector-plugins") &&
+        grep -q FileStreamSourceConnector <<<"$plugins" &&
+        grep -q io.debezium.connector.postgresql.PostgresConnector <<<"$plugins"
 }
 
 # Starts the Connect worker unless it runs; connect_wait waits for it (it takes ~20s, so
@@ -162,7 +184,11 @@ connect_start() {
     stop connect
     ensure_java
     kafka_jars
-    mkdir -p "$dir"
+    debezium_jars
+    # Secrets the worker reads through its config providers, one directory per Secret, as
+    # a Kubernetes Secret volume would mount them (tests write them here).
+    mkdir -p "$dir/secrets"
+    chmod 700 "$dir/secrets"
     props=$dir/worker.properties
     cat >"$props" <<EOF
 # Written by e2e/up: a Kafka Connect worker in distributed mode.
@@ -184,8 +210,16 @@ offset.flush.interval.ms=1000
 listeners=$url
 rest.advertised.host.name=127.0.0.1
 rest.advertised.port=$port
-plugin.path=$KAFKA_CACHE/plugins
+plugin.path=$KAFKA_CACHE/plugins,$DEBEZIUM_CACHE/plugins
 plugin.discovery=hybrid_warn
+# Credentials reach connectors through config providers, never through connector config:
+# \${directory:<dir>:<key>} reads one file of a mounted Secret, \${file:<path>:<key>} one
+# key of a properties file.
+config.providers=file,directory
+config.providers.file.class=org.apache.kafka.common.config.provider.FileConfigProvider
+config.providers.file.param.allowed.paths=$dir/secrets
+config.providers.directory.class=org.apache.kafka.common.config.provider.DirectoryConfigProvider
+config.providers.directory.param.allowed.paths=$dir/secrets
 EOF
     say "starting Kafka Connect $KAFKA_VERSION (distributed) on $url"
     start connect java -Xms256m -Xmx1g -Djava.awt.headless=true \
@@ -198,5 +232,6 @@ connect_wait() {
     url=http://127.0.0.1:$(port_for connect)
     wait_until connect 180 connect_ready "$url" || die "Kafka Connect did not become ready; see $LOGS/connect.log"
     set_env CONNECT_URL "$url"
-    say "Kafka Connect ready at $url"
+    set_env CONNECT_SECRETS_DIR "$STATE/connect/secrets"
+    say "Kafka Connect ready at $url (plugins: FileStream, Debezium PostgreSQL $DEBEZIUM_VERSION)"
 }

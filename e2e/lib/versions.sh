@@ -4,6 +4,8 @@
 
 # Apache Kafka broker and Connect, from Maven Central (e2e/toolchain/pom.xml reads it as -Dkafka.version).
 KAFKA_VERSION=4.3.1
+# Debezium's PostgreSQL connector, a plugin of the Kafka Connect worker (e2e/toolchain/pom.xml reads it as -Ddebezium.version).
+DEBEZIUM_VERSION=3.6.1.Final
 # k8s.io/kubernetes; its staging modules are v0.<minor>.<patch> (e2e/toolchain/kubernetes/go.mod).
 KUBERNETES_VERSION=v1.34.12
 # The etcd that Kubernetes release uses (e2e/toolchain/etcd/go.mod).

@@ -235,10 +235,10 @@ pub async fn kafka_set_config(bootstrap: &str, topic: &str, config: &[(&str, &st
 // ---------------------------------------------------------------------------------------
 // Kubernetes helpers.
 
-/// Installs (server-side applies) the Topic CRD, the only one these tests need, and waits
-/// until it is Established.
+/// Installs (server-side applies) the Sluice CRDs and waits until they are Established.
 pub async fn install_topic_crd(client: &Client) {
-    install_crd(client, "topics.sluice.dev").await;
+    // The operator checks every CRD its controllers watch when it starts.
+    cluster::install_crds(client).await.unwrap();
 }
 
 pub async fn install_crd(client: &Client, name: &str) {
@@ -338,12 +338,10 @@ pub fn ready(t: &Topic) -> Option<(String, String, String)> {
 }
 
 /// Polls `name` until `check` holds, failing with the last state seen.
-pub async fn wait_until(
-    api: &Api<Topic>,
-    name: &str,
-    what: &str,
-    check: impl Fn(&Topic) -> bool,
-) -> Topic {
+pub async fn wait_until<K>(api: &Api<K>, name: &str, what: &str, check: impl Fn(&K) -> bool) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut last = None;
     while tokio::time::Instant::now() < deadline {

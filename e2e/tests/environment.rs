@@ -389,8 +389,13 @@ async fn connect_lists_the_file_source_plugin() {
     assert_eq!(status, 200);
     let plugins: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
     let classes: Vec<&str> = plugins.iter().filter_map(|p| p["class"].as_str()).collect();
-    assert!(
-        classes.contains(&"org.apache.kafka.connect.file.FileStreamSourceConnector"),
-        "plugins: {classes:?}"
-    );
+    for class in [
+        "org.apache.kafka.connect.file.FileStreamSourceConnector",
+        "io.debezium.connector.postgresql.PostgresConnector",
+    ] {
+        assert!(
+            classes.contains(&class),
+            "{class} missing; plugins: {classes:?}"
+        );
+    }
 }

@@ -2,14 +2,16 @@
 
 use kube::api::ListParams;
 use kube::{Api, Client};
-use sluice_crds::{Pipeline, Topic};
+use sluice_crds::{Connector, Pipeline, Topic};
 
 use crate::error::{Error, Result};
 
-/// Fails with [`Error::CrdMissing`] when the Topic CRD is not served by the API server.
+/// Fails with [`Error::CrdMissing`] when a CRD the controllers watch is not served by the
+/// API server.
 pub async fn check_crds(client: &Client, namespace: Option<&str>) -> Result<()> {
     check_crd::<Topic>(client, namespace, "topics.sluice.dev").await?;
-    check_crd::<Pipeline>(client, namespace, "pipelines.sluice.dev").await
+    check_crd::<Pipeline>(client, namespace, "pipelines.sluice.dev").await?;
+    check_crd::<Connector>(client, namespace, "connectors.sluice.dev").await
 }
 
 async fn check_crd<K>(client: &Client, namespace: Option<&str>, crd: &str) -> Result<()>

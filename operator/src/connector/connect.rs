@@ -15,14 +15,20 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// A failed call to Kafka Connect.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// No answer: connection refused, timeout, or a server error (5xx) or a rebalance in
-    /// progress (409), which pass.
+    /// No answer: connection refused, timeout, or a server error (5xx).
     #[error("Kafka Connect at {url} is unavailable: {message}")]
     Unavailable {
         /// The cluster's URL.
         url: String,
         /// What went wrong.
         message: String,
+    },
+    /// Connect is rebalancing its workers (409, or 500 naming a rebalance): asked again
+    /// shortly, nothing reported.
+    #[error("Kafka Connect is busy (a rebalance): {what}")]
+    Busy {
+        /// The request.
+        what: String,
     },
     /// Connect answered and refused the request (4xx other than 404 and 409).
     #[error("Kafka Connect refused {what}: {message}")]
@@ -262,7 +268,13 @@ impl ConnectClient {
         if status == StatusCode::NOT_FOUND && !path.starts_with("/connector-plugins/") {
             return Ok(None);
         }
-        if status.is_server_error() || status == StatusCode::CONFLICT {
+        // A rebalance among the workers answers 409, or 500 "a rebalance is expected".
+        if status == StatusCode::CONFLICT
+            || (status.is_server_error() && message_of(&text).contains("rebalance"))
+        {
+            return Err(ConnectError::Busy { what });
+        }
+        if status.is_server_error() {
             return Err(unavailable(format!(
                 "{what}: {status}: {}",
                 message_of(&text)

@@ -212,6 +212,7 @@ impl One<'_> {
                     .await?;
                 Ok(Action::requeue(POLL))
             }
+            Err(Failure::Connect(err @ ConnectError::Busy { .. })) => Err(Error::Connect(err)),
             Err(Failure::Connect(err)) => {
                 let found = Found::Unavailable(err.to_string());
                 self.controller

@@ -189,18 +189,23 @@ pub fn restart_decision(
             ..idle
         };
     }
-    let due = match last {
-        Some(last) => add(last, backoff(count)),
-        None => now,
+    // The first restart waits a little too, so the failure shows in status and events
+    // before anything is done about it.
+    let scheduled = previous
+        .as_ref()
+        .and_then(|p| p.next_restart_time.as_deref())
+        .and_then(|t| t.parse::<Timestamp>().ok());
+    let due = match (scheduled, last) {
+        (Some(next), _) => next,
+        (None, Some(last)) => add(last, backoff(count)),
+        (None, None) => add(now, RESTART_BACKOFF_START),
     };
     if due <= now {
         let next = count + 1;
         let status = RestartStatus {
             count: next,
             last_restart_time: Some(now.to_string()),
-            next_restart_time: max
-                .is_none_or(|m| next < m)
-                .then(|| add(now, backoff(next)).to_string()),
+            next_restart_time: None,
         };
         RestartDecision {
             restart_now: true,
@@ -347,28 +352,44 @@ mod tests {
     }
 
     #[test]
-    fn a_failure_restarts_at_once_then_waits_twice_as_long_each_time() {
+    fn a_failure_is_restarted_after_two_seconds_then_twice_as_long_each_time() {
         let p = policy(None);
-        let first = restart_decision(Some(&p), None, false, false, true, at(0));
+        // First seen: the restart is scheduled, not made, so the failure shows first.
+        let seen = restart_decision(Some(&p), None, false, false, true, at(0));
+        assert!(!seen.restart_now);
+        assert_eq!(seen.wake_in, Some(Duration::from_secs(2)));
+        let s0 = seen.status.unwrap();
+        assert_eq!(s0.count, 0);
+        assert_eq!(
+            s0.next_restart_time.as_deref(),
+            Some(at(2).to_string().as_str())
+        );
+        assert!(!restart_decision(Some(&p), Some(&s0), false, false, true, at(1)).restart_now);
+        let first = restart_decision(Some(&p), Some(&s0), false, false, true, at(2));
         assert!(first.restart_now);
         let s1 = first.status.unwrap();
         assert_eq!(s1.count, 1);
         assert_eq!(
-            s1.next_restart_time.as_deref(),
+            s1.last_restart_time.as_deref(),
             Some(at(2).to_string().as_str())
         );
-        // Still failed one second later: wait for the second restart.
-        let waiting = restart_decision(Some(&p), Some(&s1), false, false, true, at(1));
+        // Still failed a second later: the second restart is due 2 s after the first.
+        let waiting = restart_decision(Some(&p), Some(&s1), false, false, true, at(3));
         assert!(!waiting.restart_now);
         assert_eq!(waiting.wake_in, Some(Duration::from_secs(1)));
-        assert_eq!(waiting.status.as_ref().unwrap().count, 1);
-        let second = restart_decision(Some(&p), Some(&s1), false, false, true, at(2));
+        let s1_waiting = waiting.status.unwrap();
+        assert_eq!(s1_waiting.count, 1);
+        assert_eq!(
+            s1_waiting.next_restart_time.as_deref(),
+            Some(at(4).to_string().as_str())
+        );
+        let second = restart_decision(Some(&p), Some(&s1_waiting), false, false, true, at(4));
         assert!(second.restart_now);
         let s2 = second.status.unwrap();
         assert_eq!(s2.count, 2);
         assert_eq!(second.wake_in, Some(Duration::from_secs(4)));
-        assert!(!restart_decision(Some(&p), Some(&s2), false, false, true, at(5)).restart_now);
-        assert!(restart_decision(Some(&p), Some(&s2), false, false, true, at(6)).restart_now);
+        assert!(!restart_decision(Some(&p), Some(&s2), false, false, true, at(7)).restart_now);
+        assert!(restart_decision(Some(&p), Some(&s2), false, false, true, at(8)).restart_now);
     }
 
     #[test]
@@ -383,13 +404,8 @@ mod tests {
         assert!(d.limit_reached && !d.restart_now);
         assert_eq!(d.status.unwrap().count, 2);
         let changed = restart_decision(Some(&p), Some(&s), true, false, true, at(600));
-        assert!(changed.restart_now && !changed.limit_reached);
-        assert_eq!(changed.status.unwrap().count, 1);
-        // The last allowed restart says no next one.
-        let one = policy(Some(1));
-        let last = restart_decision(Some(&one), None, false, false, true, at(0));
-        assert!(last.restart_now);
-        assert_eq!(last.status.unwrap().next_restart_time, None);
+        assert!(!changed.restart_now && !changed.limit_reached);
+        assert_eq!(changed.status.unwrap().count, 0);
     }
 
     #[test]
