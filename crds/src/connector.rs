@@ -8,15 +8,19 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::common::SecretRef;
+use crate::plugins::{
+    GeneratorSource, HttpIngestSource, HttpSink, PostgresCdcSource, PostgresQuerySource,
+    PostgresSink, S3Sink,
+};
 
-/// Rule shared by every free-form config map: credentials only through `secretRef` or a
-/// config provider placeholder such as `${secrets:...}`, never as plain values.
+/// Rule of Kafka Connect's free-form config: credentials only through a config provider
+/// placeholder such as `${directory:...}`, never as plain values.
 const NO_INLINE_SECRETS: &str = "self.all(k, !k.lowerAscii().matches('password|passwd|secret|jaas|token|credential|api.?key|access.?key|private.?key') || self[k].startsWith('${'))";
-const NO_INLINE_SECRETS_MESSAGE: &str = "credentials must come from spec.secretRef (or a ${provider:...} placeholder), never inline in config";
+const NO_INLINE_SECRETS_MESSAGE: &str = "credentials must come from a Kafka Connect config provider placeholder (${directory:...}, ${file:...}), never inline in config";
 
 /// A source that brings data into Kafka topics, or a sink that loads topics into another
-/// system. Native plugins run in the Sluice processor image; with `kafkaConnect` the
-/// connector runs on an existing Kafka Connect cluster instead.
+/// system: one native plugin block, or `kafkaConnect` to run any Kafka Connect connector
+/// on an existing Connect cluster.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "sluice.dev",
@@ -44,33 +48,47 @@ const NO_INLINE_SECRETS_MESSAGE: &str = "credentials must come from spec.secretR
     )
 )]
 #[x_kube(validation = Rule::new("self.type != 'sink' || size(self.topics) > 0").message("a sink needs at least one topic in spec.topics"))]
-#[x_kube(validation = Rule::new("!(has(self.kafkaConnect) && has(self.plugin))").message("set either spec.plugin or spec.kafkaConnect, not both"))]
+#[x_kube(validation = Rule::new(EXACTLY_ONE_PLUGIN).message("set exactly one of postgresCdc, postgresQuery, httpIngest, generator (sources), postgres, s3, http (sinks) or kafkaConnect"))]
+#[x_kube(validation = Rule::new(PLUGIN_MATCHES_TYPE).message("source plugins: postgresCdc, postgresQuery, httpIngest, generator; sink plugins: postgres, s3, http"))]
+#[x_kube(validation = Rule::new("!has(self.generator) || size(self.topics) == 1").message("the generator writes to one topic: spec.topics: [name]"))]
+#[x_kube(validation = Rule::new("!has(self.httpIngest) || size(self.topics) == 1 || has(self.httpIngest.topic)").message("httpIngest writes to the one topic in spec.topics, or to the topic its topic expression names"))]
 #[x_kube(validation = Rule::new("has(self.kafkaConnect) == has(oldSelf.kafkaConnect)").message("a Connector cannot move between Kafka Connect and a native plugin: make a new Connector"))]
-#[x_kube(validation = Rule::new("has(self.kafkaConnect) || has(self.plugin)").message("set spec.plugin for a native connector, or spec.kafkaConnect for a Kafka Connect one"))]
-#[x_kube(validation = Rule::new("!has(self.plugin) || (self.type == 'source' ? self.plugin in ['postgres-cdc', 'postgres-query', 'http', 'generator'] : self.plugin in ['postgres', 's3', 'http'])").message("source plugins: postgres-cdc, postgres-query, http, generator; sink plugins: postgres, s3, http"))]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectorSpec {
     /// `source` brings data into Kafka; `sink` loads Kafka topics elsewhere.
     #[serde(rename = "type")]
     pub type_: ConnectorType,
-    /// Native plugin: sources `postgres-cdc`, `postgres-query`, `http`, `generator`;
-    /// sinks `postgres`, `s3`, `http`. Leave unset when `kafkaConnect` is used.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plugin: Option<String>,
     /// Topics a source writes to, or a sink reads from.
     #[serde(default)]
     pub topics: Vec<String>,
-    /// Plugin settings (table, bucket, flush sizes, ...). No credentials here: use `secretRef`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 64))]
-    #[x_kube(validation = Rule::new(NO_INLINE_SECRETS).message(NO_INLINE_SECRETS_MESSAGE))]
-    pub config: BTreeMap<String, String>,
-    /// Secret whose keys are passed to the plugin as settings (passwords, access keys).
+    /// Secret with the plugin's credentials (passwords, access keys), mounted into the
+    /// connector's pods; never copied into its config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretRef>,
     /// `running`, `paused` (keeps its position, moves nothing) or `stopped`.
     #[serde(default)]
     pub state: ConnectorState,
+    /// Source: PostgreSQL change data capture by logical replication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_cdc: Option<PostgresCdcSource>,
+    /// Source: polls a PostgreSQL query or table by a cursor column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_query: Option<PostgresQuerySource>,
+    /// Source: accepts JSON over HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_ingest: Option<HttpIngestSource>,
+    /// Source: generated records, for demos and load tests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generator: Option<GeneratorSource>,
+    /// Sink: a PostgreSQL table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresSink>,
+    /// Sink: objects in an S3-compatible store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Sink>,
+    /// Sink: an HTTP endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSink>,
     /// Run this connector on an existing Kafka Connect cluster instead of natively.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka_connect: Option<KafkaConnectSpec>,
@@ -78,6 +96,28 @@ pub struct ConnectorSpec {
     /// this block nothing is restarted on its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_restart: Option<AutoRestart>,
+}
+
+/// Exactly one plugin block is set.
+const EXACTLY_ONE_PLUGIN: &str = "[has(self.postgresCdc), has(self.postgresQuery), has(self.httpIngest), has(self.generator), has(self.postgres), has(self.s3), has(self.http), has(self.kafkaConnect)].filter(x, x).size() == 1";
+/// The plugin's direction is the connector's type.
+const PLUGIN_MATCHES_TYPE: &str = "self.type == 'source' ? !(has(self.postgres) || has(self.s3) || has(self.http)) : !(has(self.postgresCdc) || has(self.postgresQuery) || has(self.httpIngest) || has(self.generator))";
+
+impl ConnectorSpec {
+    /// The name of the native plugin block that is set (`postgresCdc`, `s3`, ...), if any.
+    pub fn native_plugin(&self) -> Option<&'static str> {
+        [
+            (self.postgres_cdc.is_some(), "postgresCdc"),
+            (self.postgres_query.is_some(), "postgresQuery"),
+            (self.http_ingest.is_some(), "httpIngest"),
+            (self.generator.is_some(), "generator"),
+            (self.postgres.is_some(), "postgres"),
+            (self.s3.is_some(), "s3"),
+            (self.http.is_some(), "http"),
+        ]
+        .into_iter()
+        .find_map(|(set, name)| set.then_some(name))
+    }
 }
 
 /// Automatic restarts of a failed connector or task.

@@ -9,6 +9,7 @@ pub mod connector;
 pub mod contract;
 pub mod generate;
 pub mod pipeline;
+pub mod plugins;
 pub mod topic;
 
 pub use connector::{Connector, ConnectorSpec, ConnectorStatus};

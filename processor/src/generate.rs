@@ -119,6 +119,15 @@ impl Template {
     }
 }
 
+/// Parses a rate such as `1000` or `1000/s` (records per second, above zero).
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let n = s.trim_end_matches("/s");
+    match n.parse::<f64>() {
+        Ok(r) if r > 0.0 && r.is_finite() => Ok(r),
+        _ => Err(format!("{s:?} is not a rate like 1000 or 1000/s")),
+    }
+}
+
 /// How much to generate.
 #[derive(Debug, Clone, Copy)]
 pub struct Pace {

@@ -6,6 +6,7 @@ pub use sluice_engine::{engine, expr, format, json_object, metrics, record, step
 pub mod allocator;
 pub mod app;
 pub mod config;
+pub mod connector;
 pub mod generate;
 pub mod health;
 pub mod http;

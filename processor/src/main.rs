@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand};
 use sluice_crds::contract;
 use sluice_processor::app::{self, RunOptions};
 use sluice_processor::config::{PipelineConfig, load_kafka_properties};
-use sluice_processor::generate::{self, Pace, Template};
+use sluice_processor::connector;
+use sluice_processor::generate::{self, Pace, Template, parse_rate};
 use sluice_processor::kafka::KafkaSettings;
 
 /// mimalloc: a record's decode, steps and encode allocate and free many small objects,
@@ -57,9 +58,9 @@ enum Command {
         #[arg(long, env = contract::env::GROUP_ID)]
         group_id: Option<String>,
     },
-    /// Run a Pipeline manifest locally, without Kubernetes.
+    /// Run a Pipeline manifest, or a generator Connector manifest, locally without Kubernetes.
     Run {
-        /// A `kind: Pipeline` manifest.
+        /// A `kind: Pipeline` or `kind: Connector` manifest.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
         #[command(flatten)]
@@ -91,14 +92,6 @@ enum Command {
         #[arg(long)]
         key: Option<String>,
     },
-}
-
-fn parse_rate(s: &str) -> Result<f64, String> {
-    let n = s.trim_end_matches("/s");
-    match n.parse::<f64>() {
-        Ok(r) if r > 0.0 => Ok(r),
-        _ => Err(format!("{s:?} is not a rate like 1000 or 1000/s")),
-    }
 }
 
 fn settings(k: &KafkaArgs) -> Result<KafkaSettings, String> {
@@ -160,7 +153,21 @@ fn main() {
             listen,
             replica_id,
         } => {
-            let cfg = PipelineConfig::load(&file).unwrap_or_else(|e| fail(2, e));
+            let text = std::fs::read_to_string(&file)
+                .unwrap_or_else(|e| fail(2, format!("cannot read {}: {e}", file.display())));
+            if connector::manifest_kind(&text).as_deref() == Some("Connector") {
+                let origin = file.display().to_string();
+                let job = connector::generator_job(&text, &origin).unwrap_or_else(|e| fail(2, e));
+                let settings = settings(&kafka).unwrap_or_else(|e| fail(2, e));
+                eprintln!(
+                    "sluice-processor: running connector {} (generator) into {} at {}; Ctrl-C stops it",
+                    job.name, job.topic, settings.bootstrap
+                );
+                generate_until_stopped(&runtime, &settings, &job.topic, &job.template, job.pace);
+                return;
+            }
+            let cfg = PipelineConfig::parse(&text, &file.display().to_string())
+                .unwrap_or_else(|e| fail(2, e));
             let settings = settings(&kafka).unwrap_or_else(|e| fail(2, e));
             let opts = RunOptions {
                 settings,
@@ -187,18 +194,29 @@ fn main() {
             let settings = settings(&kafka).unwrap_or_else(|e| fail(2, e));
             let template =
                 Template::compile(&template, key.as_deref()).unwrap_or_else(|e| fail(2, e));
-            let stop = Arc::new(AtomicBool::new(false));
-            let flag = stop.clone();
-            runtime.spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    flag.store(true, Ordering::Relaxed);
-                }
-            });
-            match generate::run(&settings, &topic, &template, Pace { rate, count }, &stop) {
-                Ok(n) => eprintln!("generate: done, {n} records written to {topic}"),
-                Err(e) => fail(1, e),
-            }
+            generate_until_stopped(&runtime, &settings, &topic, &template, Pace { rate, count });
         }
+    }
+}
+
+/// Runs the generator until its count is written or Ctrl-C.
+fn generate_until_stopped(
+    runtime: &tokio::runtime::Runtime,
+    settings: &KafkaSettings,
+    topic: &str,
+    template: &Template,
+    pace: Pace,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    runtime.spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            flag.store(true, Ordering::Relaxed);
+        }
+    });
+    match generate::run(settings, topic, template, pace, &stop) {
+        Ok(n) => eprintln!("generate: done, {n} records written to {topic}"),
+        Err(e) => fail(1, e),
     }
 }
 

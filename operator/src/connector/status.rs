@@ -94,7 +94,10 @@ pub fn compute(
             (
                 false,
                 "NotSupportedYet",
-                "native connectors (spec.plugin) are not run by this release; use spec.kafkaConnect".to_string(),
+                format!(
+                    "native connectors ({}) are not run by this release: use spec.kafkaConnect with a Kafka Connect connector, or `sluice-processor run -f` for the generator",
+                    connector.spec.native_plugin().unwrap_or("none set")
+                ),
             )
         }
         Found::Observed(observed) => {
@@ -117,7 +120,7 @@ pub fn compute(
 fn plugin(connector: &Connector) -> Option<String> {
     match &connector.spec.kafka_connect {
         Some(kc) => Some(kc.class.rsplit('.').next().unwrap_or(&kc.class).to_string()),
-        None => connector.spec.plugin.clone(),
+        None => connector.spec.native_plugin().map(str::to_string),
     }
 }
 

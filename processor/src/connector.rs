@@ -1,0 +1,177 @@
+//! Native Connector manifests as `sluice-processor run -f` takes them. The generator runs
+//! here; the other native plugins are refused with a clear message until they exist.
+
+use sluice_crds::ConnectorSpec;
+use sluice_crds::connector::ConnectorType;
+
+use crate::generate::{GenerateError, Pace, Template, parse_rate};
+
+/// A Connector manifest that cannot run here.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    /// Not YAML or JSON, or not a Connector.
+    #[error("{origin}: {message}")]
+    Shape {
+        /// The file.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A plugin this release does not run natively.
+    #[error(
+        "{origin}: the {plugin} plugin does not run natively in this release; the generator does (spec.generator), and any Kafka Connect connector runs through spec.kafkaConnect on a Connect cluster"
+    )]
+    NotRunnable {
+        /// The file.
+        origin: String,
+        /// The plugin block.
+        plugin: String,
+    },
+    /// The generator's settings do not compile.
+    #[error("{origin}: spec.generator: {source}")]
+    Generator {
+        /// The file.
+        origin: String,
+        /// Why.
+        #[source]
+        source: GenerateError,
+    },
+}
+
+/// What a generator Connector asks for.
+#[derive(Debug)]
+pub struct GeneratorJob {
+    /// The Connector's name.
+    pub name: String,
+    /// The topic it writes to.
+    pub topic: String,
+    /// The compiled template and key.
+    pub template: Template,
+    /// Rate and count.
+    pub pace: Pace,
+}
+
+/// The `kind` of a manifest, if it has one.
+pub fn manifest_kind(text: &str) -> Option<String> {
+    let doc: serde_json::Value = serde_saphyr::from_str(text).ok()?;
+    doc.get("kind")?.as_str().map(str::to_string)
+}
+
+/// Reads a `kind: Connector` manifest into the generator job it asks for.
+pub fn generator_job(text: &str, origin: &str) -> Result<GeneratorJob, ConnectorError> {
+    let shape = |message: String| ConnectorError::Shape {
+        origin: origin.to_string(),
+        message,
+    };
+    let doc: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| shape(e.to_string()))?;
+    if doc.get("kind").and_then(|k| k.as_str()) != Some("Connector") {
+        return Err(shape("expected kind: Connector".to_string()));
+    }
+    let name = doc
+        .pointer("/metadata/name")
+        .and_then(|n| n.as_str())
+        .unwrap_or("connector")
+        .to_string();
+    let spec: ConnectorSpec = serde_json::from_value(doc.get("spec").cloned().unwrap_or_default())
+        .map_err(|e| shape(format!("spec: {e}")))?;
+    let Some(generator) = &spec.generator else {
+        let plugin = if spec.kafka_connect.is_some() {
+            "kafkaConnect".to_string()
+        } else {
+            spec.native_plugin().unwrap_or("(none)").to_string()
+        };
+        return Err(ConnectorError::NotRunnable {
+            origin: origin.to_string(),
+            plugin,
+        });
+    };
+    if spec.type_ != ConnectorType::Source {
+        return Err(shape(
+            "the generator is a source: spec.type: source".to_string(),
+        ));
+    }
+    let [topic] = spec.topics.as_slice() else {
+        return Err(shape(
+            "the generator writes to one topic: spec.topics: [name]".to_string(),
+        ));
+    };
+    let generator_error = |source| ConnectorError::Generator {
+        origin: origin.to_string(),
+        source,
+    };
+    let template_json = serde_json::to_string(&generator.template)
+        .map_err(|e| generator_error(GenerateError::Template(e.to_string())))?;
+    let template =
+        Template::compile(&template_json, generator.key.as_deref()).map_err(generator_error)?;
+    let rate = generator
+        .rate
+        .as_deref()
+        .map(parse_rate)
+        .transpose()
+        .map_err(|e| generator_error(GenerateError::Template(e)))?;
+    let count = generator.count.map(|c| u64::try_from(c).unwrap_or(0));
+    Ok(GeneratorJob {
+        name,
+        topic: topic.clone(),
+        template,
+        pace: Pace { rate, count },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> String {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../manifests/examples/orders-generator.yaml"
+        );
+        std::fs::read_to_string(path).unwrap()
+    }
+
+    #[test]
+    fn the_generator_example_becomes_a_job() {
+        let text = example();
+        assert_eq!(manifest_kind(&text).as_deref(), Some("Connector"));
+        let job = generator_job(&text, "orders-generator.yaml").unwrap();
+        assert_eq!(job.name, "orders-generator");
+        assert_eq!(job.topic, "orders");
+        assert_eq!(job.pace.rate, Some(50.0));
+        assert_eq!(job.pace.count, None);
+        let (key, value) = job.template.record(4, 1_000).unwrap();
+        assert_eq!(key.as_deref(), Some("o-4"));
+        assert_eq!(
+            value,
+            serde_json::json!({"orderId": "o-4", "region": "us-east", "total": 4.5, "createdAt": 1000})
+        );
+    }
+
+    #[test]
+    fn other_plugins_and_bad_settings_are_refused_clearly() {
+        let sink = "kind: Connector\nmetadata: {name: s}\nspec: {type: sink, topics: [t], s3: {bucket: b}}\n";
+        let err = generator_job(sink, "s.yaml").unwrap_err();
+        assert!(matches!(err, ConnectorError::NotRunnable { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("the s3 plugin does not run natively"),
+            "{err}"
+        );
+        let two_topics = "kind: Connector\nspec: {type: source, topics: [a, b], generator: {template: {a: '1'}}}\n";
+        assert!(
+            generator_job(two_topics, "g.yaml")
+                .unwrap_err()
+                .to_string()
+                .contains("one topic")
+        );
+        let bad_expr = "kind: Connector\nspec: {type: source, topics: [a], generator: {template: {a: 'i +'}}}\n";
+        assert!(matches!(
+            generator_job(bad_expr, "g.yaml").unwrap_err(),
+            ConnectorError::Generator { .. }
+        ));
+        assert!(matches!(
+            generator_job("kind: Pipeline\n", "p.yaml").unwrap_err(),
+            ConnectorError::Shape { .. }
+        ));
+    }
+}
