@@ -13,6 +13,8 @@ pub mod env {
     pub const KAFKA_CONFIG_FILE: &str = "SLUICE_KAFKA_CONFIG_FILE";
     /// Path of the processor config.
     pub const PIPELINE_CONFIG: &str = "SLUICE_PIPELINE_CONFIG";
+    /// Path of a native connector's config (its Connector manifest).
+    pub const CONNECTOR_CONFIG: &str = "SLUICE_CONNECTOR_CONFIG";
     /// Address of the HTTP server (metrics and probes).
     pub const HTTP_ADDR: &str = "SLUICE_HTTP_ADDR";
     /// The replica's identity (its pod name): part of its transactional id.
@@ -25,7 +27,9 @@ pub mod env {
 
 /// The processor's subcommand that runs a pipeline from its mounted config.
 pub const PIPELINE_COMMAND: &str = "pipeline";
-/// The flag of [`PIPELINE_COMMAND`] naming the config file.
+/// The processor's subcommand that runs a native connector from its mounted config.
+pub const CONNECTOR_COMMAND: &str = "connector";
+/// The flag of [`PIPELINE_COMMAND`] and [`CONNECTOR_COMMAND`] naming the config file.
 pub const CONFIG_FLAG: &str = "--config";
 /// The processor's HTTP port.
 pub const HTTP_PORT: u16 = 8080;

@@ -739,6 +739,75 @@ async fn pipeline_mode_serves_readiness_and_metrics_and_exits_zero_on_sigterm() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn connector_mode_generates_serves_probes_idles_when_paused_and_exits_zero_on_sigterm() {
+    let env = TestEnv::require();
+    let bootstrap = env.var("KAFKA_BOOTSTRAP");
+    let topic = unique("gen-pod");
+    create_topics(&bootstrap, &[(&topic, 1)]).await;
+    // The file the operator would mount: the Connector manifest.
+    let manifest = |state: &str| {
+        serde_json::json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "Connector",
+            "metadata": {"name": "gen", "namespace": "e2e"},
+            "spec": {"type": "source", "topics": [topic], "state": state,
+                     "generator": {"template": {"n": "i"}, "count": 25}}
+        })
+    };
+    let config = log_dir().join(format!("{topic}.json"));
+    let start_connector = |tag: &str| {
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let log = log_dir().join(format!("{topic}-{tag}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(processor_bin())
+            .args(["connector", "--config"])
+            .arg(&config)
+            .env("SLUICE_KAFKA_BOOTSTRAP", &bootstrap)
+            .env("SLUICE_HTTP_ADDR", &addr)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let p = Processor { child, log };
+        let start = Instant::now();
+        while http_get(&addr, "/readyz").map(|r| r.0) != Some(200) {
+            assert!(start.elapsed() < WAIT, "never ready; log: {}", p.log_text());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert_eq!(http_get(&addr, "/healthz").map(|r| r.0), Some(200));
+        p
+    };
+
+    std::fs::write(&config, manifest("running").to_string()).unwrap();
+    let mut p = start_connector("running");
+    let start = Instant::now();
+    while read(&bootstrap, &topic).len() < 25 {
+        assert!(
+            start.elapsed() < WAIT,
+            "25 records never arrived; log: {}",
+            p.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The count is written once: the replica stays up and writes nothing more.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(read(&bootstrap, &topic).len(), 25);
+    p.signal("-TERM");
+    let status = p.wait();
+    assert!(status.success(), "{status}: {}", p.log_text());
+
+    // Paused: up and ready, writing nothing.
+    std::fs::write(&config, manifest("paused").to_string()).unwrap();
+    let mut p = start_connector("paused");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(read(&bootstrap, &topic).len(), 25);
+    p.signal("-TERM");
+    assert!(p.wait().success(), "{}", p.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn enrich_joins_records_with_a_table_topic() {
     let env = TestEnv::require();
     let bootstrap = env.var("KAFKA_BOOTSTRAP");

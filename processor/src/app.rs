@@ -320,7 +320,7 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<(), AppError> 
     }
 }
 
-fn spawn_signal_handler(status: Arc<Status>) {
+pub(crate) fn spawn_signal_handler(status: Arc<Status>) {
     tokio::spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

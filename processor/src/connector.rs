@@ -1,10 +1,18 @@
 //! Native Connector manifests as `sluice-processor run -f` takes them. The generator runs
 //! here; the other native plugins are refused with a clear message until they exist.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
 use sluice_crds::ConnectorSpec;
-use sluice_crds::connector::ConnectorType;
+use sluice_crds::connector::{ConnectorState, ConnectorType};
 
 use crate::generate::{GenerateError, Pace, Template, parse_rate};
+use crate::health::Status;
+use crate::kafka::KafkaSettings;
+use crate::metrics::Metrics;
 
 /// A Connector manifest that cannot run here.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +57,8 @@ pub struct GeneratorJob {
     pub template: Template,
     /// Rate and count.
     pub pace: Pace,
+    /// `paused` or `stopped`: write nothing.
+    pub idle: bool,
 }
 
 /// The `kind` of a manifest, if it has one.
@@ -115,7 +125,62 @@ pub fn generator_job(text: &str, origin: &str) -> Result<GeneratorJob, Connector
         topic: topic.clone(),
         template,
         pace: Pace { rate, count },
+        idle: spec.state != ConnectorState::Running,
     })
+}
+
+/// Runs `job` as a connector replica: `/metrics`, `/healthz` and `/readyz` on `listen`,
+/// the generator until SIGTERM (idle when paused, and after its count), then exits.
+pub async fn serve(
+    job: GeneratorJob,
+    settings: KafkaSettings,
+    listen: SocketAddr,
+) -> Result<(), ConnectorError> {
+    let status = Arc::new(Status::default());
+    let metrics = Arc::new(Metrics::new());
+    crate::app::spawn_signal_handler(status.clone());
+    let server = tokio::spawn(crate::http::serve(listen, metrics, status.clone()));
+    let origin = format!("connector {} (topic {})", job.name, job.topic);
+    let worker_status = status.clone();
+    let generated = tokio::task::spawn_blocking(move || {
+        let status = worker_status;
+        let written = if job.idle {
+            tracing::info!(connector = %job.name, "paused: writing nothing");
+            0
+        } else {
+            crate::generate::run_with_status(
+                &settings,
+                &job.topic,
+                &job.template,
+                job.pace,
+                &status.shutdown,
+                Some(&status),
+            )?
+        };
+        // Idle until told to stop, so a finished count is not started again.
+        status.ready.store(true, Ordering::Relaxed);
+        while !status.shutdown.load(Ordering::Relaxed) {
+            status.beat();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok::<u64, GenerateError>(written)
+    })
+    .await;
+    server.abort();
+    match generated {
+        Ok(Ok(written)) => {
+            tracing::info!(written, topic = %origin, "generator stopped");
+            Ok(())
+        }
+        Ok(Err(source)) => Err(ConnectorError::Generator {
+            origin: origin.clone(),
+            source,
+        }),
+        Err(join) => Err(ConnectorError::Shape {
+            origin,
+            message: format!("the generator thread ended abnormally: {join}"),
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,14 @@
 //! The generator source: writes records built from a template of CEL expressions over
 //! `i` (the record index) and `now` (milliseconds since the epoch).
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cel::{Context, Value};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::ClientContext;
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 
 use crate::expr::{Expr, cel_to_json};
 use crate::kafka::KafkaSettings;
@@ -29,6 +33,54 @@ pub enum GenerateError {
     /// Kafka failed.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// The broker did not take some records.
+    #[error("{count} record(s) were not delivered to Kafka; the first error: {first}")]
+    Undelivered {
+        /// How many.
+        count: u64,
+        /// The first delivery error.
+        first: String,
+    },
+}
+
+/// Counts the records the broker did not take, so none is lost without a word.
+#[derive(Default)]
+struct Deliveries {
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((err, _)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut first) = self.first_error.lock() {
+                first.get_or_insert_with(|| err.to_string());
+            }
+        }
+    }
+}
+
+impl Deliveries {
+    /// `Err` once any record failed.
+    fn check(&self) -> Result<(), GenerateError> {
+        match self.failed.load(Ordering::Relaxed) {
+            0 => Ok(()),
+            count => Err(GenerateError::Undelivered {
+                count,
+                first: self
+                    .first_error
+                    .lock()
+                    .ok()
+                    .and_then(|f| f.clone())
+                    .unwrap_or_default(),
+            }),
+        }
+    }
 }
 
 /// A compiled template: field name to expression (non-string template values are literal).
@@ -152,11 +204,30 @@ pub fn run(
     pace: Pace,
     stop: &std::sync::atomic::AtomicBool,
 ) -> Result<u64, GenerateError> {
-    let producer: ThreadedProducer<DefaultProducerContext> = settings
+    run_with_status(settings, topic, template, pace, stop, None)
+}
+
+/// [`run`], telling `status` (the probes' view) that it is ready once the producer is up
+/// and that its loop turns with each record.
+pub fn run_with_status(
+    settings: &KafkaSettings,
+    topic: &str,
+    template: &Template,
+    pace: Pace,
+    stop: &std::sync::atomic::AtomicBool,
+    status: Option<&crate::health::Status>,
+) -> Result<u64, GenerateError> {
+    let producer: ThreadedProducer<Deliveries> = settings
         .client_config()
         .set("linger.ms", "10")
         .set("enable.idempotence", "true")
-        .create()?;
+        .create_with_context(Deliveries::default())?;
+    if let Some(status) = status {
+        status.beat();
+        status
+            .ready
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let start = Instant::now();
     let mut last_report = Instant::now();
     let mut last_count = 0u64;
@@ -169,6 +240,10 @@ pub fn run(
                 std::thread::sleep(due - now);
             }
         }
+        if let Some(status) = status {
+            status.beat();
+        }
+        producer.context().check()?;
         let (key, value) = template.record(i, now_ms())?;
         let payload =
             serde_json::to_vec(&value).map_err(|e| GenerateError::Template(e.to_string()))?;
@@ -200,6 +275,7 @@ pub fn run(
         }
     }
     producer.flush(Duration::from_secs(60))?;
+    producer.context().check()?;
     Ok(i)
 }
 

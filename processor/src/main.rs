@@ -58,6 +58,17 @@ enum Command {
         #[arg(long, env = contract::env::GROUP_ID)]
         group_id: Option<String>,
     },
+    /// Run a native Connector from the config file the operator mounts.
+    Connector {
+        /// The Connector manifest.
+        #[arg(long, env = contract::env::CONNECTOR_CONFIG)]
+        config: PathBuf,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// Address for /metrics, /healthz and /readyz.
+        #[arg(long, env = contract::env::HTTP_ADDR, default_value_t = SocketAddr::from(([0, 0, 0, 0], contract::HTTP_PORT)))]
+        listen: SocketAddr,
+    },
     /// Run a Pipeline manifest, or a generator Connector manifest, locally without Kubernetes.
     Run {
         /// A `kind: Pipeline` or `kind: Connector` manifest.
@@ -146,6 +157,21 @@ fn main() {
                 fail_on_missing_topics: false,
             };
             finish(runtime.block_on(app::run(cfg, opts)));
+        }
+        Command::Connector {
+            config,
+            kafka,
+            listen,
+        } => {
+            let text = std::fs::read_to_string(&config)
+                .unwrap_or_else(|e| fail(2, format!("cannot read {}: {e}", config.display())));
+            let job = connector::generator_job(&text, &config.display().to_string())
+                .unwrap_or_else(|e| fail(2, e));
+            let settings = settings(&kafka).unwrap_or_else(|e| fail(2, e));
+            match runtime.block_on(connector::serve(job, settings, listen)) {
+                Ok(()) => eprintln!("sluice-processor: stopped cleanly"),
+                Err(e) => fail(1, e),
+            }
         }
         Command::Run {
             file,
