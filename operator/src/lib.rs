@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod startup;
 pub mod topic;
+pub mod workload;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
