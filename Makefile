@@ -42,7 +42,7 @@ test: lint unit
 
 # Tests that start their own operators and processors run first; then Sluice is installed
 # with its Helm chart (make deploy) for the tests that use the installed operator.
-E2E_DEPLOYED := pipeline
+E2E_DEPLOYED := pipeline native_connector
 E2E_OWN := $(filter-out $(E2E_DEPLOYED),$(basename $(notdir $(wildcard e2e/tests/*.rs))))
 e2e: check-generated
 	$(CARGO) build -p sluice-operator -p sluice-processor -p sluice-e2e --bins --tests

@@ -139,10 +139,11 @@ fn controllers(
     pipelines: pipeline::PipelineSettings,
     stop: &watch::Receiver<bool>,
 ) -> Vec<BoxFuture<'static, ()>> {
+    let defaults = pipelines.defaults.clone();
     vec![
         topic::run(ctx.clone(), stopped(stop.clone())).boxed(),
         pipeline::run(ctx.clone(), pipelines, stopped(stop.clone())).boxed(),
-        connector::run(ctx.clone(), stopped(stop.clone())).boxed(),
+        connector::run(ctx.clone(), defaults, stopped(stop.clone())).boxed(),
     ]
 }
 

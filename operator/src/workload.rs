@@ -17,9 +17,13 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::{Resource, ResourceExt};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use sluice_crds::contract;
+
+use crate::context::{Context, FIELD_MANAGER};
+use crate::error::Error;
 
 /// Pod template annotation holding the hash of the config; a change rolls out.
 pub const CONFIG_HASH_ANNOTATION: &str = "sluice.dev/config-hash";
@@ -462,4 +466,117 @@ fn env_value(name: &str, value: &str) -> EnvVar {
         value: Some(value.into()),
         ..EnvVar::default()
     }
+}
+
+/// What [`apply`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// The children were already as rendered.
+    Unchanged,
+    /// The children were written: what is rendered changed.
+    Written,
+    /// What is rendered did not change, and the children were applied again at a resync
+    /// (repairing any that was edited or deleted).
+    Reapplied,
+    /// An object with a child's name exists and is not this workload's: nothing was
+    /// written, and this says which.
+    Conflict(String),
+}
+
+/// Applies `children` of `w` when what is rendered changed or `resync_due` (between
+/// resyncs, the Deployment's fingerprint of what was applied saves the writes), and never
+/// over an object with a child's name that `w`'s owner does not own.
+pub async fn apply(
+    ctx: &Context,
+    w: &Workload,
+    children: &Children,
+    existing: Option<&Deployment>,
+    resync_due: bool,
+) -> Result<Applied, Error> {
+    let ns = &w.namespace;
+    let name = w.child_name();
+    let applied = existing
+        .and_then(|d| d.metadata.annotations.as_ref())
+        .and_then(|a| a.get(RENDERED_ANNOTATION));
+    // Between resyncs nothing is written when the Deployment says it holds what would be
+    // applied; at each resync every child is applied again, so one that was edited or
+    // deleted is repaired.
+    let unchanged = applied == Some(&children.fingerprint);
+    if unchanged && !resync_due {
+        return Ok(Applied::Unchanged);
+    }
+    let svc_name = children.service.metadata.name.clone().unwrap_or_default();
+    let configmaps = Api::<ConfigMap>::namespaced(ctx.client.clone(), ns);
+    let services = Api::<Service>::namespaced(ctx.client.clone(), ns);
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), ns);
+    let secret_name = w.kafka_client_secret_name();
+    let mut taken = Vec::new();
+    if existing.is_some_and(|d| w.foreign(&d.metadata)) {
+        taken.push(format!("Deployment {name}"));
+    }
+    if foreign_child(w, &configmaps, &name, "read the ConfigMap").await? {
+        taken.push(format!("ConfigMap {name}"));
+    }
+    if children.kafka_client.is_some()
+        && foreign_child(w, &secrets, &secret_name, "read the Kafka client Secret").await?
+    {
+        taken.push(format!("Secret {secret_name}"));
+    }
+    if foreign_child(w, &services, &svc_name, "read the metrics Service").await? {
+        taken.push(format!("Service {svc_name}"));
+    }
+    if !taken.is_empty() {
+        return Ok(Applied::Conflict(format!(
+            "{} already exist(s) and belong(s) to something else, so nothing was deployed: \
+             rename the {kind} or remove them (if the {kind} was just recreated, they go \
+             with the old one in a moment)",
+            taken.join(", "),
+            kind = w.kind
+        )));
+    }
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    configmaps
+        .patch(&name, &params, &Patch::Apply(&children.config_map))
+        .await
+        .map_err(Error::kube(format!("apply the {} ConfigMap", w.component)))?;
+    services
+        .patch(&svc_name, &params, &Patch::Apply(&children.service))
+        .await
+        .map_err(Error::kube(format!(
+            "apply the {} metrics Service",
+            w.component
+        )))?;
+    if let Some(secret) = &children.kafka_client {
+        secrets
+            .patch(&secret_name, &params, &Patch::Apply(secret))
+            .await
+            .map_err(Error::kube("apply the Kafka client Secret"))?;
+    }
+    Api::<Deployment>::namespaced(ctx.client.clone(), ns)
+        .patch(&name, &params, &Patch::Apply(&children.deployment))
+        .await
+        .map_err(Error::kube(format!("apply the {} Deployment", w.component)))?;
+    ctx.metrics.kube_write(w.kind, "children");
+    Ok(if unchanged {
+        Applied::Reapplied
+    } else {
+        Applied::Written
+    })
+}
+
+/// Whether an object named `name` exists in `api` and is not `w`'s.
+async fn foreign_child<K>(
+    w: &Workload,
+    api: &Api<K>,
+    name: &str,
+    action: &'static str,
+) -> Result<bool, Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let meta = api
+        .get_metadata_opt(name)
+        .await
+        .map_err(Error::kube(action))?;
+    Ok(meta.is_some_and(|m| w.foreign(&m.metadata)))
 }

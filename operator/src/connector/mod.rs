@@ -8,6 +8,7 @@
 //! topics and offsets -> compute status (pure) -> write it when it changed.
 
 pub mod connect;
+pub mod native;
 pub mod plan;
 pub mod status;
 
@@ -16,10 +17,12 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use sluice_crds::common::READY;
@@ -29,6 +32,7 @@ use sluice_crds::{Connector, ConnectorStatus};
 use crate::context::{Context, FIELD_MANAGER};
 use crate::controller::Reconcile;
 use crate::error::{Error, Result};
+use crate::workload::{self, Applied, ProcessorDefaults};
 use connect::{ConnectClient, ConnectError, ConnectorHealth, FieldError};
 use plan::Ownership;
 use status::{Found, Observed};
@@ -59,17 +63,30 @@ pub struct ConnectorController {
     /// The status this process last wrote, by uid (the watch cache can lag behind it, and
     /// a stale restart count would restart twice).
     written: Mutex<HashMap<String, ConnectorStatus>>,
+    /// What every processor Deployment gets (native connectors).
+    defaults: ProcessorDefaults,
+    /// When each native connector's children were last applied whole, by uid.
+    applied_at: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// Runs the Connector controller until `shutdown` resolves.
-pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+pub async fn run(
+    ctx: Arc<Context>,
+    defaults: ProcessorDefaults,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     let api: Api<Guarded> = ctx.watched_api();
-    let controller =
-        Controller::new(api, ctx.settings.watcher_config()).graceful_shutdown_on(shutdown);
+    let deployments: Api<Deployment> = ctx.watched_api();
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=sluice-operator");
+    let controller = Controller::new(api, ctx.settings.watcher_config())
+        .owns(deployments, owned)
+        .graceful_shutdown_on(shutdown);
     let state = Arc::new(ConnectorController {
         ctx,
         http: ConnectClient::shared_http(),
         written: Mutex::new(HashMap::new()),
+        defaults,
+        applied_at: Mutex::new(HashMap::new()),
     });
     crate::controller::run(controller, state).await;
 }
@@ -88,6 +105,9 @@ impl Reconcile for ConnectorController {
             .ok_or_else(|| Error::Malformed("a Connector without a namespace".into()))?;
         let api: Api<Connector> = Api::namespaced(self.ctx.client.clone(), &namespace);
         let Some(spec) = &connector.spec.kafka_connect else {
+            if native::runs_natively(&connector.spec) {
+                return self.reconcile_native(connector, &api).await;
+            }
             self.write_status(connector, &api, &Found::NativeNotRunYet)
                 .await?;
             return Ok(Action::requeue(self.ctx.settings.resync));
@@ -110,6 +130,88 @@ impl Reconcile for ConnectorController {
 }
 
 impl ConnectorController {
+    /// A native connector: its ConfigMap, Deployment and metrics Service applied, and its
+    /// status read from the Deployment.
+    async fn reconcile_native(
+        &self,
+        connector: &Connector,
+        api: &Api<Connector>,
+    ) -> Result<Action> {
+        let w = native::workload(connector)?;
+        let replicas = native::replicas(connector);
+        let children = workload::children(
+            &w,
+            native::config_text(connector)?,
+            &self.defaults,
+            replicas,
+        )?;
+        let deployments: Api<Deployment> = Api::namespaced(self.ctx.client.clone(), &w.namespace);
+        let read = || async {
+            deployments
+                .get_opt(&w.child_name())
+                .await
+                .map_err(Error::kube("read the connector Deployment"))
+        };
+        let mut existing = read().await?;
+        let applied = workload::apply(
+            &self.ctx,
+            &w,
+            &children,
+            existing.as_ref(),
+            self.resync_due(connector),
+        )
+        .await?;
+        let found = match applied {
+            Applied::Conflict(message) => Found::NativeConflict(message),
+            Applied::Written => {
+                self.ctx
+                    .event(
+                        &connector.object_ref(&()),
+                        KIND,
+                        false,
+                        "Deployed",
+                        format!(
+                            "applied Deployment {} ({replicas} replica(s), state {:?})",
+                            w.child_name(),
+                            connector.spec.state
+                        ),
+                    )
+                    .await;
+                // What was just written has not rolled out yet.
+                existing = read().await?;
+                Found::Native(native::rollout(existing.as_ref(), replicas))
+            }
+            Applied::Unchanged | Applied::Reapplied => {
+                Found::Native(native::rollout(existing.as_ref(), replicas))
+            }
+        };
+        let written = self.write_status(connector, api, &found).await?;
+        Ok(Action::requeue(
+            if sluice_crds::common::is_true(&written.conditions, READY) {
+                self.ctx.settings.resync
+            } else {
+                SETTLE
+            },
+        ))
+    }
+
+    /// Whether the native connector's children are due to be applied whole again.
+    fn resync_due(&self, connector: &Connector) -> bool {
+        let now = std::time::Instant::now();
+        let uid = connector.uid().unwrap_or_default();
+        let mut at = self.applied_at.lock().unwrap_or_else(|p| p.into_inner());
+        let due = at
+            .get(&uid)
+            .is_none_or(|last| now.duration_since(*last) >= self.ctx.settings.resync);
+        if due {
+            // Connectors deleted since (they keep no finalizer) drop out here.
+            let keep = self.ctx.settings.resync.saturating_mul(4);
+            at.retain(|_, last| now.duration_since(*last) < keep);
+            at.insert(uid, now);
+        }
+        due
+    }
+
     fn previous(&self, connector: &Connector) -> Option<ConnectorStatus> {
         let uid = connector.uid().unwrap_or_default();
         let written = self.written.lock().unwrap_or_else(|p| p.into_inner());

@@ -6,6 +6,7 @@ use sluice_crds::connector::{ConnectorOffset, ConnectorState, ConnectorTask};
 use sluice_crds::{Connector, ConnectorStatus};
 
 use super::connect::{ConnectorHealth, FieldError, Offset, first_line};
+use super::native::Rollout;
 use super::plan::{self, RestartDecision};
 
 /// Offsets kept in status at most.
@@ -26,6 +27,11 @@ pub enum Found {
     Observed(Observed),
     /// A native plugin, which this operator does not run yet.
     NativeNotRunYet,
+    /// A native connector's Deployment, as it rolls out.
+    Native(Rollout),
+    /// A native connector's children could not be written: objects with their names
+    /// belong to something else.
+    NativeConflict(String),
 }
 
 /// The connector as it runs.
@@ -104,6 +110,24 @@ pub fn compute(
             fill_observed(&mut status, observed);
             readiness(wanted, observed)
         }
+        Found::NativeConflict(message) => (false, "ResourceConflict", message.clone()),
+        Found::Native(rollout) => {
+            let as_asked = rollout.outdated == 0
+                && match wanted {
+                    ConnectorState::Stopped => rollout.available == 0,
+                    _ => rollout.available >= rollout.desired,
+                };
+            status.tasks_ready = Some(format!("{}/{}", rollout.available, rollout.desired));
+            status.tasks = (0..rollout.available)
+                .map(|id| ConnectorTask {
+                    id,
+                    state: plan::expected_state(wanted).to_string(),
+                    worker: None,
+                })
+                .collect();
+            status.state = as_asked.then(|| plan::expected_state(wanted).to_string());
+            native_readiness(wanted, rollout, as_asked)
+        }
     };
     let previous_conditions = previous.conditions;
     status.conditions = vec![condition(
@@ -115,6 +139,42 @@ pub fn compute(
         &previous_conditions,
     )];
     status
+}
+
+fn native_readiness(
+    wanted: ConnectorState,
+    rollout: &Rollout,
+    as_asked: bool,
+) -> (bool, &'static str, String) {
+    let expected = plan::expected_state(wanted);
+    if as_asked {
+        let reason = match wanted {
+            ConnectorState::Running => "Running",
+            ConnectorState::Paused => "Paused",
+            ConnectorState::Stopped => "Stopped",
+        };
+        return (
+            true,
+            reason,
+            format!(
+                "the connector is {expected}: {} of {} replicas available",
+                rollout.available, rollout.desired
+            ),
+        );
+    }
+    let reason = if rollout.available == 0 && wanted != ConnectorState::Stopped {
+        "Starting"
+    } else {
+        "Transitioning"
+    };
+    (
+        false,
+        reason,
+        format!(
+            "asked for {expected}: {} of {} replicas available, {} still on the previous config",
+            rollout.available, rollout.desired, rollout.outdated
+        ),
+    )
 }
 
 fn plugin(connector: &Connector) -> Option<String> {
@@ -404,6 +464,51 @@ mod tests {
         );
         let s = compute_for(&connector("running"), &Found::NotOurs("sales.cdc".into()));
         assert_eq!(ready(&s).1, "NameTaken");
+    }
+
+    #[test]
+    fn a_native_connector_is_ready_once_its_deployment_runs_as_asked() {
+        let rolling = Rollout {
+            desired: 1,
+            available: 0,
+            outdated: 0,
+        };
+        let s = compute_for(&connector("running"), &Found::Native(rolling.clone()));
+        assert_eq!(ready(&s).1, "Starting");
+        assert_eq!(s.state, None);
+        let up = Rollout {
+            available: 1,
+            ..rolling.clone()
+        };
+        let s = compute_for(&connector("running"), &Found::Native(up.clone()));
+        assert_eq!(
+            ready(&s),
+            (
+                "True",
+                "Running",
+                "the connector is RUNNING: 1 of 1 replicas available"
+            )
+        );
+        assert_eq!(s.tasks_ready.as_deref(), Some("1/1"));
+        let changing = Rollout {
+            outdated: 1,
+            ..up.clone()
+        };
+        let s = compute_for(&connector("paused"), &Found::Native(changing));
+        assert_eq!(ready(&s).1, "Transitioning");
+        let gone = Rollout {
+            desired: 0,
+            available: 0,
+            outdated: 0,
+        };
+        let s = compute_for(&connector("stopped"), &Found::Native(gone));
+        assert_eq!(ready(&s).1, "Stopped");
+        assert_eq!(s.state.as_deref(), Some("STOPPED"));
+        let s = compute_for(
+            &connector("running"),
+            &Found::NativeConflict("ConfigMap x belongs to something else".into()),
+        );
+        assert_eq!(ready(&s).1, "ResourceConflict");
     }
 
     #[test]

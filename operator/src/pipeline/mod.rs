@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
@@ -31,6 +30,7 @@ use crate::Error;
 use crate::autoscaler::SettingsError;
 use crate::context::{Context, FIELD_MANAGER};
 use crate::controller::Reconcile;
+use crate::workload::{self, Applied};
 use events::Deployed;
 use render::ProcessorDefaults;
 use scaler::Scalers;
@@ -327,129 +327,17 @@ async fn reconcile_pipeline(p: &Pipeline, state: &PipelineController) -> Result<
     Ok(Action::requeue(state.settings.tick))
 }
 
-/// What [`apply_children`] did.
-#[derive(Debug, Clone, PartialEq)]
-enum Applied {
-    /// The children were already as rendered.
-    Unchanged,
-    /// The children were written: what is rendered changed.
-    Written,
-    /// What is rendered did not change, and the children were applied again at a resync
-    /// (repairing any that was edited or deleted).
-    Reapplied,
-    /// An object with a child's name exists and is not this Pipeline's: nothing was
-    /// written, and this says which.
-    Conflict(String),
-}
-
 /// Applies the ConfigMap, Deployment, Service (and Kafka client Secret) when what is
-/// rendered changed or a resync is due (between resyncs, the Deployment's fingerprint of
-/// what was applied saves the writes), and never over an object with a child's name that
-/// this Pipeline does not own.
+/// rendered changed or a resync is due ([`workload::apply`]).
 async fn apply_children(
     p: &Pipeline,
     state: &PipelineController,
     existing: Option<&Deployment>,
     replicas: i32,
 ) -> Result<Applied, Error> {
-    let ctx = &state.ctx;
-    let ns = p.namespace().unwrap_or_default();
-    let name = render::processor_name(&p.name_any());
-    let render::Children {
-        config_map: cm,
-        deployment,
-        service,
-        kafka_client,
-        fingerprint,
-    } = render::children(p, &state.settings.defaults, replicas)?;
-    let applied = existing
-        .and_then(|d| d.metadata.annotations.as_ref())
-        .and_then(|a| a.get(render::RENDERED_ANNOTATION));
-    // Between resyncs (the autoscaler's ticks) nothing is written when the Deployment
-    // says it holds what would be applied; at each resync every child is applied again,
-    // so one that was edited or deleted is repaired.
-    let unchanged = applied == Some(&fingerprint);
-    if unchanged && !state.resync_due(p) {
-        return Ok(Applied::Unchanged);
-    }
-    let svc_name = service.metadata.name.clone().unwrap_or_default();
-    let configmaps = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns);
-    let services = Api::<Service>::namespaced(ctx.client.clone(), &ns);
-    let mut taken = Vec::new();
-    if existing.is_some_and(|d| render::foreign(&d.metadata, p)) {
-        taken.push(format!("Deployment {name}"));
-    }
-    if foreign_child(&configmaps, &name, p, "read the processor ConfigMap").await? {
-        taken.push(format!("ConfigMap {name}"));
-    }
-    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
-    let secret_name = render::kafka_client_secret_name(&p.name_any());
-    if kafka_client.is_some()
-        && foreign_child(&secrets, &secret_name, p, "read the Kafka client Secret").await?
-    {
-        taken.push(format!("Secret {secret_name}"));
-    }
-    if foreign_child(
-        &services,
-        &svc_name,
-        p,
-        "read the processor metrics Service",
-    )
-    .await?
-    {
-        taken.push(format!("Service {svc_name}"));
-    }
-    if !taken.is_empty() {
-        return Ok(Applied::Conflict(format!(
-            "{} already exist(s) and belong(s) to something else, so nothing was deployed: \
-             rename the Pipeline or remove them (if the Pipeline was just recreated, they go \
-             with the old one in a moment)",
-            taken.join(", ")
-        )));
-    }
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    configmaps
-        .patch(&name, &params, &Patch::Apply(&cm))
-        .await
-        .map_err(Error::kube("apply the processor ConfigMap"))?;
-    services
-        .patch(&svc_name, &params, &Patch::Apply(&service))
-        .await
-        .map_err(Error::kube("apply the processor metrics Service"))?;
-    if let Some(secret) = &kafka_client {
-        secrets
-            .patch(&secret_name, &params, &Patch::Apply(secret))
-            .await
-            .map_err(Error::kube("apply the Kafka client Secret"))?;
-    }
-    Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
-        .patch(&name, &params, &Patch::Apply(&deployment))
-        .await
-        .map_err(Error::kube("apply the processor Deployment"))?;
-    ctx.metrics.kube_write(KIND, "children");
-    Ok(if unchanged {
-        Applied::Reapplied
-    } else {
-        Applied::Written
-    })
-}
-
-/// Whether an object named `name` exists in `api` and is not `p`'s (see
-/// [`render::foreign`]).
-async fn foreign_child<K>(
-    api: &Api<K>,
-    name: &str,
-    p: &Pipeline,
-    action: &'static str,
-) -> Result<bool, Error>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let meta = api
-        .get_metadata_opt(name)
-        .await
-        .map_err(Error::kube(action))?;
-    Ok(meta.is_some_and(|m| render::foreign(&m.metadata, p)))
+    let w = render::workload(p)?;
+    let children = render::children(p, &state.settings.defaults, replicas)?;
+    workload::apply(&state.ctx, &w, &children, existing, state.resync_due(p)).await
 }
 
 async fn write_status(

@@ -1,0 +1,107 @@
+//! Native Connectors with the operator installed by `make deploy` (its Helm chart): a
+//! generator Connector becomes a Deployment of the processor image running
+//! `sluice-processor connector`, run by the process runner, with its state in status.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use serde_json::json;
+use sluice_crds::Connector;
+use sluice_e2e::cluster;
+use sluice_e2e::installed::*;
+
+/// The Ready condition as (status, reason), when it describes the current spec.
+async fn ready(api: &Api<Connector>, name: &str) -> Option<(String, String)> {
+    let c = api.get(name).await.ok()?;
+    let s = c.status?;
+    if s.observed_generation != c.metadata.generation {
+        return None;
+    }
+    let r = s.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+    Some((r.status, r.reason))
+}
+
+async fn wait_ready(api: &Api<Connector>, name: &str, reason: &str) {
+    wait_for(
+        Duration::from_secs(120),
+        &format!("Connector {name} Ready ({reason})"),
+        || async {
+            let (status, r) = ready(api, name).await?;
+            (status == "True" && r == reason).then_some(())
+        },
+    )
+    .await;
+}
+
+async fn set_state(api: &Api<Connector>, name: &str, state: &str) {
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"state": state}})),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_generator_connector_runs_as_a_deployment_pauses_stops_and_goes_with_its_resource() {
+    let f = fixture("native-gen").await;
+    f.topics(&[("orders", 1)]).await;
+    let doc = json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "Connector",
+        "metadata": {"name": "orders-gen"},
+        "spec": {"type": "source", "topics": [f.topic("orders")],
+                 "generator": {"template": {"orderId": "'o-' + string(i)", "n": "i"},
+                               "key": "'o-' + string(i)", "rate": "50/s", "count": 30}}
+    });
+    cluster::apply(&f.client, &f.ns, &doc).await.unwrap();
+    let connectors: Api<Connector> = Api::namespaced(f.client.clone(), &f.ns);
+    wait_ready(&connectors, "orders-gen", "Running").await;
+    let c = connectors.get("orders-gen").await.unwrap();
+    let status = c.status.unwrap();
+    assert_eq!(status.state.as_deref(), Some("RUNNING"));
+    assert_eq!(status.tasks_ready.as_deref(), Some("1/1"));
+    assert_eq!(status.plugin.as_deref(), Some("generator"));
+    let deployments: Api<Deployment> = Api::namespaced(f.client.clone(), &f.ns);
+    let d = deployments.get("orders-gen-connector").await.unwrap();
+    let container = &d.spec.unwrap().template.spec.unwrap().containers[0];
+    assert_eq!(container.args.as_ref().unwrap()[0], "connector");
+
+    let out = f.read_until("orders", 30, Duration::from_secs(120)).await;
+    assert_eq!(out.len(), 30, "the count, written once");
+    assert_eq!(out[3].key.as_deref(), Some("o-3"));
+
+    // Paused: the pod is replaced by one that writes nothing.
+    set_state(&connectors, "orders-gen", "paused").await;
+    wait_ready(&connectors, "orders-gen", "Paused").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(f.read("orders").len(), 30, "nothing written while paused");
+
+    // Stopped: no replica at all.
+    set_state(&connectors, "orders-gen", "stopped").await;
+    wait_ready(&connectors, "orders-gen", "Stopped").await;
+    let d = deployments.get("orders-gen-connector").await.unwrap();
+    assert_eq!(d.spec.unwrap().replicas, Some(0));
+
+    // The Deployment, ConfigMap and Service go with the Connector.
+    connectors
+        .delete("orders-gen", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(
+        Duration::from_secs(120),
+        "the connector Deployment garbage-collected",
+        || async {
+            deployments
+                .get_opt("orders-gen-connector")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    f.finish().await;
+}

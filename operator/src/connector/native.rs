@@ -1,0 +1,215 @@
+//! Native Connectors as workloads of the processor image: a ConfigMap with the Connector
+//! manifest, a Deployment running `sluice-processor connector`, and a metrics Service,
+//! as a Pipeline gets them ([`crate::workload`]). Pure: the rendering, and what the
+//! Deployment's status says about the connector.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::ResourceExt;
+use sluice_crds::connector::ConnectorState;
+use sluice_crds::{Connector, ConnectorSpec, contract};
+
+use crate::workload::{RenderError, Workload};
+
+/// Label every object of a native connector carries, with the Connector's name.
+pub const CONNECTOR_LABEL: &str = "sluice.dev/connector";
+/// Key of the connector's config inside its ConfigMap.
+pub const CONFIG_KEY: &str = "connector.yaml";
+/// Where the connector's config is mounted.
+pub const CONFIG_DIR: &str = "/etc/sluice/connector";
+
+/// Whether this release runs the connector's plugin natively.
+pub fn runs_natively(spec: &ConnectorSpec) -> bool {
+    spec.generator.is_some()
+}
+
+/// The workload a native Connector runs as.
+pub fn workload(c: &Connector) -> Result<Workload, RenderError> {
+    let mut w = Workload::owned_by(
+        c,
+        "Connector",
+        CONNECTOR_LABEL,
+        "connector",
+        contract::CONNECTOR_COMMAND,
+    )?;
+    w.config_key = CONFIG_KEY;
+    w.config_dir = CONFIG_DIR;
+    Ok(w)
+}
+
+/// The connector's config: its manifest, the file `sluice-processor connector` (and
+/// `run -f`) reads. Restarts are the operator's, so `autoRestart` stays out.
+pub fn config_text(c: &Connector) -> Result<String, RenderError> {
+    let spec = ConnectorSpec {
+        auto_restart: None,
+        ..c.spec.clone()
+    };
+    let doc = serde_json::json!({
+        "apiVersion": "sluice.dev/v1alpha1",
+        "kind": "Connector",
+        "metadata": {"name": c.name_any(), "namespace": c.namespace()},
+        "spec": spec,
+    });
+    Ok(serde_json::to_string_pretty(&doc)?)
+}
+
+/// Replicas the Deployment runs: none when stopped. A source runs one (the generator
+/// cannot share its work).
+pub fn replicas(c: &Connector) -> i32 {
+    match c.spec.state {
+        ConnectorState::Stopped => 0,
+        ConnectorState::Running | ConnectorState::Paused => 1,
+    }
+}
+
+/// What the connector's Deployment reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollout {
+    /// Replicas asked for.
+    pub desired: i32,
+    /// Replicas available (ready for the minimum time).
+    pub available: i32,
+    /// Pods that still run an older template.
+    pub outdated: i32,
+}
+
+/// The rollout of `deployment` (none yet: nothing available).
+pub fn rollout(deployment: Option<&Deployment>, desired: i32) -> Rollout {
+    let status = deployment.and_then(|d| d.status.as_ref());
+    let current = deployment
+        .and_then(|d| d.metadata.generation)
+        .zip(status.and_then(|s| s.observed_generation))
+        .is_some_and(|(generation, observed)| observed >= generation);
+    let total = status.and_then(|s| s.replicas).unwrap_or(0);
+    let updated = status.and_then(|s| s.updated_replicas).unwrap_or(0);
+    Rollout {
+        desired,
+        available: if current {
+            status.and_then(|s| s.available_replicas).unwrap_or(0)
+        } else {
+            0
+        },
+        outdated: (total - updated).max(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::{ProcessorDefaults, children};
+    use serde_json::json;
+
+    fn generator(state: &str) -> Connector {
+        serde_json::from_value(json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "Connector",
+            "metadata": {"name": "orders-gen", "namespace": "shop", "uid": "u-9"},
+            "spec": {"type": "source", "topics": ["orders"], "state": state,
+                     "autoRestart": {"enabled": true},
+                     "generator": {"template": {"n": "i"}, "rate": "5/s"}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_generator_renders_as_a_processor_deployment_running_the_connector_command() {
+        let c = generator("running");
+        assert!(runs_natively(&c.spec));
+        let w = workload(&c).unwrap();
+        let defaults = ProcessorDefaults {
+            image: "ghcr.io/sluice/sluice-processor:0.1.0".into(),
+            kafka_bootstrap: "kafka:9092".into(),
+            ..ProcessorDefaults::default()
+        };
+        let config = config_text(&c).unwrap();
+        assert!(!config.contains("autoRestart"), "{config}");
+        let doc: serde_json::Value = serde_json::from_str(&config).unwrap();
+        assert_eq!(doc["kind"], "Connector");
+        assert_eq!(doc["spec"]["generator"]["rate"], "5/s");
+        let ch = children(&w, config, &defaults, replicas(&c)).unwrap();
+        assert_eq!(
+            ch.deployment.metadata.name.as_deref(),
+            Some("orders-gen-connector")
+        );
+        let owner = &ch.deployment.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("Connector", "u-9")
+        );
+        let spec = ch.deployment.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(1));
+        let pod = spec.template.spec.as_ref().unwrap();
+        let container = &pod.containers[0];
+        assert_eq!(
+            container.args.as_deref().unwrap(),
+            [
+                "connector",
+                "--config",
+                "/etc/sluice/connector/connector.yaml"
+            ]
+        );
+        let env: Vec<&str> = container
+            .env
+            .iter()
+            .flatten()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert!(!env.contains(&contract::env::GROUP_ID), "{env:?}");
+        assert_eq!(
+            spec.template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .labels
+                .as_ref()
+                .unwrap()[CONNECTOR_LABEL],
+            "orders-gen"
+        );
+        assert_eq!(
+            ch.config_map
+                .data
+                .as_ref()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            [CONFIG_KEY]
+        );
+        assert_eq!(
+            ch.service.metadata.name.as_deref(),
+            Some("orders-gen-connector-metrics")
+        );
+        assert!(w.foreign(&Default::default()));
+        assert!(!w.foreign(&ch.service.metadata));
+    }
+
+    #[test]
+    fn stopped_runs_no_replica_and_paused_keeps_one() {
+        assert_eq!(replicas(&generator("stopped")), 0);
+        assert_eq!(replicas(&generator("paused")), 1);
+        let mut sink = generator("running");
+        sink.spec.generator = None;
+        assert!(!runs_natively(&sink.spec));
+    }
+
+    #[test]
+    fn only_a_current_rollout_counts_as_available() {
+        let mut d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "x", "generation": 2},
+            "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 0,
+                       "availableReplicas": 1}
+        }))
+        .unwrap();
+        assert_eq!(
+            rollout(Some(&d), 1),
+            Rollout {
+                desired: 1,
+                available: 0,
+                outdated: 1
+            }
+        );
+        if let Some(s) = d.status.as_mut() {
+            s.observed_generation = Some(2);
+            s.updated_replicas = Some(1);
+        }
+        assert_eq!(rollout(Some(&d), 1).available, 1);
+        assert_eq!(rollout(None, 1).available, 0);
+    }
+}
