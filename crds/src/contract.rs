@@ -15,6 +15,8 @@ pub mod env {
     pub const PIPELINE_CONFIG: &str = "SLUICE_PIPELINE_CONFIG";
     /// Path of a native connector's config (its Connector manifest).
     pub const CONNECTOR_CONFIG: &str = "SLUICE_CONNECTOR_CONFIG";
+    /// Directory where a native connector's `secretRef` Secret is mounted, one file per key.
+    pub const CREDENTIALS_DIR: &str = "SLUICE_CREDENTIALS_DIR";
     /// Address of the HTTP server (metrics and probes).
     pub const HTTP_ADDR: &str = "SLUICE_HTTP_ADDR";
     /// The replica's identity (its pod name): part of its transactional id.

@@ -37,6 +37,8 @@ pub const KAFKA_CLIENT_KEY: &str = "client.properties";
 pub const RENDERED_ANNOTATION: &str = "sluice.dev/rendered";
 /// Where the optional Kafka client settings Secret is mounted.
 pub const KAFKA_CLIENT_DIR: &str = "/etc/sluice/kafka";
+/// Where a workload's own credentials Secret (a Connector's `secretRef`) is mounted.
+pub const CREDENTIALS_DIR: &str = "/etc/sluice/credentials";
 /// The processor's HTTP port (metrics and probes).
 pub const HTTP_PORT: i32 = contract::HTTP_PORT as i32;
 
@@ -96,6 +98,9 @@ pub struct Workload {
     pub image: Option<String>,
     /// The resources, when the workload sets them.
     pub resources: Option<ResourceRequirements>,
+    /// A Secret of the owner's namespace mounted read-only at [`CREDENTIALS_DIR`] (its
+    /// keys as files), so credentials never pass through the config.
+    pub credentials: Option<String>,
 }
 
 impl Workload {
@@ -126,6 +131,7 @@ impl Workload {
             group_id: None,
             image: None,
             resources: None,
+            credentials: None,
         })
     }
 
@@ -335,6 +341,23 @@ pub fn deployment(
         mounts.push(VolumeMount {
             name: "kafka-client".into(),
             mount_path: KAFKA_CLIENT_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+    if let Some(secret) = &w.credentials {
+        env.push(env_value(contract::env::CREDENTIALS_DIR, CREDENTIALS_DIR));
+        volumes.push(Volume {
+            name: "credentials".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: "credentials".into(),
+            mount_path: CREDENTIALS_DIR.into(),
             read_only: Some(true),
             ..VolumeMount::default()
         });

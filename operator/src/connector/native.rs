@@ -33,6 +33,7 @@ pub fn workload(c: &Connector) -> Result<Workload, RenderError> {
     )?;
     w.config_key = CONFIG_KEY;
     w.config_dir = CONFIG_DIR;
+    w.credentials = c.spec.secret_ref.as_ref().map(|s| s.name.clone());
     Ok(w)
 }
 
@@ -52,12 +53,14 @@ pub fn config_text(c: &Connector) -> Result<String, RenderError> {
     Ok(serde_json::to_string_pretty(&doc)?)
 }
 
-/// Replicas the Deployment runs: none when stopped. A source runs one (the generator
-/// cannot share its work).
+/// Replicas the Deployment runs: none when stopped; HTTP ingest as many as it asks for;
+/// other sources one (they cannot share their work).
 pub fn replicas(c: &Connector) -> i32 {
     match c.spec.state {
         ConnectorState::Stopped => 0,
-        ConnectorState::Running | ConnectorState::Paused => 1,
+        ConnectorState::Running | ConnectorState::Paused => {
+            c.spec.http_ingest.as_ref().map_or(1, |h| h.replicas.max(1))
+        }
     }
 }
 
@@ -178,6 +181,46 @@ mod tests {
         );
         assert!(w.foreign(&Default::default()));
         assert!(!w.foreign(&ch.service.metadata));
+    }
+
+    #[test]
+    fn credentials_are_mounted_from_the_secret_never_put_in_the_config() {
+        let mut c = generator("running");
+        c.spec.secret_ref = Some(sluice_crds::common::SecretRef {
+            name: "sales-db".into(),
+        });
+        let w = workload(&c).unwrap();
+        let d = crate::workload::deployment(&w, &ProcessorDefaults::default(), 1, "h");
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "credentials")
+            .expect("a credentials volume");
+        assert_eq!(
+            volume.secret.as_ref().unwrap().secret_name.as_deref(),
+            Some("sales-db")
+        );
+        let container = &pod.containers[0];
+        let mount = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "credentials")
+            .unwrap();
+        assert_eq!(mount.mount_path, crate::workload::CREDENTIALS_DIR);
+        assert_eq!(mount.read_only, Some(true));
+        assert!(
+            container
+                .env
+                .iter()
+                .flatten()
+                .any(|e| e.name == contract::env::CREDENTIALS_DIR)
+        );
+        // The config names the Secret, and holds none of its data.
+        let config = config_text(&c).unwrap();
+        assert!(config.contains("sales-db"));
     }
 
     #[test]
