@@ -330,37 +330,19 @@ pub fn deployment(
             contract::env::KAFKA_CONFIG_FILE,
             &format!("{KAFKA_CLIENT_DIR}/{KAFKA_CLIENT_KEY}"),
         ));
-        volumes.push(Volume {
-            name: "kafka-client".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(w.kafka_client_secret_name()),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
-        mounts.push(VolumeMount {
-            name: "kafka-client".into(),
-            mount_path: KAFKA_CLIENT_DIR.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        });
+        let (volume, mount) = secret_volume(
+            "kafka-client",
+            &w.kafka_client_secret_name(),
+            KAFKA_CLIENT_DIR,
+        );
+        volumes.push(volume);
+        mounts.push(mount);
     }
     if let Some(secret) = &w.credentials {
         env.push(env_value(contract::env::CREDENTIALS_DIR, CREDENTIALS_DIR));
-        volumes.push(Volume {
-            name: "credentials".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.clone()),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
-        mounts.push(VolumeMount {
-            name: "credentials".into(),
-            mount_path: CREDENTIALS_DIR.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        });
+        let (volume, mount) = secret_volume("credentials", secret, CREDENTIALS_DIR);
+        volumes.push(volume);
+        mounts.push(mount);
     }
     let probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
@@ -481,6 +463,26 @@ pub fn service(w: &Workload) -> Service {
         }),
         ..Service::default()
     }
+}
+
+/// A Secret mounted read-only at `dir` as volume `name`.
+fn secret_volume(name: &str, secret: &str, dir: &str) -> (Volume, VolumeMount) {
+    (
+        Volume {
+            name: name.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.into()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        VolumeMount {
+            name: name.into(),
+            mount_path: dir.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    )
 }
 
 fn env_value(name: &str, value: &str) -> EnvVar {
