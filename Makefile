@@ -9,7 +9,7 @@ STATE := e2e/.state
 BIN := $(STATE)/bin
 RELEASE_NS := sluice-system
 
-.PHONY: demo test unit lint e2e generate check-generated deploy undeploy up down bench soak help
+.PHONY: demo test unit lint e2e generate check-generated deploy undeploy up down bench soak help prebuild
 
 help:
 	@echo "make demo      local cluster + Kafka + Sluice + the orders pipeline moving data"
@@ -32,8 +32,10 @@ unit:
 	$(CARGO) test -p sluice-crds --tests
 
 # The whole suite: lint, unit tests, then the real environment for the e2e tests.
-# The environment is always torn down; logs stay in e2e/.state/logs.
-test: lint unit
+# The environment's Go tools build in the background meanwhile (e2e/prebuild; on a new
+# machine that is most of e2e/up's time). The environment is always torn down; logs stay
+# in e2e/.state/logs.
+test: prebuild lint unit
 	@set +e; e2e/up; rc=$$?; \
 	if [ $$rc -eq 0 ]; then $(MAKE) --no-print-directory e2e; rc=$$?; fi; \
 	e2e/down; \
@@ -50,6 +52,9 @@ e2e: check-generated
 	e2e/deploy
 	e2e/lib/delete-test-namespaces
 	$(CARGO) test -p sluice-e2e $(addprefix --test ,$(E2E_DEPLOYED)) -- --test-threads=3
+
+prebuild:
+	e2e/prebuild
 
 up:
 	e2e/up
