@@ -48,7 +48,6 @@ async fn set_state(api: &Api<Connector>, name: &str, state: &str) {
 #[tokio::test]
 async fn a_generator_connector_runs_as_a_deployment_pauses_stops_and_goes_with_its_resource() {
     let f = fixture("native-gen").await;
-    f.topics(&[("orders", 1)]).await;
     let doc = json!({
         "apiVersion": "sluice.dev/v1alpha1", "kind": "Connector",
         "metadata": {"name": "orders-gen"},
@@ -58,12 +57,29 @@ async fn a_generator_connector_runs_as_a_deployment_pauses_stops_and_goes_with_i
     });
     cluster::apply(&f.client, &f.ns, &doc).await.unwrap();
     let connectors: Api<Connector> = Api::namespaced(f.client.clone(), &f.ns);
+    // Its topic does not exist yet: it waits at zero replicas and says why.
+    wait_for(
+        Duration::from_secs(60),
+        "Ready=False (TopicMissing)",
+        || async {
+            let (status, reason) = ready(&connectors, "orders-gen").await?;
+            (status == "False" && reason == "TopicMissing").then_some(())
+        },
+    )
+    .await;
+    f.topics(&[("orders", 1)]).await;
     wait_ready(&connectors, "orders-gen", "Running").await;
     let c = connectors.get("orders-gen").await.unwrap();
     let status = c.status.unwrap();
     assert_eq!(status.state.as_deref(), Some("RUNNING"));
     assert_eq!(status.tasks_ready.as_deref(), Some("1/1"));
     assert_eq!(status.plugin.as_deref(), Some("generator"));
+    assert!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "TopicsReady" && c.status == "True")
+    );
     let deployments: Api<Deployment> = Api::namespaced(f.client.clone(), &f.ns);
     let d = deployments.get("orders-gen-connector").await.unwrap();
     let container = &d.spec.unwrap().template.spec.unwrap().containers[0];

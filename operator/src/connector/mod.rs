@@ -35,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::workload::{self, Applied, ProcessorDefaults};
 use connect::{ConnectClient, ConnectError, ConnectorHealth, FieldError};
 use plan::Ownership;
-use status::{Found, Observed};
+use status::{Found, Observed, TopicsCheck};
 
 /// The kind, for metrics, logs and events.
 pub const KIND: &str = "Connector";
@@ -138,7 +138,27 @@ impl ConnectorController {
         api: &Api<Connector>,
     ) -> Result<Action> {
         let w = native::workload(connector)?;
-        let replicas = native::replicas(connector);
+        // A source waits at zero replicas until the topics it writes to exist.
+        let topics = if connector.spec.type_ == sluice_crds::connector::ConnectorType::Source {
+            match crate::pipeline::lag::missing(
+                self.ctx.kafka.client(),
+                connector.spec.topics.clone(),
+                self.ctx.kafka.timeout(),
+            )
+            .await
+            {
+                Ok(missing) if missing.is_empty() => TopicsCheck::Present,
+                Ok(missing) => TopicsCheck::Missing(missing),
+                Err(err) => TopicsCheck::Unknown(err.to_string()),
+            }
+        } else {
+            TopicsCheck::Present
+        };
+        let replicas = if topics == TopicsCheck::Present {
+            native::replicas(connector)
+        } else {
+            0
+        };
         let children = workload::children(
             &w,
             native::config_text(connector)?,
@@ -179,10 +199,10 @@ impl ConnectorController {
                     .await;
                 // What was just written has not rolled out yet.
                 existing = read().await?;
-                Found::Native(native::rollout(existing.as_ref(), replicas))
+                Found::Native(native::rollout(existing.as_ref(), replicas), topics)
             }
             Applied::Unchanged | Applied::Reapplied => {
-                Found::Native(native::rollout(existing.as_ref(), replicas))
+                Found::Native(native::rollout(existing.as_ref(), replicas), topics)
             }
         };
         let written = self.write_status(connector, api, &found).await?;

@@ -14,6 +14,20 @@ pub const MAX_OFFSETS: usize = 20;
 /// Longest error line kept in status.
 const MAX_ERROR: usize = 400;
 
+/// Condition: the topics a native source writes to exist.
+pub const TOPICS_READY: &str = "TopicsReady";
+
+/// Whether the topics a native source writes to exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicsCheck {
+    /// They all exist (or the connector is a sink, whose topics are its inputs).
+    Present,
+    /// These are not in Kafka: the connector waits at zero replicas.
+    Missing(Vec<String>),
+    /// Kafka did not answer.
+    Unknown(String),
+}
+
 /// What one look at the Connect cluster found.
 #[derive(Debug, Clone)]
 pub enum Found {
@@ -27,8 +41,8 @@ pub enum Found {
     Observed(Observed),
     /// A native plugin, which this operator does not run yet.
     NativeNotRunYet,
-    /// A native connector's Deployment, as it rolls out.
-    Native(Rollout),
+    /// A native connector's topics and Deployment, as it rolls out.
+    Native(Rollout, TopicsCheck),
     /// A native connector's children could not be written: objects with their names
     /// belong to something else.
     NativeConflict(String),
@@ -111,7 +125,23 @@ pub fn compute(
             readiness(wanted, observed)
         }
         Found::NativeConflict(message) => (false, "ResourceConflict", message.clone()),
-        Found::Native(rollout) => {
+        Found::Native(_, TopicsCheck::Missing(topics)) => {
+            status.state = None;
+            (
+                false,
+                "TopicMissing",
+                format!(
+                    "topic(s) the connector writes to are not in Kafka: {} (it runs once they exist)",
+                    topics.join(", ")
+                ),
+            )
+        }
+        Found::Native(_, TopicsCheck::Unknown(err)) => (
+            false,
+            "KafkaUnavailable",
+            format!("cannot read topic metadata from Kafka: {err}"),
+        ),
+        Found::Native(rollout, TopicsCheck::Present) => {
             let as_asked = rollout.outdated == 0
                 && match wanted {
                     ConnectorState::Stopped => rollout.available == 0,
@@ -138,6 +168,29 @@ pub fn compute(
         generation,
         &previous_conditions,
     )];
+    if let Found::Native(_, topics) = found {
+        let (ready, reason, message) = match topics {
+            TopicsCheck::Present => (
+                true,
+                "TopicsFound",
+                "every topic in spec.topics exists".to_string(),
+            ),
+            TopicsCheck::Missing(missing) => (
+                false,
+                "TopicMissing",
+                format!("not in Kafka: {}", missing.join(", ")),
+            ),
+            TopicsCheck::Unknown(err) => (false, "KafkaUnavailable", err.clone()),
+        };
+        status.conditions.push(condition(
+            TOPICS_READY,
+            ready,
+            reason,
+            message,
+            generation,
+            &previous_conditions,
+        ));
+    }
     status
 }
 
@@ -473,14 +526,20 @@ mod tests {
             available: 0,
             outdated: 0,
         };
-        let s = compute_for(&connector("running"), &Found::Native(rolling.clone()));
+        let s = compute_for(
+            &connector("running"),
+            &Found::Native(rolling.clone(), TopicsCheck::Present),
+        );
         assert_eq!(ready(&s).1, "Starting");
         assert_eq!(s.state, None);
         let up = Rollout {
             available: 1,
             ..rolling.clone()
         };
-        let s = compute_for(&connector("running"), &Found::Native(up.clone()));
+        let s = compute_for(
+            &connector("running"),
+            &Found::Native(up.clone(), TopicsCheck::Present),
+        );
         assert_eq!(
             ready(&s),
             (
@@ -494,14 +553,20 @@ mod tests {
             outdated: 1,
             ..up.clone()
         };
-        let s = compute_for(&connector("paused"), &Found::Native(changing));
+        let s = compute_for(
+            &connector("paused"),
+            &Found::Native(changing, TopicsCheck::Present),
+        );
         assert_eq!(ready(&s).1, "Transitioning");
         let gone = Rollout {
             desired: 0,
             available: 0,
             outdated: 0,
         };
-        let s = compute_for(&connector("stopped"), &Found::Native(gone));
+        let s = compute_for(
+            &connector("stopped"),
+            &Found::Native(gone, TopicsCheck::Present),
+        );
         assert_eq!(ready(&s).1, "Stopped");
         assert_eq!(s.state.as_deref(), Some("STOPPED"));
         let s = compute_for(
@@ -509,6 +574,31 @@ mod tests {
             &Found::NativeConflict("ConfigMap x belongs to something else".into()),
         );
         assert_eq!(ready(&s).1, "ResourceConflict");
+        let s = compute_for(
+            &connector("running"),
+            &Found::Native(up.clone(), TopicsCheck::Missing(vec!["orders".into()])),
+        );
+        assert_eq!(ready(&s).1, "TopicMissing");
+        assert!(ready(&s).2.contains("orders"));
+        let topics = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == TOPICS_READY)
+            .unwrap();
+        assert_eq!(
+            (topics.status.as_str(), topics.reason.as_str()),
+            ("False", "TopicMissing")
+        );
+        let s = compute_for(
+            &connector("running"),
+            &Found::Native(up, TopicsCheck::Present),
+        );
+        let topics = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == TOPICS_READY)
+            .unwrap();
+        assert_eq!(topics.status, "True");
     }
 
     #[test]
