@@ -250,8 +250,19 @@ impl Cdc {
         }
     }
 
-    /// Removes what this test made in PostgreSQL and its namespace.
+    /// Removes what this test made in PostgreSQL and its namespace. Connectors still there
+    /// are deleted while the operator runs: their finalizer would otherwise hold the
+    /// namespace in Terminating (no operator of this instance is left to remove it).
     async fn finish(self) {
+        let left = self
+            .connectors
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items;
+        for c in left {
+            self.delete(&c.name_any()).await;
+        }
         self.reconnect().await;
         // The slot stays after Debezium stops (slot.drop.on.stop is false): drop it once
         // its stream has ended.

@@ -202,13 +202,13 @@ mod tests {
         let job = generator_job(&text, "orders-generator.yaml").unwrap();
         assert_eq!(job.name, "orders-generator");
         assert_eq!(job.topic, "orders");
-        assert_eq!(job.pace.rate, Some(50.0));
+        assert_eq!(job.pace.rate, Some(20.0));
         assert_eq!(job.pace.count, None);
         let (key, value) = job.template.record(4, 1_000).unwrap();
         assert_eq!(key.as_deref(), Some("o-4"));
         assert_eq!(
             value,
-            serde_json::json!({"orderId": "o-4", "region": "us-east", "total": 4.5, "createdAt": 1000})
+            serde_json::json!({"orderId": "o-4", "region": "us-east", "total": 0.5, "createdAt": 1000})
         );
     }
 
