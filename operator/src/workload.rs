@@ -147,22 +147,7 @@ impl Workload {
 
     /// Labels that select the workload's pods.
     pub fn selector_labels(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([
-            (
-                "app.kubernetes.io/name".to_string(),
-                "sluice-processor".to_string(),
-            ),
-            (self.label.to_string(), self.name.clone()),
-        ])
-    }
-
-    /// The label selector string of the workload's pods.
-    pub fn selector_string(&self) -> String {
-        self.selector_labels()
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",")
+        selector_labels(self.label, &self.name)
     }
 
     fn labels(&self) -> BTreeMap<String, String> {
@@ -196,6 +181,17 @@ impl Workload {
             .flatten()
             .any(|o| o.controller == Some(true) && o.uid == self.uid && o.kind == self.kind)
     }
+}
+
+/// Labels that select the pods of the workload named `name` whose owner label is `label`.
+pub fn selector_labels(label: &str, name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "sluice-processor".to_string(),
+        ),
+        (label.to_string(), name.to_string()),
+    ])
 }
 
 /// Hash of a config, put in the pod template so a change rolls out.

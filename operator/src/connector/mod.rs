@@ -405,25 +405,10 @@ impl One<'_> {
         }
 
         let decision = self.restarts(health.as_ref()).await?;
-        // Topics and offsets are extras: a cluster that cannot give them keeps the last ones.
-        let previous = self.controller.previous(self.connector).unwrap_or_default();
-        let topics = match self.client.topics(&self.name).await {
-            Ok(t) => t,
-            Err(_) => previous.topics.clone(),
-        };
-        let offsets = match self.client.offsets(&self.name).await {
-            Ok(offsets) => offsets,
-            Err(_) => previous
-                .offsets
-                .iter()
-                .filter_map(|o| {
-                    Some(connect::Offset {
-                        partition: serde_json::from_str(&o.partition).ok()?,
-                        offset: serde_json::from_str(&o.offset).ok()?,
-                    })
-                })
-                .collect(),
-        };
+        // Topics and offsets are extras: a cluster that cannot give them keeps the last ones
+        // in status (`None`).
+        let topics = self.client.topics(&self.name).await.ok();
+        let offsets = self.client.offsets(&self.name).await.ok();
         let found = Found::Observed(Observed {
             health,
             topics,

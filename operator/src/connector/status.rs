@@ -53,10 +53,10 @@ pub enum Found {
 pub struct Observed {
     /// Its status; `None` while Connect has not reported it.
     pub health: Option<ConnectorHealth>,
-    /// Topics it has used.
-    pub topics: Vec<String>,
-    /// Offsets it reports.
-    pub offsets: Vec<Offset>,
+    /// Topics it has used; `None` when Connect did not say (the last ones stay).
+    pub topics: Option<Vec<String>>,
+    /// Offsets it reports; `None` when Connect did not say (the last ones stay).
+    pub offsets: Option<Vec<Offset>>,
     /// The restart decision of this look.
     pub restart: RestartDecision,
 }
@@ -238,16 +238,19 @@ fn plugin(connector: &Connector) -> Option<String> {
 }
 
 fn fill_observed(status: &mut ConnectorStatus, observed: &Observed) {
-    status.topics = observed.topics.clone();
-    status.offsets = observed
-        .offsets
-        .iter()
-        .take(MAX_OFFSETS)
-        .map(|o| ConnectorOffset {
-            partition: o.partition.to_string(),
-            offset: o.offset.to_string(),
-        })
-        .collect();
+    if let Some(topics) = &observed.topics {
+        status.topics = topics.clone();
+    }
+    if let Some(offsets) = &observed.offsets {
+        status.offsets = offsets
+            .iter()
+            .take(MAX_OFFSETS)
+            .map(|o| ConnectorOffset {
+                partition: o.partition.to_string(),
+                offset: o.offset.to_string(),
+            })
+            .collect();
+    }
     status.restarts = observed.restart.status.clone();
     let Some(health) = &observed.health else {
         status.state = None;
@@ -415,11 +418,11 @@ mod tests {
                     })
                     .collect(),
             }),
-            topics: vec!["sales.public.orders".into()],
-            offsets: vec![Offset {
+            topics: Some(vec!["sales.public.orders".into()]),
+            offsets: Some(vec![Offset {
                 partition: json!({"server": "sales"}),
                 offset: json!({"lsn": 42}),
-            }],
+            }]),
             restart: RestartDecision {
                 restart_now: false,
                 status: None,

@@ -74,13 +74,7 @@ pub fn kafka_client_secret_name(pipeline: &str) -> String {
 
 /// Labels that select the processor pods of a pipeline.
 pub fn selector_labels(pipeline: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (
-            "app.kubernetes.io/name".to_string(),
-            "sluice-processor".to_string(),
-        ),
-        (PIPELINE_LABEL.to_string(), pipeline.to_string()),
-    ])
+    workload::selector_labels(PIPELINE_LABEL, pipeline)
 }
 
 /// The label selector string of a pipeline's pods, for the scale subresource.
