@@ -13,3 +13,4 @@ pub mod http;
 pub mod kafka;
 pub mod logging;
 pub mod pace;
+pub mod runtime;

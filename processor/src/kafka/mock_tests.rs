@@ -468,7 +468,7 @@ fn a_replica_that_keeps_rewinding_reports_no_progress_until_it_commits_again() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(
-        stalled.contains("dead-letter") || stalled.contains("flush"),
+        stalled.contains("dead letter") || stalled.contains("flush"),
         "{stalled}"
     );
     // Once the broker takes records again the record is dead-lettered, the offset is

@@ -2,7 +2,7 @@
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use std::time::Duration;
 
@@ -55,7 +55,6 @@ impl Output {
         producer: &BaseProducer<DeliveryTracker>,
         opaque: Box<Sent>,
     ) -> Result<(), KafkaError> {
-        let epoch = opaque.epoch;
         let mut rec = BaseRecord::with_opaque_to(&self.topic, opaque).payload(&self.value);
         if let Some(k) = &self.key {
             rec = rec.key(k);
@@ -66,15 +65,15 @@ impl Output {
         if let Some(ts) = self.timestamp {
             rec = rec.timestamp(ts);
         }
-        send(producer, rec, epoch)
+        send(producer, rec)
     }
 }
 
-/// Sends a record of `epoch`, waiting while the producer queue is full (backpressure).
+/// Sends a record, waiting while the producer queue is full (backpressure). The caller
+/// tells the ledger it was sent.
 pub(crate) fn send<K, P>(
     producer: &BaseProducer<DeliveryTracker>,
     mut rec: BaseRecord<'_, K, P, Box<Sent>>,
-    epoch: u64,
 ) -> Result<(), KafkaError>
 where
     K: rdkafka::message::ToBytes + ?Sized,
@@ -82,10 +81,7 @@ where
 {
     loop {
         match producer.send(rec) {
-            Ok(()) => {
-                producer.context().sent(epoch);
-                return Ok(());
-            }
+            Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                 producer.poll(Duration::from_millis(50));
                 rec = back;

@@ -2,6 +2,7 @@
 //! rewind to the last commit after a failure.
 
 use super::*;
+use crate::runtime::ledger::{Commit, Rewind};
 
 /// How long a rewind serves the delivery reports already queued.
 const DELIVERY_REPORTS_WAIT: Duration = Duration::from_millis(100);
@@ -19,13 +20,13 @@ pub fn transaction_timeout(commit_interval: Duration) -> Duration {
 
 impl Core {
     pub(super) fn due(&self) -> bool {
-        self.batch > 0 && self.last_commit.elapsed() >= self.opts.commit_interval
+        self.ledger.due(Instant::now())
     }
 
     /// Sends the aggregate's changed state to its changelog (in the current epoch, so
     /// the offsets sealed with it wait for these too).
     pub(super) fn write_changelog(&mut self) -> Result<(), WorkerError> {
-        let epoch = self.epoch;
+        let epoch = self.ledger.epoch();
         if let Some((_, changelog)) = self.opts.state.clone()
             && let Some(agg) = self.engine.aggregate_mut()
         {
@@ -37,7 +38,8 @@ impl Core {
                 if let Some(v) = &value {
                     rec = rec.payload(v.as_slice());
                 }
-                send(&self.producer, rec, epoch).map_err(WorkerError::Flush)?;
+                send(&self.producer, rec).map_err(WorkerError::Flush)?;
+                self.ledger.sent();
             }
         }
         Ok(())
@@ -54,14 +56,12 @@ impl Core {
         }
         self.flush_pending()?;
         self.write_changelog()?;
-        let offsets = std::mem::take(&mut self.offsets);
-        self.checkpoints.seal(self.epoch, offsets);
-        self.next_epoch();
-        self.engine.metrics().batch_size.observe(self.batch as f64);
-        self.batch = 0;
-        self.last_commit = Instant::now();
+        self.report_deliveries();
+        let batch = self.ledger.batch();
+        let released = self.ledger.end_interval(Instant::now());
+        self.engine.metrics().batch_size.observe(batch as f64);
         self.engine.report_state();
-        self.commit_acked(consumer)
+        self.commit_released(consumer, released)
     }
 
     /// `atLeastOnce`: commits (asynchronously) the offsets of sealed epochs whose outputs
@@ -70,25 +70,25 @@ impl Core {
         &mut self,
         consumer: &BaseConsumer<C>,
     ) -> Result<(), WorkerError> {
-        self.check_deliveries()?;
-        let tracker = self.producer.context();
-        let offsets = self.checkpoints.take_acked(|e| tracker.acked_through(e));
-        if !offsets.is_empty() {
+        self.report_deliveries();
+        let released = self.ledger.commit_acked();
+        self.commit_released(consumer, released)
+    }
+
+    /// Commits, without waiting, the offsets the ledger released.
+    fn commit_released<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        released: Result<Commit, Rewind>,
+    ) -> Result<(), WorkerError> {
+        if let Commit::Offsets(offsets) = released.map_err(WorkerError::Undelivered)?
+            && !offsets.is_empty()
+        {
             consumer
                 .commit(&partition_list(&offsets)?, CommitMode::Async)
                 .map_err(WorkerError::Commit)?;
             self.status.committed();
             self.engine.metrics().commits.inc();
-        }
-        Ok(())
-    }
-
-    /// A delivery failed: the loop rewinds (and dead-letters the record on replay).
-    pub(super) fn check_deliveries(&self) -> Result<(), WorkerError> {
-        if self.producer.context().any_failed() {
-            return Err(WorkerError::Flush(KafkaError::MessageProduction(
-                RDKafkaErrorCode::Fail,
-            )));
         }
         Ok(())
     }
@@ -100,50 +100,53 @@ impl Core {
         &mut self,
         consumer: &BaseConsumer<C>,
     ) -> Result<(), WorkerError> {
-        if self.batch == 0 && !self.in_txn && self.checkpoints.is_empty() {
-            self.last_commit = Instant::now();
+        if !self.ledger.has_uncommitted() {
+            self.ledger.nothing_to_commit(Instant::now());
             return Ok(());
         }
         self.flush_pending()?;
         self.write_changelog()?;
-        if self.opts.exactly_once {
-            let tpl = partition_list(&self.offsets)?;
-            let cgm = consumer
-                .group_metadata()
-                .ok_or(WorkerError::Commit(KafkaError::Global(
-                    RDKafkaErrorCode::State,
-                )))?;
-            if tpl.count() > 0 {
-                self.producer
-                    .send_offsets_to_transaction(&tpl, &cgm, TXN_TIMEOUT)
-                    .map_err(WorkerError::Transaction)?;
-            }
-            commit_transaction(&self.producer).map_err(WorkerError::Transaction)?;
-            self.in_txn = false;
-            self.next_epoch();
-        } else {
+        if !self.opts.exactly_once {
             self.producer
                 .flush(TXN_TIMEOUT)
                 .map_err(WorkerError::Flush)?;
-            self.check_deliveries()?;
-            let mut offsets = self.checkpoints.take_all();
-            for (t, p, o) in self.offsets.drain(..) {
-                advance(&mut offsets, t, p, o);
-            }
-            if !offsets.is_empty() {
-                consumer
-                    .commit(&partition_list(&offsets)?, CommitMode::Sync)
-                    .map_err(WorkerError::Commit)?;
-            }
-            self.next_epoch();
         }
+        self.report_deliveries();
+        let batch = self.ledger.batch();
+        match self
+            .ledger
+            .commit_everything(Instant::now())
+            .map_err(WorkerError::Undelivered)?
+        {
+            Commit::Nothing => return Ok(()),
+            Commit::Transaction(offsets) => {
+                let tpl = partition_list(&offsets)?;
+                let cgm =
+                    consumer
+                        .group_metadata()
+                        .ok_or(WorkerError::Commit(KafkaError::Global(
+                            RDKafkaErrorCode::State,
+                        )))?;
+                if tpl.count() > 0 {
+                    self.producer
+                        .send_offsets_to_transaction(&tpl, &cgm, TXN_TIMEOUT)
+                        .map_err(WorkerError::Transaction)?;
+                }
+                commit_transaction(&self.producer).map_err(WorkerError::Transaction)?;
+            }
+            Commit::Offsets(offsets) => {
+                if !offsets.is_empty() {
+                    consumer
+                        .commit(&partition_list(&offsets)?, CommitMode::Sync)
+                        .map_err(WorkerError::Commit)?;
+                }
+            }
+        }
+        self.ledger.committed(Instant::now());
         self.status.committed();
         let metrics = self.engine.metrics();
         metrics.commits.inc();
-        metrics.batch_size.observe(self.batch as f64);
-        self.offsets.clear();
-        self.batch = 0;
-        self.last_commit = Instant::now();
+        metrics.batch_size.observe(batch as f64);
         self.engine.report_state();
         Ok(())
     }
@@ -152,52 +155,20 @@ impl Core {
     /// records, and marks the state for rebuilding.
     pub(super) fn discard_uncommitted(&mut self) {
         self.engine.metrics().aborts.inc();
-        if self.opts.exactly_once && self.in_txn {
-            if let Err(e) = abort(&self.producer) {
-                tracing::error!(error = %e, "abort failed");
-                self.fatal.get_or_insert(WorkerError::Transaction(e));
-            }
-            self.in_txn = false;
+        if self.ledger.in_transaction()
+            && let Err(e) = abort(&self.producer)
+        {
+            tracing::error!(error = %e, "abort failed");
+            self.fatal.get_or_insert(WorkerError::Transaction(e));
         }
         // Delivery reports already queued (a record the broker refused, the records the
-        // abort purged) are served before the failures are read: after the rewind, reports
-        // of this epoch are ignored, and a refusal missed here would never be known.
+        // abort purged) are served before the ledger discards: after it, reports of this
+        // epoch are ignored, and a refusal missed here would never be known.
         self.producer.poll(DELIVERY_REPORTS_WAIT);
-        let mut passing: Option<(usize, String)> = None;
-        for failed in self.producer.context().take_failed() {
-            if !failed.poison {
-                let (n, _) = passing.get_or_insert((0, failed.error));
-                *n += 1;
-                continue;
-            }
-            match failed.output {
-                Some(output) => {
-                    self.refused_outputs.insert(output, failed.error);
-                }
-                None if failed.origin.is_record() && failed.dead_letter.is_some() => {
-                    if let Some(failure) = failed.dead_letter {
-                        self.refused_dead_letters
-                            .insert(failed.origin, (failed.error, failure));
-                    }
-                }
-                None if failed.origin.is_record() => {
-                    self.poisoned.insert(failed.origin, failed.error);
-                }
-                None => {}
-            }
-        }
-        if let Some((count, first)) = passing {
+        self.report_deliveries();
+        if let Some((count, first)) = self.ledger.discard(Instant::now()).passing {
             tracing::warn!(count, first = %first, "outputs not delivered for a passing reason: they are produced again after the rewind");
         }
-        self.offsets.clear();
-        self.checkpoints.clear();
-        // What was sent is replayed: a new epoch starts, and reports of the old ones
-        // count no more.
-        self.producer.context().forget_unacked(self.epoch);
-        self.epoch += 1;
-        self.batch = 0;
-        self.state_invalid = true;
-        self.last_commit = Instant::now();
     }
 
     /// After a failed commit: abort, rebuild the state, and seek every assigned partition
@@ -219,7 +190,6 @@ impl Core {
             return Err(e);
         }
         let assignment = consumer.assignment().map_err(WorkerError::Commit)?;
-        self.state_invalid = true;
         self.on_assign(consumer, &assignment)?;
         if self.restoring.is_some() {
             self.status.ready.store(false, Ordering::Relaxed);

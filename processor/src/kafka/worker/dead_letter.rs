@@ -91,15 +91,16 @@ impl Core {
         } else {
             // Kept (not taken): a stripped dead letter purged by an abort goes stripped
             // again; the record is never replayed once its offset is committed.
-            self.refused_dead_letters
-                .get(&origin)
-                .map(|(why, _)| why.clone())
+            self.ledger.stripped_dead_letter(&origin)
         };
+        let epoch = self.ledger.epoch();
         loop {
-            let rec =
-                dead_letter_record(&dlq, src, failure, stripped.as_deref(), &origin, self.epoch);
-            match send(&self.producer, rec, self.epoch) {
-                Ok(()) => break,
+            let rec = dead_letter_record(&dlq, src, failure, stripped.as_deref(), &origin, epoch);
+            match send(&self.producer, rec) {
+                Ok(()) => {
+                    self.ledger.sent();
+                    break;
+                }
                 Err(e) if stripped.is_none() && refuses_the_record(&e) => {
                     stripped = Some(format!("{dlq}: {e}"));
                 }

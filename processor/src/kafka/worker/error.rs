@@ -18,6 +18,10 @@ pub enum WorkerError {
     /// The producer could not deliver everything in time.
     #[error("cannot flush the producer: {0}")]
     Flush(KafkaError),
+    /// An output was refused, or left unanswered by a flush: nothing can be committed
+    /// until the loop rewinds.
+    #[error("cannot commit: {0}")]
+    Undelivered(#[from] crate::runtime::ledger::Rewind),
     /// State could not be restored.
     #[error(transparent)]
     Restore(#[from] RestoreFailure),
@@ -54,7 +58,10 @@ impl WorkerError {
     pub(super) fn recoverable(&self) -> bool {
         match self {
             WorkerError::Transaction(KafkaError::Transaction(e)) => !e.is_fatal(),
-            WorkerError::Transaction(_) | WorkerError::Commit(_) | WorkerError::Flush(_) => true,
+            WorkerError::Transaction(_)
+            | WorkerError::Commit(_)
+            | WorkerError::Flush(_)
+            | WorkerError::Undelivered(_) => true,
             _ => false,
         }
     }

@@ -31,7 +31,7 @@
 //! second thread, the transform lane (`lane`), and keeps consuming meanwhile; records
 //! come back in order and are handled here as above.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -46,7 +46,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use sluice_crds::pipeline::StartFrom;
 
 use super::KafkaSettings;
-use super::acks::{Checkpoints, DeliveryTracker, Offsets, Origin, OutputId, Sent, advance};
+use super::acks::{DeliveryTracker, Origin, Sent};
 use super::headers::headers_of;
 use super::lane::{self, Batch, Lane, LaneError, keep_buffer};
 use super::output::{Output, send};
@@ -54,6 +54,7 @@ use super::restore::{Restore, RestoreFailure};
 use crate::engine::{Emit, Engine, Failure};
 use crate::pace::Pacer;
 use crate::record::Record;
+use crate::runtime::ledger::{Admit, Ledger, Offsets};
 
 /// Records processed between two looks at delivery reports and the commit timer.
 const HOUSEKEEPING_EVERY: u32 = 32;
@@ -132,29 +133,10 @@ struct Core {
     producer: BaseProducer<DeliveryTracker>,
     opts: WorkerOptions,
     status: Arc<Status>,
-    /// Next offset to commit per partition consumed in the current epoch.
-    offsets: Offsets,
-    /// The current commit interval's number: records sent in it carry it.
-    epoch: u64,
-    /// `atLeastOnce`: sealed epochs waiting for their outputs' acknowledgements.
-    checkpoints: Checkpoints,
-    in_txn: bool,
-    batch: u64,
-    last_commit: Instant,
-    /// State partitions held (restored or built here).
-    owned: BTreeSet<i32>,
+    /// What to commit and when, what to replay: the commit core.
+    ledger: Ledger,
     /// State partitions being restored (paused meanwhile).
     restoring: Option<Restore>,
-    /// State no longer matches committed offsets: rebuild on the next assignment.
-    state_invalid: bool,
-    /// Records whose outputs could not be delivered: dead-letter them on replay.
-    poisoned: HashMap<Origin, String>,
-    /// `emit: onCommit` outputs the broker refused, by topic and key, with why.
-    refused_outputs: HashMap<OutputId, String>,
-    /// Records whose dead letter the broker refused for what it was (too large for the
-    /// dead-letter topic, say), with why, and why the record failed: on replay the record
-    /// is not processed again, and its dead letter goes without key, value and headers.
-    refused_dead_letters: HashMap<Origin, (String, Failure)>,
     /// An error raised inside a callback, for the loop to return.
     fatal: Option<WorkerError>,
     /// A recoverable error raised inside a callback, for the loop to rewind on.
@@ -169,10 +151,6 @@ struct Core {
     /// The one topic subscribed to, when there is one (not a pattern): every record is
     /// of it, so its name need not be read (and checked as UTF-8) per record.
     only_topic: Option<Arc<str>>,
-    /// The partitions this replica owns now. A record of any other partition (fetched
-    /// before a cooperative rebalance took its partition away) is not processed: its new
-    /// owner reads it, and committing it here too would duplicate it.
-    assigned: Vec<(Arc<str>, i32)>,
     dead_lettered_logged: u64,
     /// The transform lane, for a pipeline without state.
     lane: Option<Lane>,
@@ -215,7 +193,7 @@ impl Core {
         let Some(origin) = self.admit(topic, m.partition(), m.offset())? else {
             return Ok(());
         };
-        let outcome = match self.take_poisoned(&origin) {
+        let outcome = match self.ledger.replay_failure(&origin) {
             Some(failure) => Err(failure),
             None => self.transform(m, &origin.topic),
         };
@@ -240,7 +218,7 @@ impl Core {
     }
 
     /// Takes a record in if its partition is still this replica's (counting it, and
-    /// opening the transaction if none is open): where it came from, or `None` when it
+    /// opening the transaction if the ledger asks): where it came from, or `None` when it
     /// is left to the partition's new owner.
     fn admit(
         &mut self,
@@ -248,49 +226,30 @@ impl Core {
         partition: i32,
         offset: i64,
     ) -> Result<Option<Origin>, WorkerError> {
-        // Names are shared (`topic_arc`): the same name is almost always the same handle.
-        if !self
-            .assigned
-            .iter()
-            .any(|(t, p)| *p == partition && (Arc::ptr_eq(t, &topic) || **t == *topic))
-        {
-            tracing::debug!(
-                topic = %topic,
-                partition,
-                offset,
-                "record of a partition no longer assigned: left to its new owner"
-            );
-            return Ok(None);
+        match self.ledger.admit(&topic, partition) {
+            Admit::Skip => {
+                tracing::debug!(
+                    topic = %topic,
+                    partition,
+                    offset,
+                    "record of a partition no longer assigned: left to its new owner"
+                );
+                return Ok(None);
+            }
+            Admit::Process { begin_transaction } => {
+                if begin_transaction {
+                    self.producer
+                        .begin_transaction()
+                        .map_err(WorkerError::Transaction)?;
+                }
+            }
         }
         self.counted_in += 1;
-        if self.opts.exactly_once && !self.in_txn {
-            self.producer
-                .begin_transaction()
-                .map_err(WorkerError::Transaction)?;
-            self.in_txn = true;
-        }
         Ok(Some(Origin {
             topic,
             partition,
             offset,
         }))
-    }
-
-    /// Why a record is not to be produced again: its output could not be delivered
-    /// before the last rewind.
-    fn take_poisoned(&mut self, origin: &Origin) -> Option<Failure> {
-        // Per record: both maps are almost always empty, and then nothing is hashed.
-        if !self.refused_dead_letters.is_empty()
-            && let Some((_, failure)) = self.refused_dead_letters.get(origin)
-        {
-            return Some(failure.clone());
-        }
-        if self.poisoned.is_empty() {
-            return None;
-        }
-        self.poisoned
-            .remove(origin)
-            .map(|error| Failure::new("produce", error))
     }
 
     /// Produces a record's outputs, or dead-letters the record when it failed or an
@@ -307,7 +266,7 @@ impl Core {
         match outcome {
             Ok(()) => {
                 for output in outputs {
-                    let opaque = Sent::boxed(origin.clone(), self.epoch);
+                    let opaque = Sent::boxed(origin.clone(), self.ledger.epoch());
                     if let Err(failure) = self.produce(output, opaque) {
                         // Rejected at once (too large, unknown topic...): final for this record.
                         self.dead_letter(&source(), &failure)?;
@@ -318,8 +277,7 @@ impl Core {
             }
             Err(failure) => self.dead_letter(&source(), &failure)?,
         }
-        self.advance(origin.topic, origin.partition, origin.offset + 1);
-        self.batch += 1;
+        self.ledger.processed(origin);
         Ok(())
     }
 
@@ -413,7 +371,7 @@ impl Core {
             else {
                 continue;
             };
-            let outcome = match self.take_poisoned(&origin) {
+            let outcome = match self.ledger.replay_failure(&origin) {
                 Some(failure) => Err(failure),
                 None => outcome.map(|_| ()),
             };
@@ -449,17 +407,12 @@ impl Core {
         let mut result = Ok(());
         for e in emits.drain(..) {
             let source = DeadLetterSource::of_record(&e.record, format);
-            let refused = if self.refused_outputs.is_empty() {
-                None
-            } else {
-                self.refused_outputs
-                    .remove(&(e.topic.to_string(), e.record.key.clone()))
-            };
+            let refused = self.ledger.refused_output(&e.topic, &e.record.key);
             let sent = match refused {
                 Some(error) => Err(Failure::new("produce", error)),
                 None => Output::encode(format, e, self.buffers.pop().unwrap_or_default()).and_then(
                     |mut o| {
-                        let sent = self.produce(&mut o, Sent::flushed(self.epoch));
+                        let sent = self.produce(&mut o, Sent::flushed(self.ledger.epoch()));
                         keep_spare(&mut self.buffers, o.value);
                         sent
                     },
@@ -485,16 +438,13 @@ impl Core {
     fn produce(&mut self, output: &mut Output, opaque: Box<Sent>) -> Result<(), Failure> {
         output
             .send(&self.producer, opaque)
-            .map_err(|e| Failure::new("produce", format!("{}: {e}", output.topic)))
+            .map_err(|e| Failure::new("produce", format!("{}: {e}", output.topic)))?;
+        self.ledger.sent();
+        Ok(())
     }
 
-    /// Closes the current epoch (its sends now wait in the tracker) and opens the next.
-    fn next_epoch(&mut self) {
-        self.producer.context().seal(self.epoch);
-        self.epoch += 1;
-    }
-
-    fn advance(&mut self, topic: Arc<str>, partition: i32, next: i64) {
-        advance(&mut self.offsets, topic, partition, next);
+    /// Tells the ledger the delivery reports served since it was last told.
+    fn report_deliveries(&mut self) {
+        self.producer.context().report_to(&mut self.ledger);
     }
 }

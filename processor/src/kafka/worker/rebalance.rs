@@ -90,19 +90,12 @@ impl Core {
             .metrics()
             .assigned_partitions
             .set(i64::try_from(assignment.count()).unwrap_or(0));
-        self.assigned = assignment
+        let assigned = assignment
             .elements()
             .iter()
             .map(|e| (self.topic_arc(e.topic()), e.partition()))
             .collect();
-        // Replays of partitions held no more are their new owner's.
-        let held = |o: &Origin| {
-            self.assigned
-                .iter()
-                .any(|(t, p)| *p == o.partition && **t == *o.topic)
-        };
-        self.refused_dead_letters.retain(|o, _| held(o));
-        self.poisoned.retain(|o, _| held(o));
+        self.ledger.assigned(assigned);
         if let Err(e) = self.on_assign(consumer, &assignment) {
             self.fatal = Some(e);
             return;
@@ -122,14 +115,6 @@ impl Core {
         consumer: &BaseConsumer<C>,
         tpl: &TopicPartitionList,
     ) -> Result<(), WorkerError> {
-        if self.state_invalid {
-            if let Some(agg) = self.engine.aggregate_mut() {
-                agg.clear();
-            }
-            self.owned.clear();
-            self.restoring = None;
-            self.state_invalid = false;
-        }
         let Some((state_topic, changelog)) = self.opts.state.clone() else {
             return Ok(());
         };
@@ -138,32 +123,23 @@ impl Core {
             .iter()
             .map(|e| e.partition())
             .collect();
+        let change = self.ledger.follow_state(&assigned);
+        if change.clear {
+            self.restoring = None;
+        }
         let Some(agg) = self.engine.aggregate_mut() else {
             return Ok(());
         };
-        for &p in self.owned.difference(&assigned) {
-            agg.drop_partition(p);
+        if change.clear {
+            agg.clear();
         }
-        self.owned = self.owned.intersection(&assigned).copied().collect();
-        // A restore under way goes on for the partitions still held; what it read of the
-        // others goes.
-        let restoring: BTreeSet<i32> = self
-            .restoring
-            .as_ref()
-            .map(|r| r.pending().into_iter().collect())
-            .unwrap_or_default();
-        let lost: Vec<i32> = restoring.difference(&assigned).copied().collect();
-        for &p in &lost {
+        for &p in change.dropped.iter().chain(&change.forgotten) {
             agg.drop_partition(p);
         }
         if let Some(restore) = self.restoring.as_mut() {
-            restore.forget(&lost)?;
+            restore.forget(&change.forgotten)?;
         }
-        let gained: Vec<i32> = assigned
-            .iter()
-            .filter(|p| !self.owned.contains(p) && !restoring.contains(p))
-            .copied()
-            .collect();
+        let gained = change.gained;
         if gained.is_empty() {
             self.engine.report_state();
             return Ok(());
@@ -205,10 +181,10 @@ impl Core {
             consumer
                 .resume(&partitions_of(state_topic, &done))
                 .map_err(WorkerError::Commit)?;
-            self.owned.extend(done.iter().copied());
         }
+        self.ledger.restored(&done);
         if restore.is_finished() {
-            tracing::info!(partitions = ?self.owned, records = restore.applied(), took_ms = restore.elapsed().as_millis() as u64, topic = %restore.topic(), "state restored");
+            tracing::info!(partitions = ?self.ledger.owned_state(), records = restore.applied(), took_ms = restore.elapsed().as_millis() as u64, topic = %restore.topic(), "state restored");
             self.restoring = None;
             self.status.ready.store(true, Ordering::Relaxed);
         }

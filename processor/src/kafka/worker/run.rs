@@ -3,6 +3,7 @@
 
 use super::commit::abort;
 use super::*;
+use crate::runtime::ledger::Delivery;
 
 /// Runs the pipeline until `status.shutdown` is set or a fatal error. `lane_engine`, a
 /// second copy of a pipeline without state, runs in the transform lane; without it the
@@ -48,18 +49,16 @@ pub fn run(
         producer,
         opts: opts.clone(),
         status: status.clone(),
-        offsets: Vec::new(),
-        epoch: 0,
-        checkpoints: Checkpoints::default(),
-        in_txn: false,
-        batch: 0,
-        last_commit: Instant::now(),
-        owned: BTreeSet::new(),
+        ledger: Ledger::new(
+            if opts.exactly_once {
+                Delivery::ExactlyOnce
+            } else {
+                Delivery::AtLeastOnce
+            },
+            opts.commit_interval,
+            Instant::now(),
+        ),
         restoring: None,
-        state_invalid: false,
-        poisoned: HashMap::new(),
-        refused_outputs: HashMap::new(),
-        refused_dead_letters: HashMap::new(),
         fatal: None,
         rewind_due: None,
         emits: Vec::new(),
@@ -67,7 +66,6 @@ pub fn run(
         buffers: Vec::new(),
         topics: only_topic.iter().cloned().collect(),
         only_topic,
-        assigned: Vec::new(),
         dead_lettered_logged: 0,
         lane,
         counted_in: 0,
@@ -105,11 +103,11 @@ pub fn run(
                 c.producer.flush(TXN_TIMEOUT).ok();
             })
         });
-        if result.is_err() && c.in_txn {
+        if result.is_err() && c.ledger.in_transaction() {
             // Nothing more is committed; what was processed since the last commit is
             // replayed by whoever takes over.
             abort(&c.producer).ok();
-            c.in_txn = false;
+            c.ledger.discard(Instant::now());
         }
         // Whatever the lane still holds (after an error) is not handled: the revoke at
         // close must not produce and commit records past one that stopped the loop.
