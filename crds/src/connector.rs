@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::common::SecretRef;
+use crate::pipeline::{DeadLetter, Delivery};
 use crate::plugins::{
     GeneratorSource, HttpIngestSource, HttpSink, PostgresCdcSource, PostgresQuerySource,
     PostgresSink, S3Sink,
@@ -89,6 +90,15 @@ pub struct ConnectorSpec {
     /// Sink: an HTTP endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpSink>,
+    /// Native sinks: where records the target refuses go (with the target's message in
+    /// the `sluice.sink.error` header). Without it a refused record stops the connector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<DeadLetter>,
+    /// Native sinks: `exactlyOnce` (the default where the target allows it: PostgreSQL
+    /// stores the consumed positions in the same transaction as the rows) or
+    /// `atLeastOnce`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<Delivery>,
     /// Run this connector on an existing Kafka Connect cluster instead of natively.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka_connect: Option<KafkaConnectSpec>,

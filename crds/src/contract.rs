@@ -47,6 +47,11 @@ pub fn group_id(namespace: &str, name: &str) -> String {
     format!("sluice-{namespace}-{name}")
 }
 
+/// The consumer group of a native sink Connector (a prefix no Pipeline's group has).
+pub fn connector_group_id(namespace: &str, name: &str) -> String {
+    format!("sluice.connector.{namespace}.{name}")
+}
+
 /// The transactional id of one replica of a group: stable per replica, so a restarted
 /// replica fences its predecessor at once.
 pub fn transactional_id(group_id: &str, replica: &str) -> String {

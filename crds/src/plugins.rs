@@ -183,7 +183,7 @@ pub enum PostgresWriteMode {
 }
 
 /// A batch: at most `records`, waiting at most `interval` for them.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Batch {
     /// Most records in a batch.

@@ -233,6 +233,19 @@ pub fn read(bootstrap: &str, topic: &str) -> Vec<Read> {
 
 /// Reads `topic` until it holds at least `count` committed records.
 pub fn read_until(bootstrap: &str, topic: &str, count: usize, p: &Processor) -> Vec<Read> {
+    read_until_or(bootstrap, topic, count, || {
+        format!("processor log: {}\n{}", p.log.display(), p.log_text())
+    })
+}
+
+/// Reads `topic` until it holds at least `count` committed records; `describe` says what
+/// to look at when they never come.
+pub fn read_until_or(
+    bootstrap: &str,
+    topic: &str,
+    count: usize,
+    describe: impl Fn() -> String,
+) -> Vec<Read> {
     let start = Instant::now();
     loop {
         let records = read(bootstrap, topic);
@@ -241,10 +254,9 @@ pub fn read_until(bootstrap: &str, topic: &str, count: usize, p: &Processor) -> 
         }
         assert!(
             start.elapsed() < WAIT,
-            "{topic} has {} of {count} records; processor log: {}\n{}",
+            "{topic} has {} of {count} records; {}",
             records.len(),
-            p.log.display(),
-            p.log_text()
+            describe()
         );
     }
 }

@@ -14,3 +14,4 @@ pub mod kafka;
 pub mod logging;
 pub mod pace;
 pub mod runtime;
+pub mod sinks;

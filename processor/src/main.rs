@@ -165,8 +165,8 @@ fn main() {
         } => {
             let text = std::fs::read_to_string(&config)
                 .unwrap_or_else(|e| fail(2, format!("cannot read {}: {e}", config.display())));
-            let job = connector::generator_job(&text, &config.display().to_string())
-                .unwrap_or_else(|e| fail(2, e));
+            let job =
+                connector::job(&text, &config.display().to_string()).unwrap_or_else(|e| fail(2, e));
             let settings = settings(&kafka).unwrap_or_else(|e| fail(2, e));
             match runtime.block_on(connector::serve(job, settings, listen)) {
                 Ok(()) => eprintln!("sluice-processor: stopped cleanly"),
@@ -183,8 +183,22 @@ fn main() {
                 .unwrap_or_else(|e| fail(2, format!("cannot read {}: {e}", file.display())));
             if connector::manifest_kind(&text).as_deref() == Some("Connector") {
                 let origin = file.display().to_string();
-                let job = connector::generator_job(&text, &origin).unwrap_or_else(|e| fail(2, e));
                 let settings = settings(&kafka).unwrap_or_else(|e| fail(2, e));
+                let job = match connector::job(&text, &origin).unwrap_or_else(|e| fail(2, e)) {
+                    connector::Job::Generator(job) => *job,
+                    sink @ connector::Job::Sink(_) => {
+                        let listen = listen.unwrap_or_else(|| ([127, 0, 0, 1], 0).into());
+                        eprintln!(
+                            "sluice-processor: running sink connector {origin} from {}; Ctrl-C stops it",
+                            settings.bootstrap
+                        );
+                        match runtime.block_on(connector::serve(sink, settings, listen)) {
+                            Ok(()) => eprintln!("sluice-processor: stopped cleanly"),
+                            Err(e) => fail(1, e),
+                        }
+                        return;
+                    }
+                };
                 eprintln!(
                     "sluice-processor: running connector {} (generator) into {} at {}; Ctrl-C stops it",
                     job.name, job.topic, settings.bootstrap

@@ -3,10 +3,13 @@
 
 mod acks;
 mod compacted;
+mod dead_letter;
+pub mod dead_letters;
 mod headers;
 mod lane;
 mod output;
 pub mod restore;
+pub mod source;
 pub mod table;
 pub mod topics;
 pub mod worker;
@@ -47,6 +50,35 @@ impl KafkaSettings {
         let mut c = self.client_config();
         if !self.extra.contains_key("fetch.queue.backoff.ms") {
             c.set("fetch.queue.backoff.ms", "20");
+        }
+        c
+    }
+
+    /// A consumer in `group` that commits by hand, reads only committed records, and
+    /// rebalances cooperatively; a new group starts at `start_from`. A replica killed
+    /// without leaving holds its partitions for the session timeout: 10 s unless the
+    /// extra properties say.
+    pub fn group_consumer_config(
+        &self,
+        group: &str,
+        start_from: sluice_crds::pipeline::StartFrom,
+    ) -> ClientConfig {
+        let mut c = self.consumer_config();
+        c.set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("queued.max.messages.kbytes", "32768")
+            .set(
+                "auto.offset.reset",
+                match start_from {
+                    sluice_crds::pipeline::StartFrom::Earliest => "earliest",
+                    sluice_crds::pipeline::StartFrom::Latest => "latest",
+                },
+            );
+        if !self.extra.contains_key("session.timeout.ms") {
+            c.set("session.timeout.ms", "10000");
         }
         c
     }

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
@@ -53,7 +53,6 @@ use super::output::{Output, send};
 use super::restore::{Restore, RestoreFailure};
 use crate::engine::{Emit, Engine, Failure};
 use crate::pace::Pacer;
-use crate::record::Record;
 use crate::runtime::ledger::{Admit, Ledger, Offsets};
 
 /// Records processed between two looks at delivery reports and the commit timer.

@@ -71,23 +71,9 @@ pub fn run(
         counted_in: 0,
         counted_out: 0,
     }));
-    let mut ccfg = opts.settings.consumer_config();
-    ccfg.set("group.id", &opts.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("isolation.level", "read_committed")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("queued.max.messages.kbytes", "32768")
-        .set(
-            "auto.offset.reset",
-            match opts.start_from {
-                StartFrom::Earliest => "earliest",
-                StartFrom::Latest => "latest",
-            },
-        );
-    if !opts.settings.extra.contains_key("session.timeout.ms") {
-        ccfg.set("session.timeout.ms", "10000");
-    }
+    let ccfg = opts
+        .settings
+        .group_consumer_config(&opts.group_id, opts.start_from);
     let consumer: BaseConsumer<RebalanceHandler> = ccfg
         .create_with_context(RebalanceHandler { core: core.clone() })
         .map_err(WorkerError::Setup)?;

@@ -1,5 +1,8 @@
-//! Native Connector manifests as `sluice-processor run -f` takes them. The generator runs
-//! here; the other native plugins are refused with a clear message until they exist.
+//! Native Connector manifests as `sluice-processor connector` and `run -f` take them:
+//! the generator (a source) and the PostgreSQL sink run here; the other native plugins
+//! are refused with a clear message until they exist.
+
+pub mod sink;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,7 +30,7 @@ pub enum ConnectorError {
     },
     /// A plugin this release does not run natively.
     #[error(
-        "{origin}: the {plugin} plugin does not run natively in this release; the generator does (spec.generator), and any Kafka Connect connector runs through spec.kafkaConnect on a Connect cluster"
+        "{origin}: the {plugin} plugin does not run natively in this release; the generator (spec.generator) and the PostgreSQL sink (spec.postgres) do, and any Kafka Connect connector runs through spec.kafkaConnect on a Connect cluster"
     )]
     NotRunnable {
         /// The file.
@@ -44,6 +47,45 @@ pub enum ConnectorError {
         #[source]
         source: GenerateError,
     },
+    /// A sink stopped: it could not run as configured, or a record had nowhere to go.
+    #[error("{origin}: {source}")]
+    Sink {
+        /// The connector.
+        origin: String,
+        /// Why.
+        #[source]
+        source: crate::runtime::pump::PumpError,
+    },
+}
+
+/// What a native Connector asks for.
+#[derive(Debug)]
+pub enum Job {
+    /// The generator writes records into a topic.
+    Generator(Box<GeneratorJob>),
+    /// A sink loads topics into a target.
+    Sink(sink::SinkJob),
+}
+
+/// Reads a `kind: Connector` manifest into the job it asks for.
+pub fn job(text: &str, origin: &str) -> Result<Job, ConnectorError> {
+    if let Some(job) = sink::sink_job(text, origin)? {
+        return Ok(Job::Sink(job));
+    }
+    generator_job(text, origin).map(|g| Job::Generator(Box::new(g)))
+}
+
+/// Runs `job` as a connector replica: `/metrics`, `/healthz` and `/readyz` on `listen`,
+/// until SIGTERM.
+pub async fn serve(
+    job: Job,
+    settings: KafkaSettings,
+    listen: SocketAddr,
+) -> Result<(), ConnectorError> {
+    match job {
+        Job::Generator(job) => serve_generator(*job, settings, listen).await,
+        Job::Sink(job) => sink::serve(job, settings, listen).await,
+    }
 }
 
 /// What a generator Connector asks for.
@@ -67,8 +109,11 @@ pub fn manifest_kind(text: &str) -> Option<String> {
     doc.get("kind")?.as_str().map(str::to_string)
 }
 
-/// Reads a `kind: Connector` manifest into the generator job it asks for.
-pub fn generator_job(text: &str, origin: &str) -> Result<GeneratorJob, ConnectorError> {
+/// The parsed manifest: its name, namespace and spec.
+pub(crate) fn parse(
+    text: &str,
+    origin: &str,
+) -> Result<(String, String, ConnectorSpec), ConnectorError> {
     let shape = |message: String| ConnectorError::Shape {
         origin: origin.to_string(),
         message,
@@ -77,13 +122,28 @@ pub fn generator_job(text: &str, origin: &str) -> Result<GeneratorJob, Connector
     if doc.get("kind").and_then(|k| k.as_str()) != Some("Connector") {
         return Err(shape("expected kind: Connector".to_string()));
     }
-    let name = doc
-        .pointer("/metadata/name")
-        .and_then(|n| n.as_str())
-        .unwrap_or("connector")
-        .to_string();
+    let field = |pointer: &str, default: &str| {
+        doc.pointer(pointer)
+            .and_then(|n| n.as_str())
+            .unwrap_or(default)
+            .to_string()
+    };
     let spec: ConnectorSpec = serde_json::from_value(doc.get("spec").cloned().unwrap_or_default())
         .map_err(|e| shape(format!("spec: {e}")))?;
+    Ok((
+        field("/metadata/name", "connector"),
+        field("/metadata/namespace", "default"),
+        spec,
+    ))
+}
+
+/// Reads a `kind: Connector` manifest into the generator job it asks for.
+pub fn generator_job(text: &str, origin: &str) -> Result<GeneratorJob, ConnectorError> {
+    let shape = |message: String| ConnectorError::Shape {
+        origin: origin.to_string(),
+        message,
+    };
+    let (name, _, spec) = parse(text, origin)?;
     let Some(generator) = &spec.generator else {
         let plugin = if spec.kafka_connect.is_some() {
             "kafkaConnect".to_string()
@@ -129,17 +189,29 @@ pub fn generator_job(text: &str, origin: &str) -> Result<GeneratorJob, Connector
     })
 }
 
-/// Runs `job` as a connector replica: `/metrics`, `/healthz` and `/readyz` on `listen`,
-/// the generator until SIGTERM (idle when paused, and after its count), then exits.
-pub async fn serve(
+/// What every connector replica has: its status (stopped by SIGTERM), its metrics, and
+/// the server of `/metrics`, `/healthz` and `/readyz` on `listen`.
+pub(crate) fn start_replica(
+    listen: SocketAddr,
+) -> (
+    Arc<Status>,
+    Arc<Metrics>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let status = Arc::new(Status::default());
+    let metrics = Arc::new(Metrics::new());
+    crate::app::spawn_signal_handler(status.clone());
+    let server = tokio::spawn(crate::http::serve(listen, metrics.clone(), status.clone()));
+    (status, metrics, server)
+}
+
+/// Runs the generator until SIGTERM (idle when paused, and after its count).
+async fn serve_generator(
     job: GeneratorJob,
     settings: KafkaSettings,
     listen: SocketAddr,
 ) -> Result<(), ConnectorError> {
-    let status = Arc::new(Status::default());
-    let metrics = Arc::new(Metrics::new());
-    crate::app::spawn_signal_handler(status.clone());
-    let server = tokio::spawn(crate::http::serve(listen, metrics, status.clone()));
+    let (status, _, server) = start_replica(listen);
     let origin = format!("connector {} (topic {})", job.name, job.topic);
     let worker_status = status.clone();
     let generated = tokio::task::spawn_blocking(move || {

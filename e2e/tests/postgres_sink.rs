@@ -1,0 +1,285 @@
+//! The native PostgreSQL sink against the environment's broker and PostgreSQL:
+//! exactly once in insert mode across SIGKILLs, upserts with tombstone deletes, and a
+//! row PostgreSQL refuses in the dead-letter topic while the rest flow.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::FutureRecord;
+use serde_json::json;
+use sluice_e2e::cluster::unique;
+use sluice_e2e::env::TestEnv;
+use sluice_e2e::kafka;
+use sluice_e2e::processor::*;
+
+const WAIT: Duration = Duration::from_secs(120);
+const REGIONS: [&str; 3] = ["eu", "us", "ap"];
+
+/// A sink replica: `sluice-processor run -f` of a sink Connector manifest.
+struct SinkProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl SinkProcess {
+    fn start(bootstrap: &str, manifest: &Path, credentials: &Path, tag: &str) -> SinkProcess {
+        let log = log_dir().join(format!("{tag}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(processor_bin())
+            .args(["run", "-f"])
+            .arg(manifest)
+            .args(["--bootstrap", bootstrap])
+            .env("SLUICE_CREDENTIALS_DIR", credentials)
+            .env("RUST_LOG", "info")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        SinkProcess { child, log }
+    }
+
+    fn signal(&mut self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let start = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(start.elapsed() < WAIT, "the sink did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for SinkProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The database, and a credentials directory (one file per libpq key) for it.
+async fn database(env: &TestEnv, tag: &str) -> (tokio_postgres::Client, PathBuf) {
+    let url = env.var("DATABASE_URL");
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    // postgres://user:password@host:port/dbname
+    let rest = url.trim_start_matches("postgres://");
+    let (auth, rest) = rest.split_once('@').unwrap();
+    let (user, password) = auth.split_once(':').unwrap();
+    let (hostport, dbname) = rest.split_once('/').unwrap();
+    let (host, port) = hostport.split_once(':').unwrap();
+    let dir = log_dir().join(format!("{tag}-credentials"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (key, value) in [
+        ("host", host),
+        ("port", port),
+        ("dbname", dbname),
+        ("user", user),
+        ("password", password),
+    ] {
+        std::fs::write(dir.join(key), format!("{value}\n")).unwrap();
+    }
+    (client, dir)
+}
+
+fn manifest(tag: &str, spec: serde_json::Value) -> PathBuf {
+    let doc = json!({
+        "apiVersion": "sluice.dev/v1alpha1",
+        "kind": "Connector",
+        "metadata": {"name": tag, "namespace": "e2e"},
+        "spec": spec,
+    });
+    let path = log_dir().join(format!("{tag}.json"));
+    std::fs::write(&path, doc.to_string()).unwrap();
+    path
+}
+
+async fn count(pg: &tokio_postgres::Client, sql: &str) -> i64 {
+    pg.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn insert_mode_writes_each_record_exactly_once_across_sigkills() {
+    let env = TestEnv::require();
+    let bootstrap = env.var("KAFKA_BOOTSTRAP");
+    let tag = unique("pgsink-eo");
+    let table = tag.replace('-', "_");
+    let (pg, credentials) = database(&env, &tag).await;
+    // No unique constraint: a record written twice would show as two rows.
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (order_id text NOT NULL, region text, total numeric)"
+    ))
+    .await
+    .unwrap();
+    create_topics(&bootstrap, &[(&tag, 3)]).await;
+    let n = 3000;
+    let records: Vec<(String, String)> = (0..n)
+        .map(|i| {
+            (
+                format!("o-{i}"),
+                json!({"order_id": format!("o-{i}"), "region": REGIONS[i % 3], "total": i % 50, "ignored": true})
+                .to_string(),
+            )
+        })
+        .collect();
+    let path = manifest(
+        &tag,
+        json!({"type": "sink", "topics": [tag],
+               "postgres": {"table": table, "batch": {"records": 200, "interval": "100ms"}}}),
+    );
+    let feed = kafka::produce_paced(
+        kafka::producer(&bootstrap).unwrap(),
+        tag.clone(),
+        records,
+        n / 120,
+        Duration::from_millis(300),
+    );
+    let rows = format!("SELECT count(*) FROM {table}");
+    // Three replicas in turn, the first two killed while rows arrive.
+    for round in 0..2 {
+        let mut sink =
+            SinkProcess::start(&bootstrap, &path, &credentials, &format!("{tag}-{round}"));
+        let before = count(&pg, &rows).await;
+        let start = Instant::now();
+        while count(&pg, &rows).await <= before {
+            assert!(start.elapsed() < WAIT, "no rows: {}", sink.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        sink.signal("-KILL");
+    }
+    assert!(!feed.is_finished(), "the kills came after the input ended");
+    feed.await.unwrap().unwrap();
+    let mut sink = SinkProcess::start(&bootstrap, &path, &credentials, &format!("{tag}-last"));
+    let start = Instant::now();
+    while count(&pg, &rows).await < n as i64 {
+        assert!(start.elapsed() < WAIT, "rows missing: {}", sink.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Whatever the last replica still had to do is done by now; nothing more arrives.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sink.signal("-TERM");
+    assert!(
+        sink.log_text().contains("stopped cleanly"),
+        "{}",
+        sink.log_text()
+    );
+    assert_eq!(count(&pg, &rows).await, n as i64, "no duplicate");
+    assert_eq!(
+        count(
+            &pg,
+            &format!("SELECT count(DISTINCT order_id) FROM {table}")
+        )
+        .await,
+        n as i64,
+        "no gap"
+    );
+    let stored = count(
+        &pg,
+        &format!(
+            "SELECT sum(next_offset)::bigint FROM sluice_offsets WHERE connector = 'e2e/{tag}'"
+        ),
+    )
+    .await;
+    assert_eq!(
+        stored, n as i64,
+        "the positions stored with the rows are the ends of the partitions"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upserts_delete_on_tombstones_and_a_refused_row_goes_to_the_dead_letter_topic() {
+    let env = TestEnv::require();
+    let bootstrap = env.var("KAFKA_BOOTSTRAP");
+    let tag = unique("pgsink-up");
+    let table = tag.replace('-', "_");
+    let dlq = format!("{tag}-dlq");
+    let (pg, credentials) = database(&env, &tag).await;
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (region text PRIMARY KEY, total numeric NOT NULL, seen integer)"
+    ))
+    .await
+    .unwrap();
+    create_topics(&bootstrap, &[(&tag, 1), (&dlq, 1)]).await;
+    let producer = kafka::producer(&bootstrap).unwrap();
+    let send = |key: &'static str, value: Option<serde_json::Value>| {
+        let producer = producer.clone();
+        let topic = tag.clone();
+        async move {
+            let text = value.map(|v| v.to_string());
+            let mut record = FutureRecord::to(&topic).key(key);
+            if let Some(t) = &text {
+                record = record.payload(t);
+            }
+            producer
+                .send(record, Duration::from_secs(10))
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+    };
+    send("eu", Some(json!({"region": "eu", "total": 1, "seen": 1}))).await;
+    send("us", Some(json!({"region": "us", "total": 2}))).await;
+    send("ap", Some(json!({"region": "ap", "total": "not a number"}))).await;
+    send(
+        "eu",
+        Some(json!({"region": "eu", "total": 5.5, "seen": 2, "extra": "x"})),
+    )
+    .await;
+    send("us", None).await;
+    send("sa", Some(json!({"region": "sa", "total": 7}))).await;
+    let path = manifest(
+        &tag,
+        json!({"type": "sink", "topics": [tag], "deadLetter": {"topic": dlq},
+               "postgres": {"table": table, "mode": "upsert", "key": ["region"], "deletes": true,
+                            "batch": {"records": 100, "interval": "200ms"}}}),
+    );
+    let mut sink = SinkProcess::start(&bootstrap, &path, &credentials, &tag);
+    let dead = read_until_or(&bootstrap, &dlq, 1, || sink.log_text());
+    let start = Instant::now();
+    let rows = format!("SELECT region, total::text, seen FROM {table} ORDER BY region");
+    let got = loop {
+        let got: Vec<(String, String, Option<i32>)> = pg
+            .query(&rows, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        if got.len() == 2 || start.elapsed() > WAIT {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    sink.signal("-TERM");
+    assert_eq!(
+        got,
+        vec![
+            ("eu".to_string(), "5.5".to_string(), Some(2)),
+            ("sa".to_string(), "7".to_string(), None),
+        ],
+        "eu updated, us deleted by its tombstone, ap refused; log: {}",
+        sink.log_text()
+    );
+    assert_eq!(dead.len(), 1);
+    let d = &dead[0];
+    assert_eq!(d.key.as_deref(), Some("ap"));
+    assert!(d.value.as_deref().unwrap().contains("not a number"));
+    let why = &d.headers["sluice.sink.error"];
+    assert!(why.contains("invalid input syntax"), "{why}");
+    assert_eq!(d.headers["sluice.step"], "postgres");
+    assert_eq!(d.headers["sluice.source.offset"], "2");
+}

@@ -1,0 +1,89 @@
+//! What a sink is to the runtime: it writes batches of records, says which records it
+//! refuses for what they are, and makes a batch durable in a commit. Each sink declares
+//! what it can promise, and the pump ([`super::pump`]) keeps that promise through the
+//! commit core.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use super::ledger::{Offsets, Origin};
+
+/// What a sink can promise about its writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Promise {
+    /// Writes and the consumed positions commit in one transaction of the target; the
+    /// sink reads the positions back on start: exactly once.
+    Transactional,
+    /// Writing a record again leaves the target as it was (an upsert): a replay after a
+    /// crash repeats nothing visible.
+    Idempotent,
+    /// Neither: a replay after a crash may write a record again (at least once).
+    AtLeastOnce,
+}
+
+/// A record read from a source, as the sink receives it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceRecord {
+    /// Where it was read.
+    pub origin: Origin,
+    /// Its key.
+    pub key: Option<Vec<u8>>,
+    /// Its value (`None`: a tombstone).
+    pub value: Option<Vec<u8>>,
+    /// Its headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Its timestamp (ms since the epoch).
+    pub timestamp: Option<i64>,
+}
+
+/// A record of a batch the target refused for what it is: it goes to the dead-letter
+/// topic, and the rest of the batch is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// Its index in the batch.
+    pub index: usize,
+    /// The target's message.
+    pub error: String,
+}
+
+/// Why a sink could not write or commit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SinkError {
+    /// The target cannot be reached, or failed in passing: retried with backoff, the
+    /// batch read again from the last commit.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Another writer moved the stored positions (a replica that took over these
+    /// partitions): nothing of this batch is kept, and the positions are read again.
+    #[error("{0}")]
+    Fenced(String),
+    /// The sink cannot run as configured (a missing table, a refused login).
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// A target the pump loads records into.
+pub trait Sink {
+    /// What the sink promises.
+    fn promise(&self) -> Promise;
+
+    /// Where the target's own store says each of `partitions` continues
+    /// ([`Promise::Transactional`]; others answer nothing).
+    fn positions(
+        &mut self,
+        partitions: &[(Arc<str>, i32)],
+    ) -> impl Future<Output = Result<Offsets, SinkError>>;
+
+    /// Writes `batch` (not yet durable); answers the records refused for what they are.
+    fn write(
+        &mut self,
+        batch: &[SourceRecord],
+    ) -> impl Future<Output = Result<Vec<Refused>, SinkError>>;
+
+    /// Makes what was written since the last commit durable, with `positions` (the next
+    /// offset per partition) when the sink stores them.
+    fn commit(&mut self, positions: &Offsets) -> impl Future<Output = Result<(), SinkError>>;
+
+    /// Drops what was written since the last commit.
+    fn abort(&mut self) -> impl Future<Output = ()>;
+}

@@ -1,0 +1,762 @@
+//! The PostgreSQL sink: top-level JSON fields into the columns of the same name.
+//!
+//! Rows go in one statement per run of records with the same fields: the batch is sent
+//! as one JSON array and `json_populate_recordset` gives each value the column's type,
+//! so PostgreSQL's own input functions convert (and refuse) values. When a statement
+//! fails for the data, the run is written again record by record, each under a
+//! savepoint, and the records PostgreSQL refuses are answered as refused (they go to the
+//! dead-letter topic with the database's message) while the rest are written.
+//!
+//! Exactly once: the consumed positions are stored in `sluice_offsets` in the same
+//! transaction as the rows, with a compare-and-set on the position this replica read,
+//! so a replica that lost its partitions to another cannot write over it.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use sluice_crds::plugins::{PostgresSink as PostgresSpec, PostgresWriteMode};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
+
+use crate::runtime::ledger::Offsets;
+use crate::runtime::sink::{Promise, Refused, Sink, SinkError, SourceRecord};
+
+/// The table that holds the consumed positions.
+const OFFSETS_TABLE: &str = "sluice_offsets";
+
+/// Where to connect: libpq's names, read from the files of the credentials directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// `host`.
+    pub host: String,
+    /// `port` (5432 when missing).
+    pub port: u16,
+    /// `dbname`.
+    pub dbname: String,
+    /// `user`.
+    pub user: String,
+    /// `password` (none when missing).
+    pub password: Option<String>,
+}
+
+impl Credentials {
+    /// Reads `host`, `port`, `dbname`, `user`, `password` and `sslmode` from `dir`
+    /// (a mounted Secret: one file per key).
+    pub fn read(dir: &Path) -> Result<Credentials, SinkError> {
+        let read = |key: &str| -> Option<String> {
+            std::fs::read_to_string(dir.join(key))
+                .ok()
+                .map(|v| v.trim_end_matches(['\n', '\r']).to_string())
+        };
+        let need = |key: &str| {
+            read(key).ok_or_else(|| {
+                SinkError::Fatal(format!(
+                    "the credentials have no {key} (looked for {})",
+                    dir.join(key).display()
+                ))
+            })
+        };
+        if let Some(mode) = read("sslmode")
+            && !matches!(mode.as_str(), "disable" | "allow" | "prefer")
+        {
+            return Err(SinkError::Fatal(format!(
+                "sslmode {mode} is not supported yet: this release connects without TLS (sslmode disable, allow or prefer)"
+            )));
+        }
+        let port = match read("port") {
+            Some(p) => p
+                .parse()
+                .map_err(|_| SinkError::Fatal(format!("port {p:?} is not a port number")))?,
+            None => 5432,
+        };
+        Ok(Credentials {
+            host: need("host")?,
+            port,
+            dbname: need("dbname")?,
+            user: need("user")?,
+            password: read("password"),
+        })
+    }
+}
+
+/// What the sink is asked to do.
+#[derive(Debug, Clone)]
+pub struct PostgresSinkConfig {
+    /// The connector, as it is named in `sluice_offsets` (`<namespace>/<name>`).
+    pub connector: String,
+    /// The `postgres` block of the Connector.
+    pub spec: PostgresSpec,
+    /// Store the positions with the rows (exactly once).
+    pub exactly_once: bool,
+    /// Where to connect.
+    pub credentials: Credentials,
+}
+
+/// The table as the catalog describes it.
+#[derive(Debug)]
+struct Table {
+    /// Its name as PostgreSQL prints it (quoted where needed, schema-qualified where the
+    /// search path needs it).
+    name: String,
+    /// Column names.
+    columns: Vec<String>,
+}
+
+/// A PostgreSQL table as a [`Sink`].
+pub struct PostgresSink {
+    config: PostgresSinkConfig,
+    client: Option<Client>,
+    table: Option<Table>,
+    in_transaction: bool,
+    /// The position read (or last written) per partition: the compare-and-set's base.
+    expected: HashMap<(Arc<str>, i32), i64>,
+}
+
+/// One write: a row to insert or upsert, or a key to delete, of record `index`.
+#[derive(Debug)]
+enum Op {
+    Row(usize, serde_json::Map<String, serde_json::Value>),
+    Delete(usize, serde_json::Map<String, serde_json::Value>),
+}
+
+impl Op {
+    fn index(&self) -> usize {
+        match self {
+            Op::Row(i, _) | Op::Delete(i, _) => *i,
+        }
+    }
+}
+
+/// `name` as an SQL identifier.
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Whether an error is the connection's (or passing), so the batch is tried again.
+fn passing(e: &tokio_postgres::Error) -> bool {
+    let Some(code) = e.code() else {
+        return true;
+    };
+    let class = &code.code()[..2];
+    matches!(class, "08" | "53" | "57" | "40")
+}
+
+/// Whether an error is about the data of the statement (a value, a constraint), so a
+/// record is to blame rather than the sink.
+fn data_error(e: &tokio_postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|c| matches!(&c.code()[..2], "22" | "23") || *c == SqlState::DATATYPE_MISMATCH)
+}
+
+/// The database's message for an error.
+fn message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{} ({}): {detail}", db.message(), db.code().code()),
+            None => format!("{} ({})", db.message(), db.code().code()),
+        },
+        None => e.to_string(),
+    }
+}
+
+impl PostgresSink {
+    /// A sink for `config`; it connects on first use.
+    pub fn new(config: PostgresSinkConfig) -> PostgresSink {
+        PostgresSink {
+            config,
+            client: None,
+            table: None,
+            in_transaction: false,
+            expected: HashMap::new(),
+        }
+    }
+
+    /// Classifies an error, dropping the connection when it is the connection's.
+    fn failure(&mut self, what: &str, e: &tokio_postgres::Error) -> SinkError {
+        let text = format!("{what}: {}", message(e));
+        if passing(e) {
+            self.client = None;
+            self.in_transaction = false;
+            SinkError::Unavailable(text)
+        } else {
+            SinkError::Fatal(text)
+        }
+    }
+
+    /// The connection, opened (with the table read from the catalog) when there is none.
+    async fn connect(&mut self) -> Result<(), SinkError> {
+        if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
+            return Ok(());
+        }
+        self.in_transaction = false;
+        let c = self.config.credentials.clone();
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(&c.host)
+            .port(c.port)
+            .dbname(&c.dbname)
+            .user(&c.user)
+            .application_name("sluice")
+            .connect_timeout(std::time::Duration::from_secs(10));
+        if let Some(p) = &c.password {
+            pg.password(p);
+        }
+        let (client, connection) = pg.connect(NoTls).await.map_err(|e| {
+            let text = format!(
+                "cannot connect to {}:{}/{}: {}",
+                c.host,
+                c.port,
+                c.dbname,
+                message(&e)
+            );
+            if e.code().is_some_and(|c| &c.code()[..2] == "28") {
+                SinkError::Fatal(text)
+            } else {
+                SinkError::Unavailable(text)
+            }
+        })?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "PostgreSQL connection closed");
+            }
+        });
+        if self.table.is_none() {
+            self.table = Some(read_table(&client, &self.config.spec).await.map_err(
+                |e| match e {
+                    TableError::Sql(e) => {
+                        self.failure("cannot read the table from the catalog", &e)
+                    }
+                    TableError::Shape(text) => SinkError::Fatal(text),
+                },
+            )?);
+        }
+        if self.config.exactly_once {
+            client
+                .batch_execute(&format!(
+                    "CREATE TABLE IF NOT EXISTS {OFFSETS_TABLE} (connector text NOT NULL, topic text NOT NULL, \
+                     partition integer NOT NULL, next_offset bigint NOT NULL, \
+                     PRIMARY KEY (connector, topic, partition))"
+                ))
+                .await
+                .map_err(|e| self.failure(&format!("cannot create {OFFSETS_TABLE}"), &e))?;
+        }
+        tracing::info!(host = %c.host, dbname = %c.dbname, table = %self.config.spec.table, "connected to PostgreSQL");
+        self.client = Some(client);
+        Ok(())
+    }
+
+    async fn begin(&mut self) -> Result<(), SinkError> {
+        self.connect().await?;
+        if self.in_transaction {
+            return Ok(());
+        }
+        let Some(client) = self.client.as_ref() else {
+            return Err(SinkError::Unavailable("not connected".into()));
+        };
+        if let Err(e) = client.batch_execute("BEGIN").await {
+            return Err(self.failure("cannot begin a transaction", &e));
+        }
+        self.in_transaction = true;
+        Ok(())
+    }
+
+    /// The record's writes, or why it is refused.
+    fn op(&self, index: usize, record: &SourceRecord) -> Result<Option<Op>, String> {
+        let spec = &self.config.spec;
+        let Some(value) = &record.value else {
+            if !spec.deletes {
+                return Ok(None);
+            }
+            return key_of(record, &spec.key).map(|k| Some(Op::Delete(index, k)));
+        };
+        match serde_json::from_slice::<serde_json::Value>(value) {
+            Ok(serde_json::Value::Object(row)) => {
+                if spec.mode == PostgresWriteMode::Upsert
+                    && let Some(missing) = spec.key.iter().find(|k| !row.contains_key(*k))
+                {
+                    return Err(format!(
+                        "the record has no {missing} field, a column of postgres.key"
+                    ));
+                }
+                Ok(Some(Op::Row(index, row)))
+            }
+            Ok(_) => Err("the value is not a JSON object".to_string()),
+            Err(e) => Err(format!("the value is not JSON: {e}")),
+        }
+    }
+
+    /// Writes `ops` (one statement per run of the same kind and fields); when a run fails
+    /// for its data, record by record. Answers the refused records.
+    async fn write_ops(&mut self, ops: &[Op]) -> Result<Vec<Refused>, SinkError> {
+        let mut refused = Vec::new();
+        let mut start = 0;
+        while start < ops.len() {
+            let end = start + run_length(&ops[start..]);
+            let run = &ops[start..end];
+            match self.execute(run, "run").await {
+                Ok(()) => {}
+                Err(e) if data_error(&e) && run.len() > 1 => {
+                    for op in run {
+                        if let Err(e) = self.execute(std::slice::from_ref(op), "one").await {
+                            if !data_error(&e) {
+                                return Err(self.failure("cannot write", &e));
+                            }
+                            refused.push(Refused {
+                                index: op.index(),
+                                error: message(&e),
+                            });
+                        }
+                    }
+                }
+                Err(e) if data_error(&e) => refused.push(Refused {
+                    index: run[0].index(),
+                    error: message(&e),
+                }),
+                Err(e) => return Err(self.failure("cannot write", &e)),
+            }
+            start = end;
+        }
+        Ok(refused)
+    }
+
+    /// Runs one statement for `run` under a savepoint (rolled back to on failure).
+    async fn execute(&mut self, run: &[Op], savepoint: &str) -> Result<(), tokio_postgres::Error> {
+        let (Some(client), Some(table)) = (self.client.as_ref(), self.table.as_ref()) else {
+            return Ok(());
+        };
+        let (sql, rows) = statement(table, &self.config.spec, run);
+        let Some(sql) = sql else {
+            return Ok(());
+        };
+        client
+            .batch_execute(&format!("SAVEPOINT {savepoint}"))
+            .await?;
+        match client.execute(&sql, &[&rows]).await {
+            Ok(_) => {
+                client
+                    .batch_execute(&format!("RELEASE SAVEPOINT {savepoint}"))
+                    .await
+            }
+            Err(e) => {
+                client
+                    .batch_execute(&format!("ROLLBACK TO SAVEPOINT {savepoint}"))
+                    .await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Stores the positions, each only if it is still where this replica read it.
+    async fn store_positions(&mut self, positions: &Offsets) -> Result<(), SinkError> {
+        let Some(client) = self.client.as_ref() else {
+            return Err(SinkError::Unavailable("not connected".into()));
+        };
+        let connector = &self.config.connector;
+        for (topic, partition, next) in positions {
+            let base = self.expected.get(&(topic.clone(), *partition)).copied();
+            let stored = match base {
+                Some(base) => {
+                    client
+                        .execute(
+                            &format!(
+                                "UPDATE {OFFSETS_TABLE} SET next_offset = $4 WHERE connector = $1 \
+                                 AND topic = $2 AND partition = $3 AND next_offset = $5"
+                            ),
+                            &[connector, &topic.as_ref(), partition, next, &base],
+                        )
+                        .await
+                }
+                None => {
+                    client
+                        .execute(
+                            &format!(
+                                "INSERT INTO {OFFSETS_TABLE} (connector, topic, partition, next_offset) \
+                                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"
+                            ),
+                            &[connector, &topic.as_ref(), partition, next],
+                        )
+                        .await
+                }
+            };
+            match stored {
+                Ok(1) => {}
+                Ok(_) => {
+                    return Err(SinkError::Fenced(format!(
+                        "the stored position of {topic}/{partition} moved from {} (another replica writes this partition now): the batch is dropped and the positions read again",
+                        base.map_or("none".to_string(), |b| b.to_string())
+                    )));
+                }
+                Err(e) => return Err(self.failure("cannot store the positions", &e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why the table cannot be used.
+enum TableError {
+    Sql(tokio_postgres::Error),
+    Shape(String),
+}
+
+/// Reads the table's name and columns from the catalog, and checks the key columns.
+async fn read_table(client: &Client, spec: &PostgresSpec) -> Result<Table, TableError> {
+    let rows = client
+        .query(
+            "SELECT c.oid::regclass::text, a.attname FROM pg_attribute a \
+             JOIN pg_class c ON c.oid = a.attrelid \
+             WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped \
+             ORDER BY a.attnum",
+            &[&spec.table],
+        )
+        .await
+        .map_err(TableError::Sql)?;
+    let Some(first) = rows.first() else {
+        return Err(TableError::Shape(format!(
+            "table {} has no columns",
+            spec.table
+        )));
+    };
+    let name: String = first.get(0);
+    let columns: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
+    if let Some(missing) = spec.key.iter().find(|k| !columns.contains(k)) {
+        return Err(TableError::Shape(format!(
+            "postgres.key names {missing}, which is not a column of {name} (columns: {})",
+            columns.join(", ")
+        )));
+    }
+    Ok(Table { name, columns })
+}
+
+/// The key columns of a tombstone, from its key: a JSON object with them, or a plain
+/// value when the key is one column.
+fn key_of(
+    record: &SourceRecord,
+    key: &[String],
+) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    let Some(bytes) = &record.key else {
+        return Err("a tombstone without a key: nothing says which row to delete".to_string());
+    };
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .or_else(|_| String::from_utf8(bytes.clone()).map(serde_json::Value::String))
+        .map_err(|_| "the key of a tombstone is neither JSON nor text".to_string())?;
+    match (value, key) {
+        (serde_json::Value::Object(fields), _) => {
+            match key.iter().find(|k| !fields.contains_key(*k)) {
+                Some(missing) => Err(format!("the tombstone's key has no {missing} field")),
+                None => Ok(fields),
+            }
+        }
+        (scalar, [one]) => Ok([(one.clone(), scalar)].into_iter().collect()),
+        _ => Err(
+            "the key of a tombstone must be a JSON object of the postgres.key columns".to_string(),
+        ),
+    }
+}
+
+/// How many ops from the start of `ops` go in one statement: the same kind, and for
+/// rows the same fields.
+fn run_length(ops: &[Op]) -> usize {
+    let fields = |m: &serde_json::Map<String, serde_json::Value>| -> Vec<String> {
+        m.keys().cloned().collect()
+    };
+    match &ops[0] {
+        Op::Row(_, first) => {
+            let f = fields(first);
+            1 + ops[1..]
+                .iter()
+                .take_while(|o| matches!(o, Op::Row(_, m) if fields(m) == f))
+                .count()
+        }
+        Op::Delete(..) => {
+            1 + ops[1..]
+                .iter()
+                .take_while(|o| matches!(o, Op::Delete(..)))
+                .count()
+        }
+    }
+}
+
+/// The statement for a run of ops and its one parameter (the rows as a JSON array); no
+/// statement when no field is a column.
+fn statement(table: &Table, spec: &PostgresSpec, run: &[Op]) -> (Option<String>, String) {
+    let rows: Vec<&serde_json::Map<String, serde_json::Value>> = run
+        .iter()
+        .map(|o| match o {
+            Op::Row(_, m) | Op::Delete(_, m) => m,
+        })
+        .collect();
+    let json = serde_json::to_string(&rows).unwrap_or_else(|_| "[]".to_string());
+    let source = format!(
+        "json_populate_recordset(NULL::{}, $1::text::json)",
+        table.name
+    );
+    if let Some(Op::Delete(..)) = run.first() {
+        let matches: Vec<String> = spec
+            .key
+            .iter()
+            .map(|k| format!("t.{0} = d.{0}", quote(k)))
+            .collect();
+        let sql = format!(
+            "DELETE FROM {} t USING {source} d WHERE {}",
+            table.name,
+            matches.join(" AND ")
+        );
+        return (Some(sql), json);
+    }
+    let columns: Vec<&String> = table
+        .columns
+        .iter()
+        .filter(|c| rows.first().is_some_and(|r| r.contains_key(*c)))
+        .collect();
+    if columns.is_empty() {
+        return (None, json);
+    }
+    let list = columns
+        .iter()
+        .map(|c| quote(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut sql = format!(
+        "INSERT INTO {} ({list}) SELECT {list} FROM {source}",
+        table.name
+    );
+    if spec.mode == PostgresWriteMode::Upsert {
+        let keys = spec
+            .key
+            .iter()
+            .map(|k| quote(k))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let updates: Vec<String> = columns
+            .iter()
+            .filter(|c| !spec.key.contains(c))
+            .map(|c| format!("{0} = EXCLUDED.{0}", quote(c)))
+            .collect();
+        if updates.is_empty() {
+            sql.push_str(&format!(" ON CONFLICT ({keys}) DO NOTHING"));
+        } else {
+            sql.push_str(&format!(
+                " ON CONFLICT ({keys}) DO UPDATE SET {}",
+                updates.join(", ")
+            ));
+        }
+    }
+    (Some(sql), json)
+}
+
+/// Upserts and deletes of one batch, one per key (the last wins, as if applied in
+/// order), so one statement never touches a row twice.
+fn last_per_key(ops: Vec<Op>, key: &[String]) -> Vec<Op> {
+    let key_of = |m: &serde_json::Map<String, serde_json::Value>| -> String {
+        let values: Vec<&serde_json::Value> = key
+            .iter()
+            .map(|k| m.get(k).unwrap_or(&serde_json::Value::Null))
+            .collect();
+        serde_json::to_string(&values).unwrap_or_default()
+    };
+    let mut last: HashMap<String, usize> = HashMap::new();
+    for (i, op) in ops.iter().enumerate() {
+        let (Op::Row(_, m) | Op::Delete(_, m)) = op;
+        last.insert(key_of(m), i);
+    }
+    ops.into_iter()
+        .enumerate()
+        .filter(|(i, op)| {
+            let (Op::Row(_, m) | Op::Delete(_, m)) = op;
+            last.get(&key_of(m)) == Some(i)
+        })
+        .map(|(_, op)| op)
+        .collect()
+}
+
+impl Sink for PostgresSink {
+    fn promise(&self) -> Promise {
+        if self.config.exactly_once {
+            Promise::Transactional
+        } else if self.config.spec.mode == PostgresWriteMode::Upsert {
+            Promise::Idempotent
+        } else {
+            Promise::AtLeastOnce
+        }
+    }
+
+    async fn positions(&mut self, partitions: &[(Arc<str>, i32)]) -> Result<Offsets, SinkError> {
+        if !self.config.exactly_once {
+            return Ok(Offsets::new());
+        }
+        self.connect().await?;
+        let Some(client) = self.client.as_ref() else {
+            return Err(SinkError::Unavailable("not connected".into()));
+        };
+        let rows = match client
+            .query(
+                &format!(
+                    "SELECT topic, partition, next_offset FROM {OFFSETS_TABLE} WHERE connector = $1"
+                ),
+                &[&self.config.connector],
+            )
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => return Err(self.failure("cannot read the stored positions", &e)),
+        };
+        let mut found = Offsets::new();
+        for (topic, partition) in partitions {
+            self.expected.remove(&(topic.clone(), *partition));
+            let stored = rows.iter().find(|r| {
+                r.get::<_, &str>(0) == topic.as_ref() && r.get::<_, i32>(1) == *partition
+            });
+            if let Some(row) = stored {
+                let next: i64 = row.get(2);
+                self.expected.insert((topic.clone(), *partition), next);
+                found.push((topic.clone(), *partition, next));
+            }
+        }
+        Ok(found)
+    }
+
+    async fn write(&mut self, batch: &[SourceRecord]) -> Result<Vec<Refused>, SinkError> {
+        self.begin().await?;
+        let mut refused = Vec::new();
+        let mut ops = Vec::with_capacity(batch.len());
+        for (i, record) in batch.iter().enumerate() {
+            match self.op(i, record) {
+                Ok(Some(op)) => ops.push(op),
+                Ok(None) => {}
+                Err(error) => refused.push(Refused { index: i, error }),
+            }
+        }
+        if self.config.spec.mode == PostgresWriteMode::Upsert {
+            ops = last_per_key(ops, &self.config.spec.key);
+        }
+        refused.extend(self.write_ops(&ops).await?);
+        refused.sort_by_key(|r| r.index);
+        Ok(refused)
+    }
+
+    async fn commit(&mut self, positions: &Offsets) -> Result<(), SinkError> {
+        self.begin().await?;
+        if self.config.exactly_once {
+            self.store_positions(positions).await?;
+        }
+        let Some(client) = self.client.as_ref() else {
+            return Err(SinkError::Unavailable("not connected".into()));
+        };
+        if let Err(e) = client.batch_execute("COMMIT").await {
+            return Err(self.failure("cannot commit", &e));
+        }
+        self.in_transaction = false;
+        for (t, p, next) in positions {
+            self.expected.insert((t.clone(), *p), *next);
+        }
+        Ok(())
+    }
+
+    async fn abort(&mut self) {
+        if !self.in_transaction {
+            return;
+        }
+        self.in_transaction = false;
+        if let Some(client) = self.client.as_ref()
+            && client.batch_execute("ROLLBACK").await.is_err()
+        {
+            self.client = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(mode: PostgresWriteMode, key: &[&str]) -> PostgresSpec {
+        PostgresSpec {
+            table: "t".into(),
+            mode,
+            key: key.iter().map(|k| k.to_string()).collect(),
+            deletes: true,
+            batch: None,
+        }
+    }
+
+    fn row(i: usize, v: serde_json::Value) -> Op {
+        match v {
+            serde_json::Value::Object(m) => Op::Row(i, m),
+            _ => panic!("not an object"),
+        }
+    }
+
+    #[test]
+    fn a_run_of_rows_becomes_one_upsert_of_the_fields_that_are_columns() {
+        let table = Table {
+            name: "public.totals".into(),
+            columns: vec!["region".into(), "total".into(), "seen".into()],
+        };
+        let ops = vec![
+            row(
+                0,
+                serde_json::json!({"region": "eu", "total": 1.5, "extra": true}),
+            ),
+            row(
+                1,
+                serde_json::json!({"region": "us", "total": 2, "extra": false}),
+            ),
+        ];
+        assert_eq!(run_length(&ops), 2);
+        let (sql, json) = statement(&table, &spec(PostgresWriteMode::Upsert, &["region"]), &ops);
+        assert_eq!(
+            sql.unwrap(),
+            "INSERT INTO public.totals (\"region\", \"total\") SELECT \"region\", \"total\" FROM \
+             json_populate_recordset(NULL::public.totals, $1::text::json) \
+             ON CONFLICT (\"region\") DO UPDATE SET \"total\" = EXCLUDED.\"total\""
+        );
+        let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(rows[1]["region"], "us");
+    }
+
+    #[test]
+    fn the_last_write_of_a_key_wins_within_a_batch() {
+        let ops = vec![
+            row(0, serde_json::json!({"region": "eu", "total": 1})),
+            row(1, serde_json::json!({"region": "us", "total": 2})),
+            Op::Delete(
+                2,
+                serde_json::json!({"region": "eu"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
+            row(3, serde_json::json!({"region": "us", "total": 3})),
+        ];
+        let kept: Vec<usize> = last_per_key(ops, &["region".to_string()])
+            .iter()
+            .map(Op::index)
+            .collect();
+        assert_eq!(kept, vec![2, 3]);
+    }
+
+    #[test]
+    fn a_tombstone_key_names_the_row_as_an_object_or_a_plain_value() {
+        let mut r = SourceRecord {
+            origin: crate::runtime::ledger::Origin::internal(),
+            key: Some(br#"{"region": "eu"}"#.to_vec()),
+            value: None,
+            headers: vec![],
+            timestamp: None,
+        };
+        let key = ["region".to_string()];
+        assert_eq!(key_of(&r, &key).unwrap()["region"], "eu");
+        r.key = Some(b"eu".to_vec());
+        assert_eq!(key_of(&r, &key).unwrap()["region"], "eu");
+        r.key = Some(br#"{"other": 1}"#.to_vec());
+        assert!(key_of(&r, &key).unwrap_err().contains("no region"));
+        r.key = None;
+        assert!(key_of(&r, &key).is_err());
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote("a\"b"), "\"a\"\"b\"");
+    }
+}
