@@ -138,21 +138,18 @@ impl ConnectorController {
         api: &Api<Connector>,
     ) -> Result<Action> {
         let w = native::workload(connector)?;
-        // A source waits at zero replicas until the topics it writes to exist.
-        let topics = if connector.spec.type_ == sluice_crds::connector::ConnectorType::Source {
-            match crate::pipeline::lag::missing(
-                self.ctx.kafka.client(),
-                connector.spec.topics.clone(),
-                self.ctx.kafka.timeout(),
-            )
-            .await
-            {
-                Ok(missing) if missing.is_empty() => TopicsCheck::Present,
-                Ok(missing) => TopicsCheck::Missing(missing),
-                Err(err) => TopicsCheck::Unknown(err.to_string()),
-            }
-        } else {
-            TopicsCheck::Present
+        // A connector waits at zero replicas until the topics it writes to (a source)
+        // or reads (a sink) exist.
+        let topics = match crate::pipeline::lag::missing(
+            self.ctx.kafka.client(),
+            connector.spec.topics.clone(),
+            self.ctx.kafka.timeout(),
+        )
+        .await
+        {
+            Ok(missing) if missing.is_empty() => TopicsCheck::Present,
+            Ok(missing) => TopicsCheck::Missing(missing),
+            Err(err) => TopicsCheck::Unknown(err.to_string()),
         };
         let replicas = if topics == TopicsCheck::Present {
             native::replicas(connector)

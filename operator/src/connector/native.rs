@@ -19,7 +19,7 @@ pub const CONFIG_DIR: &str = "/etc/sluice/connector";
 
 /// Whether this release runs the connector's plugin natively.
 pub fn runs_natively(spec: &ConnectorSpec) -> bool {
-    spec.generator.is_some()
+    spec.generator.is_some() || spec.postgres.is_some()
 }
 
 /// The workload a native Connector runs as.
@@ -230,6 +230,11 @@ mod tests {
         let mut sink = generator("running");
         sink.spec.generator = None;
         assert!(!runs_natively(&sink.spec));
+        sink.spec.postgres = Some(serde_json::from_value(json!({"table": "t"})).unwrap());
+        assert!(
+            runs_natively(&sink.spec),
+            "the PostgreSQL sink runs natively"
+        );
     }
 
     #[test]

@@ -14,10 +14,10 @@ pub const MAX_OFFSETS: usize = 20;
 /// Longest error line kept in status.
 const MAX_ERROR: usize = 400;
 
-/// Condition: the topics a native source writes to exist.
+/// Condition: the topics a native connector writes to (a source) or reads (a sink) exist.
 pub const TOPICS_READY: &str = "TopicsReady";
 
-/// Whether the topics a native source writes to exist.
+/// Whether the topics a native connector writes to or reads exist.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TopicsCheck {
     /// They all exist (or the connector is a sink, whose topics are its inputs).
@@ -115,7 +115,7 @@ pub fn compute(
                 false,
                 "NotSupportedYet",
                 format!(
-                    "native connectors ({}) are not run by this release: use spec.kafkaConnect with a Kafka Connect connector, or `sluice-processor run -f` for the generator",
+                    "the {} plugin does not run natively in this release (the generator and the postgres sink do): use spec.kafkaConnect with a Kafka Connect connector",
                     connector.spec.native_plugin().unwrap_or("none set")
                 ),
             )
@@ -131,7 +131,12 @@ pub fn compute(
                 false,
                 "TopicMissing",
                 format!(
-                    "topic(s) the connector writes to are not in Kafka: {} (it runs once they exist)",
+                    "topic(s) the connector {} are not in Kafka: {} (it runs once they exist)",
+                    if connector.spec.type_ == sluice_crds::connector::ConnectorType::Sink {
+                        "reads"
+                    } else {
+                        "writes to"
+                    },
                     topics.join(", ")
                 ),
             )
