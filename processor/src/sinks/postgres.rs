@@ -231,14 +231,22 @@ impl PostgresSink {
             )?);
         }
         if self.config.exactly_once {
-            client
+            let created = client
                 .batch_execute(&format!(
                     "CREATE TABLE IF NOT EXISTS {OFFSETS_TABLE} (connector text NOT NULL, topic text NOT NULL, \
                      partition integer NOT NULL, next_offset bigint NOT NULL, \
                      PRIMARY KEY (connector, topic, partition))"
                 ))
-                .await
-                .map_err(|e| self.failure(&format!("cannot create {OFFSETS_TABLE}"), &e))?;
+                .await;
+            match created {
+                Ok(()) => {}
+                // Another sink created it at the same moment: IF NOT EXISTS does not
+                // cover that race, but the table is there.
+                Err(e)
+                    if e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+                        || e.code() == Some(&SqlState::DUPLICATE_TABLE) => {}
+                Err(e) => return Err(self.failure(&format!("cannot create {OFFSETS_TABLE}"), &e)),
+            }
         }
         tracing::info!(host = %c.host, dbname = %c.dbname, table = %self.config.spec.table, "connected to PostgreSQL");
         self.client = Some(client);
