@@ -84,6 +84,9 @@ enum Retry {
     DeadLetter { topic: String, source: KafkaError },
     #[error("dead letters not delivered: {0}")]
     Undelivered(#[from] super::ledger::Rewind),
+    /// Not to be retried: the pump stops with this.
+    #[error(transparent)]
+    Stop(Box<PumpError>),
 }
 
 /// Runs the pump until `status.shutdown` is set (then commits what it holds) or a fatal
@@ -264,16 +267,13 @@ impl<S: Source, K: Sink> Running<'_, S, K> {
             let Some(dlq) = self.pump.dead_letters.as_ref() else {
                 let first = &refused[0];
                 let o = &self.batch[first.index].origin;
-                return Err(Retry::Sink(SinkError::Fatal(
-                    PumpError::NoDeadLetter {
-                        sink,
-                        topic: o.topic.to_string(),
-                        partition: o.partition,
-                        offset: o.offset,
-                        error: first.error.clone(),
-                    }
-                    .to_string(),
-                )));
+                return Err(Retry::Stop(Box::new(PumpError::NoDeadLetter {
+                    sink,
+                    topic: o.topic.to_string(),
+                    partition: o.partition,
+                    offset: o.offset,
+                    error: first.error.clone(),
+                })));
             };
             for r in &refused {
                 dlq.send(&self.batch[r.index], &sink, &r.error, &mut self.ledger)
@@ -341,6 +341,9 @@ impl<S: Source, K: Sink> Running<'_, S, K> {
     /// sink's positions, or the source's committed offsets).
     fn recover(&mut self, retry: Retry) -> Result<(), PumpError> {
         self.discard();
+        if let Retry::Stop(stop) = retry {
+            return Err(*stop);
+        }
         loop {
             self.wait_after(&retry)?;
             let rewound = self
