@@ -10,4 +10,6 @@ pub mod format;
 pub mod json_object;
 pub mod metrics;
 pub mod record;
+pub mod state;
 pub mod steps;
+pub mod window;

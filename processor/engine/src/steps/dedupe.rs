@@ -3,8 +3,6 @@
 //! passed; entries older than `within` (by stream time) are forgotten, with a changelog
 //! tombstone.
 
-use std::collections::{HashMap, HashSet};
-
 use cel::Value;
 
 use crate::expr::Scope;
@@ -14,32 +12,15 @@ use super::aggregate::RestoreError;
 use super::{ConfigError, StateStep, StepError, compile_expr};
 use crate::expr::{Expr, Needs, cel_to_json};
 use crate::record::Record;
-
-#[derive(Debug)]
-struct PartitionState {
-    seen: HashMap<String, i64>,
-    dirty: HashSet<String>,
-    stream_time: i64,
-    next_expiry: i64,
-}
-
-impl Default for PartitionState {
-    fn default() -> Self {
-        Self {
-            seen: HashMap::new(),
-            dirty: HashSet::new(),
-            stream_time: i64::MIN,
-            next_expiry: i64::MAX,
-        }
-    }
-}
+use crate::state::KeyedState;
 
 /// A compiled dedupe step with its state.
 #[derive(Debug)]
 pub struct Dedupe {
     key: Expr,
     within: i64,
-    state: HashMap<i32, PartitionState>,
+    /// Per key, the timestamp of the record that passed; it expires `within` later.
+    state: KeyedState<i64>,
 }
 
 impl Dedupe {
@@ -58,7 +39,7 @@ impl Dedupe {
         Ok(Self {
             key: compile_expr(step, &spec.key)?,
             within,
-            state: HashMap::new(),
+            state: KeyedState::default(),
         })
     }
 
@@ -87,45 +68,21 @@ impl StateStep for Dedupe {
         let key = self.key(scope)?;
         let ts = record.timestamp;
         let within = self.within;
-        let part = self.state.entry(partition).or_default();
-        part.stream_time = part.stream_time.max(ts);
+        let part = self.state.partition(partition);
+        part.advance(ts);
         let duplicate = part
-            .seen
             .get(&key)
             .is_some_and(|last| ts >= *last && ts - *last < within);
         if !duplicate {
-            part.seen.insert(key.clone(), ts);
-            part.dirty.insert(key);
-            part.next_expiry = part.next_expiry.min(ts.saturating_add(within));
+            part.insert(key, ts, Some(ts.saturating_add(within)));
         }
-        if part.next_expiry <= part.stream_time {
-            let now = part.stream_time;
-            let mut next = i64::MAX;
-            let dirty = &mut part.dirty;
-            part.seen.retain(|k, last| {
-                let expires = last.saturating_add(within);
-                if expires <= now {
-                    dirty.insert(k.clone());
-                    false
-                } else {
-                    next = next.min(expires);
-                    true
-                }
-            });
-            part.next_expiry = next;
-        }
+        part.expire(|last| Some(last.saturating_add(within)));
         Ok(if duplicate { Vec::new() } else { vec![record] })
     }
 
     fn take_changes(&mut self) -> Vec<(i32, String, Option<Vec<u8>>)> {
-        let mut out = Vec::new();
-        for (p, part) in &mut self.state {
-            for key in part.dirty.drain() {
-                let value = part.seen.get(&key).map(|ts| ts.to_string().into_bytes());
-                out.push((*p, key, value));
-            }
-        }
-        out
+        self.state
+            .take_changes(|ts| Some(ts.to_string().into_bytes()))
     }
 
     fn restore(
@@ -135,9 +92,8 @@ impl StateStep for Dedupe {
         value: Option<&[u8]>,
     ) -> Result<(), RestoreError> {
         let key = String::from_utf8_lossy(key).into_owned();
-        let part = self.state.entry(partition).or_default();
         let Some(value) = value else {
-            part.seen.remove(&key);
+            self.state.restore(partition, key, None);
             return Ok(());
         };
         let ts: i64 = std::str::from_utf8(value)
@@ -147,14 +103,14 @@ impl StateStep for Dedupe {
                 key: key.clone(),
                 message: "not a timestamp".to_string(),
             })?;
-        part.stream_time = part.stream_time.max(ts);
-        part.next_expiry = part.next_expiry.min(ts.saturating_add(self.within));
-        part.seen.insert(key, ts);
+        let deadline = ts.saturating_add(self.within);
+        self.state
+            .restore(partition, key, Some((ts, ts, Some(deadline))));
         Ok(())
     }
 
     fn drop_partition(&mut self, partition: i32) {
-        self.state.remove(&partition);
+        self.state.drop_partition(partition);
     }
 
     fn clear(&mut self) {
@@ -162,11 +118,11 @@ impl StateStep for Dedupe {
     }
 
     fn group_count(&self) -> usize {
-        self.state.values().map(|p| p.seen.len()).sum()
+        self.state.len()
     }
 
     fn partitions(&self) -> Vec<i32> {
-        self.state.keys().copied().collect()
+        self.state.partitions()
     }
 }
 

@@ -5,7 +5,7 @@
 //! value = [`GroupState`] as JSON. The latest record per key is the group's state, so
 //! the topic can be compacted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use crate::expr::Scope;
 use serde::{Deserialize, Serialize};
@@ -14,6 +14,8 @@ use sluice_crds::pipeline::{AggregateOp, AggregateStep, Emit};
 use super::{ConfigError, StateStep, StepError, compile_expr};
 use crate::expr::{Expr, Needs, Number, cel_to_json};
 use crate::record::{Payload, Record};
+use crate::state::KeyedState;
+use crate::window::{Shape, Span, Windowing};
 
 /// One running aggregate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -195,53 +197,19 @@ pub struct RestoreError {
     pub message: String,
 }
 
-#[derive(Debug)]
-struct PartitionState {
-    groups: HashMap<String, GroupState>,
-    /// Changed (or removed) since the last changelog flush.
-    dirty: HashSet<String>,
-    /// `emit: onCommit`: groups updated since the last emit, with the last input record
-    /// (its topic, partition, offset, timestamp and headers go on the output).
-    pending: HashMap<String, Record>,
-    /// Largest record timestamp seen: windows close by it.
-    stream_time: i64,
-    /// Earliest time at which an open window closes.
-    next_close: i64,
-}
-
-impl Default for PartitionState {
-    fn default() -> Self {
-        Self {
-            groups: HashMap::new(),
-            dirty: HashSet::new(),
-            pending: HashMap::new(),
-            stream_time: i64::MIN,
-            next_close: i64::MAX,
-        }
-    }
-}
-
-/// Tumbling windows by record timestamp.
-#[derive(Debug, Clone, Copy)]
-struct Tumbling {
-    size: i64,
-    grace: i64,
-}
-
-impl Tumbling {
-    fn closes_at(&self, start: i64) -> i64 {
-        start.saturating_add(self.size).saturating_add(self.grace)
-    }
-}
-
 /// A compiled aggregate step with its state.
 #[derive(Debug)]
 pub struct Aggregate {
     group_by: Vec<(String, Expr)>,
     aggs: Vec<AggSpec>,
-    window: Option<Tumbling>,
+    window: Option<Windowing>,
     emit: Emit,
-    state: HashMap<i32, PartitionState>,
+    /// Groups by key (windowed: a group per window), per state partition.
+    state: KeyedState<GroupState>,
+    /// `emit: onCommit`: per partition, the groups updated since the last emit, with
+    /// the last input record (its topic, partition, offset, timestamp and headers go on
+    /// the output).
+    pending: HashMap<i32, HashMap<String, Record>>,
     /// Milliseconds since the epoch now (the wall clock; tests set their own).
     clock: fn() -> i64,
 }
@@ -288,8 +256,10 @@ impl Aggregate {
                         "step {step}: a window sets tumbling, hopping or session"
                     ))
                 })?;
-                Some(Tumbling {
-                    size: millis(step, "tumbling", size)?,
+                Some(Windowing {
+                    shape: Shape::Tumbling {
+                        size: millis(step, "tumbling", size)?,
+                    },
                     grace: w
                         .grace
                         .as_deref()
@@ -337,7 +307,8 @@ impl Aggregate {
             aggs,
             window,
             emit,
-            state: HashMap::new(),
+            state: KeyedState::default(),
+            pending: HashMap::new(),
             clock: wall_clock_ms,
         })
     }
@@ -371,18 +342,19 @@ impl Aggregate {
         Ok((key, values))
     }
 
-    /// Adds a record to its group in `partition` and returns the records to emit: the
-    /// updated aggregate (`onUpdate`), and for windowed aggregates the final value of
-    /// every window the record's timestamp closed (`onWindowClose`). Every expression is
+    /// Adds a record to its group in `partition` (windowed: to its group in every open
+    /// window that holds its timestamp) and returns the records to emit: the updated
+    /// aggregates (`onUpdate`), and for windowed aggregates the final value of every
+    /// window the record's timestamp closed (`onWindowClose`). Every expression is
     /// evaluated before the state changes, so a failing record leaves no trace. A record
-    /// for a window that already closed is an error (it goes to the dead-letter topic).
+    /// whose windows all closed already is an error (it goes to the dead-letter topic).
     pub fn update(
         &mut self,
         partition: i32,
         record: Record,
         scope: &Scope<'_>,
     ) -> Result<Vec<Record>, StepError> {
-        let (mut key, group) = self.group_key(scope)?;
+        let (key, group) = self.group_key(scope)?;
         let mut inputs = Vec::with_capacity(self.aggs.len());
         for (_, _, of) in &self.aggs {
             inputs.push(match of {
@@ -397,8 +369,9 @@ impl Aggregate {
             value: Payload::Bytes(Vec::new()),
             ..record
         };
-        let part = self.state.entry(partition).or_default();
-        let window_start = match self.window {
+        let part = self.state.partition(partition);
+        let targets: Vec<(String, Option<Span>)> = match self.window {
+            None => vec![(key, None)],
             Some(w) => {
                 let now = (self.clock)();
                 if ts > now.saturating_add(MAX_FUTURE_MS) {
@@ -407,122 +380,109 @@ impl Aggregate {
                          ({now}): refused, so that it does not close every open window"
                     )));
                 }
-                let start = ts.div_euclid(w.size) * w.size;
-                if w.closes_at(start) <= part.stream_time {
+                let spans = w.assign(ts);
+                let open: Vec<(String, Option<Span>)> = spans
+                    .iter()
+                    .filter(|s| w.closes_at(**s) > part.stream_time())
+                    .map(|s| (windowed_key(&key, s.start), Some(*s)))
+                    .collect();
+                if open.is_empty() {
+                    let last = spans.last().copied().unwrap_or(w.span_at(ts));
                     return Err(StepError::Shape(format!(
-                        "late record: timestamp {ts} belongs to window [{start}, {}), closed at stream time {}",
-                        start + w.size,
-                        part.stream_time
+                        "late record: timestamp {ts} belongs to window [{}, {}), closed at stream time {}",
+                        last.start,
+                        last.end,
+                        part.stream_time()
                     )));
                 }
-                key.pop();
-                key.push_str(&format!(",{start}]"));
-                part.next_close = part.next_close.min(w.closes_at(start));
-                Some(start)
-            }
-            None => None,
-        };
-        let fresh: Vec<Acc>;
-        let accs = match part.groups.get(&key) {
-            Some(g) => &g.accs,
-            None => {
-                fresh = self.aggs.iter().map(|(_, op, _)| Acc::new(*op)).collect();
-                &fresh
+                open
             }
         };
-        let overflow = accs
-            .iter()
-            .zip(&inputs)
-            .zip(&self.aggs)
-            .find(|((acc, x), _)| !acc.stays_finite(**x));
-        if let Some((_, (name, _, _))) = overflow {
-            return Err(StepError::Shape(format!(
-                "aggregation {name} of group {key} would not be a finite number (an \
-                 overflow, or a NaN or infinite input): the record is refused and the group \
-                 keeps its value"
-            )));
+        let fresh: Vec<Acc> = self.aggs.iter().map(|(_, op, _)| Acc::new(*op)).collect();
+        for (k, _) in &targets {
+            let accs = part.get(k).map_or(&fresh[..], |g| &g.accs[..]);
+            let overflow = accs
+                .iter()
+                .zip(&inputs)
+                .zip(&self.aggs)
+                .find(|((acc, x), _)| !acc.stays_finite(**x));
+            if let Some((_, (name, _, _))) = overflow {
+                return Err(StepError::Shape(format!(
+                    "aggregation {name} of group {k} would not be a finite number (an \
+                     overflow, or a NaN or infinite input): the record is refused and the \
+                     group keeps its value"
+                )));
+            }
         }
-        if !part.groups.contains_key(&key) {
-            let state = GroupState {
-                group,
-                accs: self.aggs.iter().map(|(_, op, _)| Acc::new(*op)).collect(),
-                window_start,
-                max_ts: ts,
-            };
-            part.groups.insert(key.clone(), state);
-        }
-        let Some(state) = part.groups.get_mut(&key) else {
-            return Err(StepError::Shape(format!("group {key} vanished")));
-        };
-        for (acc, x) in state.accs.iter_mut().zip(inputs) {
-            acc.add(x);
-        }
-        state.max_ts = state.max_ts.max(ts);
-        part.stream_time = part.stream_time.max(ts);
         let mut out = Vec::new();
-        match self.emit {
-            Emit::OnCommit => match part.pending.get_mut(&key) {
-                // The group's output will carry this record's coordinates and headers.
-                Some(last) => {
-                    if last.topic != record.topic {
-                        last.topic.clone_from(&record.topic);
-                    }
-                    last.partition = record.partition;
-                    last.offset = record.offset;
-                    last.timestamp = record.timestamp;
-                    last.headers.clone_from(&record.headers);
-                }
-                None => {
-                    part.pending.insert(key.clone(), record.clone());
-                }
-            },
-            Emit::OnUpdate => out.push(Record {
-                key: Some(output_key(&key, &state.group, self.window.is_some()).into_bytes()),
-                value: Payload::Json(output_value(&self.group_by, &self.aggs, self.window, state)),
-                ..record.clone()
-            }),
-            Emit::OnWindowClose => {}
-        }
-        part.dirty.insert(key);
-        if let Some(w) = self.window
-            && part.next_close <= part.stream_time
-        {
-            let stream_time = part.stream_time;
-            let mut closed: Vec<(String, GroupState)> = Vec::new();
-            let mut next = i64::MAX;
-            part.groups.retain(|k, g| {
-                let at = w.closes_at(g.window_start.unwrap_or(0));
-                if at <= stream_time {
-                    closed.push((k.clone(), g.clone()));
-                    false
-                } else {
-                    next = next.min(at);
-                    true
-                }
-            });
-            part.next_close = next;
-            closed.sort_by(|a, b| (a.1.window_start, &a.0).cmp(&(b.1.window_start, &b.0)));
-            for (k, g) in closed {
-                part.dirty.insert(k.clone());
-                // A closing window's last value goes out now: at the commit its group
-                // is gone.
-                let emit = match self.emit {
-                    Emit::OnWindowClose => true,
-                    Emit::OnCommit => part.pending.remove(&k).is_some(),
-                    Emit::OnUpdate => false,
+        let pending = self.pending.entry(partition).or_default();
+        for (k, span) in targets {
+            if part.get(&k).is_none() {
+                let state = GroupState {
+                    group: group.clone(),
+                    accs: fresh.clone(),
+                    window_start: span.map(|s| s.start),
+                    max_ts: ts,
                 };
-                if emit {
-                    out.push(Record {
-                        key: Some(output_key(&k, &g.group, self.window.is_some()).into_bytes()),
-                        value: Payload::Json(output_value(
-                            &self.group_by,
-                            &self.aggs,
-                            self.window,
-                            &g,
-                        )),
-                        ..record.clone()
-                    });
-                }
+                let deadline = self.window.zip(span).map(|(w, s)| w.closes_at(s));
+                part.insert(k.clone(), state, deadline);
+            }
+            let Some(state) = part.get_mut(&k) else {
+                return Err(StepError::Shape(format!("group {k} vanished")));
+            };
+            for (acc, x) in state.accs.iter_mut().zip(&inputs) {
+                acc.add(*x);
+            }
+            state.max_ts = state.max_ts.max(ts);
+            match self.emit {
+                Emit::OnCommit => match pending.get_mut(&k) {
+                    // The group's output will carry this record's coordinates and headers.
+                    Some(last) => {
+                        if last.topic != record.topic {
+                            last.topic.clone_from(&record.topic);
+                        }
+                        last.partition = record.partition;
+                        last.offset = record.offset;
+                        last.timestamp = record.timestamp;
+                        last.headers.clone_from(&record.headers);
+                    }
+                    None => {
+                        pending.insert(k, record.clone());
+                    }
+                },
+                Emit::OnUpdate => out.push(Record {
+                    key: Some(output_key(&k, &state.group, self.window.is_some()).into_bytes()),
+                    value: Payload::Json(output_value(
+                        &self.group_by,
+                        &self.aggs,
+                        self.window,
+                        state,
+                    )),
+                    ..record.clone()
+                }),
+                Emit::OnWindowClose => {}
+            }
+        }
+        part.advance(ts);
+        let Some(w) = self.window else {
+            return Ok(out);
+        };
+        let mut closed = part.expire(|g| g.window_start.map(|start| w.closes_at(w.span_at(start))));
+        closed.sort_by(|a, b| (a.1.window_start, &a.0).cmp(&(b.1.window_start, &b.0)));
+        for (k, g) in closed {
+            // A closing window's last value goes out now: at the commit its group is
+            // gone.
+            let emit = match self.emit {
+                Emit::OnWindowClose => true,
+                Emit::OnCommit => pending.remove(&k).is_some(),
+                Emit::OnUpdate => false,
+            };
+            if emit {
+                out.push(Record {
+                    key: Some(output_key(&k, &g.group, true).into_bytes()),
+                    value: Payload::Json(output_value(&self.group_by, &self.aggs, self.window, &g)),
+                    ..record.clone()
+                });
             }
         }
         Ok(out)
@@ -533,11 +493,11 @@ impl Aggregate {
     pub fn take_pending(&mut self) -> Vec<Record> {
         let mut out = Vec::new();
         let windowed = self.window.is_some();
-        for part in self.state.values_mut() {
-            let mut pending: Vec<(String, Record)> = part.pending.drain().collect();
+        for (p, pending) in &mut self.pending {
+            let mut pending: Vec<(String, Record)> = pending.drain().collect();
             pending.sort_by(|a, b| a.0.cmp(&b.0));
             for (key, last) in pending {
-                if let Some(state) = part.groups.get(&key) {
+                if let Some(state) = self.state.get(*p, &key) {
                     out.push(Record {
                         key: Some(output_key(&key, &state.group, windowed).into_bytes()),
                         value: Payload::Json(output_value(
@@ -557,20 +517,7 @@ impl Aggregate {
     /// Changelog records for the groups changed since the last call, per partition; `None`
     /// (a tombstone) for groups removed when their window closed.
     pub fn take_changes(&mut self) -> Vec<(i32, String, Option<Vec<u8>>)> {
-        let mut out = Vec::new();
-        for (p, part) in &mut self.state {
-            for key in part.dirty.drain() {
-                match part.groups.get(&key) {
-                    Some(state) => {
-                        if let Ok(bytes) = serde_json::to_vec(state) {
-                            out.push((*p, key, Some(bytes)));
-                        }
-                    }
-                    None => out.push((*p, key, None)),
-                }
-            }
-        }
-        out
+        self.state.take_changes(|g| serde_json::to_vec(g).ok())
     }
 
     /// Applies one changelog record while restoring `partition`.
@@ -582,9 +529,7 @@ impl Aggregate {
     ) -> Result<(), RestoreError> {
         let key = String::from_utf8_lossy(key).into_owned();
         let Some(value) = value else {
-            if let Some(part) = self.state.get_mut(&partition) {
-                part.groups.remove(&key);
-            }
+            self.state.restore(partition, key, None);
             return Ok(());
         };
         let state: GroupState = serde_json::from_slice(value).map_err(|e| RestoreError {
@@ -597,40 +542,42 @@ impl Aggregate {
                 message: "the aggregations changed since it was written; use a new pipeline name to start over".to_string(),
             });
         }
-        let part = self.state.entry(partition).or_default();
-        part.stream_time = part.stream_time.max(state.max_ts);
-        if let (Some(w), Some(start)) = (self.window, state.window_start) {
-            part.next_close = part.next_close.min(w.closes_at(start));
-        }
-        part.groups.insert(key, state);
+        let deadline = self
+            .window
+            .zip(state.window_start)
+            .map(|(w, start)| w.closes_at(w.span_at(start)));
+        let max_ts = state.max_ts;
+        self.state
+            .restore(partition, key, Some((state, max_ts, deadline)));
         Ok(())
     }
 
     /// Forgets a partition (revoked, or about to be restored again).
     pub fn drop_partition(&mut self, partition: i32) {
-        self.state.remove(&partition);
+        self.state.drop_partition(partition);
+        self.pending.remove(&partition);
     }
 
     /// Forgets everything.
     pub fn clear(&mut self) {
         self.state.clear();
+        self.pending.clear();
     }
 
     /// Partitions with state.
     pub fn partitions(&self) -> Vec<i32> {
-        self.state.keys().copied().collect()
+        self.state.partitions()
     }
 
     /// Groups held.
     pub fn group_count(&self) -> usize {
-        self.state.values().map(|p| p.groups.len()).sum()
+        self.state.len()
     }
 
     /// The current aggregate of every group, as output values (for tests and inspection).
     pub fn snapshot(&self) -> HashMap<String, serde_json::Value> {
         self.state
-            .values()
-            .flat_map(|p| p.groups.iter())
+            .entries()
             .map(|(k, s)| {
                 (
                     k.clone(),
@@ -646,7 +593,7 @@ type AggSpec = (String, AggregateOp, Option<Expr>);
 fn output_value(
     group_by: &[(String, Expr)],
     aggs: &[AggSpec],
-    window: Option<Tumbling>,
+    window: Option<Windowing>,
     state: &GroupState,
 ) -> serde_json::Value {
     let mut obj = serde_json::Map::with_capacity(group_by.len() + aggs.len() + 2);
@@ -657,13 +604,24 @@ fn output_value(
         obj.insert("windowStart".to_string(), serde_json::Value::from(start));
         obj.insert(
             "windowEnd".to_string(),
-            serde_json::Value::from(start.saturating_add(w.size)),
+            serde_json::Value::from(w.span_at(start).end),
         );
     }
     for ((name, _, _), acc) in aggs.iter().zip(&state.accs) {
         obj.insert(name.clone(), acc.value());
     }
     serde_json::Value::Object(obj)
+}
+
+/// The state key of a group in the window starting at `start`: the group key's JSON
+/// array with the start as its last element.
+fn windowed_key(key: &str, start: i64) -> String {
+    let mut k = String::with_capacity(key.len() + 21);
+    k.push_str(key.strip_suffix(']').unwrap_or(key));
+    k.push(',');
+    k.push_str(&start.to_string());
+    k.push(']');
+    k
 }
 
 /// The output key: a single string group value as is (unwindowed), otherwise the JSON
