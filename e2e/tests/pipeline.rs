@@ -510,6 +510,21 @@ async fn backlog_scales_up_to_the_partition_count_and_back_down_after_draining()
     .await;
     let last = peak.last_scale.expect("a scaling decision in status");
     assert_eq!(last.to, 4, "{}", last.reason);
+    // The figures are the autoscaler's sampler's, written apart from reconcile.
+    let busy = api.get("busy").await.expect("the pipeline");
+    let figures_manager = busy
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .find(|m| {
+            m.subresource.as_deref() == Some("status")
+                && m.fields_v1
+                    .as_ref()
+                    .is_some_and(|f| f.0.to_string().contains("f:lastScale"))
+        })
+        .and_then(|m| m.manager);
+    assert_eq!(figures_manager.as_deref(), Some("sluice-autoscaler"));
     assert!(
         last.reason.contains("lag"),
         "the reason gives the numbers: {}",

@@ -35,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::workload::{self, Applied, ProcessorDefaults};
 use connect::{ConnectClient, ConnectError, ConnectorHealth, FieldError};
 use plan::Ownership;
-use status::{Found, Observed, TopicsCheck};
+use status::{ConnectObserved, Found, TopicsCheck};
 
 /// The kind, for metrics, logs and events.
 pub const KIND: &str = "Connector";
@@ -406,7 +406,7 @@ impl One<'_> {
         // in status (`None`).
         let topics = self.client.topics(&self.name).await.ok();
         let offsets = self.client.offsets(&self.name).await.ok();
-        let found = Found::Observed(Observed {
+        let found = Found::ConnectObserved(ConnectObserved {
             health,
             topics,
             offsets,

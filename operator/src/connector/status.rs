@@ -38,7 +38,7 @@ pub enum Found {
     /// A connector of that name exists and is not this resource's.
     NotOurs(String),
     /// The connector as it runs.
-    Observed(Observed),
+    ConnectObserved(ConnectObserved),
     /// A native plugin, which this operator does not run yet.
     NativeNotRunYet,
     /// A native connector's topics and Deployment, as it rolls out.
@@ -48,9 +48,9 @@ pub enum Found {
     NativeConflict(String),
 }
 
-/// The connector as it runs.
+/// A Kafka Connect connector as the Connect cluster reports it.
 #[derive(Debug, Clone)]
-pub struct Observed {
+pub struct ConnectObserved {
     /// Its status; `None` while Connect has not reported it.
     pub health: Option<ConnectorHealth>,
     /// Topics it has used; `None` when Connect did not say (the last ones stay).
@@ -120,7 +120,7 @@ pub fn compute(
                 ),
             )
         }
-        Found::Observed(observed) => {
+        Found::ConnectObserved(observed) => {
             fill_observed(&mut status, observed);
             readiness(wanted, observed)
         }
@@ -242,7 +242,7 @@ fn plugin(connector: &Connector) -> Option<String> {
     }
 }
 
-fn fill_observed(status: &mut ConnectorStatus, observed: &Observed) {
+fn fill_observed(status: &mut ConnectorStatus, observed: &ConnectObserved) {
     if let Some(topics) = &observed.topics {
         status.topics = topics.clone();
     }
@@ -314,7 +314,7 @@ fn failure(health: &ConnectorHealth) -> Option<(String, String)> {
         })
 }
 
-fn readiness(wanted: ConnectorState, observed: &Observed) -> (bool, &'static str, String) {
+fn readiness(wanted: ConnectorState, observed: &ConnectObserved) -> (bool, &'static str, String) {
     let Some(health) = &observed.health else {
         return (
             false,
@@ -405,13 +405,13 @@ mod tests {
         c
     }
 
-    fn observed(connector: &str, tasks: &[(&str, Option<&str>)]) -> Observed {
+    fn observed(connector: &str, tasks: &[(&str, Option<&str>)]) -> ConnectObserved {
         let h = |state: &str, trace: Option<&str>| Health {
             state: state.into(),
             worker_id: Some("10.0.0.1:8083".into()),
             trace: trace.map(str::to_string),
         };
-        Observed {
+        ConnectObserved {
             health: Some(ConnectorHealth {
                 connector: h(connector, None),
                 tasks: tasks
@@ -450,7 +450,7 @@ mod tests {
     fn running_as_asked_is_ready_with_tasks_topics_and_offsets() {
         let s = compute_for(
             &connector("running"),
-            &Found::Observed(observed("RUNNING", &[("RUNNING", None)])),
+            &Found::ConnectObserved(observed("RUNNING", &[("RUNNING", None)])),
         );
         assert_eq!(ready(&s).0, "True");
         assert_eq!(ready(&s).1, "Running");
@@ -474,7 +474,7 @@ mod tests {
             last_restart_time: Some("2027-01-15T08:00:00Z".into()),
             next_restart_time: Some("2027-01-15T08:00:02Z".into()),
         });
-        let s = compute_for(&connector("running"), &Found::Observed(found));
+        let s = compute_for(&connector("running"), &Found::ConnectObserved(found));
         let (status, reason, message) = ready(&s);
         assert_eq!((status, reason), ("False", "TaskFailed"));
         assert!(message.starts_with("task 1 failed on worker 10.0.0.1:8083: org.apache.kafka.connect.errors.ConnectException: replication slot gone; next restart at 2027-01-15T08:00:02Z"), "{message}");
@@ -497,7 +497,7 @@ mod tests {
             count: 3,
             ..Default::default()
         });
-        let s = compute_for(&connector("running"), &Found::Observed(found));
+        let s = compute_for(&connector("running"), &Found::ConnectObserved(found));
         assert_eq!(ready(&s).1, "RestartLimitReached");
         assert!(ready(&s).2.contains("restarted 3 times"));
 
@@ -613,7 +613,7 @@ mod tests {
     fn stopped_is_ready_once_stopped_and_transitions_say_where_they_stand() {
         let s = compute_for(
             &connector("stopped"),
-            &Found::Observed(observed("STOPPED", &[])),
+            &Found::ConnectObserved(observed("STOPPED", &[])),
         );
         assert_eq!(
             ready(&s),
@@ -621,7 +621,7 @@ mod tests {
         );
         let s = compute_for(
             &connector("paused"),
-            &Found::Observed(observed("RUNNING", &[("RUNNING", None)])),
+            &Found::ConnectObserved(observed("RUNNING", &[("RUNNING", None)])),
         );
         assert_eq!(
             ready(&s),
@@ -633,7 +633,7 @@ mod tests {
         );
         let mut starting = observed("RUNNING", &[]);
         starting.health = None;
-        let s = compute_for(&connector("running"), &Found::Observed(starting));
+        let s = compute_for(&connector("running"), &Found::ConnectObserved(starting));
         assert_eq!(ready(&s).1, "Starting");
     }
 }

@@ -44,6 +44,22 @@ pub enum Deployed {
     Conflict(String),
 }
 
+/// The event of a rescale.
+pub fn scaled(d: &ScaleDecision) -> PipelineEvent {
+    let reason = if d.to > d.from {
+        "ScaledUp"
+    } else {
+        "ScaledDown"
+    };
+    PipelineEvent {
+        warning: false,
+        reason,
+        // Each rescale names itself, so a series of them is not folded into one.
+        action: format!("Scale{}To{}", d.from, d.to),
+        note: format!("{} -> {} replicas: {}", d.from, d.to, d.reason),
+    }
+}
+
 /// The events for a reconcile of a Pipeline at `generation` with processor Deployment
 /// `deployment`, from the status it had, what it observed, the scaling decision it made
 /// and what it did with the children.
@@ -55,21 +71,7 @@ pub fn events(
     decision: Option<&ScaleDecision>,
     deployed: &Deployed,
 ) -> Vec<PipelineEvent> {
-    let mut out = Vec::new();
-    if let Some(d) = decision {
-        let reason = if d.to > d.from {
-            "ScaledUp"
-        } else {
-            "ScaledDown"
-        };
-        out.push(PipelineEvent {
-            warning: false,
-            reason,
-            // Each rescale names itself, so a series of them is not folded into one.
-            action: format!("Scale{}To{}", d.from, d.to),
-            note: format!("{} -> {} replicas: {}", d.from, d.to, d.reason),
-        });
-    }
+    let mut out: Vec<PipelineEvent> = decision.map(scaled).into_iter().collect();
     match deployed {
         // Once per conflict, not every tick: status already says it otherwise.
         Deployed::Conflict(message)

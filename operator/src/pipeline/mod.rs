@@ -1,30 +1,37 @@
 //! The Pipeline controller: renders each Pipeline into its processor config, Deployment
 //! and metrics Service, sizes it on consumer lag, and writes status users can trust.
 //!
-//! One reconcile (every autoscaler tick): fetch (the Pipeline, Kafka offsets, what exists)
-//! -> validate (pure) -> decide replicas (pure) -> render (pure) -> apply only what differs
-//! -> compute status (pure) -> write status only when it changed.
+//! One reconcile (on a change of the spec or a child, when the sampler sees a topic come
+//! or go, and at resyncs): fetch (the Pipeline, Kafka offsets, what exists) -> validate
+//! (pure, once per generation) -> decide replicas (pure) -> render (pure) -> apply only
+//! what differs -> compute status (pure) -> write status only when it changed. The
+//! autoscaler's 5-second sampling runs apart from it ([`sampler`]).
 
 pub mod events;
 pub mod lag;
 pub mod offsets;
 pub mod render;
+pub mod sample;
+pub mod sampler;
 pub mod scaler;
 pub mod status;
 pub mod topics;
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use sluice_crds::Pipeline;
 use sluice_crds::pipeline::PipelineStatus;
+use sluice_crds::{Pipeline, Topic};
 
 use crate::Error;
 use crate::autoscaler::SettingsError;
@@ -33,6 +40,7 @@ use crate::controller::Reconcile;
 use crate::workload::{self, Applied};
 use events::Deployed;
 use render::ProcessorDefaults;
+use sample::{Sample, TopicFacts};
 use scaler::Scalers;
 
 /// The kind, for metrics, logs and events.
@@ -122,30 +130,66 @@ pub struct PipelineController {
     validated: std::sync::Mutex<std::collections::HashMap<String, Validated>>,
     /// When each pipeline's children were last applied whole.
     applied_at: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// What reconcile last acted on per pipeline, for the sampler to notice a change.
+    facts: Mutex<HashMap<String, TopicFacts>>,
+    /// Every Topic resource in the watched scope.
+    topics: Store<crate::controller::Guarded<Topic>>,
 }
 
-/// Runs the Pipeline controller until `shutdown` resolves.
+/// Runs the Pipeline controller, its autoscaler's sampler and the watches they read until
+/// `shutdown` resolves.
 pub async fn run(
     ctx: Arc<Context>,
     settings: PipelineSettings,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let shutdown = shutdown.boxed().shared();
     let pipelines: Api<crate::controller::Guarded<Pipeline>> = ctx.watched_api();
     let deployments: Api<Deployment> = ctx.watched_api();
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=sluice-operator");
+    let (topics, topic_writer) = reflector::store();
+    let topic_watch = watcher(ctx.watched_api(), watcher::Config::default())
+        .default_backoff()
+        .reflect(topic_writer);
+    let (deployment_store, deployment_writer) = reflector::store();
+    let deployment_watch = watcher(deployments.clone(), owned.clone())
+        .default_backoff()
+        .reflect(deployment_writer);
+    let watches = futures::stream::select(
+        topic_watch.map(|_| ()).boxed(),
+        deployment_watch.map(|_| ()).boxed(),
+    )
+    .for_each(|()| futures::future::ready(()));
     let state = Arc::new(PipelineController {
         ctx,
         // One reading per tick, less a little for scheduling jitter.
         scalers: Scalers::new(settings.tick.mul_f32(0.8)),
         validated: Default::default(),
         applied_at: Default::default(),
+        facts: Default::default(),
+        topics,
         settings,
     });
+    let (reconcile, requests) = futures::channel::mpsc::unbounded();
     let selector = state.ctx.settings.watcher_config();
     let controller = Controller::new(pipelines, selector)
         .owns(deployments, owned)
-        .graceful_shutdown_on(shutdown);
-    crate::controller::run(controller, state).await;
+        .reconcile_on(requests)
+        .graceful_shutdown_on(shutdown.clone());
+    let sampler = sampler::Sampler {
+        state: state.clone(),
+        pipelines: controller.store(),
+        deployments: deployment_store,
+        reconcile,
+    };
+    let background = async {
+        tokio::select! {
+            _ = watches => {}
+            _ = sampler.run(shutdown.clone()) => {}
+            _ = shutdown.clone() => {}
+        }
+    };
+    tokio::join!(crate::controller::run(controller, state), background);
 }
 
 impl Reconcile for PipelineController {
@@ -176,6 +220,35 @@ impl PipelineController {
             at.insert(key_of(p), now);
         }
         due
+    }
+
+    /// Remembers what `sample` says reconcile should act on for pipeline `key`; answers
+    /// whether that differs from what was remembered before (or nothing was).
+    fn facts_changed(&self, key: &str, sample: &Sample) -> bool {
+        let facts = sample.facts();
+        let Ok(mut map) = self.facts.lock() else {
+            return true;
+        };
+        map.insert(key.to_string(), facts.clone()).as_ref() != Some(&facts)
+    }
+
+    /// Whether `p`'s spec may run (valid, with an allowed image).
+    fn runnable(&self, p: &Pipeline) -> bool {
+        self.validate(p).is_empty() && self.settings.defaults.image_refusal(&p.spec).is_none()
+    }
+
+    /// Forgets every pipeline whose key is not in `live`.
+    fn forget_all_but(&self, live: &HashSet<String>) {
+        self.scalers.retain(live);
+        if let Ok(mut v) = self.validated.lock() {
+            v.retain(|k, _| live.contains(k));
+        }
+        if let Ok(mut a) = self.applied_at.lock() {
+            a.retain(|k, _| live.contains(k));
+        }
+        if let Ok(mut f) = self.facts.lock() {
+            f.retain(|k, _| live.contains(k));
+        }
     }
 
     /// [`validate`], remembered until the spec's generation changes.
@@ -210,6 +283,9 @@ async fn reconcile_pipeline(p: &Pipeline, state: &PipelineController) -> Result<
         if let Ok(mut a) = state.applied_at.lock() {
             a.remove(&key_of(p));
         }
+        if let Ok(mut f) = state.facts.lock() {
+            f.remove(&key_of(p));
+        }
         return Ok(Action::await_change());
     }
     let ns = p.namespace().unwrap_or_default();
@@ -230,34 +306,12 @@ async fn reconcile_pipeline(p: &Pipeline, state: &PipelineController) -> Result<
         deployment: existing.clone(),
         ..status::Observed::default()
     };
-    let group = render::group_id(&ns, &name);
-    let reading = lag::read(
-        ctx.kafka.client(),
-        group,
-        p.spec.inputs.clone(),
-        ctx.kafka.timeout(),
-    )
-    .await;
-    let reading = match reading {
-        Ok(r) => Some(r),
-        Err(err) => {
-            observed.kafka_error = Some(err.to_string());
-            None
-        }
-    };
-    if let Some(r) = &reading {
-        observed.missing_inputs = r.missing_topics.clone();
-        match lag::missing(
-            ctx.kafka.client(),
-            topics::other_topics(p),
-            ctx.kafka.timeout(),
-        )
-        .await
-        {
-            Ok(missing) => observed.missing_others = missing,
-            Err(err) => observed.kafka_error = Some(err.to_string()),
-        }
-    }
+    let sample = Sample::take(ctx, p).await;
+    state.facts_changed(&key_of(p), &sample);
+    observed.kafka_error = sample.kafka_error.clone();
+    observed.missing_inputs = sample.missing_inputs().to_vec();
+    observed.missing_others = sample.missing_others.clone();
+    let reading = sample.reading.as_ref();
     let current = existing
         .as_ref()
         .and_then(|d| d.spec.as_ref())
@@ -268,7 +322,7 @@ async fn reconcile_pipeline(p: &Pipeline, state: &PipelineController) -> Result<
 
     let mut decision = None;
     let deployed = if deployable {
-        if let Some(reading) = &reading {
+        if let Some(reading) = reading {
             let ready = existing
                 .as_ref()
                 .and_then(|d| d.status.as_ref())
@@ -282,7 +336,7 @@ async fn reconcile_pipeline(p: &Pipeline, state: &PipelineController) -> Result<
             decision = outcome.decision;
             observed.last_scale = outcome.last_scale;
         }
-        topics::ensure(ctx, p).await?;
+        topics::ensure(ctx, &state.topics, p).await?;
         let applied =
             apply_children(p, state, existing.as_ref(), observed.desired_replicas).await?;
         match applied {
@@ -324,11 +378,11 @@ async fn reconcile_pipeline(p: &Pipeline, state: &PipelineController) -> Result<
         ctx.event_action(&oref, KIND, e.warning, e.reason, &e.action, e.note)
             .await;
     }
-    Ok(Action::requeue(state.settings.tick))
+    Ok(Action::requeue(ctx.settings.resync))
 }
 
-/// Applies the ConfigMap, Deployment, Service (and Kafka client Secret) when what is
-/// rendered changed or a resync is due ([`workload::apply`]).
+/// Applies the ConfigMap, Deployment, Service (and Kafka client Secret) with `replicas`
+/// when what is rendered changed or a resync is due ([`workload::apply`]).
 async fn apply_children(
     p: &Pipeline,
     state: &PipelineController,
@@ -347,10 +401,11 @@ async fn write_status(
     status: &PipelineStatus,
 ) -> Result<(), Error> {
     let api: Api<Pipeline> = Api::namespaced(ctx.client.clone(), ns);
+    // The lag figures are the sampler's, under its own field manager.
     let patch = json!({
         "apiVersion": "sluice.dev/v1alpha1",
         "kind": KIND,
-        "status": status,
+        "status": status::reconciled_fields(status),
     });
     api.patch_status(
         name,

@@ -74,6 +74,19 @@ impl Scalers {
         }
     }
 
+    /// Forgets every pipeline whose key is not in `live`.
+    pub fn retain(&self, live: &std::collections::HashSet<String>) {
+        if let Ok(mut map) = self.by_pipeline.lock() {
+            map.retain(|k, _| live.contains(k));
+        }
+        if let Ok(mut map) = self.last_scale.lock() {
+            map.retain(|k, _| live.contains(k));
+        }
+        if let Ok(mut map) = self.last_outcome.lock() {
+            map.retain(|k, _| live.contains(k));
+        }
+    }
+
     /// Decides the replica count of `p` from `reading`, given `current` (the Deployment's
     /// replicas) and `ready` of them.
     pub fn decide(

@@ -202,12 +202,94 @@ pub fn compute(
 /// True when writing `new` over `old` would change anything a user can see
 /// (ignores `lastTransitionTime`, which [`condition`] keeps stable anyway).
 pub fn changed(old: &PipelineStatus, new: &PipelineStatus) -> bool {
-    let mut a = old.clone();
-    let mut b = new.clone();
+    let mut a = without_figures(old);
+    let mut b = without_figures(new);
     let same = sluice_crds::common::same_conditions(&a.conditions, &b.conditions);
     a.conditions.clear();
     b.conditions.clear();
     !same || a != b
+}
+
+/// The status fields the autoscaler's sampler writes every tick, under its own field
+/// manager: reconcile neither writes nor compares them.
+const FIGURES: [&str; 4] = ["lag", "maxPartitionLag", "recordsPerSecond", "lastScale"];
+
+/// The autoscaler's figures for status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Figures {
+    /// Records waiting across all input partitions.
+    pub lag: i64,
+    /// Records waiting on the most behind partition.
+    pub max_partition_lag: i64,
+    /// Records consumed per second (two decimals).
+    pub records_per_second: f64,
+    /// The last scaling decision.
+    pub last_scale: Option<ScaleDecision>,
+}
+
+impl Figures {
+    /// The figures `status` shows.
+    pub fn of(status: &PipelineStatus) -> Self {
+        Figures {
+            lag: status.lag,
+            max_partition_lag: status.max_partition_lag,
+            records_per_second: status.records_per_second,
+            last_scale: status.last_scale.clone(),
+        }
+    }
+
+    /// The figures of a tick (the last decision kept from `previous` if the tick has none).
+    pub fn new(
+        lag: i64,
+        max_partition_lag: i64,
+        records_per_second: f64,
+        last_scale: Option<ScaleDecision>,
+        previous: &PipelineStatus,
+    ) -> Self {
+        Figures {
+            lag,
+            max_partition_lag,
+            records_per_second: (records_per_second * 100.0).round() / 100.0,
+            last_scale: last_scale.or_else(|| previous.last_scale.clone()),
+        }
+    }
+
+    /// The status patch of the figures alone.
+    pub fn to_status(&self) -> serde_json::Value {
+        let mut status = serde_json::json!({
+            "lag": self.lag,
+            "maxPartitionLag": self.max_partition_lag,
+            "recordsPerSecond": self.records_per_second,
+        });
+        if let (Some(d), Some(obj)) = (&self.last_scale, status.as_object_mut())
+            && let Ok(v) = serde_json::to_value(d)
+        {
+            obj.insert("lastScale".into(), v);
+        }
+        status
+    }
+}
+
+/// `status` without the autoscaler's figures (zeroed).
+fn without_figures(status: &PipelineStatus) -> PipelineStatus {
+    PipelineStatus {
+        lag: 0,
+        max_partition_lag: 0,
+        records_per_second: 0.0,
+        last_scale: None,
+        ..status.clone()
+    }
+}
+
+/// The status patch reconcile writes: every field but the autoscaler's figures.
+pub fn reconciled_fields(status: &PipelineStatus) -> serde_json::Value {
+    let mut value = serde_json::to_value(status).unwrap_or_default();
+    if let Some(obj) = value.as_object_mut() {
+        for field in FIGURES {
+            obj.remove(field);
+        }
+    }
+    value
 }
 
 #[cfg(test)]
@@ -343,10 +425,63 @@ mod tests {
         let first = compute(Some(1), "s".into(), &obs, &PipelineStatus::default());
         let second = compute(Some(1), "s".into(), &obs, &first);
         assert!(!changed(&first, &second));
-        let more_lag = Observed { lag: 10, ..obs };
+        let more_lag = Observed {
+            lag: 10,
+            ..obs.clone()
+        };
+        assert!(
+            !changed(&first, &compute(Some(1), "s".into(), &more_lag, &first)),
+            "the figures are the sampler's to write"
+        );
+        let fewer_ready = Observed {
+            deployment: Some(deployment(0, 1, 1)),
+            ..obs
+        };
         assert!(changed(
             &first,
-            &compute(Some(1), "s".into(), &more_lag, &first)
+            &compute(Some(1), "s".into(), &fewer_ready, &first)
         ));
+    }
+
+    #[test]
+    fn reconcile_and_the_sampler_write_disjoint_fields() {
+        let obs = Observed {
+            deployment: Some(deployment(1, 1, 1)),
+            desired_replicas: 1,
+            lag: 7,
+            ..Observed::default()
+        };
+        let status = compute(Some(1), "s".into(), &obs, &PipelineStatus::default());
+        let reconciled = reconciled_fields(&status);
+        let figures = Figures::of(&status).to_status();
+        let reconciled = reconciled.as_object().unwrap();
+        let figures = figures.as_object().unwrap();
+        assert!(
+            reconciled.contains_key("conditions") && reconciled.contains_key("desiredReplicas")
+        );
+        assert_eq!(figures["lag"], 7);
+        assert!(
+            figures.keys().all(|k| !reconciled.contains_key(k)),
+            "{figures:?} / {reconciled:?}"
+        );
+        let kept = Figures::new(
+            1,
+            1,
+            0.126,
+            None,
+            &PipelineStatus {
+                last_scale: Some(ScaleDecision {
+                    time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                    ),
+                    from: 1,
+                    to: 2,
+                    reason: "lag".into(),
+                }),
+                ..PipelineStatus::default()
+            },
+        );
+        assert_eq!(kept.records_per_second, 0.13);
+        assert_eq!(kept.to_status()["lastScale"]["to"], 2);
     }
 }

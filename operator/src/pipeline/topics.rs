@@ -4,12 +4,14 @@
 //! created by the processor itself, which knows their partition counts.)
 
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use sluice_crds::topic::DeletionPolicy;
 use sluice_crds::{Pipeline, Topic, TopicSpec};
 
 use crate::Error;
 use crate::context::{Context, FIELD_MANAGER};
+use crate::controller::Guarded;
 
 /// A DNS-1123 name for a Topic resource holding Kafka topic `topic`.
 pub fn resource_name(topic: &str) -> String {
@@ -79,7 +81,11 @@ pub fn dead_letter_topic(p: &Pipeline) -> Option<Topic> {
 
 /// Creates the dead-letter Topic resource when neither Kafka nor a Topic resource in the
 /// namespace has that topic.
-pub async fn ensure(ctx: &Context, p: &Pipeline) -> Result<(), Error> {
+pub async fn ensure(
+    ctx: &Context,
+    topics: &Store<Guarded<Topic>>,
+    p: &Pipeline,
+) -> Result<(), Error> {
     let Some(wanted) = dead_letter_topic(p) else {
         return Ok(());
     };
@@ -88,14 +94,14 @@ pub async fn ensure(ctx: &Context, p: &Pipeline) -> Result<(), Error> {
         return Ok(());
     }
     let ns = p.namespace().unwrap_or_default();
-    let api: Api<Topic> = Api::namespaced(ctx.client.clone(), &ns);
-    let existing = api
-        .list(&Default::default())
-        .await
-        .map_err(Error::kube("list Topics"))?;
-    if existing.items.iter().any(|t| t.kafka_name() == kafka_name) {
+    let declared = topics.state().iter().any(|g| {
+        g.0.as_ref()
+            .is_ok_and(|t| t.namespace().as_deref() == Some(&ns) && t.kafka_name() == kafka_name)
+    });
+    if declared {
         return Ok(());
     }
+    let api: Api<Topic> = Api::namespaced(ctx.client.clone(), &ns);
     api.patch(
         &wanted.name_any(),
         &PatchParams::apply(FIELD_MANAGER),
