@@ -9,7 +9,7 @@ STATE := e2e/.state
 BIN := $(STATE)/bin
 RELEASE_NS := sluice-system
 
-.PHONY: demo test unit lint e2e generate check-generated deploy undeploy up down bench soak help prebuild
+.PHONY: demo test unit lint e2e generate check-generated deploy undeploy up down bench soak help prebuild images
 
 help:
 	@echo "make demo      local cluster + Kafka + Sluice + the orders pipeline moving data"
@@ -17,6 +17,7 @@ help:
 	@echo "make unit      unit tests only (no environment)"
 	@echo "make deploy    build Sluice and helm-install it into the running e2e environment"
 	@echo "make generate  regenerate CRD YAML, chart CRDs and manifests/install.yaml"
+	@echo "make images    build the operator and processor images (OCI archives, no Docker daemon)"
 	@echo "make bench     run the benchmarks (on demand)"
 	@echo "make soak      the installed operator's steady-load test for five minutes (needs e2e/up)"
 
@@ -48,6 +49,7 @@ E2E_DEPLOYED := pipeline native_connector
 E2E_OWN := $(filter-out $(E2E_DEPLOYED),$(basename $(notdir $(wildcard e2e/tests/*.rs))))
 e2e: check-generated
 	$(CARGO) build -p sluice-operator -p sluice-processor -p sluice-e2e --bins --tests
+	e2e/images/build --profile dev
 	$(CARGO) test -p sluice-e2e $(addprefix --test ,$(E2E_OWN)) -- --test-threads=2
 	e2e/deploy
 	e2e/lib/delete-test-namespaces
@@ -82,6 +84,10 @@ check-generated:
 
 deploy:
 	e2e/deploy
+
+# The release images as OCI image archives in e2e/.state/images (e2e/images/build).
+images:
+	e2e/images/build --profile release
 
 # The steady-load test of `make test` holds its load for 90 s; this holds it for five
 # minutes against the running environment (e2e/up first).

@@ -14,3 +14,6 @@ ETCD_VERSION=v3.6.4
 HELM_VERSION=v3.19.5
 # github.com/minio/minio: MinIO tags releases as RELEASE.<date>, which Go sees as pseudo-versions.
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
+# github.com/google/go-containerregistry: crane (builds and copies the images) and registry
+# (a local OCI registry), for `make images` and the node.
+GGCR_VERSION=v0.22.1
