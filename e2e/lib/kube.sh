@@ -108,12 +108,18 @@ apiserver_up() {
         return 0
     fi
     stop kube-apiserver
+    # How the API server proves itself to kubelets (logs, exec, port-forward).
+    [ -f "$PKI/apiserver-kubelet-client.crt" ] ||
+        cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client"
     say "starting kube-apiserver $KUBERNETES_VERSION on 127.0.0.1:$port"
     start kube-apiserver "$BIN/kube-apiserver" \
         --etcd-servers "http://127.0.0.1:$(port_for etcd)" \
         --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$port" \
         --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
         --client-ca-file "$PKI/ca.crt" \
+        --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
+        --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+        --kubelet-preferred-address-types InternalIP,Hostname \
         --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
         --service-account-issuer https://kubernetes.default.svc.cluster.local \
         --api-audiences https://kubernetes.default.svc.cluster.local \

@@ -17,3 +17,8 @@ MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 # github.com/google/go-containerregistry: crane (builds and copies the images) and registry
 # (a local OCI registry), for `make images` and the node.
 GGCR_VERSION=v0.22.1
+# The node (e2e/lib/node.sh): containerd with its runc shim, runc, and the CNI plugins,
+# each from its Go module; kubelet and kube-scheduler are KUBERNETES_VERSION's.
+CONTAINERD_VERSION=v2.4.2
+RUNC_VERSION=v1.5.3
+CNI_PLUGINS_VERSION=v1.10.0

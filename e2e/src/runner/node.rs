@@ -44,8 +44,14 @@ pub fn node_object(name: &str) -> Value {
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": { "name": name, "labels": node_labels(name) },
+        // The runner binds the pods it runs itself; the taint keeps kube-scheduler, which
+        // places pods on the environment's kubelet node, from binding any here.
+        "spec": { "taints": [{ "key": RUNNER_TAINT, "value": "true", "effect": "NoSchedule" }] },
     })
 }
+
+/// The taint on the runner's node: kube-scheduler leaves it alone.
+pub const RUNNER_TAINT: &str = "sluice.dev/process-runner";
 
 /// The Node status: Ready, no pressure, this machine's capacity.
 pub fn node_status(name: &str, now: Timestamp, started: Timestamp) -> Value {
@@ -200,5 +206,7 @@ mod tests {
             node.metadata.labels.unwrap()["kubernetes.io/hostname"],
             "n1"
         );
+        let taints = node.spec.unwrap().taints.unwrap();
+        assert_eq!(taints[0].key, RUNNER_TAINT);
     }
 }
