@@ -214,6 +214,11 @@ node_down() {
         grep -o " $NODE_DIR[^ ]*" /proc/mounts | sort -r | while read -r m; do
             umount -l "$m" 2>/dev/null || true
         done
+        # The pods' network namespaces (CNI names them cni-<uuid>) and addresses.
+        ip netns list 2>/dev/null | awk '/^cni-/ {print $1}' | while read -r n; do
+            ip netns del "$n" 2>/dev/null || true
+        done
+        rm -rf "$NODE_DIR/cni/ipam"
     fi
     stop registry
 }
