@@ -76,6 +76,14 @@ pub struct Args {
     #[arg(long, env = "SLUICE_PROCESSOR_RESOURCES")]
     pub processor_resources: Option<String>,
 
+    /// The nodeSelector of processor pods, as JSON (`{"disktype":"ssd"}`).
+    #[arg(long, env = "SLUICE_PROCESSOR_NODE_SELECTOR")]
+    pub processor_node_selector: Option<String>,
+
+    /// The tolerations of processor pods, as JSON (a list of Kubernetes tolerations).
+    #[arg(long, env = "SLUICE_PROCESSOR_TOLERATIONS")]
+    pub processor_tolerations: Option<String>,
+
     /// How often each pipeline's lag is read and its size decided.
     #[arg(long, env = "SLUICE_AUTOSCALE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub autoscale_interval: Duration,

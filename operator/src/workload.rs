@@ -51,6 +51,10 @@ pub struct ProcessorDefaults {
     pub allowed_images: Vec<String>,
     /// Resources unless the workload sets its own.
     pub resources: Option<ResourceRequirements>,
+    /// Where processor pods may run (the chart's `processor.nodeSelector`).
+    pub node_selector: Option<std::collections::BTreeMap<String, String>>,
+    /// Taints processor pods tolerate (the chart's `processor.tolerations`).
+    pub tolerations: Option<Vec<k8s_openapi::api::core::v1::Toleration>>,
     /// Kafka bootstrap servers.
     pub kafka_bootstrap: String,
     /// The operator's own Kafka client settings (`client.properties` text, for SASL/TLS):
@@ -407,6 +411,8 @@ pub fn deployment(
                 spec: Some(PodSpec {
                     containers: vec![container],
                     volumes: Some(volumes),
+                    node_selector: defaults.node_selector.clone(),
+                    tolerations: defaults.tolerations.clone(),
                     automount_service_account_token: Some(false),
                     termination_grace_period_seconds: Some(60),
                     security_context: Some(PodSecurityContext {

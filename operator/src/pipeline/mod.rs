@@ -58,17 +58,24 @@ pub struct PipelineSettings {
 impl PipelineSettings {
     /// From the operator's flags.
     pub fn from_args(args: &crate::Args) -> crate::Result<Self> {
-        let resources = args
-            .processor_resources
-            .as_deref()
-            .filter(|s| !s.trim().is_empty())
-            .map(serde_json::from_str)
-            .transpose()
-            .map_err(|e| {
-                crate::Error::Setting(format!(
-                    "SLUICE_PROCESSOR_RESOURCES is not resource requirements: {e}"
-                ))
-            })?;
+        let resources = json_setting(
+            args.processor_resources.as_deref(),
+            "SLUICE_PROCESSOR_RESOURCES",
+            "resource requirements",
+        )?;
+        // The chart's empty defaults (`{}`, `[]`) set nothing.
+        let node_selector = json_setting::<std::collections::BTreeMap<String, String>>(
+            args.processor_node_selector.as_deref(),
+            "SLUICE_PROCESSOR_NODE_SELECTOR",
+            "a map of node labels",
+        )?
+        .filter(|m| !m.is_empty());
+        let tolerations = json_setting::<Vec<k8s_openapi::api::core::v1::Toleration>>(
+            args.processor_tolerations.as_deref(),
+            "SLUICE_PROCESSOR_TOLERATIONS",
+            "a list of tolerations",
+        )?
+        .filter(|t| !t.is_empty());
         Ok(Self {
             defaults: ProcessorDefaults {
                 image: args.processor_image.clone(),
@@ -79,12 +86,26 @@ impl PipelineSettings {
                     .filter(|s| !s.is_empty())
                     .collect(),
                 resources,
+                node_selector,
+                tolerations,
                 kafka_bootstrap: args.kafka_bootstrap.clone(),
                 kafka_client_properties: crate::kafka_properties_text(args)?,
             },
             tick: args.autoscale_interval,
         })
     }
+}
+
+/// A setting given as JSON (empty: unset), or an error naming it and what it should be.
+fn json_setting<T: serde::de::DeserializeOwned>(
+    text: Option<&str>,
+    name: &str,
+    what: &str,
+) -> crate::Result<Option<T>> {
+    text.filter(|s| !s.trim().is_empty() && s.trim() != "null")
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(|e| crate::Error::Setting(format!("{name} is not {what}: {e}")))
 }
 
 /// Problems that make the spec unrunnable: scaling settings the autoscaler cannot use,
@@ -429,6 +450,49 @@ mod tests {
             "spec": {"inputs": ["orders"], "steps": steps, "outputs": [{"topic": "out"}]}
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn processor_placement_comes_from_json_settings_and_empty_ones_set_nothing() {
+        use clap::Parser;
+        let args = crate::Args::parse_from([
+            "sluice-operator",
+            "--kafka-bootstrap",
+            "k:9092",
+            "--processor-node-selector",
+            r#"{"sluice.dev/node":"kubelet"}"#,
+            "--processor-tolerations",
+            r#"[{"key":"sluice.dev/node","value":"kubelet","effect":"NoSchedule"}]"#,
+        ]);
+        let d = PipelineSettings::from_args(&args).unwrap().defaults;
+        assert_eq!(d.node_selector.unwrap()["sluice.dev/node"], "kubelet");
+        assert_eq!(
+            d.tolerations.unwrap()[0].effect.as_deref(),
+            Some("NoSchedule")
+        );
+        let empty = crate::Args::parse_from([
+            "sluice-operator",
+            "--kafka-bootstrap",
+            "k:9092",
+            "--processor-node-selector",
+            "{}",
+            "--processor-tolerations",
+            "[]",
+        ]);
+        let d = PipelineSettings::from_args(&empty).unwrap().defaults;
+        assert_eq!((d.node_selector, d.tolerations), (None, None));
+        let bad = crate::Args::parse_from([
+            "sluice-operator",
+            "--kafka-bootstrap",
+            "k:9092",
+            "--processor-tolerations",
+            "{}",
+        ]);
+        let err = PipelineSettings::from_args(&bad).err().unwrap().to_string();
+        assert!(
+            err.contains("SLUICE_PROCESSOR_TOLERATIONS is not a list of tolerations"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -183,6 +183,31 @@ mod tests {
     }
 
     #[test]
+    fn processor_pods_get_the_installation_s_node_selector_and_tolerations() {
+        let p = pipeline();
+        let mut d = defaults();
+        let plain = children(&p, &d, 1).unwrap();
+        let pod = |c: &Children| c.deployment.spec.clone().unwrap().template.spec.unwrap();
+        assert_eq!(pod(&plain).node_selector, None);
+        d.node_selector = Some([("disktype".to_string(), "ssd".to_string())].into());
+        d.tolerations = Some(vec![k8s_openapi::api::core::v1::Toleration {
+            key: Some("dedicated".into()),
+            operator: Some("Exists".into()),
+            ..Default::default()
+        }]);
+        let placed = children(&p, &d, 1).unwrap();
+        assert_eq!(pod(&placed).node_selector.unwrap()["disktype"], "ssd");
+        assert_eq!(
+            pod(&placed).tolerations.unwrap()[0].key.as_deref(),
+            Some("dedicated")
+        );
+        assert_ne!(
+            plain.fingerprint, placed.fingerprint,
+            "a placement change is applied"
+        );
+    }
+
+    #[test]
     fn children_are_rendered_whole_with_a_fingerprint_of_what_changes_them() {
         let p = pipeline();
         let mut d = defaults();
