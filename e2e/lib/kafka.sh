@@ -95,16 +95,20 @@ kafka_sasl_env() {
 }
 
 kafka_up() {
-    local port cport sport dir=$STATE/kafka props bootstrap
+    local port cport sport pport dir=$STATE/kafka props bootstrap
     port=$(port_for kafka)
     sport=$(port_for kafka-sasl kafka)
+    # Pods on the node reach the broker on the node's address (node.sh).
+    pport=$(port_for kafka-pods kafka)
     bootstrap=127.0.0.1:$port
     props=$dir/server.properties
-    # A broker started before the SASL listener existed is restarted with it.
+    # A broker started before the SASL or pods listener existed is restarted with them.
     if running kafka && grep -qs "SASL_PLAINTEXT://127.0.0.1:$sport" "$props" &&
+        grep -qs "PODS://$NODE_IP:$pport" "$props" &&
         kafka_ready "$bootstrap" >/dev/null 2>&1; then
-        say "Kafka already running at $bootstrap (SASL/SCRAM at 127.0.0.1:$sport)"
+        say "Kafka already running at $bootstrap (SASL/SCRAM at 127.0.0.1:$sport, pods at $NODE_IP:$pport)"
         set_env KAFKA_BOOTSTRAP "$bootstrap"
+        set_env KAFKA_NODE_BOOTSTRAP "$NODE_IP:$pport"
         set_env KAFKA_JARS "$KAFKA_CACHE"
         kafka_sasl_env "$sport"
         return 0
@@ -122,11 +126,11 @@ kafka_up() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sport,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sport
+listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sport,PODS://$NODE_IP:$pport,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sport,PODS://$NODE_IP:$pport
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,PODS:PLAINTEXT,CONTROLLER:PLAINTEXT
 sasl.enabled.mechanisms=SCRAM-SHA-512
 listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 log.dirs=$dir/data
@@ -158,6 +162,7 @@ EOF
     kafka_scram_user "$bootstrap" >>"$LOGS/kafka.log" 2>&1 ||
         die "could not create the SCRAM user $KAFKA_SASL_USER; see $LOGS/kafka.log"
     set_env KAFKA_BOOTSTRAP "$bootstrap"
+    set_env KAFKA_NODE_BOOTSTRAP "$NODE_IP:$pport"
     set_env KAFKA_JARS "$KAFKA_CACHE"
     kafka_sasl_env "$sport"
     say "Kafka ready at $bootstrap (SASL/SCRAM-SHA-512 at 127.0.0.1:$sport, user $KAFKA_SASL_USER)"

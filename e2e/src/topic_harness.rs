@@ -62,6 +62,17 @@ pub struct Operator {
 impl Operator {
     /// Starts an operator watching `ns`, electing its leader on a Lease in `ns`.
     pub async fn start(env: &TestEnv, ns: &str, identity: &str, bootstrap: &str) -> Self {
+        Self::start_with(env, ns, identity, bootstrap, &[]).await
+    }
+
+    /// [`Operator::start`] with more flags.
+    pub async fn start_with(
+        env: &TestEnv,
+        ns: &str,
+        identity: &str,
+        bootstrap: &str,
+        extra: &[&str],
+    ) -> Self {
         let port = free_port();
         let logs = TestEnv::state_dir().join("logs");
         std::fs::create_dir_all(&logs).unwrap();
@@ -93,6 +104,7 @@ impl Operator {
                 "--listen",
                 &format!("127.0.0.1:{port}"),
             ])
+            .args(extra)
             .env("KUBECONFIG", env.var("KUBECONFIG"))
             .env("RUST_LOG", "info,sluice_operator=debug")
             .stdin(Stdio::null())

@@ -29,7 +29,7 @@ fn restricted_container(name: &str, image: &str, args: &[&str]) -> serde_json::V
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"}
         },
-        "resources": {"limits": {"memory": "64Mi", "cpu": "500m"}}
+        "resources": {"limits": {"memory": "64Mi", "cpu": "100m"}}
     })
 }
 
@@ -131,6 +131,33 @@ impl Fixture {
             .await
             .expect("the kubelet serves the logs")
     }
+}
+
+/// SIGKILLs a container's process through containerd (`containerd://<id>`), as a crash
+/// would end it.
+fn kill_container(id: &str) {
+    let env = TestEnv::require();
+    let out = std::process::Command::new(format!("{}/ctr", env.var("E2E_BIN")))
+        .args(["--address", &env.var("CONTAINERD_ADDRESS"), "-n", "k8s.io"])
+        .args(["tasks", "kill", "-s", "SIGKILL"])
+        .arg(id.trim_start_matches("containerd://"))
+        .output()
+        .expect("run ctr");
+    assert!(
+        out.status.success(),
+        "ctr tasks kill {id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The status of a pod's first container.
+fn first_status(pod: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerStatus> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()
+        .cloned()
 }
 
 fn container_id(pod: &Pod) -> String {
@@ -272,27 +299,7 @@ async fn the_kubelet_runs_the_probes_restarts_a_killed_container_and_kills_one_o
     .await;
     let first = container_id(&ready);
     // Kill the container's process from outside, as a crash would end it.
-    let id = first.trim_start_matches("containerd://").to_string();
-    let env = TestEnv::require();
-    let ctr = std::process::Command::new(format!("{}/ctr", env.var("E2E_BIN")))
-        .args([
-            "--address",
-            &env.var("CONTAINERD_ADDRESS"),
-            "-n",
-            "k8s.io",
-            "tasks",
-            "kill",
-            "-s",
-            "SIGKILL",
-            &id,
-        ])
-        .output()
-        .expect("run ctr");
-    assert!(
-        ctr.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ctr.stderr)
-    );
+    kill_container(&first);
     let restarted = wait_for(
         "the kubelet to restart the container",
         Duration::from_secs(120),
@@ -301,13 +308,7 @@ async fn the_kubelet_runs_the_probes_restarts_a_killed_container_and_kills_one_o
             let first = first.clone();
             async move {
                 let p = pods.get("web").await.ok()?;
-                let s = p
-                    .status
-                    .as_ref()?
-                    .container_statuses
-                    .as_ref()?
-                    .first()?
-                    .clone();
+                let s = first_status(&p)?;
                 let ready = s.ready && s.restart_count >= 1 && container_id(&p) != first;
                 ready.then_some(s)
             }
@@ -334,4 +335,158 @@ async fn the_kubelet_runs_the_probes_restarts_a_killed_container_and_kills_one_o
         Some("OOMKilled"),
         "{terminated:?}"
     );
+    f.done().await;
+}
+
+/// The seed pipeline (a filter, then a sum per region, exactly once) with its processors
+/// on the node: an operator started for this test puts them there with the placement
+/// settings the chart has (`processor.nodeSelector`, `processor.tolerations`), and they
+/// reach Kafka on the node's address as pods of a cluster reach their brokers.
+#[tokio::test]
+async fn the_seed_pipeline_runs_on_the_node_exactly_once_through_a_container_killed_and_restarted()
+{
+    use sluice_e2e::installed::{assert_totals, orders};
+    use sluice_e2e::kafka;
+    use sluice_e2e::topic_harness::{INSTANCE, Operator, kafka_create};
+
+    let f = Fixture::new("node-seed").await;
+    let env = TestEnv::require();
+    let bootstrap = env.var("KAFKA_NODE_BOOTSTRAP");
+    let (input, output) = (
+        format!("orders-{}", f.namespace),
+        format!("totals-{}", f.namespace),
+    );
+    kafka_create(&bootstrap, &input, 4, &[]).await;
+    kafka_create(&bootstrap, &output, 2, &[]).await;
+    sluice_e2e::topic_harness::install_topic_crd(&f.client).await;
+    let selector = format!(r#"{{"{}":"{}"}}"#, NODE_SELECTOR.0, NODE_SELECTOR.1);
+    let tolerations = format!(
+        r#"[{{"key":"{}","value":"{}","effect":"NoSchedule"}}]"#,
+        NODE_SELECTOR.0, NODE_SELECTOR.1
+    );
+    let operator = Operator::start_with(
+        &env,
+        &f.namespace,
+        "node",
+        &bootstrap,
+        &[
+            "--processor-node-selector",
+            &selector,
+            "--processor-tolerations",
+            &tolerations,
+        ],
+    )
+    .await;
+    let pipeline = json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "Pipeline",
+        "metadata": {"name": "region-totals", "labels": {"sluice.dev/instance": INSTANCE}},
+        "spec": {
+            "inputs": [input],
+            "steps": [
+                {"name": "positive-orders", "filter": "value.total > 0.0"},
+                {"name": "totals-per-region", "aggregate": {
+                    "groupBy": {"region": "value.region"},
+                    "aggregations": [{"name": "total", "op": "sum", "of": "value.total"}]
+                }}
+            ],
+            "outputs": [{"topic": output, "key": "value.region"}],
+            "delivery": "exactlyOnce",
+            "replicas": 2,
+            "scaling": {"mode": "external"}
+        }
+    });
+    cluster::apply(&f.client, &f.namespace, &pipeline)
+        .await
+        .expect("apply the Pipeline");
+
+    let pods = f.pods();
+    let running = || {
+        let pods = pods.clone();
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels("sluice.dev/pipeline=region-totals"))
+                .await
+                .ok()?;
+            let ready: Vec<Pod> = list
+                .items
+                .into_iter()
+                .filter(|p| {
+                    p.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                })
+                .collect();
+            (ready.len() == 2).then_some(ready)
+        }
+    };
+    let replicas = wait_for(
+        "2 processors Ready on the node",
+        Duration::from_secs(180),
+        running,
+    )
+    .await;
+    for p in &replicas {
+        assert_eq!(
+            p.spec.as_ref().unwrap().node_name.as_deref(),
+            Some(f.node.as_str())
+        );
+        assert!(container_id(p).starts_with("containerd://"));
+    }
+
+    let producer = kafka::producer(&bootstrap).expect("a producer");
+    let (first, mut expected, mut kept) = orders(0, 600);
+    kafka::produce(&producer, &input, &first)
+        .await
+        .expect("produce");
+    // One processor's container dies mid-stream; the kubelet starts it again.
+    kill_container(&container_id(&replicas[0]));
+    let (second, more, more_kept) = orders(600, 1200);
+    kafka::produce(&producer, &input, &second)
+        .await
+        .expect("produce");
+    for (region, total) in more {
+        *expected.entry(region).or_insert(0.0) += total;
+    }
+    kept += more_kept;
+    let name = replicas[0].metadata.name.clone().unwrap();
+    wait_for(
+        "the killed container restarted",
+        Duration::from_secs(180),
+        || {
+            let pods = pods.clone();
+            let name = name.clone();
+            async move {
+                let p = pods.get(&name).await.ok()?;
+                let s = first_status(&p)?;
+                (s.restart_count >= 1 && s.ready).then_some(())
+            }
+        },
+    )
+    .await;
+
+    let read = |count: usize| {
+        let bootstrap = bootstrap.clone();
+        let output = output.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(180);
+            loop {
+                let records = kafka::read_all(
+                    &bootstrap,
+                    &output,
+                    Duration::from_secs(3),
+                    Duration::from_secs(120),
+                )
+                .expect("read the output");
+                if records.len() >= count || Instant::now() > deadline {
+                    return records;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
+    let out = read(kept).await;
+    assert_totals(&out, &expected, kept);
+    operator.stop().await;
+    f.done().await;
 }
