@@ -14,6 +14,10 @@ use sluice_e2e::kafka;
 use sluice_e2e::processor::*;
 
 const WAIT: Duration = Duration::from_secs(120);
+
+/// The database restart test stops the environment's PostgreSQL: it holds this for
+/// writing, every other test here for reading.
+static DATABASE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 const REGIONS: [&str; 3] = ["eu", "us", "ap"];
 
 /// A sink replica: `sluice-processor run -f` of a sink Connector manifest.
@@ -114,6 +118,7 @@ async fn count(pg: &tokio_postgres::Client, sql: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn insert_mode_writes_each_record_exactly_once_across_sigkills() {
+    let _database = DATABASE.read().await;
     let env = TestEnv::require();
     let bootstrap = env.var("KAFKA_BOOTSTRAP");
     let tag = unique("pgsink-eo");
@@ -202,6 +207,7 @@ async fn insert_mode_writes_each_record_exactly_once_across_sigkills() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn upserts_delete_on_tombstones_and_a_refused_row_goes_to_the_dead_letter_topic() {
+    let _database = DATABASE.read().await;
     let env = TestEnv::require();
     let bootstrap = env.var("KAFKA_BOOTSTRAP");
     let tag = unique("pgsink-up");
@@ -282,4 +288,133 @@ async fn upserts_delete_on_tombstones_and_a_refused_row_goes_to_the_dead_letter_
     assert!(why.contains("invalid input syntax"), "{why}");
     assert_eq!(d.headers["sluice.step"], "postgres");
     assert_eq!(d.headers["sluice.source.offset"], "2");
+}
+
+/// Stops the environment's PostgreSQL (a fast shutdown: clients are cut off) and starts
+/// it again with `e2e/up`, which starts what is not running.
+fn restart_database() {
+    let pids = TestEnv::state_dir().join("pids").join("postgres");
+    let pid = std::fs::read_to_string(&pids).unwrap();
+    // e2e/up starts it in a session of its own: the group is the server.
+    let ok = Command::new("kill")
+        .args(["-INT", "--", &format!("-{}", pid.trim())])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "stop PostgreSQL");
+    let start = Instant::now();
+    while Command::new("kill")
+        .args(["-0", pid.trim()])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(start.elapsed() < WAIT, "PostgreSQL did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Down for a while: the sink's retries meet a refused connection.
+    std::thread::sleep(Duration::from_secs(3));
+    let up = Command::new(sluice_e2e::env::repo_root().join("e2e/up"))
+        .output()
+        .unwrap();
+    assert!(
+        up.status.success(),
+        "e2e/up: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_connections_and_a_restarted_database_lose_and_repeat_nothing() {
+    let _database = DATABASE.write().await;
+    let env = TestEnv::require();
+    let bootstrap = env.var("KAFKA_BOOTSTRAP");
+    let tag = unique("pgsink-restart");
+    let table = tag.replace('-', "_");
+    let (pg, credentials) = database(&env, &tag).await;
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (order_id text NOT NULL, region text, total numeric)"
+    ))
+    .await
+    .unwrap();
+    create_topics(&bootstrap, &[(&tag, 3)]).await;
+    let n = 2400;
+    let records: Vec<(String, String)> = (0..n)
+        .map(|i| {
+            let id = format!("o-{i}");
+            (
+                id.clone(),
+                json!({"order_id": id, "region": REGIONS[i % 3], "total": i % 50}).to_string(),
+            )
+        })
+        .collect();
+    let path = manifest(
+        &tag,
+        json!({"type": "sink", "topics": [tag],
+               "postgres": {"table": table, "batch": {"records": 100, "interval": "100ms"}}}),
+    );
+    let feed = kafka::produce_paced(
+        kafka::producer(&bootstrap).unwrap(),
+        tag.clone(),
+        records,
+        n / 120,
+        Duration::from_millis(250),
+    );
+    let mut sink = SinkProcess::start(&bootstrap, &path, &credentials, &tag);
+    let rows = format!("SELECT count(*) FROM {table}");
+    let wait_for_more = |pg: tokio_postgres::Client, before: i64| {
+        let rows = rows.clone();
+        async move {
+            let start = Instant::now();
+            while count(&pg, &rows).await <= before {
+                assert!(start.elapsed() < WAIT, "no new rows after {before}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            pg
+        }
+    };
+    // Twice, the sink's connection is cut from the server side while rows arrive.
+    let mut pg = pg;
+    for _ in 0..2 {
+        let before = count(&pg, &rows).await;
+        pg = wait_for_more(pg, before).await;
+        let cut = count(
+            &pg,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = 'sluice' AND datname = current_database()",
+        )
+        .await;
+        assert!(cut >= 1, "the sink's connection was there to cut");
+    }
+    // Then the database itself goes down and comes back.
+    let before = count(&pg, &rows).await;
+    let pg = wait_for_more(pg, before).await;
+    drop(pg);
+    tokio::task::spawn_blocking(restart_database).await.unwrap();
+    let (pg, _) = database(&env, &tag).await;
+    assert!(
+        !feed.is_finished(),
+        "the failures came after the input ended"
+    );
+    feed.await.unwrap().unwrap();
+    let start = Instant::now();
+    while count(&pg, &rows).await < n as i64 {
+        assert!(start.elapsed() < WAIT, "rows missing: {}", sink.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sink.signal("-TERM");
+    let log = sink.log_text();
+    assert!(log.contains("stopped cleanly"), "{log}");
+    assert_eq!(count(&pg, &rows).await, n as i64, "no duplicate");
+    assert_eq!(
+        count(
+            &pg,
+            &format!("SELECT count(DISTINCT order_id) FROM {table}")
+        )
+        .await,
+        n as i64,
+        "no gap"
+    );
 }
