@@ -112,6 +112,49 @@ fn manifest(tag: &str, spec: serde_json::Value) -> PathBuf {
     path
 }
 
+/// A table of orders without a unique constraint (a record written twice shows as two
+/// rows), its topic with 3 partitions, and credentials for it.
+struct OrdersTable {
+    bootstrap: String,
+    tag: String,
+    table: String,
+    pg: tokio_postgres::Client,
+    credentials: PathBuf,
+}
+
+async fn orders_table(prefix: &str) -> OrdersTable {
+    let env = TestEnv::require();
+    let bootstrap = env.var("KAFKA_BOOTSTRAP");
+    let tag = unique(prefix);
+    let table = tag.replace('-', "_");
+    let (pg, credentials) = database(&env, &tag).await;
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (order_id text NOT NULL, region text, total numeric)"
+    ))
+    .await
+    .unwrap();
+    create_topics(&bootstrap, &[(&tag, 3)]).await;
+    OrdersTable {
+        bootstrap,
+        tag,
+        table,
+        pg,
+        credentials,
+    }
+}
+
+/// `n` orders keyed by id, each with a field the table has no column for.
+fn order_records(n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| {
+            let id = format!("o-{i}");
+            let value =
+                json!({"order_id": id, "region": REGIONS[i % 3], "total": i % 50, "ignored": true});
+            (id, value.to_string())
+        })
+        .collect()
+}
+
 async fn count(pg: &tokio_postgres::Client, sql: &str) -> i64 {
     pg.query_one(sql, &[]).await.unwrap().get(0)
 }
@@ -119,28 +162,15 @@ async fn count(pg: &tokio_postgres::Client, sql: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn insert_mode_writes_each_record_exactly_once_across_sigkills() {
     let _database = DATABASE.read().await;
-    let env = TestEnv::require();
-    let bootstrap = env.var("KAFKA_BOOTSTRAP");
-    let tag = unique("pgsink-eo");
-    let table = tag.replace('-', "_");
-    let (pg, credentials) = database(&env, &tag).await;
-    // No unique constraint: a record written twice would show as two rows.
-    pg.batch_execute(&format!(
-        "CREATE TABLE {table} (order_id text NOT NULL, region text, total numeric)"
-    ))
-    .await
-    .unwrap();
-    create_topics(&bootstrap, &[(&tag, 3)]).await;
+    let OrdersTable {
+        bootstrap,
+        tag,
+        table,
+        pg,
+        credentials,
+    } = orders_table("pgsink-eo").await;
     let n = 3000;
-    let records: Vec<(String, String)> = (0..n)
-        .map(|i| {
-            (
-                format!("o-{i}"),
-                json!({"order_id": format!("o-{i}"), "region": REGIONS[i % 3], "total": i % 50, "ignored": true})
-                .to_string(),
-            )
-        })
-        .collect();
+    let records = order_records(n);
     let path = manifest(
         &tag,
         json!({"type": "sink", "topics": [tag],
@@ -329,26 +359,15 @@ fn restart_database() {
 async fn lost_connections_and_a_restarted_database_lose_and_repeat_nothing() {
     let _database = DATABASE.write().await;
     let env = TestEnv::require();
-    let bootstrap = env.var("KAFKA_BOOTSTRAP");
-    let tag = unique("pgsink-restart");
-    let table = tag.replace('-', "_");
-    let (pg, credentials) = database(&env, &tag).await;
-    pg.batch_execute(&format!(
-        "CREATE TABLE {table} (order_id text NOT NULL, region text, total numeric)"
-    ))
-    .await
-    .unwrap();
-    create_topics(&bootstrap, &[(&tag, 3)]).await;
+    let OrdersTable {
+        bootstrap,
+        tag,
+        table,
+        pg,
+        credentials,
+    } = orders_table("pgsink-restart").await;
     let n = 2400;
-    let records: Vec<(String, String)> = (0..n)
-        .map(|i| {
-            let id = format!("o-{i}");
-            (
-                id.clone(),
-                json!({"order_id": id, "region": REGIONS[i % 3], "total": i % 50}).to_string(),
-            )
-        })
-        .collect();
+    let records = order_records(n);
     let path = manifest(
         &tag,
         json!({"type": "sink", "topics": [tag],
