@@ -1,6 +1,7 @@
 //! Native Connectors with the operator installed by `make deploy` (its Helm chart): a
 //! generator Connector becomes a Deployment of the processor image running
-//! `sluice-processor connector`, run by the process runner, with its state in status.
+//! `sluice-processor connector`, run by the process runner, with its state in status; a
+//! PostgreSQL sink Connector loads its topic with credentials from a Secret.
 
 use std::time::Duration;
 
@@ -119,5 +120,73 @@ async fn a_generator_connector_runs_as_a_deployment_pauses_stops_and_goes_with_i
         },
     )
     .await;
+    f.finish().await;
+}
+
+/// A PostgreSQL sink Connector with its credentials in a Secret: the operator runs it as a
+/// processor Deployment with the Secret mounted, and every record becomes one row.
+#[tokio::test]
+async fn a_postgres_sink_connector_loads_its_topic_into_a_table_with_credentials_from_a_secret() {
+    use k8s_openapi::api::core::v1::Secret;
+    let f = fixture("native-pg").await;
+    let table = format!("orders_{}", f.ns.replace('-', "_"));
+    let url = f.env.var("DATABASE_URL");
+    let (pg, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    // The orders' fields are orderId, region and total: columns of the same names.
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (\"orderId\" text NOT NULL, region text, total numeric)"
+    ))
+    .await
+    .unwrap();
+    // postgres://user:password@host:port/dbname, as the libpq keys of the Secret.
+    let rest = url.trim_start_matches("postgres://");
+    let (auth, rest) = rest.split_once('@').unwrap();
+    let (user, password) = auth.split_once(':').unwrap();
+    let (hostport, dbname) = rest.split_once('/').unwrap();
+    let (host, port) = hostport.split_once(':').unwrap();
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "analytics-db"},
+        "stringData": {"host": host, "port": port, "dbname": dbname, "user": user, "password": password}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(f.client.clone(), &f.ns)
+        .create(&Default::default(), &secret)
+        .await
+        .unwrap();
+    f.topics(&[("orders", 3), ("orders-dlq", 1)]).await;
+    let doc = json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "Connector",
+        "metadata": {"name": "orders-to-pg"},
+        "spec": {"type": "sink", "topics": [f.topic("orders")],
+                 "secretRef": {"name": "analytics-db"},
+                 "deadLetter": {"topic": f.topic("orders-dlq")},
+                 "postgres": {"table": table, "batch": {"records": 100, "interval": "200ms"}}}
+    });
+    cluster::apply(&f.client, &f.ns, &doc).await.unwrap();
+    let connectors: Api<Connector> = Api::namespaced(f.client.clone(), &f.ns);
+    wait_ready(&connectors, "orders-to-pg", "Running").await;
+    let (records, _, _) = orders(0, 500);
+    f.produce("orders", &records).await;
+    let rows = format!("SELECT count(*), count(DISTINCT \"orderId\") FROM {table}");
+    let (n, distinct) = wait_for(Duration::from_secs(120), "500 rows", || async {
+        let row = pg.query_one(&rows, &[]).await.ok()?;
+        let (n, distinct): (i64, i64) = (row.get(0), row.get(1));
+        (n >= 500).then_some((n, distinct))
+    })
+    .await;
+    assert_eq!((n, distinct), (500, 500), "each record once");
+    let deployments: Api<Deployment> = Api::namespaced(f.client.clone(), &f.ns);
+    let d = deployments.get("orders-to-pg-connector").await.unwrap();
+    let pod = d.spec.unwrap().template.spec.unwrap();
+    let mounted = pod
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .any(|v| v.secret.and_then(|s| s.secret_name).as_deref() == Some("analytics-db"));
+    assert!(mounted, "the credentials Secret is mounted");
+    assert!(f.read("orders-dlq").is_empty(), "nothing refused");
     f.finish().await;
 }
