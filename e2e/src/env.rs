@@ -80,6 +80,24 @@ pub fn cargo_binary(name: &str) -> PathBuf {
 }
 
 impl TestEnv {
+    /// `DATABASE_URL` (`postgres://user:password@host:port/dbname`) as libpq keys: what a
+    /// Connector's `secretRef` holds.
+    pub fn database_keys(&self) -> [(&'static str, String); 5] {
+        let url = self.var("DATABASE_URL");
+        let rest = url.trim_start_matches("postgres://");
+        let (auth, rest) = rest.split_once('@').expect("user@host in DATABASE_URL");
+        let (user, password) = auth.split_once(':').expect("user:password in DATABASE_URL");
+        let (hostport, dbname) = rest.split_once('/').expect("/dbname in DATABASE_URL");
+        let (host, port) = hostport.split_once(':').expect("host:port in DATABASE_URL");
+        [
+            ("host", host.to_string()),
+            ("port", port.to_string()),
+            ("dbname", dbname.to_string()),
+            ("user", user.to_string()),
+            ("password", password.to_string()),
+        ]
+    }
+
     /// The directory `e2e/up` keeps its state in.
     pub fn state_dir() -> PathBuf {
         std::env::var_os("SLUICE_E2E_STATE")

@@ -141,15 +141,15 @@ async fn a_postgres_sink_connector_loads_its_topic_into_a_table_with_credentials
     ))
     .await
     .unwrap();
-    // postgres://user:password@host:port/dbname, as the libpq keys of the Secret.
-    let rest = url.trim_start_matches("postgres://");
-    let (auth, rest) = rest.split_once('@').unwrap();
-    let (user, password) = auth.split_once(':').unwrap();
-    let (hostport, dbname) = rest.split_once('/').unwrap();
-    let (host, port) = hostport.split_once(':').unwrap();
+    let keys: serde_json::Map<String, serde_json::Value> = f
+        .env
+        .database_keys()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.into()))
+        .collect();
     let secret: Secret = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "analytics-db"},
-        "stringData": {"host": host, "port": port, "dbname": dbname, "user": user, "password": password}
+        "stringData": keys
     }))
     .unwrap();
     Api::<Secret>::namespaced(f.client.clone(), &f.ns)

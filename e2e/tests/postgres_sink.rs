@@ -80,21 +80,9 @@ async fn database(env: &TestEnv, tag: &str) -> (tokio_postgres::Client, PathBuf)
         .await
         .unwrap();
     tokio::spawn(connection);
-    // postgres://user:password@host:port/dbname
-    let rest = url.trim_start_matches("postgres://");
-    let (auth, rest) = rest.split_once('@').unwrap();
-    let (user, password) = auth.split_once(':').unwrap();
-    let (hostport, dbname) = rest.split_once('/').unwrap();
-    let (host, port) = hostport.split_once(':').unwrap();
     let dir = log_dir().join(format!("{tag}-credentials"));
     std::fs::create_dir_all(&dir).unwrap();
-    for (key, value) in [
-        ("host", host),
-        ("port", port),
-        ("dbname", dbname),
-        ("user", user),
-        ("password", password),
-    ] {
+    for (key, value) in env.database_keys() {
         std::fs::write(dir.join(key), format!("{value}\n")).unwrap();
     }
     (client, dir)
