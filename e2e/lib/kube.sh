@@ -1,9 +1,10 @@
-# etcd, kube-apiserver and kube-controller-manager on loopback, with certificates made by
-# openssl, and the admin kubeconfig.
+# etcd, kube-apiserver and kube-controller-manager, with certificates made by openssl, and
+# the admin kubeconfig. The API server listens on every address (clients on the host use
+# 127.0.0.1) and advertises the node's, which pods reach through the `kubernetes` Service.
 # shellcheck shell=bash
 
 PKI=$STATE/pki
-# A range the API server allocates Service IPs from; nothing routes to it.
+# A range the API server allocates Service IPs from; kube-proxy on the node routes it.
 SERVICE_CIDR=10.96.0.0/16
 
 # cert NAME SUBJECT [SAN]: a key and a certificate signed by the e2e CA.
@@ -35,7 +36,7 @@ kube_pki() {
     openssl req -x509 -new -newkey rsa:2048 -nodes -keyout "$PKI/ca.key" -subj "/CN=sluice-e2e-ca" \
         -days 3650 -sha256 -out "$PKI/ca.crt" 2>/dev/null
     cert apiserver "/CN=kube-apiserver" \
-        "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.96.0.1"
+        "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.96.0.1,IP:$NODE_IP"
     cert admin "/O=system:masters/CN=sluice-e2e-admin"
     cert controller-manager "/CN=system:kube-controller-manager"
     openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
@@ -108,13 +109,18 @@ apiserver_up() {
         return 0
     fi
     stop kube-apiserver
+    # Pods reach the API server on the node's address (through the `kubernetes` Service
+    # and kube-proxy): its certificate names that address too.
+    openssl x509 -in "$PKI/apiserver.crt" -noout -text | grep -q "IP Address:$NODE_IP" ||
+        cert apiserver "/CN=kube-apiserver" \
+            "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.96.0.1,IP:$NODE_IP"
     # How the API server proves itself to kubelets (logs, exec, port-forward).
     [ -f "$PKI/apiserver-kubelet-client.crt" ] ||
         cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client"
     say "starting kube-apiserver $KUBERNETES_VERSION on 127.0.0.1:$port"
     start kube-apiserver "$BIN/kube-apiserver" \
         --etcd-servers "http://127.0.0.1:$(port_for etcd)" \
-        --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$port" \
+        --bind-address 0.0.0.0 --advertise-address "$NODE_IP" --secure-port "$port" \
         --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
         --client-ca-file "$PKI/ca.crt" \
         --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
@@ -125,7 +131,6 @@ apiserver_up() {
         --api-audiences https://kubernetes.default.svc.cluster.local \
         --service-cluster-ip-range "$SERVICE_CIDR" \
         --authorization-mode RBAC --allow-privileged=true \
-        --endpoint-reconciler-type none \
         --cert-dir "$STATE/kube-apiserver" --profiling=false --v=1
     wait_until kube-apiserver 120 apiserver_ready "$port" ||
         die "kube-apiserver did not become ready; see $LOGS/kube-apiserver.log"

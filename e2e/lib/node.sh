@@ -186,11 +186,30 @@ scheduler_up() {
         --leader-elect=false --v=1
 }
 
+# Service ClusterIPs, for pods and for the host: kube-proxy in iptables mode.
+proxy_up() {
+    if running kube-proxy; then
+        say "kube-proxy already running"
+        return 0
+    fi
+    apt_install iptables conntrack
+    [ -f "$PKI/kube-proxy.crt" ] || cert kube-proxy "/CN=system:kube-proxy"
+    kubeconfig "$STATE/kube-proxy.kubeconfig" kube-proxy
+    say "starting kube-proxy $KUBERNETES_VERSION (iptables)"
+    # --conntrack-max-per-core 0: leave the machine's conntrack table size alone.
+    start kube-proxy "$BIN/kube-proxy" --kubeconfig "$STATE/kube-proxy.kubeconfig" \
+        --proxy-mode iptables --cluster-cidr "$POD_SUBNET" --hostname-override "$NODE_NAME" \
+        --healthz-bind-address "127.0.0.1:$(port_for kube-proxy-healthz kube-proxy)" \
+        --metrics-bind-address "127.0.0.1:$(port_for kube-proxy-metrics kube-proxy)" \
+        --conntrack-max-per-core 0 --v=1
+}
+
 node_up() {
     registry_up
     containerd_up
     kubelet_up
     scheduler_up
+    proxy_up
     set_env NODE_NAME "$NODE_NAME"
     set_env CONTAINERD_ADDRESS "$NODE_DIR/containerd/containerd.sock"
     say "node $NODE_NAME Ready: kubelet, containerd $CONTAINERD_VERSION, runc $RUNC_VERSION (images from $(get_env REGISTRY))"
@@ -202,6 +221,9 @@ node_up() {
 node_down() {
     stop kubelet
     stop kube-scheduler
+    stop kube-proxy
+    # The Service rules kube-proxy wrote go with it.
+    [ -x "$BIN/kube-proxy" ] && "$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
     if running containerd; then
         local ctr=$CACHE/containerd-$CONTAINERD_VERSION/bin/ctr sock=$NODE_DIR/containerd/containerd.sock
         "$ctr" --address "$sock" -n k8s.io tasks ls -q 2>/dev/null | while read -r t; do

@@ -255,6 +255,45 @@ async fn the_runtime_enforces_a_read_only_root_a_non_root_user_no_capabilities_a
     f.done().await;
 }
 
+/// A plain HTTP GET of `path` from `addr` (host:port), the body.
+fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+#[tokio::test]
+async fn a_pod_reaches_the_api_server_through_the_kubernetes_service() {
+    let f = Fixture::new("node-svc").await;
+    let busybox = image("e2e-busybox");
+    // Plain HTTP to the API server's TLS port: Go's TLS server answers it with a 400 (the
+    // Service's only endpoint is the API server).
+    let script = "echo \"$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT\"; \
+                  printf 'GET /version HTTP/1.0\\r\\n\\r\\n' | \
+                  nc -w 5 \"$KUBERNETES_SERVICE_HOST\" \"$KUBERNETES_SERVICE_PORT\"";
+    f.create(&pod_on_node(
+        "api",
+        "Never",
+        vec![restricted_container("api", &busybox, &["sh", "-c", script])],
+    ))
+    .await;
+    f.phase("api", "Succeeded").await;
+    let out = f.logs("api").await;
+    assert!(
+        out.starts_with("10.96.0.1:443"),
+        "the Service's ClusterIP: {out}"
+    );
+    assert!(
+        out.contains("HTTP/1.0 400 Bad Request"),
+        "through kube-proxy to the API server: {out}"
+    );
+    f.done().await;
+}
+
 #[tokio::test]
 async fn the_kubelet_runs_the_probes_restarts_a_killed_container_and_kills_one_over_its_memory_limit()
  {
@@ -433,6 +472,38 @@ async fn the_seed_pipeline_runs_on_the_node_exactly_once_through_a_container_kil
         );
         assert!(container_id(p).starts_with("containerd://"));
     }
+
+    // The processors' metrics Service answers on its ClusterIP (kube-proxy), here from
+    // the host as from any pod.
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(f.client.clone(), &f.namespace);
+    let service = services
+        .get("region-totals-processor-metrics")
+        .await
+        .expect("the metrics Service");
+    let spec = service.spec.expect("a spec");
+    let address = format!(
+        "{}:{}",
+        spec.cluster_ip.expect("a ClusterIP"),
+        spec.ports.expect("ports")[0].port
+    );
+    let metrics = wait_for(
+        "metrics through the ClusterIP",
+        Duration::from_secs(60),
+        || {
+            let address = address.clone();
+            async move {
+                http_get(&address, "/metrics")
+                    .ok()
+                    .filter(|b| b.contains("sluice_records_in_total"))
+            }
+        },
+    )
+    .await;
+    assert!(
+        metrics.starts_with("HTTP/1.0 200") || metrics.starts_with("HTTP/1.1 200"),
+        "{metrics}"
+    );
 
     let producer = kafka::producer(&bootstrap).expect("a producer");
     let (first, mut expected, mut kept) = orders(0, 600);
