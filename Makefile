@@ -5,6 +5,9 @@ CARGO ?= cargo
 # One target dir outside the checkout, shared by every clone on this machine (CI runs in a
 # fresh clone): dependencies are built once, not once per clone.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/sluice/target
+# No incremental caches there: each clone's path gives its crates new ones (CI clones
+# afresh), which grew that directory by gigabytes a run and are never reused.
+export CARGO_INCREMENTAL ?= 0
 STATE := e2e/.state
 BIN := $(STATE)/bin
 RELEASE_NS := sluice-system
