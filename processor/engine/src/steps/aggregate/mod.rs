@@ -398,15 +398,19 @@ impl Aggregate {
                 open
             }
         };
-        let fresh: Vec<Acc> = self.aggs.iter().map(|(_, op, _)| Acc::new(*op)).collect();
         for (k, _) in &targets {
-            let accs = part.get(k).map_or(&fresh[..], |g| &g.accs[..]);
-            let overflow = accs
-                .iter()
-                .zip(&inputs)
-                .zip(&self.aggs)
-                .find(|((acc, x), _)| !acc.stays_finite(**x));
-            if let Some((_, (name, _, _))) = overflow {
+            // A group not seen yet starts from empty accumulators (made only if it is kept).
+            let accs = part.get(k).map(|g| &g.accs);
+            let overflow =
+                self.aggs
+                    .iter()
+                    .zip(&inputs)
+                    .enumerate()
+                    .find(|(i, ((_, op, _), x))| match accs.and_then(|a| a.get(*i)) {
+                        Some(acc) => !acc.stays_finite(**x),
+                        None => !Acc::new(*op).stays_finite(**x),
+                    });
+            if let Some((_, ((name, _, _), _))) = overflow {
                 return Err(StepError::Shape(format!(
                     "aggregation {name} of group {k} would not be a finite number (an \
                      overflow, or a NaN or infinite input): the record is refused and the \
@@ -420,7 +424,7 @@ impl Aggregate {
             if part.get(&k).is_none() {
                 let state = GroupState {
                     group: group.clone(),
-                    accs: fresh.clone(),
+                    accs: self.aggs.iter().map(|(_, op, _)| Acc::new(*op)).collect(),
                     window_start: span.map(|s| s.start),
                     max_ts: ts,
                 };
