@@ -136,6 +136,9 @@ apt_install() {
     local sudo=
     [ "$(id -u)" -eq 0 ] || sudo=sudo
     say "installing Debian packages: ${missing[*]}"
-    $sudo apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # The background Go build installs packages too (runc's libseccomp): wait for the
+    # other's dpkg lock rather than fail on it.
+    local wait=(-o DPkg::Lock::Timeout=600)
+    $sudo apt-get "${wait[@]}" update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get "${wait[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
