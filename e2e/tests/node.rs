@@ -10,6 +10,7 @@ use kube::api::{Api, ListParams, LogParams, PostParams};
 use serde_json::json;
 use sluice_e2e::cluster;
 use sluice_e2e::env::TestEnv;
+use sluice_e2e::installed::wait_for;
 
 /// The label and taint of the kubelet's node (e2e/lib/node.sh): only pods that ask for it
 /// run there while the process runner is the other node.
@@ -54,21 +55,6 @@ fn image(name: &str) -> String {
     format!("ghcr.io/sluice/{name}:0.1.0")
 }
 
-async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 struct Fixture {
     client: Client,
     namespace: String,
@@ -104,8 +90,8 @@ impl Fixture {
     async fn phase(&self, name: &str, phase: &str) -> Pod {
         let pods = self.pods();
         wait_for(
-            &format!("pod {name} {phase}"),
             Duration::from_secs(120),
+            &format!("pod {name} {phase}"),
             || {
                 let pods = pods.clone();
                 async move {
@@ -318,8 +304,8 @@ async fn the_kubelet_runs_the_probes_restarts_a_killed_container_and_kills_one_o
     f.create(&pod).await;
     let pods = f.pods();
     let ready = wait_for(
-        "the readiness probe to pass",
         Duration::from_secs(120),
+        "the readiness probe to pass",
         || {
             let pods = pods.clone();
             async move {
@@ -340,8 +326,8 @@ async fn the_kubelet_runs_the_probes_restarts_a_killed_container_and_kills_one_o
     // Kill the container's process from outside, as a crash would end it.
     kill_container(&first);
     let restarted = wait_for(
-        "the kubelet to restart the container",
         Duration::from_secs(120),
+        "the kubelet to restart the container",
         || {
             let pods = pods.clone();
             let first = first.clone();
@@ -460,8 +446,8 @@ async fn the_seed_pipeline_runs_on_the_node_exactly_once_through_a_container_kil
         }
     };
     let replicas = wait_for(
-        "2 processors Ready on the node",
         Duration::from_secs(180),
+        "2 processors Ready on the node",
         running,
     )
     .await;
@@ -488,8 +474,8 @@ async fn the_seed_pipeline_runs_on_the_node_exactly_once_through_a_container_kil
         spec.ports.expect("ports")[0].port
     );
     let metrics = wait_for(
-        "metrics through the ClusterIP",
         Duration::from_secs(60),
+        "metrics through the ClusterIP",
         || {
             let address = address.clone();
             async move {
@@ -522,8 +508,8 @@ async fn the_seed_pipeline_runs_on_the_node_exactly_once_through_a_container_kil
     kept += more_kept;
     let name = replicas[0].metadata.name.clone().unwrap();
     wait_for(
-        "the killed container restarted",
         Duration::from_secs(180),
+        "the killed container restarted",
         || {
             let pods = pods.clone();
             let name = name.clone();

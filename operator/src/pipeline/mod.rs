@@ -258,6 +258,20 @@ impl PipelineController {
         self.validate(p).is_empty() && self.settings.defaults.image_refusal(&p.spec).is_none()
     }
 
+    /// Forgets a deleted pipeline.
+    fn forget(&self, key: &str) {
+        self.scalers.forget(key);
+        if let Ok(mut v) = self.validated.lock() {
+            v.remove(key);
+        }
+        if let Ok(mut a) = self.applied_at.lock() {
+            a.remove(key);
+        }
+        if let Ok(mut f) = self.facts.lock() {
+            f.remove(key);
+        }
+    }
+
     /// Forgets every pipeline whose key is not in `live`.
     fn forget_all_but(&self, live: &HashSet<String>) {
         self.scalers.retain(live);
@@ -297,16 +311,7 @@ fn key_of(p: &Pipeline) -> String {
 async fn reconcile_pipeline(p: &Pipeline, state: &PipelineController) -> Result<Action, Error> {
     let ctx = &state.ctx;
     if p.meta().deletion_timestamp.is_some() {
-        state.scalers.forget(&key_of(p));
-        if let Ok(mut v) = state.validated.lock() {
-            v.remove(&key_of(p));
-        }
-        if let Ok(mut a) = state.applied_at.lock() {
-            a.remove(&key_of(p));
-        }
-        if let Ok(mut f) = state.facts.lock() {
-            f.remove(&key_of(p));
-        }
+        state.forget(&key_of(p));
         return Ok(Action::await_change());
     }
     let ns = p.namespace().unwrap_or_default();
@@ -333,22 +338,13 @@ async fn reconcile_pipeline(p: &Pipeline, state: &PipelineController) -> Result<
     observed.missing_inputs = sample.missing_inputs().to_vec();
     observed.missing_others = sample.missing_others.clone();
     let reading = sample.reading.as_ref();
-    let current = existing
-        .as_ref()
-        .and_then(|d| d.spec.as_ref())
-        .and_then(|s| s.replicas)
-        .unwrap_or(0);
+    let (current, ready) = existing.as_ref().map_or((0, 0), sampler::replicas_of);
     let deployable =
         observed.spec_errors.is_empty() && observed.missing_inputs.is_empty() && reading.is_some();
 
     let mut decision = None;
     let deployed = if deployable {
         if let Some(reading) = reading {
-            let ready = existing
-                .as_ref()
-                .and_then(|d| d.status.as_ref())
-                .and_then(|s| s.ready_replicas)
-                .unwrap_or(0);
             let outcome = state.scalers.decide(&key_of(p), p, reading, current, ready);
             observed.desired_replicas = outcome.replicas;
             observed.lag = outcome.lag;

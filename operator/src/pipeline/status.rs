@@ -191,7 +191,7 @@ pub fn compute(
         selector: Some(selector),
         lag: observed.lag,
         max_partition_lag: observed.max_partition_lag,
-        records_per_second: (observed.records_per_second * 100.0).round() / 100.0,
+        records_per_second: two_decimals(observed.records_per_second),
         last_scale: observed
             .last_scale
             .clone()
@@ -249,7 +249,7 @@ impl Figures {
         Figures {
             lag,
             max_partition_lag,
-            records_per_second: (records_per_second * 100.0).round() / 100.0,
+            records_per_second: two_decimals(records_per_second),
             last_scale: last_scale.or_else(|| previous.last_scale.clone()),
         }
     }
@@ -268,6 +268,11 @@ impl Figures {
         }
         status
     }
+}
+
+/// A rate as status shows it: two decimals, so noise below them changes nothing.
+fn two_decimals(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
 }
 
 /// `status` without the autoscaler's figures (zeroed).
