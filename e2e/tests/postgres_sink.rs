@@ -143,6 +143,39 @@ fn order_records(n: usize) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The sink's manifest for `table` (batches of `batch` records), and `n` orders fed to
+/// its topic in 120 steps `pause` apart, so failures can come while they flow.
+fn feed_orders(
+    bootstrap: &str,
+    tag: &str,
+    table: &str,
+    n: usize,
+    batch: usize,
+    pause: Duration,
+) -> (PathBuf, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let path = manifest(
+        tag,
+        json!({"type": "sink", "topics": [tag],
+               "postgres": {"table": table, "batch": {"records": batch, "interval": "100ms"}}}),
+    );
+    let feed = kafka::produce_paced(
+        kafka::producer(bootstrap).unwrap(),
+        tag.to_string(),
+        order_records(n),
+        n / 120,
+        pause,
+    );
+    (path, feed)
+}
+
+/// `table` holds each of the `n` orders exactly once.
+async fn assert_each_order_once(pg: &tokio_postgres::Client, table: &str, n: usize) {
+    let rows = count(pg, &format!("SELECT count(*) FROM {table}")).await;
+    assert_eq!(rows, n as i64, "no duplicate");
+    let distinct = count(pg, &format!("SELECT count(DISTINCT order_id) FROM {table}")).await;
+    assert_eq!(distinct, n as i64, "no gap");
+}
+
 async fn count(pg: &tokio_postgres::Client, sql: &str) -> i64 {
     pg.query_one(sql, &[]).await.unwrap().get(0)
 }
@@ -158,19 +191,7 @@ async fn insert_mode_writes_each_record_exactly_once_across_sigkills() {
         credentials,
     } = orders_table("pgsink-eo").await;
     let n = 3000;
-    let records = order_records(n);
-    let path = manifest(
-        &tag,
-        json!({"type": "sink", "topics": [tag],
-               "postgres": {"table": table, "batch": {"records": 200, "interval": "100ms"}}}),
-    );
-    let feed = kafka::produce_paced(
-        kafka::producer(&bootstrap).unwrap(),
-        tag.clone(),
-        records,
-        n / 120,
-        Duration::from_millis(300),
-    );
+    let (path, feed) = feed_orders(&bootstrap, &tag, &table, n, 200, Duration::from_millis(300));
     let rows = format!("SELECT count(*) FROM {table}");
     // Three replicas in turn, the first two killed while rows arrive.
     for round in 0..2 {
@@ -200,16 +221,7 @@ async fn insert_mode_writes_each_record_exactly_once_across_sigkills() {
         "{}",
         sink.log_text()
     );
-    assert_eq!(count(&pg, &rows).await, n as i64, "no duplicate");
-    assert_eq!(
-        count(
-            &pg,
-            &format!("SELECT count(DISTINCT order_id) FROM {table}")
-        )
-        .await,
-        n as i64,
-        "no gap"
-    );
+    assert_each_order_once(&pg, &table, n).await;
     let stored = count(
         &pg,
         &format!(
@@ -355,19 +367,7 @@ async fn lost_connections_and_a_restarted_database_lose_and_repeat_nothing() {
         credentials,
     } = orders_table("pgsink-restart").await;
     let n = 2400;
-    let records = order_records(n);
-    let path = manifest(
-        &tag,
-        json!({"type": "sink", "topics": [tag],
-               "postgres": {"table": table, "batch": {"records": 100, "interval": "100ms"}}}),
-    );
-    let feed = kafka::produce_paced(
-        kafka::producer(&bootstrap).unwrap(),
-        tag.clone(),
-        records,
-        n / 120,
-        Duration::from_millis(250),
-    );
+    let (path, feed) = feed_orders(&bootstrap, &tag, &table, n, 100, Duration::from_millis(250));
     let mut sink = SinkProcess::start(&bootstrap, &path, &credentials, &tag);
     let rows = format!("SELECT count(*) FROM {table}");
     let wait_for_more = |pg: tokio_postgres::Client, before: i64| {
@@ -414,14 +414,5 @@ async fn lost_connections_and_a_restarted_database_lose_and_repeat_nothing() {
     sink.signal("-TERM");
     let log = sink.log_text();
     assert!(log.contains("stopped cleanly"), "{log}");
-    assert_eq!(count(&pg, &rows).await, n as i64, "no duplicate");
-    assert_eq!(
-        count(
-            &pg,
-            &format!("SELECT count(DISTINCT order_id) FROM {table}")
-        )
-        .await,
-        n as i64,
-        "no gap"
-    );
+    assert_each_order_once(&pg, &table, n).await;
 }
