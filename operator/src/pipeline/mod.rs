@@ -30,7 +30,6 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use sluice_crds::pipeline::PipelineStatus;
 use sluice_crds::{Pipeline, Topic};
 
 use crate::Error;
@@ -382,7 +381,9 @@ async fn reconcile_pipeline(p: &Pipeline, state: &PipelineController) -> Result<
         &previous,
     );
     if status::changed(&previous, &new_status) {
-        write_status(ctx, &ns, &name, &new_status).await?;
+        // The lag figures are the sampler's, under its own field manager.
+        let fields = status::reconciled_fields(&new_status);
+        apply_status(ctx, p, FIELD_MANAGER, fields, "status").await?;
     }
     for e in events::events(
         p.metadata.generation,
@@ -411,27 +412,30 @@ async fn apply_children(
     workload::apply(&state.ctx, &w, &children, existing, state.resync_due(p)).await
 }
 
-async fn write_status(
+/// Applies `fields` of a Pipeline's status as `manager` (reconcile's fields and the
+/// sampler's figures each have their own), counting the write as `what`.
+async fn apply_status(
     ctx: &Context,
-    ns: &str,
-    name: &str,
-    status: &PipelineStatus,
+    p: &Pipeline,
+    manager: &str,
+    fields: serde_json::Value,
+    what: &'static str,
 ) -> Result<(), Error> {
-    let api: Api<Pipeline> = Api::namespaced(ctx.client.clone(), ns);
-    // The lag figures are the sampler's, under its own field manager.
+    let api: Api<Pipeline> =
+        Api::namespaced(ctx.client.clone(), &p.namespace().unwrap_or_default());
     let patch = json!({
         "apiVersion": "sluice.dev/v1alpha1",
         "kind": KIND,
-        "status": status::reconciled_fields(status),
+        "status": fields,
     });
     api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
+        &p.name_any(),
+        &PatchParams::apply(manager).force(),
         &Patch::Apply(&patch),
     )
     .await
-    .map_err(Error::kube("write Pipeline status"))?;
-    ctx.metrics.kube_write(KIND, "status");
+    .map_err(Error::kube(format!("write Pipeline status ({what})")))?;
+    ctx.metrics.kube_write(KIND, what);
     Ok(())
 }
 

@@ -13,17 +13,15 @@ use std::sync::Arc;
 use futures::StreamExt;
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 use sluice_crds::Pipeline;
 use tokio::time::MissedTickBehavior;
 use tracing::warn;
 
 use super::sample::Sample;
 use super::status::Figures;
-use super::{KIND, PipelineController, apply_children, events, key_of, render};
+use super::{KIND, PipelineController, apply_children, apply_status, events, key_of, render};
 use crate::Error;
 use crate::controller::Guarded;
 use crate::workload::Applied;
@@ -142,28 +140,9 @@ impl Sampler {
             &previous,
         );
         if figures != Figures::of(&previous) {
-            self.write_figures(p, &figures).await?;
+            let fields = figures.to_status();
+            apply_status(&self.state.ctx, p, SAMPLER_FIELD_MANAGER, fields, "figures").await?;
         }
-        Ok(())
-    }
-
-    async fn write_figures(&self, p: &Pipeline, figures: &Figures) -> Result<(), Error> {
-        let ctx = &self.state.ctx;
-        let api: Api<Pipeline> =
-            Api::namespaced(ctx.client.clone(), &p.namespace().unwrap_or_default());
-        let patch = json!({
-            "apiVersion": "sluice.dev/v1alpha1",
-            "kind": KIND,
-            "status": figures.to_status(),
-        });
-        api.patch_status(
-            &p.name_any(),
-            &PatchParams::apply(SAMPLER_FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::kube("write the lag figures in Pipeline status"))?;
-        ctx.metrics.kube_write(KIND, "figures");
         Ok(())
     }
 }
