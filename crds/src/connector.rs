@@ -8,7 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::common::SecretRef;
-use crate::pipeline::{DeadLetter, Delivery};
+use crate::pipeline::{DeadLetter, Delivery, ScaleDecision, Scaling};
 use crate::plugins::{
     GeneratorSource, HttpIngestSource, HttpSink, PostgresCdcSource, PostgresQuerySource,
     PostgresSink, S3Sink,
@@ -53,6 +53,8 @@ const NO_INLINE_SECRETS_MESSAGE: &str = "credentials must come from a Kafka Conn
 #[x_kube(validation = Rule::new(PLUGIN_MATCHES_TYPE).message("source plugins: postgresCdc, postgresQuery, httpIngest, generator; sink plugins: postgres, s3, http"))]
 #[x_kube(validation = Rule::new("!has(self.generator) || size(self.topics) == 1").message("the generator writes to one topic: spec.topics: [name]"))]
 #[x_kube(validation = Rule::new("!has(self.httpIngest) || size(self.topics) == 1 || has(self.httpIngest.topic)").message("httpIngest writes to the one topic in spec.topics, or to the topic its topic expression names"))]
+#[x_kube(validation = Rule::new("!has(self.scaling) || (self.type == 'sink' && !has(self.kafkaConnect))").message("scaling sizes native sinks on their consumer lag; a source runs as its plugin allows, and Kafka Connect sizes its own tasks (kafkaConnect.tasksMax)"))]
+#[x_kube(validation = Rule::new("!has(self.scaling) || !has(self.scaling.mode) || self.scaling.mode == 'auto'").message("a Connector has no scale subresource: scaling.mode external is for Pipelines"))]
 #[x_kube(validation = Rule::new("has(self.kafkaConnect) == has(oldSelf.kafkaConnect)").message("a Connector cannot move between Kafka Connect and a native plugin: make a new Connector"))]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectorSpec {
@@ -99,6 +101,11 @@ pub struct ConnectorSpec {
     /// `atLeastOnce`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<Delivery>,
+    /// Native sinks: replicas sized on the consumer lag of `spec.topics`, with the
+    /// Pipeline autoscaler and its settings (`mode: auto` only). Without it a sink runs
+    /// one replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<Scaling>,
     /// Run this connector on an existing Kafka Connect cluster instead of natively.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka_connect: Option<KafkaConnectSpec>,
@@ -239,6 +246,12 @@ pub struct ConnectorStatus {
     /// Automatic restarts: how many in a row, the last and the next.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarts: Option<RestartStatus>,
+    /// Native sinks: records in `spec.topics` not yet loaded (the consumer group's lag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
+    /// Native sinks with `scaling`: the latest change of the replica count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale: Option<ScaleDecision>,
 }
 
 /// One offset a connector reports: the partition it belongs to and the position in it,

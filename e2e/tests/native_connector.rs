@@ -123,12 +123,11 @@ async fn a_generator_connector_runs_as_a_deployment_pauses_stops_and_goes_with_i
     f.finish().await;
 }
 
-/// A PostgreSQL sink Connector with its credentials in a Secret: the operator runs it as a
-/// processor Deployment with the Secret mounted, and every record becomes one row.
-#[tokio::test]
-async fn a_postgres_sink_connector_loads_its_topic_into_a_table_with_credentials_from_a_secret() {
+/// A table for the orders (`orderId`, `region`, `total`) in the environment's PostgreSQL,
+/// and the Secret `analytics-db` with the keys to reach it: a connection to check it with,
+/// and the table's name.
+async fn orders_table(f: &Fixture, per_row: Option<&str>) -> (tokio_postgres::Client, String) {
     use k8s_openapi::api::core::v1::Secret;
-    let f = fixture("native-pg").await;
     let table = format!("orders_{}", f.ns.replace('-', "_"));
     let url = f.env.var("DATABASE_URL");
     let (pg, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
@@ -141,6 +140,14 @@ async fn a_postgres_sink_connector_loads_its_topic_into_a_table_with_credentials
     ))
     .await
     .unwrap();
+    if let Some(body) = per_row {
+        pg.batch_execute(&format!(
+            "CREATE FUNCTION {table}_row() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {body}; RETURN NEW; END $$;
+             CREATE TRIGGER {table}_row BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {table}_row();"
+        ))
+        .await
+        .unwrap();
+    }
     let keys: serde_json::Map<String, serde_json::Value> = f
         .env
         .database_keys()
@@ -156,6 +163,27 @@ async fn a_postgres_sink_connector_loads_its_topic_into_a_table_with_credentials
         .create(&Default::default(), &secret)
         .await
         .unwrap();
+    (pg, table)
+}
+
+/// Waits until `table` holds `n` rows, and checks they are `n` distinct orders.
+async fn assert_rows_once(pg: &tokio_postgres::Client, table: &str, n: i64) {
+    let rows = format!("SELECT count(*), count(DISTINCT \"orderId\") FROM {table}");
+    let (count, distinct) = wait_for(Duration::from_secs(240), &format!("{n} rows"), || async {
+        let row = pg.query_one(&rows, &[]).await.ok()?;
+        let (count, distinct): (i64, i64) = (row.get(0), row.get(1));
+        (count >= n).then_some((count, distinct))
+    })
+    .await;
+    assert_eq!((count, distinct), (n, n), "each record once");
+}
+
+/// A PostgreSQL sink Connector with its credentials in a Secret: the operator runs it as a
+/// processor Deployment with the Secret mounted, and every record becomes one row.
+#[tokio::test]
+async fn a_postgres_sink_connector_loads_its_topic_into_a_table_with_credentials_from_a_secret() {
+    let f = fixture("native-pg").await;
+    let (pg, table) = orders_table(&f, None).await;
     f.topics(&[("orders", 3), ("orders-dlq", 1)]).await;
     let doc = json!({
         "apiVersion": "sluice.dev/v1alpha1", "kind": "Connector",
@@ -170,14 +198,7 @@ async fn a_postgres_sink_connector_loads_its_topic_into_a_table_with_credentials
     wait_ready(&connectors, "orders-to-pg", "Running").await;
     let (records, _, _) = orders(0, 500);
     f.produce("orders", &records).await;
-    let rows = format!("SELECT count(*), count(DISTINCT \"orderId\") FROM {table}");
-    let (n, distinct) = wait_for(Duration::from_secs(120), "500 rows", || async {
-        let row = pg.query_one(&rows, &[]).await.ok()?;
-        let (n, distinct): (i64, i64) = (row.get(0), row.get(1));
-        (n >= 500).then_some((n, distinct))
-    })
-    .await;
-    assert_eq!((n, distinct), (500, 500), "each record once");
+    assert_rows_once(&pg, &table, 500).await;
     let deployments: Api<Deployment> = Api::namespaced(f.client.clone(), &f.ns);
     let d = deployments.get("orders-to-pg-connector").await.unwrap();
     let pod = d.spec.unwrap().template.spec.unwrap();
@@ -188,5 +209,85 @@ async fn a_postgres_sink_connector_loads_its_topic_into_a_table_with_credentials
         .any(|v| v.secret.and_then(|s| s.secret_name).as_deref() == Some("analytics-db"));
     assert!(mounted, "the credentials Secret is mounted");
     assert!(f.read("orders-dlq").is_empty(), "nothing refused");
+    let caught_up = wait_for(Duration::from_secs(60), "lag 0 in status", || async {
+        let s = connectors.get("orders-to-pg").await.ok()?.status?;
+        (s.lag == Some(0)).then_some(s)
+    })
+    .await;
+    assert_eq!(caught_up.position.as_deref(), Some("caught up"));
+    assert!(
+        caught_up.last_scale.is_none(),
+        "no scaling block, no scaling"
+    );
+    f.finish().await;
+}
+
+/// Orders waiting before the scaling sink starts.
+const SINK_BACKLOG: usize = 15_000;
+
+/// A sink with `scaling` is sized on its consumer lag by the Pipeline autoscaler: a backlog
+/// it cannot load within its lag target scales it out to the partition count, status
+/// shows how far behind it is, and every record is loaded once through the rescale.
+#[tokio::test]
+async fn a_postgres_sink_with_scaling_scales_out_on_its_backlog_and_loads_each_record_once() {
+    let f = fixture("native-pg-scale").await;
+    // Each row costs the database 2 ms (a trigger), so one replica loads at most about
+    // 500 rows a second on any machine: the 15,000 orders need 30 s, far beyond the 2 s
+    // lag target, and the autoscaler stops at the 3 partitions.
+    let (pg, table) = orders_table(&f, Some("PERFORM pg_sleep(0.002)")).await;
+    f.topics(&[("orders", 3)]).await;
+    let (records, _, _) = orders(0, SINK_BACKLOG);
+    f.produce("orders", &records).await;
+    let doc = json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "Connector",
+        "metadata": {"name": "orders-to-pg"},
+        "spec": {"type": "sink", "topics": [f.topic("orders")],
+                 "secretRef": {"name": "analytics-db"},
+                 "postgres": {"table": table, "batch": {"records": 200, "interval": "200ms"}},
+                 "scaling": {"minReplicas": 1, "maxReplicas": 5, "lagTarget": "2s"}}
+    });
+    cluster::apply(&f.client, &f.ns, &doc).await.unwrap();
+    let connectors: Api<Connector> = Api::namespaced(f.client.clone(), &f.ns);
+    let behind = wait_for(Duration::from_secs(120), "a lag in status", || async {
+        let s = connectors.get("orders-to-pg").await.ok()?.status?;
+        (s.lag.unwrap_or(0) > 0).then_some(s)
+    })
+    .await;
+    assert!(
+        behind
+            .position
+            .as_deref()
+            .is_some_and(|p| p.ends_with("records behind")),
+        "{:?}",
+        behind.position
+    );
+    let peak = wait_for(
+        Duration::from_secs(180),
+        "scale out to the 3 partitions",
+        || async {
+            let s = connectors.get("orders-to-pg").await.ok()?.status?;
+            s.last_scale.clone().filter(|d| d.to == 3)
+        },
+    )
+    .await;
+    assert!(
+        peak.reason.contains("lag"),
+        "the reason gives the numbers: {}",
+        peak.reason
+    );
+    let deployments: Api<Deployment> = Api::namespaced(f.client.clone(), &f.ns);
+    let d = deployments.get("orders-to-pg-connector").await.unwrap();
+    assert_eq!(d.spec.unwrap().replicas, Some(3));
+    let reasons = sluice_e2e::topic_harness::event_reasons(&f.client, &f.ns, "orders-to-pg").await;
+    assert!(
+        reasons.iter().any(|r| r == "ScaledUp"),
+        "a ScaledUp event: {reasons:?}"
+    );
+    assert_rows_once(&pg, &table, SINK_BACKLOG as i64).await;
+    wait_for(Duration::from_secs(60), "caught up in status", || async {
+        let s = connectors.get("orders-to-pg").await.ok()?.status?;
+        (s.position.as_deref() == Some("caught up")).then_some(())
+    })
+    .await;
     f.finish().await;
 }

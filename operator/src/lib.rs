@@ -140,10 +140,11 @@ fn controllers(
     stop: &watch::Receiver<bool>,
 ) -> Vec<BoxFuture<'static, ()>> {
     let defaults = pipelines.defaults.clone();
+    let tick = pipelines.tick;
     vec![
         topic::run(ctx.clone(), stopped(stop.clone())).boxed(),
         pipeline::run(ctx.clone(), pipelines, stopped(stop.clone())).boxed(),
-        connector::run(ctx.clone(), defaults, stopped(stop.clone())).boxed(),
+        connector::run(ctx.clone(), defaults, tick, stopped(stop.clone())).boxed(),
     ]
 }
 

@@ -1,7 +1,10 @@
 //! The Connector controller. A Connector with `spec.kafkaConnect` is kept on its Kafka
 //! Connect cluster through the REST API: config (validated first), run state, one-off
 //! restarts and offset resets asked by annotation, automatic restarts with backoff, and
-//! status read back on every look. Native plugins are reported as not run by this release.
+//! status read back on every look. A native plugin this release runs becomes a Deployment
+//! of the processor image ([`native`]); a native sink's lag is read every autoscaler tick
+//! and, with `scaling`, sizes it ([`sink_lag`]). Other native plugins are reported as not
+//! run by this release.
 //!
 //! One reconcile: read the stored config -> write it when it differs (after validation)
 //! -> read the status -> ask for the state transition -> one-off actions -> restarts ->
@@ -10,6 +13,7 @@
 pub mod connect;
 pub mod native;
 pub mod plan;
+pub mod sink_lag;
 pub mod status;
 
 use std::collections::HashMap;
@@ -32,10 +36,11 @@ use sluice_crds::{Connector, ConnectorStatus};
 use crate::context::{Context, FIELD_MANAGER};
 use crate::controller::Reconcile;
 use crate::error::{Error, Result};
+use crate::pipeline::scaler::Scalers;
 use crate::workload::{self, Applied, ProcessorDefaults};
 use connect::{ConnectClient, ConnectError, ConnectorHealth, FieldError};
 use plan::Ownership;
-use status::{ConnectObserved, Found, TopicsCheck};
+use status::{ConnectObserved, Found, SinkProgress, TopicsCheck};
 
 /// The kind, for metrics, logs and events.
 pub const KIND: &str = "Connector";
@@ -67,12 +72,18 @@ pub struct ConnectorController {
     defaults: ProcessorDefaults,
     /// When each native connector's children were last applied whole, by uid.
     applied_at: Mutex<HashMap<String, std::time::Instant>>,
+    /// The autoscaler of each native sink with `scaling`.
+    scalers: Scalers,
+    /// How often a running native sink's lag is read.
+    tick: Duration,
 }
 
-/// Runs the Connector controller until `shutdown` resolves.
+/// Runs the Connector controller until `shutdown` resolves; a running native sink's lag
+/// is read every `tick`.
 pub async fn run(
     ctx: Arc<Context>,
     defaults: ProcessorDefaults,
+    tick: Duration,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let api: Api<Guarded> = ctx.watched_api();
@@ -87,6 +98,9 @@ pub async fn run(
         written: Mutex::new(HashMap::new()),
         defaults,
         applied_at: Mutex::new(HashMap::new()),
+        // One reading per tick, less a little for scheduling jitter.
+        scalers: Scalers::new(tick.mul_f32(0.8)),
+        tick,
     });
     crate::controller::run(controller, state).await;
 }
@@ -151,17 +165,6 @@ impl ConnectorController {
             Ok(missing) => TopicsCheck::Missing(missing),
             Err(err) => TopicsCheck::Unknown(err.to_string()),
         };
-        let replicas = if topics == TopicsCheck::Present {
-            native::replicas(connector)
-        } else {
-            0
-        };
-        let children = workload::children(
-            &w,
-            native::config_text(connector)?,
-            &self.defaults,
-            replicas,
-        )?;
         let deployments: Api<Deployment> = Api::namespaced(self.ctx.client.clone(), &w.namespace);
         let read = || async {
             deployments
@@ -170,6 +173,20 @@ impl ConnectorController {
                 .map_err(Error::kube("read the connector Deployment"))
         };
         let mut existing = read().await?;
+        let planned = if topics == TopicsCheck::Present {
+            native::replicas(connector)
+        } else {
+            0
+        };
+        let (replicas, progress, decision) = self
+            .size_sink(connector, &topics, planned, existing.as_ref())
+            .await;
+        let children = workload::children(
+            &w,
+            native::config_text(connector)?,
+            &self.defaults,
+            replicas,
+        )?;
         let applied = workload::apply(
             &self.ctx,
             &w,
@@ -181,35 +198,99 @@ impl ConnectorController {
         let found = match applied {
             Applied::Conflict(message) => Found::NativeConflict(message),
             Applied::Written => {
-                self.ctx
-                    .event(
-                        &connector.object_ref(&()),
-                        KIND,
-                        false,
-                        "Deployed",
-                        format!(
-                            "applied Deployment {} ({replicas} replica(s), state {:?})",
-                            w.child_name(),
-                            connector.spec.state
-                        ),
-                    )
-                    .await;
+                let oref = connector.object_ref(&());
+                match &decision {
+                    Some(d) => {
+                        let e = crate::pipeline::events::scaled(d);
+                        self.ctx
+                            .event_action(&oref, KIND, e.warning, e.reason, &e.action, e.note)
+                            .await;
+                    }
+                    None => {
+                        self.ctx
+                            .event(
+                                &oref,
+                                KIND,
+                                false,
+                                "Deployed",
+                                format!(
+                                    "applied Deployment {} ({replicas} replica(s), state {:?})",
+                                    w.child_name(),
+                                    connector.spec.state
+                                ),
+                            )
+                            .await;
+                    }
+                }
                 // What was just written has not rolled out yet.
                 existing = read().await?;
-                Found::Native(native::rollout(existing.as_ref(), replicas), topics)
+                Found::Native(
+                    native::rollout(existing.as_ref(), replicas),
+                    topics,
+                    progress,
+                )
             }
-            Applied::Unchanged | Applied::Reapplied => {
-                Found::Native(native::rollout(existing.as_ref(), replicas), topics)
-            }
+            Applied::Unchanged | Applied::Reapplied => Found::Native(
+                native::rollout(existing.as_ref(), replicas),
+                topics,
+                progress,
+            ),
         };
         let written = self.write_status(connector, api, &found).await?;
-        Ok(Action::requeue(
-            if sluice_crds::common::is_true(&written.conditions, READY) {
-                self.ctx.settings.resync
-            } else {
-                SETTLE
-            },
-        ))
+        let ready = sluice_crds::common::is_true(&written.conditions, READY);
+        Ok(Action::requeue(if !ready {
+            SETTLE
+        } else if sink_lag::is_native_sink(connector)
+            && connector.spec.state != ConnectorState::Stopped
+        {
+            self.tick
+        } else {
+            self.ctx.settings.resync
+        }))
+    }
+
+    /// A native sink's replicas and progress: its group's lag read from Kafka, and with
+    /// `scaling` the autoscaler's decision. Other connectors, and a sink whose lag cannot
+    /// be read this time, run `planned` replicas (a sink with `scaling` keeps its size).
+    async fn size_sink(
+        &self,
+        connector: &Connector,
+        topics: &TopicsCheck,
+        planned: i32,
+        existing: Option<&Deployment>,
+    ) -> (
+        i32,
+        Option<SinkProgress>,
+        Option<sluice_crds::pipeline::ScaleDecision>,
+    ) {
+        if !sink_lag::is_native_sink(connector) || *topics != TopicsCheck::Present {
+            return (planned, None, None);
+        }
+        let (current, ready) = existing.map_or((0, 0), crate::pipeline::sampler::replicas_of);
+        let reading = crate::pipeline::lag::read(
+            self.ctx.kafka.client(),
+            sink_lag::group(connector),
+            connector.spec.topics.clone(),
+            self.ctx.kafka.timeout(),
+        )
+        .await;
+        match reading {
+            Ok(reading) if reading.missing_topics.is_empty() => {
+                let size =
+                    sink_lag::size(&self.scalers, connector, &reading, planned, current, ready);
+                (size.replicas, Some(size.progress), size.decision)
+            }
+            Ok(_) => (planned, None, None),
+            Err(err) => {
+                tracing::warn!(connector = %connector.name_any(), error = %err, "cannot read the sink's lag");
+                let keep = if connector.spec.scaling.is_some() && current > 0 && planned > 0 {
+                    current
+                } else {
+                    planned
+                };
+                (keep, None, None)
+            }
+        }
     }
 
     /// Whether the native connector's children are due to be applied whole again.

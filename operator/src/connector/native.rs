@@ -38,10 +38,12 @@ pub fn workload(c: &Connector) -> Result<Workload, RenderError> {
 }
 
 /// The connector's config: its manifest, the file `sluice-processor connector` (and
-/// `run -f`) reads. Restarts are the operator's, so `autoRestart` stays out.
+/// `run -f`) reads. Restarts and sizing are the operator's, so `autoRestart` and
+/// `scaling` stay out (a change of them never rolls the pods).
 pub fn config_text(c: &Connector) -> Result<String, RenderError> {
     let spec = ConnectorSpec {
         auto_restart: None,
+        scaling: None,
         ..c.spec.clone()
     };
     let doc = serde_json::json!({
@@ -259,5 +261,17 @@ mod tests {
         }
         assert_eq!(rollout(Some(&d), 1).available, 1);
         assert_eq!(rollout(None, 1).available, 0);
+    }
+
+    #[test]
+    fn sizing_is_not_in_the_config_so_changing_it_rolls_no_pod() {
+        let mut c = generator("running");
+        c.spec.generator = None;
+        c.spec.type_ = sluice_crds::connector::ConnectorType::Sink;
+        c.spec.postgres = Some(serde_json::from_value(json!({"table": "t"})).unwrap());
+        let before = config_text(&c).unwrap();
+        c.spec.scaling = Some(serde_json::from_value(json!({"maxReplicas": 4})).unwrap());
+        assert_eq!(config_text(&c).unwrap(), before);
+        assert!(!before.contains("scaling"), "{before}");
     }
 }

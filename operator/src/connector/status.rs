@@ -41,11 +41,21 @@ pub enum Found {
     ConnectObserved(ConnectObserved),
     /// A native plugin, which this operator does not run yet.
     NativeNotRunYet,
-    /// A native connector's topics and Deployment, as it rolls out.
-    Native(Rollout, TopicsCheck),
+    /// A native connector's Deployment as it rolls out, its topics, and for a sink how
+    /// far behind it is.
+    Native(Rollout, TopicsCheck, Option<SinkProgress>),
     /// A native connector's children could not be written: objects with their names
     /// belong to something else.
     NativeConflict(String),
+}
+
+/// How far a native sink is behind, and the autoscaler's latest change of its size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkProgress {
+    /// Records in its topics not yet loaded.
+    pub lag: i64,
+    /// The latest change of the replica count (sinks with `scaling`).
+    pub last_scale: Option<sluice_crds::pipeline::ScaleDecision>,
 }
 
 /// A Kafka Connect connector as the Connect cluster reports it.
@@ -125,7 +135,7 @@ pub fn compute(
             readiness(wanted, observed)
         }
         Found::NativeConflict(message) => (false, "ResourceConflict", message.clone()),
-        Found::Native(_, TopicsCheck::Missing(topics)) => {
+        Found::Native(_, TopicsCheck::Missing(topics), _) => {
             status.state = None;
             (
                 false,
@@ -141,12 +151,12 @@ pub fn compute(
                 ),
             )
         }
-        Found::Native(_, TopicsCheck::Unknown(err)) => (
+        Found::Native(_, TopicsCheck::Unknown(err), _) => (
             false,
             "KafkaUnavailable",
             format!("cannot read topic metadata from Kafka: {err}"),
         ),
-        Found::Native(rollout, TopicsCheck::Present) => {
+        Found::Native(rollout, TopicsCheck::Present, _) => {
             let as_asked = rollout.outdated == 0
                 && match wanted {
                     ConnectorState::Stopped => rollout.available == 0,
@@ -173,7 +183,18 @@ pub fn compute(
         generation,
         &previous_conditions,
     )];
-    if let Found::Native(_, topics) = found {
+    if let Found::Native(_, _, Some(progress)) = found {
+        status.lag = Some(progress.lag);
+        status.position = Some(if progress.lag == 0 {
+            "caught up".to_string()
+        } else {
+            format!("{} records behind", progress.lag)
+        });
+        if progress.last_scale.is_some() {
+            status.last_scale.clone_from(&progress.last_scale);
+        }
+    }
+    if let Found::Native(_, topics, _) = found {
         let (ready, reason, message) = match topics {
             TopicsCheck::Present => (
                 true,
@@ -536,7 +557,7 @@ mod tests {
         };
         let s = compute_for(
             &connector("running"),
-            &Found::Native(rolling.clone(), TopicsCheck::Present),
+            &Found::Native(rolling.clone(), TopicsCheck::Present, None),
         );
         assert_eq!(ready(&s).1, "Starting");
         assert_eq!(s.state, None);
@@ -546,7 +567,7 @@ mod tests {
         };
         let s = compute_for(
             &connector("running"),
-            &Found::Native(up.clone(), TopicsCheck::Present),
+            &Found::Native(up.clone(), TopicsCheck::Present, None),
         );
         assert_eq!(
             ready(&s),
@@ -563,7 +584,7 @@ mod tests {
         };
         let s = compute_for(
             &connector("paused"),
-            &Found::Native(changing, TopicsCheck::Present),
+            &Found::Native(changing, TopicsCheck::Present, None),
         );
         assert_eq!(ready(&s).1, "Transitioning");
         let gone = Rollout {
@@ -573,7 +594,7 @@ mod tests {
         };
         let s = compute_for(
             &connector("stopped"),
-            &Found::Native(gone, TopicsCheck::Present),
+            &Found::Native(gone, TopicsCheck::Present, None),
         );
         assert_eq!(ready(&s).1, "Stopped");
         assert_eq!(s.state.as_deref(), Some("STOPPED"));
@@ -584,7 +605,11 @@ mod tests {
         assert_eq!(ready(&s).1, "ResourceConflict");
         let s = compute_for(
             &connector("running"),
-            &Found::Native(up.clone(), TopicsCheck::Missing(vec!["orders".into()])),
+            &Found::Native(
+                up.clone(),
+                TopicsCheck::Missing(vec!["orders".into()]),
+                None,
+            ),
         );
         assert_eq!(ready(&s).1, "TopicMissing");
         assert!(ready(&s).2.contains("orders"));
@@ -599,7 +624,7 @@ mod tests {
         );
         let s = compute_for(
             &connector("running"),
-            &Found::Native(up, TopicsCheck::Present),
+            &Found::Native(up, TopicsCheck::Present, None),
         );
         let topics = s
             .conditions
@@ -635,5 +660,45 @@ mod tests {
         starting.health = None;
         let s = compute_for(&connector("running"), &Found::ConnectObserved(starting));
         assert_eq!(ready(&s).1, "Starting");
+    }
+
+    #[test]
+    fn a_native_sink_reports_how_far_behind_it_is_and_its_last_scale() {
+        let up = Rollout {
+            desired: 2,
+            available: 2,
+            outdated: 0,
+        };
+        let decision = sluice_crds::pipeline::ScaleDecision {
+            time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            ),
+            from: 1,
+            to: 2,
+            reason: "backlog".into(),
+        };
+        let behind = SinkProgress {
+            lag: 1200,
+            last_scale: Some(decision.clone()),
+        };
+        let s = compute_for(
+            &connector("running"),
+            &Found::Native(up.clone(), TopicsCheck::Present, Some(behind)),
+        );
+        assert_eq!(s.lag, Some(1200));
+        assert_eq!(s.position.as_deref(), Some("1200 records behind"));
+        assert_eq!(s.last_scale.as_ref(), Some(&decision));
+        // Caught up; the last scale stays in status while nothing new was decided.
+        let caught_up = SinkProgress {
+            lag: 0,
+            last_scale: None,
+        };
+        let s = compute(
+            &connector("running"),
+            Some(&s),
+            &Found::Native(up, TopicsCheck::Present, Some(caught_up)),
+        );
+        assert_eq!(s.position.as_deref(), Some("caught up"));
+        assert_eq!(s.last_scale, Some(decision));
     }
 }

@@ -40,7 +40,7 @@ use crate::workload::{self, Applied};
 use events::Deployed;
 use render::ProcessorDefaults;
 use sample::{Sample, TopicFacts};
-use scaler::Scalers;
+use scaler::{Scaled, Scalers};
 
 /// The kind, for metrics, logs and events.
 pub const KIND: &str = "Pipeline";
@@ -344,7 +344,10 @@ async fn reconcile_pipeline(p: &Pipeline, state: &PipelineController) -> Result<
     let mut decision = None;
     let deployed = if deployable {
         if let Some(reading) = reading {
-            let outcome = state.scalers.decide(&key_of(p), p, reading, current, ready);
+            let outcome =
+                state
+                    .scalers
+                    .decide(&key_of(p), Scaled::pipeline(p), reading, current, ready);
             observed.desired_replicas = outcome.replicas;
             observed.lag = outcome.lag;
             observed.max_partition_lag = outcome.max_partition_lag;

@@ -20,6 +20,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::warn;
 
 use super::sample::Sample;
+use super::scaler::Scaled;
 use super::status::Figures;
 use super::{KIND, PipelineController, apply_children, apply_status, events, key_of, render};
 use crate::Error;
@@ -113,7 +114,10 @@ impl Sampler {
             return Ok(());
         };
         let (current, ready) = replicas_of(&existing);
-        let tick = self.state.scalers.decide(&key, p, reading, current, ready);
+        let tick = self
+            .state
+            .scalers
+            .decide(&key, Scaled::pipeline(p), reading, current, ready);
         if let Some(decision) = &tick.decision
             && let Applied::Written =
                 apply_children(p, &self.state, Some(&existing), tick.replicas).await?

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use sluice_crds::Pipeline;
-use sluice_crds::pipeline::{ScaleDecision, ScalingMode};
+use sluice_crds::pipeline::{ScaleDecision, Scaling, ScalingMode, StartFrom};
 
 use super::lag::GroupReading;
 use crate::autoscaler::{Autoscaler, Observation, ScalingSettings};
@@ -30,6 +30,31 @@ pub struct ScaleTick {
     /// The latest decision this process made for the pipeline (status shows it, even when
     /// the watch cache still holds an older status).
     pub last_scale: Option<ScaleDecision>,
+}
+
+/// What the autoscaler sizes: a Pipeline, or a sink Connector reading its topics.
+#[derive(Debug, Clone, Copy)]
+pub struct Scaled<'a> {
+    /// The `scaling` block.
+    pub scaling: &'a Scaling,
+    /// Where a new consumer group starts.
+    pub start_from: StartFrom,
+    /// How often the consumer commits (`30s`, `500ms`).
+    pub commit_interval: &'a str,
+    /// `spec.replicas`, followed in `external` mode.
+    pub replicas: Option<i32>,
+}
+
+impl<'a> Scaled<'a> {
+    /// A Pipeline as the autoscaler sees it.
+    pub fn pipeline(p: &'a Pipeline) -> Self {
+        Scaled {
+            scaling: &p.spec.scaling,
+            start_from: p.spec.start_from,
+            commit_interval: &p.spec.commit_interval,
+            replicas: p.spec.replicas,
+        }
+    }
 }
 
 /// Every pipeline's autoscaler, by `namespace/name`.
@@ -92,7 +117,7 @@ impl Scalers {
     pub fn decide(
         &self,
         key: &str,
-        p: &Pipeline,
+        p: Scaled<'_>,
         reading: &GroupReading,
         current: i32,
         ready: i32,
@@ -119,7 +144,7 @@ impl Scalers {
     fn observe(
         &self,
         key: &str,
-        p: &Pipeline,
+        p: Scaled<'_>,
         reading: &GroupReading,
         current: i32,
         ready: i32,
@@ -132,8 +157,7 @@ impl Scalers {
             ready_replicas: u32::try_from(ready).unwrap_or(0),
             rebalancing: reading.rebalancing,
         };
-        let settings =
-            ScalingSettings::from_spec(&p.spec.scaling, p.spec.start_from, &p.spec.commit_interval);
+        let settings = ScalingSettings::from_spec(p.scaling, p.start_from, p.commit_interval);
         let decision = match (settings, self.by_pipeline.lock()) {
             (Ok(settings), Ok(mut map)) => {
                 let scaler = map
@@ -164,17 +188,13 @@ impl Scalers {
         };
         let metrics = &decision.metrics;
         log_reading(key, &observation, &decision);
-        let (replicas, reason) = match p.spec.scaling.mode {
+        let (replicas, reason) = match p.scaling.mode {
             ScalingMode::Auto => (
                 i32::try_from(decision.replicas).unwrap_or(i32::MAX),
                 decision.reason.clone(),
             ),
             ScalingMode::External => {
-                let wanted = p
-                    .spec
-                    .replicas
-                    .unwrap_or(p.spec.scaling.min_replicas)
-                    .max(0);
+                let wanted = p.replicas.unwrap_or(p.scaling.min_replicas).max(0);
                 (
                     wanted,
                     format!("spec.replicas is {wanted} (scaling.mode external)"),
@@ -286,11 +306,11 @@ mod tests {
     fn a_new_pipeline_starts_at_min_and_the_decision_is_remembered() {
         let scalers = Scalers::new(Duration::ZERO);
         let p = pipeline(serde_json::json!({}));
-        let first = scalers.decide("n/p", &p, &reading(), 0, 0);
+        let first = scalers.decide("n/p", Scaled::pipeline(&p), &reading(), 0, 0);
         assert_eq!(first.replicas, 1);
         let decision = first.decision.unwrap();
         assert_eq!((decision.from, decision.to), (0, 1));
-        let again = scalers.decide("n/p", &p, &reading(), 1, 1);
+        let again = scalers.decide("n/p", Scaled::pipeline(&p), &reading(), 1, 1);
         assert_eq!(again.replicas, 1);
         assert!(again.decision.is_none(), "no change, no decision");
         assert_eq!(again.last_scale.map(|d| (d.from, d.to)), Some((0, 1)));
@@ -302,10 +322,10 @@ mod tests {
     fn readings_closer_than_a_tick_reuse_the_last_outcome() {
         let scalers = Scalers::new(Duration::from_secs(3600));
         let p = pipeline(serde_json::json!({}));
-        let first = scalers.decide("n/p", &p, &reading(), 0, 0);
+        let first = scalers.decide("n/p", Scaled::pipeline(&p), &reading(), 0, 0);
         assert!(first.decision.is_some());
         // Seconds later (a Deployment event): same size, no second decision.
-        let soon = scalers.decide("n/p", &p, &reading(), 1, 0);
+        let soon = scalers.decide("n/p", Scaled::pipeline(&p), &reading(), 1, 0);
         assert_eq!(soon.replicas, first.replicas);
         assert!(soon.decision.is_none());
     }
@@ -314,7 +334,7 @@ mod tests {
     fn external_mode_follows_spec_replicas() {
         let scalers = Scalers::new(Duration::ZERO);
         let p = pipeline(serde_json::json!({"scaling": {"mode": "external"}, "replicas": 3}));
-        let out = scalers.decide("n/p", &p, &reading(), 1, 1);
+        let out = scalers.decide("n/p", Scaled::pipeline(&p), &reading(), 1, 1);
         assert_eq!(out.replicas, 3);
         assert!(out.decision.unwrap().reason.contains("external"));
     }
