@@ -41,6 +41,10 @@ pub const READY_PATH: &str = "/readyz";
 pub const HEALTH_PATH: &str = "/healthz";
 /// Prometheus metrics path.
 pub const METRICS_PATH: &str = "/metrics";
+/// Where the processor writes why it stopped before it exits with an error: the
+/// kubelet's default `terminationMessagePath`, which the operator reads back from the
+/// container's last state into the resource's status.
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
 
 /// The consumer group of a pipeline: stable, so rollouts and rescales keep its offsets.
 pub fn group_id(namespace: &str, name: &str) -> String {

@@ -363,6 +363,35 @@ async fn the_kubelet_runs_the_probes_restarts_a_killed_container_and_kills_one_o
     f.done().await;
 }
 
+/// An operator for one test that puts processors on the node with the placement settings
+/// the chart has (`processor.nodeSelector`, `processor.tolerations`), reaching Kafka at
+/// `bootstrap`.
+async fn operator_on_node(
+    f: &Fixture,
+    env: &TestEnv,
+    bootstrap: &str,
+) -> sluice_e2e::topic_harness::Operator {
+    sluice_e2e::topic_harness::install_topic_crd(&f.client).await;
+    let selector = format!(r#"{{"{}":"{}"}}"#, NODE_SELECTOR.0, NODE_SELECTOR.1);
+    let tolerations = format!(
+        r#"[{{"key":"{}","value":"{}","effect":"NoSchedule"}}]"#,
+        NODE_SELECTOR.0, NODE_SELECTOR.1
+    );
+    sluice_e2e::topic_harness::Operator::start_with(
+        env,
+        &f.namespace,
+        "node",
+        bootstrap,
+        &[
+            "--processor-node-selector",
+            &selector,
+            "--processor-tolerations",
+            &tolerations,
+        ],
+    )
+    .await
+}
+
 /// The seed pipeline (a filter, then a sum per region, exactly once) with its processors
 /// on the node: an operator started for this test puts them there with the placement
 /// settings the chart has (`processor.nodeSelector`, `processor.tolerations`), and they
@@ -372,7 +401,7 @@ async fn the_seed_pipeline_runs_on_the_node_exactly_once_through_a_container_kil
 {
     use sluice_e2e::installed::{assert_totals, orders};
     use sluice_e2e::kafka;
-    use sluice_e2e::topic_harness::{INSTANCE, Operator, kafka_create};
+    use sluice_e2e::topic_harness::{INSTANCE, kafka_create};
 
     let f = Fixture::new("node-seed").await;
     let env = TestEnv::require();
@@ -383,25 +412,7 @@ async fn the_seed_pipeline_runs_on_the_node_exactly_once_through_a_container_kil
     );
     kafka_create(&bootstrap, &input, 4, &[]).await;
     kafka_create(&bootstrap, &output, 2, &[]).await;
-    sluice_e2e::topic_harness::install_topic_crd(&f.client).await;
-    let selector = format!(r#"{{"{}":"{}"}}"#, NODE_SELECTOR.0, NODE_SELECTOR.1);
-    let tolerations = format!(
-        r#"[{{"key":"{}","value":"{}","effect":"NoSchedule"}}]"#,
-        NODE_SELECTOR.0, NODE_SELECTOR.1
-    );
-    let operator = Operator::start_with(
-        &env,
-        &f.namespace,
-        "node",
-        &bootstrap,
-        &[
-            "--processor-node-selector",
-            &selector,
-            "--processor-tolerations",
-            &tolerations,
-        ],
-    )
-    .await;
+    let operator = operator_on_node(&f, &env, &bootstrap).await;
     let pipeline = json!({
         "apiVersion": "sluice.dev/v1alpha1", "kind": "Pipeline",
         "metadata": {"name": "region-totals", "labels": {"sluice.dev/instance": INSTANCE}},
@@ -544,6 +555,83 @@ async fn the_seed_pipeline_runs_on_the_node_exactly_once_through_a_container_kil
     };
     let out = read(kept).await;
     assert_totals(&out, &expected, kept);
+    operator.stop().await;
+    f.done().await;
+}
+
+/// A native sink Connector whose processor cannot start says why in its status: the
+/// processor leaves its reason in the container's termination message, the kubelet keeps
+/// it in the container's last state, and the operator reads it from the pods.
+#[tokio::test]
+async fn a_native_sink_whose_processor_fails_on_the_node_says_why_in_status() {
+    use k8s_openapi::api::core::v1::Secret;
+    use sluice_crds::Connector;
+    use sluice_e2e::topic_harness::{INSTANCE, kafka_create};
+
+    let f = Fixture::new("node-sink").await;
+    let env = TestEnv::require();
+    let bootstrap = env.var("KAFKA_NODE_BOOTSTRAP");
+    let topic = format!("orders-{}", f.namespace);
+    kafka_create(&bootstrap, &topic, 1, &[]).await;
+    let operator = operator_on_node(&f, &env, &bootstrap).await;
+    // The Secret has no `host`: the sink cannot reach any database.
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "half-db"},
+        "stringData": {"user": "sluice", "password": "x"}
+    }))
+    .expect("a Secret");
+    Api::<Secret>::namespaced(f.client.clone(), &f.namespace)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create the Secret");
+    let connector = json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "Connector",
+        "metadata": {"name": "orders-to-pg", "labels": {"sluice.dev/instance": INSTANCE}},
+        "spec": {"type": "sink", "topics": [topic], "secretRef": {"name": "half-db"},
+                 "postgres": {"table": "orders"}}
+    });
+    cluster::apply(&f.client, &f.namespace, &connector)
+        .await
+        .expect("apply the Connector");
+    let connectors: Api<Connector> = Api::namespaced(f.client.clone(), &f.namespace);
+    let status = wait_for(
+        Duration::from_secs(180),
+        "Ready=False with the processor's reason",
+        || {
+            let connectors = connectors.clone();
+            async move {
+                let s = connectors.get("orders-to-pg").await.ok()?.status?;
+                let message = s
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == "Ready" && c.reason == "ReplicasFailing")?
+                    .message
+                    .clone();
+                Some((message, s))
+            }
+        },
+    )
+    .await;
+    let (message, status) = status;
+    let last_error = status.last_error.expect("lastError");
+    assert!(last_error.contains("host"), "{last_error}");
+    assert!(
+        message.contains("CrashLoopBackOff") || message.contains("restart"),
+        "{message}"
+    );
+    assert!(message.contains(&last_error), "{message}");
+    let pods = f
+        .pods()
+        .list(&ListParams::default().labels("sluice.dev/connector=orders-to-pg"))
+        .await
+        .expect("the connector's pods");
+    for p in &pods.items {
+        assert_eq!(
+            p.spec.as_ref().unwrap().node_name.as_deref(),
+            Some(f.node.as_str()),
+            "on the node"
+        );
+    }
     operator.stop().await;
     f.done().await;
 }

@@ -16,6 +16,7 @@ pub mod kafka;
 pub mod leader;
 pub mod metrics;
 pub mod pipeline;
+pub mod pods;
 pub mod startup;
 pub mod topic;
 pub mod workload;

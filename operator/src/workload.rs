@@ -382,6 +382,8 @@ pub fn deployment(
             ..SecurityContext::default()
         }),
         volume_mounts: Some(mounts),
+        // Why the processor stopped (it writes it there), or else its last log lines.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
     };
     let pod_labels = w.selector_labels();

@@ -121,7 +121,19 @@ fn fail(code: i32, msg: impl std::fmt::Display) -> ! {
         tracing::error!("{msg}");
     }
     eprintln!("sluice-processor: {msg}");
+    write_termination_message(&msg.to_string());
     std::process::exit(code);
+}
+
+/// Leaves `msg` where the kubelet reads a container's termination message, when it runs
+/// in a pod (the file exists only there).
+fn write_termination_message(msg: &str) {
+    let path = std::path::Path::new(contract::TERMINATION_LOG);
+    if path.exists()
+        && let Err(e) = std::fs::write(path, msg)
+    {
+        eprintln!("sluice-processor: cannot write {}: {e}", path.display());
+    }
 }
 
 fn main() {

@@ -22,9 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
@@ -40,7 +40,7 @@ use crate::pipeline::scaler::Scalers;
 use crate::workload::{self, Applied, ProcessorDefaults};
 use connect::{ConnectClient, ConnectError, ConnectorHealth, FieldError};
 use plan::Ownership;
-use status::{ConnectObserved, Found, SinkProgress, TopicsCheck};
+use status::{ConnectObserved, Found, NativeObserved, SinkProgress, TopicsCheck};
 
 /// The kind, for metrics, logs and events.
 pub const KIND: &str = "Connector";
@@ -225,15 +225,13 @@ impl ConnectorController {
                 // What was just written has not rolled out yet.
                 existing = read().await?;
                 Found::Native(
-                    native::rollout(existing.as_ref(), replicas),
-                    topics,
-                    progress,
+                    self.observe_native(&w, existing.as_ref(), replicas, topics, progress)
+                        .await?,
                 )
             }
             Applied::Unchanged | Applied::Reapplied => Found::Native(
-                native::rollout(existing.as_ref(), replicas),
-                topics,
-                progress,
+                self.observe_native(&w, existing.as_ref(), replicas, topics, progress)
+                    .await?,
             ),
         };
         let written = self.write_status(connector, api, &found).await?;
@@ -247,6 +245,41 @@ impl ConnectorController {
         } else {
             self.ctx.settings.resync
         }))
+    }
+
+    /// A native connector as its Deployment shows it; while replicas it asks for are not
+    /// available, its pods are read for why.
+    async fn observe_native(
+        &self,
+        w: &workload::Workload,
+        deployment: Option<&Deployment>,
+        replicas: i32,
+        topics: TopicsCheck,
+        progress: Option<SinkProgress>,
+    ) -> Result<NativeObserved> {
+        let rollout = native::rollout(deployment, replicas);
+        let trouble = if rollout.available < rollout.desired {
+            let selector = w
+                .selector_labels()
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &w.namespace);
+            let list = pods
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(Error::kube("list the connector's pods"))?;
+            crate::pods::trouble(&list.items)
+        } else {
+            None
+        };
+        Ok(NativeObserved {
+            rollout,
+            topics,
+            progress,
+            trouble,
+        })
     }
 
     /// A native sink's replicas and progress: its group's lag read from Kafka, and with

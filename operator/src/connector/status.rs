@@ -8,6 +8,7 @@ use sluice_crds::{Connector, ConnectorStatus};
 use super::connect::{ConnectorHealth, FieldError, Offset, first_line};
 use super::native::Rollout;
 use super::plan::{self, RestartDecision};
+use crate::pods::PodTrouble;
 
 /// Offsets kept in status at most.
 pub const MAX_OFFSETS: usize = 20;
@@ -41,12 +42,24 @@ pub enum Found {
     ConnectObserved(ConnectObserved),
     /// A native plugin, which this operator does not run yet.
     NativeNotRunYet,
-    /// A native connector's Deployment as it rolls out, its topics, and for a sink how
-    /// far behind it is.
-    Native(Rollout, TopicsCheck, Option<SinkProgress>),
+    /// A native connector as its Deployment, pods and Kafka show it.
+    Native(NativeObserved),
     /// A native connector's children could not be written: objects with their names
     /// belong to something else.
     NativeConflict(String),
+}
+
+/// A native connector as its Deployment, pods and Kafka show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NativeObserved {
+    /// Its Deployment's rollout.
+    pub rollout: Rollout,
+    /// Whether its topics exist.
+    pub topics: TopicsCheck,
+    /// A sink: how far behind it is.
+    pub progress: Option<SinkProgress>,
+    /// Why its replicas do not run, when its pods say.
+    pub trouble: Option<PodTrouble>,
 }
 
 /// How far a native sink is behind, and the autoscaler's latest change of its size.
@@ -135,7 +148,10 @@ pub fn compute(
             readiness(wanted, observed)
         }
         Found::NativeConflict(message) => (false, "ResourceConflict", message.clone()),
-        Found::Native(_, TopicsCheck::Missing(topics), _) => {
+        Found::Native(NativeObserved {
+            topics: TopicsCheck::Missing(topics),
+            ..
+        }) => {
             status.state = None;
             (
                 false,
@@ -151,12 +167,20 @@ pub fn compute(
                 ),
             )
         }
-        Found::Native(_, TopicsCheck::Unknown(err), _) => (
+        Found::Native(NativeObserved {
+            topics: TopicsCheck::Unknown(err),
+            ..
+        }) => (
             false,
             "KafkaUnavailable",
             format!("cannot read topic metadata from Kafka: {err}"),
         ),
-        Found::Native(rollout, TopicsCheck::Present, _) => {
+        Found::Native(NativeObserved {
+            rollout,
+            topics: TopicsCheck::Present,
+            trouble,
+            ..
+        }) => {
             let as_asked = rollout.outdated == 0
                 && match wanted {
                     ConnectorState::Stopped => rollout.available == 0,
@@ -171,7 +195,20 @@ pub fn compute(
                 })
                 .collect();
             status.state = as_asked.then(|| plan::expected_state(wanted).to_string());
-            native_readiness(wanted, rollout, as_asked)
+            match trouble.as_ref().filter(|_| !as_asked) {
+                Some(t) => {
+                    status.last_error = Some(first_line(
+                        t.message.as_deref().unwrap_or(&t.reason),
+                        MAX_ERROR,
+                    ));
+                    (
+                        false,
+                        "ReplicasFailing",
+                        format!("the connector's replicas do not run: {t}"),
+                    )
+                }
+                None => native_readiness(wanted, rollout, as_asked),
+            }
         }
     };
     let previous_conditions = previous.conditions;
@@ -183,7 +220,11 @@ pub fn compute(
         generation,
         &previous_conditions,
     )];
-    if let Found::Native(_, _, Some(progress)) = found {
+    if let Found::Native(NativeObserved {
+        progress: Some(progress),
+        ..
+    }) = found
+    {
         status.lag = Some(progress.lag);
         status.position = Some(if progress.lag == 0 {
             "caught up".to_string()
@@ -194,7 +235,7 @@ pub fn compute(
             status.last_scale.clone_from(&progress.last_scale);
         }
     }
-    if let Found::Native(_, topics, _) = found {
+    if let Found::Native(NativeObserved { topics, .. }) = found {
         let (ready, reason, message) = match topics {
             TopicsCheck::Present => (
                 true,
@@ -458,6 +499,19 @@ mod tests {
         }
     }
 
+    fn native(
+        rollout: Rollout,
+        topics: TopicsCheck,
+        progress: Option<SinkProgress>,
+    ) -> NativeObserved {
+        NativeObserved {
+            rollout,
+            topics,
+            progress,
+            trouble: None,
+        }
+    }
+
     fn compute_for(c: &Connector, found: &Found) -> ConnectorStatus {
         compute(c, None, found)
     }
@@ -557,7 +611,7 @@ mod tests {
         };
         let s = compute_for(
             &connector("running"),
-            &Found::Native(rolling.clone(), TopicsCheck::Present, None),
+            &Found::Native(native(rolling.clone(), TopicsCheck::Present, None)),
         );
         assert_eq!(ready(&s).1, "Starting");
         assert_eq!(s.state, None);
@@ -567,7 +621,7 @@ mod tests {
         };
         let s = compute_for(
             &connector("running"),
-            &Found::Native(up.clone(), TopicsCheck::Present, None),
+            &Found::Native(native(up.clone(), TopicsCheck::Present, None)),
         );
         assert_eq!(
             ready(&s),
@@ -584,7 +638,7 @@ mod tests {
         };
         let s = compute_for(
             &connector("paused"),
-            &Found::Native(changing, TopicsCheck::Present, None),
+            &Found::Native(native(changing, TopicsCheck::Present, None)),
         );
         assert_eq!(ready(&s).1, "Transitioning");
         let gone = Rollout {
@@ -594,7 +648,7 @@ mod tests {
         };
         let s = compute_for(
             &connector("stopped"),
-            &Found::Native(gone, TopicsCheck::Present, None),
+            &Found::Native(native(gone, TopicsCheck::Present, None)),
         );
         assert_eq!(ready(&s).1, "Stopped");
         assert_eq!(s.state.as_deref(), Some("STOPPED"));
@@ -605,11 +659,11 @@ mod tests {
         assert_eq!(ready(&s).1, "ResourceConflict");
         let s = compute_for(
             &connector("running"),
-            &Found::Native(
+            &Found::Native(native(
                 up.clone(),
                 TopicsCheck::Missing(vec!["orders".into()]),
                 None,
-            ),
+            )),
         );
         assert_eq!(ready(&s).1, "TopicMissing");
         assert!(ready(&s).2.contains("orders"));
@@ -624,7 +678,7 @@ mod tests {
         );
         let s = compute_for(
             &connector("running"),
-            &Found::Native(up, TopicsCheck::Present, None),
+            &Found::Native(native(up, TopicsCheck::Present, None)),
         );
         let topics = s
             .conditions
@@ -683,7 +737,7 @@ mod tests {
         };
         let s = compute_for(
             &connector("running"),
-            &Found::Native(up.clone(), TopicsCheck::Present, Some(behind)),
+            &Found::Native(native(up.clone(), TopicsCheck::Present, Some(behind))),
         );
         assert_eq!(s.lag, Some(1200));
         assert_eq!(s.position.as_deref(), Some("1200 records behind"));
@@ -696,7 +750,7 @@ mod tests {
         let s = compute(
             &connector("running"),
             Some(&s),
-            &Found::Native(up, TopicsCheck::Present, Some(caught_up)),
+            &Found::Native(native(up, TopicsCheck::Present, Some(caught_up))),
         );
         assert_eq!(s.position.as_deref(), Some("caught up"));
         assert_eq!(s.last_scale, Some(decision));
