@@ -6,4 +6,5 @@ pub mod installed;
 pub mod kafka;
 pub mod processor;
 pub mod runner;
+pub mod sink;
 pub mod topic_harness;

@@ -2,8 +2,8 @@
 //! exactly once in insert mode across SIGKILLs, upserts with tombstone deletes, and a
 //! row PostgreSQL refuses in the dead-letter topic while the rest flow.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::FutureRecord;
@@ -12,6 +12,7 @@ use sluice_e2e::cluster::unique;
 use sluice_e2e::env::TestEnv;
 use sluice_e2e::kafka;
 use sluice_e2e::processor::*;
+use sluice_e2e::sink::{SinkProcess, connector_manifest as manifest, kill_twice_then_finish};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -19,59 +20,6 @@ const WAIT: Duration = Duration::from_secs(120);
 /// writing, every other test here for reading.
 static DATABASE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 const REGIONS: [&str; 3] = ["eu", "us", "ap"];
-
-/// A sink replica: `sluice-processor run -f` of a sink Connector manifest.
-struct SinkProcess {
-    child: Child,
-    log: PathBuf,
-}
-
-impl SinkProcess {
-    fn start(bootstrap: &str, manifest: &Path, credentials: &Path, tag: &str) -> SinkProcess {
-        let log = log_dir().join(format!("{tag}.log"));
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = Command::new(processor_bin())
-            .args(["run", "-f"])
-            .arg(manifest)
-            .args(["--bootstrap", bootstrap])
-            .env("SLUICE_CREDENTIALS_DIR", credentials)
-            .env("RUST_LOG", "info")
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        SinkProcess { child, log }
-    }
-
-    fn signal(&mut self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-        let start = Instant::now();
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(start.elapsed() < WAIT, "the sink did not exit");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for SinkProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The database, and a credentials directory (one file per libpq key) for it.
 async fn database(env: &TestEnv, tag: &str) -> (tokio_postgres::Client, PathBuf) {
@@ -86,18 +34,6 @@ async fn database(env: &TestEnv, tag: &str) -> (tokio_postgres::Client, PathBuf)
         std::fs::write(dir.join(key), format!("{value}\n")).unwrap();
     }
     (client, dir)
-}
-
-fn manifest(tag: &str, spec: serde_json::Value) -> PathBuf {
-    let doc = json!({
-        "apiVersion": "sluice.dev/v1alpha1",
-        "kind": "Connector",
-        "metadata": {"name": tag, "namespace": "e2e"},
-        "spec": spec,
-    });
-    let path = log_dir().join(format!("{tag}.json"));
-    std::fs::write(&path, doc.to_string()).unwrap();
-    path
 }
 
 /// A table of orders without a unique constraint (a record written twice shows as two
@@ -158,6 +94,8 @@ fn feed_orders(
         json!({"type": "sink", "topics": [tag],
                "postgres": {"table": table, "batch": {"records": batch, "interval": "100ms"}}}),
     );
+    // The binary is built (when it is not yet) before the input starts to flow.
+    processor_bin();
     let feed = kafka::produce_paced(
         kafka::producer(bootstrap).unwrap(),
         tag.to_string(),
@@ -193,34 +131,10 @@ async fn insert_mode_writes_each_record_exactly_once_across_sigkills() {
     let n = 3000;
     let (path, feed) = feed_orders(&bootstrap, &tag, &table, n, 200, Duration::from_millis(300));
     let rows = format!("SELECT count(*) FROM {table}");
-    // Three replicas in turn, the first two killed while rows arrive.
-    for round in 0..2 {
-        let mut sink =
-            SinkProcess::start(&bootstrap, &path, &credentials, &format!("{tag}-{round}"));
-        let before = count(&pg, &rows).await;
-        let start = Instant::now();
-        while count(&pg, &rows).await <= before {
-            assert!(start.elapsed() < WAIT, "no rows: {}", sink.log_text());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        sink.signal("-KILL");
-    }
-    assert!(!feed.is_finished(), "the kills came after the input ended");
-    feed.await.unwrap().unwrap();
-    let mut sink = SinkProcess::start(&bootstrap, &path, &credentials, &format!("{tag}-last"));
-    let start = Instant::now();
-    while count(&pg, &rows).await < n as i64 {
-        assert!(start.elapsed() < WAIT, "rows missing: {}", sink.log_text());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // Whatever the last replica still had to do is done by now; nothing more arrives.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    sink.signal("-TERM");
-    assert!(
-        sink.log_text().contains("stopped cleanly"),
-        "{}",
-        sink.log_text()
-    );
+    kill_twice_then_finish(&bootstrap, &path, &credentials, &tag, feed, n, || async {
+        usize::try_from(count(&pg, &rows).await).unwrap_or(0)
+    })
+    .await;
     assert_each_order_once(&pg, &table, n).await;
     let stored = count(
         &pg,

@@ -30,7 +30,7 @@ pub enum ConnectorError {
     },
     /// A plugin this release does not run natively.
     #[error(
-        "{origin}: the {plugin} plugin does not run natively in this release; the generator (spec.generator) and the PostgreSQL sink (spec.postgres) do, and any Kafka Connect connector runs through spec.kafkaConnect on a Connect cluster"
+        "{origin}: the {plugin} plugin does not run natively in this release; the generator (spec.generator), the PostgreSQL sink (spec.postgres) and the S3 sink (spec.s3) do, and any Kafka Connect connector runs through spec.kafkaConnect on a Connect cluster"
     )]
     NotRunnable {
         /// The file.
@@ -64,13 +64,13 @@ pub enum Job {
     /// The generator writes records into a topic.
     Generator(Box<GeneratorJob>),
     /// A sink loads topics into a target.
-    Sink(sink::SinkJob),
+    Sink(Box<sink::SinkJob>),
 }
 
 /// Reads a `kind: Connector` manifest into the job it asks for.
 pub fn job(text: &str, origin: &str) -> Result<Job, ConnectorError> {
     if let Some(job) = sink::sink_job(text, origin)? {
-        return Ok(Job::Sink(job));
+        return Ok(Job::Sink(Box::new(job)));
     }
     generator_job(text, origin).map(|g| Job::Generator(Box::new(g)))
 }
@@ -84,7 +84,7 @@ pub async fn serve(
 ) -> Result<(), ConnectorError> {
     match job {
         Job::Generator(job) => serve_generator(*job, settings, listen).await,
-        Job::Sink(job) => sink::serve(job, settings, listen).await,
+        Job::Sink(job) => sink::serve(*job, settings, listen).await,
     }
 }
 

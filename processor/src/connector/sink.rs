@@ -1,5 +1,5 @@
 //! Native sink Connectors: the Connector's topics, read by a consumer group, pumped into
-//! the target through the runtime ([`crate::runtime::pump`]).
+//! the target (PostgreSQL or an S3 bucket) through the runtime ([`crate::runtime::pump`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ use std::time::Duration;
 use sluice_crds::connector::{ConnectorState, ConnectorType};
 use sluice_crds::contract;
 use sluice_crds::pipeline::{DeadLetter, Delivery, StartFrom};
-use sluice_crds::plugins::PostgresSink as PostgresSpec;
+use sluice_crds::plugins::{PostgresSink as PostgresSpec, S3Sink as S3Spec};
 
 use super::ConnectorError;
 use crate::health::Status;
@@ -19,14 +19,73 @@ use crate::kafka::dead_letters::DeadLetters;
 use crate::kafka::source::KafkaSource;
 use crate::metrics::PipelineMetrics;
 use crate::runtime::pump::{Pump, PumpError, PumpOptions};
-use crate::runtime::sink::SinkError;
+use crate::runtime::sink::{Sink, SinkError};
 use crate::sinks::postgres::{Credentials, PostgresSink, PostgresSinkConfig};
+use crate::sinks::s3::{S3Credentials, S3Sink, S3SinkConfig, parse_bytes};
 
 /// Where the Connector's Secret is mounted, unless `SLUICE_CREDENTIALS_DIR` says.
 const DEFAULT_CREDENTIALS_DIR: &str = "/etc/sluice/credentials";
-/// Batching when the Connector does not say.
+/// The PostgreSQL sink's batches when the Connector does not say.
 const DEFAULT_BATCH_RECORDS: usize = 1000;
 const DEFAULT_BATCH_INTERVAL: Duration = Duration::from_millis(500);
+/// The S3 sink's flushes when the Connector does not say.
+const DEFAULT_FLUSH_RECORDS: usize = 10_000;
+const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Where a sink loads its records.
+#[derive(Debug)]
+pub enum Target {
+    /// A PostgreSQL table (`spec.postgres`).
+    Postgres(PostgresSpec),
+    /// Objects in an S3-compatible bucket (`spec.s3`).
+    S3(S3Spec),
+}
+
+impl Target {
+    /// The plugin's name, for dead letters and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Target::Postgres(_) => "postgres",
+            Target::S3(_) => "s3",
+        }
+    }
+
+    /// How the pump batches for this target.
+    fn options(&self) -> PumpOptions {
+        let parse = |i: Option<&str>| i.and_then(|i| humantime::parse_duration(i).ok());
+        let records = |r: Option<i64>| r.and_then(|r| usize::try_from(r).ok());
+        let records32 = |r: Option<i32>| r.and_then(|r| usize::try_from(r).ok());
+        match self {
+            Target::Postgres(p) => {
+                let batch = p.batch.clone().unwrap_or_default();
+                PumpOptions {
+                    sink: self.name().to_string(),
+                    batch_records: records32(batch.records).unwrap_or(DEFAULT_BATCH_RECORDS),
+                    batch_interval: parse(batch.interval.as_deref())
+                        .unwrap_or(DEFAULT_BATCH_INTERVAL),
+                    batch_bytes: None,
+                }
+            }
+            Target::S3(s) => {
+                let flush = s.flush.as_ref();
+                PumpOptions {
+                    sink: self.name().to_string(),
+                    batch_records: records(flush.and_then(|f| f.records))
+                        .unwrap_or(DEFAULT_FLUSH_RECORDS),
+                    batch_interval: parse(flush.and_then(|f| f.interval.as_deref()))
+                        .unwrap_or(DEFAULT_FLUSH_INTERVAL),
+                    // A flush holds about one object's worth in memory.
+                    batch_bytes: Some(
+                        flush
+                            .and_then(|f| f.bytes.as_deref())
+                            .and_then(parse_bytes)
+                            .unwrap_or(crate::sinks::s3::DEFAULT_OBJECT_BYTES),
+                    ),
+                }
+            }
+        }
+    }
+}
 
 /// What a sink Connector asks for.
 #[derive(Debug)]
@@ -42,7 +101,7 @@ pub struct SinkJob {
     /// Exactly once (positions stored with the data) unless `atLeastOnce`.
     pub exactly_once: bool,
     /// The target.
-    pub postgres: PostgresSpec,
+    pub target: Target,
     /// `paused` or `stopped`: read nothing.
     pub idle: bool,
 }
@@ -50,21 +109,30 @@ pub struct SinkJob {
 /// The sink job of a sink Connector manifest; `None` for other Connectors.
 pub fn sink_job(text: &str, origin: &str) -> Result<Option<SinkJob>, ConnectorError> {
     let (name, namespace, spec) = super::parse(text, origin)?;
-    let Some(postgres) = spec.postgres.clone() else {
-        return Ok(None);
-    };
     let shape = |message: &str| ConnectorError::Shape {
         origin: origin.to_string(),
         message: message.to_string(),
     };
+    let target = match (&spec.postgres, &spec.s3) {
+        (Some(postgres), _) => {
+            if postgres.mode == sluice_crds::plugins::PostgresWriteMode::Upsert
+                && postgres.key.is_empty()
+            {
+                return Err(shape("postgres upsert needs the conflict columns in key"));
+            }
+            Target::Postgres(postgres.clone())
+        }
+        (None, Some(s3)) => Target::S3(s3.clone()),
+        (None, None) => return Ok(None),
+    };
     if spec.type_ != ConnectorType::Sink {
-        return Err(shape("postgres is a sink: spec.type: sink"));
+        return Err(shape(&format!(
+            "{} is a sink: spec.type: sink",
+            target.name()
+        )));
     }
     if spec.topics.is_empty() {
         return Err(shape("a sink reads at least one topic: spec.topics"));
-    }
-    if postgres.mode == sluice_crds::plugins::PostgresWriteMode::Upsert && postgres.key.is_empty() {
-        return Err(shape("postgres upsert needs the conflict columns in key"));
     }
     Ok(Some(SinkJob {
         name,
@@ -72,7 +140,7 @@ pub fn sink_job(text: &str, origin: &str) -> Result<Option<SinkJob>, ConnectorEr
         topics: spec.topics.clone(),
         dead_letter: spec.dead_letter.clone(),
         exactly_once: spec.delivery != Some(Delivery::AtLeastOnce),
-        postgres,
+        target,
         idle: spec.state != ConnectorState::Running,
     }))
 }
@@ -112,8 +180,9 @@ fn pump(
     status: Arc<Status>,
     metrics: PipelineMetrics,
 ) -> Result<(), PumpError> {
+    let sink_name = job.target.name();
     let fatal = |error: String| PumpError::Sink {
-        sink: "postgres".to_string(),
+        sink: sink_name.to_string(),
         error: SinkError::Fatal(error),
     };
     if job.idle {
@@ -127,49 +196,82 @@ fn pump(
     }
     let dir = std::env::var_os(contract::env::CREDENTIALS_DIR)
         .map_or_else(|| PathBuf::from(DEFAULT_CREDENTIALS_DIR), PathBuf::from);
-    let credentials = Credentials::read(&dir).map_err(|e| fatal(e.to_string()))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| fatal(format!("cannot start the sink's runtime: {e}")))?;
-    let batch = job.postgres.batch.clone().unwrap_or_default();
-    let options = PumpOptions {
-        sink: "postgres".to_string(),
-        batch_records: batch
-            .records
-            .and_then(|r| usize::try_from(r).ok())
-            .unwrap_or(DEFAULT_BATCH_RECORDS),
-        batch_interval: batch
-            .interval
-            .as_deref()
-            .and_then(|i| humantime::parse_duration(i).ok())
-            .unwrap_or(DEFAULT_BATCH_INTERVAL),
-    };
-    let group = contract::connector_group_id(&job.namespace, &job.name);
-    let source = KafkaSource::subscribe(settings, &group, &job.topics, StartFrom::Earliest)?;
-    let dead_letters = match &job.dead_letter {
-        Some(d) => Some(
-            DeadLetters::new(settings, &d.topic, d.retries)
-                .map_err(|e| fatal(format!("cannot create the dead-letter producer: {e}")))?,
-        ),
-        None => None,
-    };
-    let sink = PostgresSink::new(PostgresSinkConfig {
-        connector: format!("{}/{}", job.namespace, job.name),
-        spec: job.postgres,
-        exactly_once: job.exactly_once,
-        credentials,
-    });
-    tracing::info!(connector = %job.name, group = %group, topics = ?job.topics, exactly_once = job.exactly_once, "loading into PostgreSQL");
-    Pump {
-        source,
-        sink,
-        dead_letters,
-        options,
+    let options = job.target.options();
+    let connector = format!("{}/{}", job.namespace, job.name);
+    let exactly_once = job.exactly_once;
+    let wiring = Wiring {
+        job: &job,
+        settings,
         status,
         metrics,
+        options,
+        runtime: &runtime,
+    };
+    match &job.target {
+        Target::Postgres(spec) => {
+            let credentials = Credentials::read(&dir).map_err(|e| fatal(e.to_string()))?;
+            wiring.run(PostgresSink::new(PostgresSinkConfig {
+                connector,
+                spec: spec.clone(),
+                exactly_once,
+                credentials,
+            }))
+        }
+        Target::S3(spec) => {
+            let credentials = S3Credentials::read(&dir).map_err(|e| fatal(e.to_string()))?;
+            let sink = S3Sink::new(S3SinkConfig {
+                spec: spec.clone(),
+                credentials,
+            })
+            .map_err(|e| fatal(e.to_string()))?;
+            wiring.run(sink)
+        }
     }
-    .run(&runtime)
+}
+
+/// What every sink's pump is made of besides the sink.
+struct Wiring<'a> {
+    job: &'a SinkJob,
+    settings: &'a KafkaSettings,
+    status: Arc<Status>,
+    metrics: PipelineMetrics,
+    options: PumpOptions,
+    runtime: &'a tokio::runtime::Runtime,
+}
+
+impl Wiring<'_> {
+    /// Reads the job's topics with its group and pumps them into `sink` until shutdown.
+    fn run<K: Sink>(self, sink: K) -> Result<(), PumpError> {
+        let job = self.job;
+        let fatal = |error: String| PumpError::Sink {
+            sink: job.target.name().to_string(),
+            error: SinkError::Fatal(error),
+        };
+        let group = contract::connector_group_id(&job.namespace, &job.name);
+        let source =
+            KafkaSource::subscribe(self.settings, &group, &job.topics, StartFrom::Earliest)?;
+        let dead_letters = match &job.dead_letter {
+            Some(d) => Some(
+                DeadLetters::new(self.settings, &d.topic, d.retries)
+                    .map_err(|e| fatal(format!("cannot create the dead-letter producer: {e}")))?,
+            ),
+            None => None,
+        };
+        tracing::info!(connector = %job.name, group = %group, topics = ?job.topics, sink = job.target.name(), promise = ?sink.promise(), "loading");
+        Pump {
+            source,
+            sink,
+            dead_letters,
+            options: self.options,
+            status: self.status,
+            metrics: self.metrics,
+        }
+        .run(self.runtime)
+    }
 }
 
 #[cfg(test)]
@@ -189,6 +291,19 @@ mod tests {
             "exactly once unless atLeastOnce is asked for"
         );
         assert_eq!(job.dead_letter.unwrap().topic, "totals-dlq");
+        assert!(matches!(job.target, Target::Postgres(_)));
+        let s3 = "kind: Connector\nmetadata: {name: lake}\nspec:\n  type: sink\n  topics: [orders]\n  s3: {bucket: lake, flush: {records: 50, bytes: 1Mi, interval: 2s}}\n";
+        let job = sink_job(s3, "s.yaml").unwrap().unwrap();
+        let options = job.target.options();
+        assert_eq!(
+            (
+                options.sink.as_str(),
+                options.batch_records,
+                options.batch_interval,
+                options.batch_bytes
+            ),
+            ("s3", 50, Duration::from_secs(2), Some(1 << 20))
+        );
         let generator =
             "kind: Connector\nspec: {type: source, topics: [a], generator: {template: {a: '1'}}}\n";
         assert!(sink_job(generator, "g.yaml").unwrap().is_none());

@@ -41,6 +41,8 @@ pub struct PumpOptions {
     pub batch_records: usize,
     /// Longest wait for a batch to fill.
     pub batch_interval: Duration,
+    /// Most bytes (keys and values) in a batch, when the sink bounds it.
+    pub batch_bytes: Option<usize>,
 }
 
 /// Why the pump stopped.
@@ -112,6 +114,8 @@ struct Running<'p, S, K> {
     runtime: &'p tokio::runtime::Runtime,
     ledger: Ledger,
     batch: Vec<SourceRecord>,
+    /// Bytes of keys and values in `batch`.
+    batch_bytes: usize,
     /// Transactional sinks: the next offset the sink holds per partition; records below
     /// it are already written.
     stored: HashMap<(Arc<str>, i32), i64>,
@@ -132,6 +136,7 @@ impl<S: Source, K: Sink> Pump<S, K> {
             runtime,
             ledger: Ledger::new(delivery, interval, Instant::now()),
             batch: Vec::new(),
+            batch_bytes: 0,
             stored: HashMap::new(),
             assigned: Vec::new(),
             backoff: FIRST_BACKOFF,
@@ -167,6 +172,11 @@ impl<S: Source, K: Sink> Running<'_, S, K> {
             }
             self.pump.status.beat();
             if self.batch.len() >= self.pump.options.batch_records
+                || self
+                    .pump
+                    .options
+                    .batch_bytes
+                    .is_some_and(|most| self.batch_bytes >= most)
                 || self.ledger.due(Instant::now())
             {
                 match self.flush() {
@@ -192,6 +202,8 @@ impl<S: Source, K: Sink> Running<'_, S, K> {
         }
         self.pump.metrics.records_in.inc();
         self.ledger.processed(origin.clone());
+        self.batch_bytes +=
+            record.key.as_ref().map_or(0, Vec::len) + record.value.as_ref().map_or(0, Vec::len);
         self.batch.push(record);
     }
 
@@ -327,6 +339,7 @@ impl<S: Source, K: Sink> Running<'_, S, K> {
         self.pump.metrics.batch_size.observe(batch as f64);
         self.pump.status.committed();
         self.batch.clear();
+        self.batch_bytes = 0;
     }
 
     /// Drops what was not committed: the sink aborts, the batch goes.
@@ -334,6 +347,7 @@ impl<S: Source, K: Sink> Running<'_, S, K> {
         self.runtime.block_on(self.pump.sink.abort());
         self.ledger.discard(Instant::now());
         self.batch.clear();
+        self.batch_bytes = 0;
         self.pump.metrics.aborts.inc();
     }
 

@@ -1,3 +1,5 @@
 //! Native sinks: targets outside Kafka, each a [`crate::runtime::sink::Sink`].
 
 pub mod postgres;
+pub mod s3;
+pub mod secret;

@@ -19,6 +19,7 @@ use sluice_crds::plugins::{PostgresSink as PostgresSpec, PostgresWriteMode};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
+use super::secret::SecretFiles;
 use crate::runtime::ledger::Offsets;
 use crate::runtime::sink::{Promise, Refused, Sink, SinkError, SourceRecord};
 
@@ -44,19 +45,9 @@ impl Credentials {
     /// Reads `host`, `port`, `dbname`, `user`, `password` and `sslmode` from `dir`
     /// (a mounted Secret: one file per key).
     pub fn read(dir: &Path) -> Result<Credentials, SinkError> {
-        let read = |key: &str| -> Option<String> {
-            std::fs::read_to_string(dir.join(key))
-                .ok()
-                .map(|v| v.trim_end_matches(['\n', '\r']).to_string())
-        };
-        let need = |key: &str| {
-            read(key).ok_or_else(|| {
-                SinkError::Fatal(format!(
-                    "the credentials have no {key} (looked for {})",
-                    dir.join(key).display()
-                ))
-            })
-        };
+        let secret = SecretFiles::new(dir);
+        let read = |key: &str| secret.get(key);
+        let need = |key: &str| secret.need(key);
         if let Some(mode) = read("sslmode")
             && !matches!(mode.as_str(), "disable" | "allow" | "prefer")
         {

@@ -1,0 +1,243 @@
+//! The native S3 sink against the environment's broker and MinIO: objects named by topic,
+//! partition and first offset, exact and without overlap after SIGKILLs of the sink; a
+//! value that is not JSON in the dead-letter topic while the rest are written; an object
+//! above the multipart threshold uploaded in parts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use serde_json::json;
+use sluice_e2e::cluster::unique;
+use sluice_e2e::env::TestEnv;
+use sluice_e2e::kafka;
+use sluice_e2e::processor::*;
+use sluice_e2e::sink::{SinkProcess, connector_manifest, kill_twice_then_finish};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// The environment's bucket, and a credentials directory with the sink's keys for it.
+struct Lake {
+    store: AmazonS3,
+    bootstrap: String,
+    tag: String,
+    credentials: PathBuf,
+    /// The `s3` block of a sink writing under `<tag>/`.
+    s3: serde_json::Value,
+}
+
+fn lake(prefix: &str) -> Lake {
+    let env = TestEnv::require();
+    let tag = unique(prefix);
+    let store = AmazonS3Builder::new()
+        .with_bucket_name(env.var("S3_BUCKET"))
+        .with_region(env.var("S3_REGION"))
+        .with_endpoint(env.var("S3_ENDPOINT"))
+        .with_allow_http(true)
+        .with_access_key_id(env.var("S3_ACCESS_KEY"))
+        .with_secret_access_key(env.var("S3_SECRET_KEY"))
+        .build()
+        .unwrap();
+    let credentials = log_dir().join(format!("{tag}-credentials"));
+    std::fs::create_dir_all(&credentials).unwrap();
+    std::fs::write(credentials.join("accessKeyId"), env.var("S3_ACCESS_KEY")).unwrap();
+    std::fs::write(
+        credentials.join("secretAccessKey"),
+        env.var("S3_SECRET_KEY"),
+    )
+    .unwrap();
+    let s3 = json!({"bucket": env.var("S3_BUCKET"), "prefix": format!("{tag}/"),
+                    "endpoint": env.var("S3_ENDPOINT"), "pathStyle": true,
+                    "region": env.var("S3_REGION")});
+    Lake {
+        store,
+        bootstrap: env.var("KAFKA_BOOTSTRAP"),
+        tag,
+        credentials,
+        s3,
+    }
+}
+
+/// One object the sink wrote.
+#[derive(Debug)]
+struct Written {
+    topic: String,
+    partition: i32,
+    first_offset: i64,
+    lines: Vec<String>,
+}
+
+impl Lake {
+    fn sink(&self, flush: serde_json::Value, extra: serde_json::Value) -> PathBuf {
+        let mut s3 = self.s3.clone();
+        s3["flush"] = flush;
+        let mut spec = json!({"type": "sink", "topics": [self.tag], "s3": s3});
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            s.extend(e.clone());
+        }
+        connector_manifest(&self.tag, spec)
+    }
+
+    /// Every object under the test's prefix, parsed from its name; a name out of the
+    /// pattern fails the test.
+    async fn objects(&self) -> Vec<Written> {
+        let prefix = ObjectPath::from(format!("{}/", self.tag));
+        let listed: Vec<_> = self.store.list(Some(&prefix)).try_collect().await.unwrap();
+        let mut out = Vec::new();
+        for meta in listed {
+            let name = meta.location.to_string();
+            let (topic, partition, first_offset) = parse_name(&self.tag, &name)
+                .unwrap_or_else(|| panic!("an object name out of the pattern: {name}"));
+            let body = self
+                .store
+                .get(&meta.location)
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            let lines = String::from_utf8(body.to_vec())
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect();
+            out.push(Written {
+                topic,
+                partition,
+                first_offset,
+                lines,
+            });
+        }
+        out.sort_by_key(|w| (w.partition, w.first_offset));
+        out
+    }
+
+    async fn lines(&self) -> usize {
+        self.objects().await.iter().map(|w| w.lines.len()).sum()
+    }
+}
+
+/// `<tag>/<topic>/partition=<p>/<topic>+<p>+<20 digits>.jsonl` as (topic, p, offset).
+fn parse_name(tag: &str, name: &str) -> Option<(String, i32, i64)> {
+    let rest = name.strip_prefix(&format!("{tag}/"))?;
+    let (topic, rest) = rest.split_once("/partition=")?;
+    let (partition, file) = rest.split_once('/')?;
+    let stem = file.strip_suffix(".jsonl")?;
+    let expected = format!("{topic}+{partition}+");
+    let digits = stem.strip_prefix(&expected)?;
+    (digits.len() == 20).then_some(())?;
+    Some((
+        topic.to_string(),
+        partition.parse().ok()?,
+        digits.parse().ok()?,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn objects_are_exact_and_never_overlap_across_sigkills() {
+    let lake = lake("s3sink-eo");
+    create_topics(&lake.bootstrap, &[(&lake.tag, 3)]).await;
+    // The binary is built (when it is not yet) before the input starts to flow.
+    processor_bin();
+    let n = 3000;
+    let manifest = lake.sink(json!({"records": 150, "interval": "1s"}), json!({}));
+    let (records, _, _) = orders(0, n);
+    let feed = kafka::produce_paced(
+        kafka::producer(&lake.bootstrap).unwrap(),
+        lake.tag.clone(),
+        records,
+        n / 120,
+        Duration::from_millis(300),
+    );
+    kill_twice_then_finish(
+        &lake.bootstrap,
+        &manifest,
+        &lake.credentials,
+        &lake.tag,
+        feed,
+        n,
+        || lake.lines(),
+    )
+    .await;
+
+    let objects = lake.objects().await;
+    let ids: Vec<String> = objects
+        .iter()
+        .flat_map(|w| &w.lines)
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["orderId"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let distinct: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!((ids.len(), distinct.len()), (n, n), "each record once");
+    // Per partition the objects tile the log: each starts where the one before ended.
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    for w in &objects {
+        assert_eq!(w.topic, lake.tag);
+        let expected = next.entry(w.partition).or_insert(0);
+        assert_eq!(
+            w.first_offset, *expected,
+            "partition {}: an object starts at {} where {} was next (gap or overlap)",
+            w.partition, w.first_offset, expected
+        );
+        assert!(w.lines.len() <= 150, "at most flush.records per object");
+        *expected += w.lines.len() as i64;
+    }
+    assert_eq!(next.values().sum::<i64>(), n as i64);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_value_that_is_not_json_is_dead_lettered_and_a_large_object_goes_up_in_parts() {
+    let lake = lake("s3sink-dlq");
+    let dlq = format!("{}-dlq", lake.tag);
+    create_topics(&lake.bootstrap, &[(&lake.tag, 1), (&dlq, 1)]).await;
+    let manifest = lake.sink(
+        json!({"records": 100, "bytes": "64Mi", "interval": "1s"}),
+        json!({"deadLetter": {"topic": dlq}}),
+    );
+    // 99 orders of about 100 KiB each around one value that is not JSON: one object of
+    // about 10 MiB, above the 8 MiB multipart threshold.
+    let pad = "x".repeat(100 * 1024);
+    let mut records: Vec<(String, String)> = (0..99)
+        .map(|i| {
+            let v = json!({"orderId": format!("o-{i}"), "pad": pad});
+            (format!("o-{i}"), v.to_string())
+        })
+        .collect();
+    records.insert(50, ("bad".to_string(), "not json {".to_string()));
+    produce(&lake.bootstrap, &lake.tag, &records).await;
+    let mut sink = SinkProcess::start(&lake.bootstrap, &manifest, &lake.credentials, &lake.tag);
+    let start = Instant::now();
+    while lake.lines().await < 99 {
+        assert!(
+            start.elapsed() < WAIT,
+            "records missing: {}",
+            sink.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sink.signal("-TERM");
+    let objects = lake.objects().await;
+    assert_eq!(objects.len(), 1, "one object for the flush");
+    let object = &objects[0];
+    assert_eq!((object.partition, object.first_offset), (0, 0));
+    assert_eq!(object.lines.len(), 99);
+    let size: usize = object.lines.iter().map(|l| l.len() + 1).sum();
+    assert!(size > 8 << 20, "above the multipart threshold: {size}");
+    let dead = kafka::read_all(&lake.bootstrap, &dlq, Duration::from_secs(3), WAIT).unwrap();
+    assert_eq!(dead.len(), 1);
+    let d = &dead[0];
+    assert_eq!(d.value.as_deref(), Some("not json {"));
+    assert_eq!(d.headers["sluice.step"], "s3");
+    assert_eq!(d.headers["sluice.source.offset"], "50");
+    assert!(
+        d.headers["sluice.sink.error"].contains("not JSON"),
+        "{:?}",
+        d.headers
+    );
+}
