@@ -291,7 +291,7 @@ pub enum HttpMethod {
 }
 
 /// Retries with exponential backoff.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Retry {
     /// Attempts in all, the first included.

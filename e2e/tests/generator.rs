@@ -73,13 +73,14 @@ async fn run_mode_runs_the_generator_connector_example() {
     assert!(v["createdAt"].as_i64().unwrap() > 1_700_000_000_000);
 
     // A native plugin that does not run here yet is refused in so many words.
-    doc["spec"] = serde_json::json!({"type": "sink", "topics": [topic], "http": {"url": "http://127.0.0.1:9/x"}});
+    doc["spec"] = serde_json::json!({"type": "source", "topics": [topic],
+        "postgresQuery": {"table": "orders", "cursor": {"column": "id", "kind": "incrementing"}}});
     std::fs::write(&manifest, doc.to_string()).unwrap();
     let out = run_file(&manifest, &bootstrap);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("the http plugin does not run natively"),
+        stderr.contains("the postgresQuery plugin does not run natively"),
         "{stderr}"
     );
 }

@@ -19,7 +19,7 @@ pub const CONFIG_DIR: &str = "/etc/sluice/connector";
 
 /// Whether this release runs the connector's plugin natively.
 pub fn runs_natively(spec: &ConnectorSpec) -> bool {
-    spec.generator.is_some() || spec.postgres.is_some() || spec.s3.is_some()
+    spec.generator.is_some() || spec.postgres.is_some() || spec.s3.is_some() || spec.http.is_some()
 }
 
 /// The workload a native Connector runs as.

@@ -138,7 +138,7 @@ pub fn compute(
                 false,
                 "NotSupportedYet",
                 format!(
-                    "the {} plugin does not run natively in this release (the generator and the postgres and s3 sinks do): use spec.kafkaConnect with a Kafka Connect connector",
+                    "the {} plugin does not run natively in this release (the generator and the postgres, s3 and http sinks do): use spec.kafkaConnect with a Kafka Connect connector",
                     connector.spec.native_plugin().unwrap_or("none set")
                 ),
             )

@@ -30,7 +30,7 @@ pub enum ConnectorError {
     },
     /// A plugin this release does not run natively.
     #[error(
-        "{origin}: the {plugin} plugin does not run natively in this release; the generator (spec.generator), the PostgreSQL sink (spec.postgres) and the S3 sink (spec.s3) do, and any Kafka Connect connector runs through spec.kafkaConnect on a Connect cluster"
+        "{origin}: the {plugin} plugin does not run natively in this release; the generator (spec.generator) and the PostgreSQL, S3 and HTTP sinks (spec.postgres, spec.s3, spec.http) do, and any Kafka Connect connector runs through spec.kafkaConnect on a Connect cluster"
     )]
     NotRunnable {
         /// The file.

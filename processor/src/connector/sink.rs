@@ -1,5 +1,5 @@
 //! Native sink Connectors: the Connector's topics, read by a consumer group, pumped into
-//! the target (PostgreSQL or an S3 bucket) through the runtime ([`crate::runtime::pump`]).
+//! the target (PostgreSQL, an S3 bucket or an HTTP endpoint) through the runtime ([`crate::runtime::pump`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ use std::time::Duration;
 use sluice_crds::connector::{ConnectorState, ConnectorType};
 use sluice_crds::contract;
 use sluice_crds::pipeline::{DeadLetter, Delivery, StartFrom};
-use sluice_crds::plugins::{PostgresSink as PostgresSpec, S3Sink as S3Spec};
+use sluice_crds::plugins::{HttpSink as HttpSpec, PostgresSink as PostgresSpec, S3Sink as S3Spec};
 
 use super::ConnectorError;
 use crate::health::Status;
@@ -20,6 +20,7 @@ use crate::kafka::source::KafkaSource;
 use crate::metrics::PipelineMetrics;
 use crate::runtime::pump::{Pump, PumpError, PumpOptions};
 use crate::runtime::sink::{Sink, SinkError};
+use crate::sinks::http::{HttpSink, HttpSinkConfig};
 use crate::sinks::postgres::{Credentials, PostgresSink, PostgresSinkConfig};
 use crate::sinks::s3::{S3Credentials, S3Sink, S3SinkConfig, parse_bytes};
 
@@ -31,6 +32,8 @@ const DEFAULT_BATCH_INTERVAL: Duration = Duration::from_millis(500);
 /// The S3 sink's flushes when the Connector does not say.
 const DEFAULT_FLUSH_RECORDS: usize = 10_000;
 const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
+/// The HTTP sink's batches when the Connector does not say.
+const DEFAULT_REQUEST_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Where a sink loads its records.
 #[derive(Debug)]
@@ -39,6 +42,8 @@ pub enum Target {
     Postgres(PostgresSpec),
     /// Objects in an S3-compatible bucket (`spec.s3`).
     S3(S3Spec),
+    /// Requests to an HTTP endpoint (`spec.http`).
+    Http(HttpSpec),
 }
 
 impl Target {
@@ -47,6 +52,7 @@ impl Target {
         match self {
             Target::Postgres(_) => "postgres",
             Target::S3(_) => "s3",
+            Target::Http(_) => "http",
         }
     }
 
@@ -63,6 +69,17 @@ impl Target {
                     batch_records: records32(batch.records).unwrap_or(DEFAULT_BATCH_RECORDS),
                     batch_interval: parse(batch.interval.as_deref())
                         .unwrap_or(DEFAULT_BATCH_INTERVAL),
+                    batch_bytes: None,
+                }
+            }
+            Target::Http(h) => {
+                let batch = h.batch.clone().unwrap_or_default();
+                PumpOptions {
+                    sink: self.name().to_string(),
+                    batch_records: records32(batch.records)
+                        .unwrap_or(crate::sinks::http::DEFAULT_RECORDS),
+                    batch_interval: parse(batch.interval.as_deref())
+                        .unwrap_or(DEFAULT_REQUEST_INTERVAL),
                     batch_bytes: None,
                 }
             }
@@ -113,17 +130,19 @@ pub fn sink_job(text: &str, origin: &str) -> Result<Option<SinkJob>, ConnectorEr
         origin: origin.to_string(),
         message: message.to_string(),
     };
-    let target = match (&spec.postgres, &spec.s3) {
-        (Some(postgres), _) => {
-            if postgres.mode == sluice_crds::plugins::PostgresWriteMode::Upsert
-                && postgres.key.is_empty()
-            {
-                return Err(shape("postgres upsert needs the conflict columns in key"));
-            }
-            Target::Postgres(postgres.clone())
+    let target = if let Some(postgres) = &spec.postgres {
+        if postgres.mode == sluice_crds::plugins::PostgresWriteMode::Upsert
+            && postgres.key.is_empty()
+        {
+            return Err(shape("postgres upsert needs the conflict columns in key"));
         }
-        (None, Some(s3)) => Target::S3(s3.clone()),
-        (None, None) => return Ok(None),
+        Target::Postgres(postgres.clone())
+    } else if let Some(s3) = &spec.s3 {
+        Target::S3(s3.clone())
+    } else if let Some(http) = &spec.http {
+        Target::Http(http.clone())
+    } else {
+        return Ok(None);
     };
     if spec.type_ != ConnectorType::Sink {
         return Err(shape(&format!(
@@ -220,6 +239,11 @@ fn pump(
                 exactly_once,
                 credentials,
             }))
+        }
+        Target::Http(spec) => {
+            let sink = HttpSink::new(HttpSinkConfig::read(spec.clone(), &dir))
+                .map_err(|e| fatal(e.to_string()))?;
+            wiring.run(sink)
         }
         Target::S3(spec) => {
             let credentials = S3Credentials::read(&dir).map_err(|e| fatal(e.to_string()))?;

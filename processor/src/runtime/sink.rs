@@ -68,11 +68,14 @@ pub trait Sink {
     fn promise(&self) -> Promise;
 
     /// Where the target's own store says each of `partitions` continues
-    /// ([`Promise::Transactional`]; others answer nothing).
+    /// ([`Promise::Transactional`]; others answer nothing, the default).
     fn positions(
         &mut self,
         partitions: &[(Arc<str>, i32)],
-    ) -> impl Future<Output = Result<Offsets, SinkError>>;
+    ) -> impl Future<Output = Result<Offsets, SinkError>> {
+        let _ = partitions;
+        std::future::ready(Ok(Vec::new()))
+    }
 
     /// Writes `batch` (not yet durable); answers the records refused for what they are.
     fn write(
@@ -81,9 +84,32 @@ pub trait Sink {
     ) -> impl Future<Output = Result<Vec<Refused>, SinkError>>;
 
     /// Makes what was written since the last commit durable, with `positions` (the next
-    /// offset per partition) when the sink stores them.
-    fn commit(&mut self, positions: &Offsets) -> impl Future<Output = Result<(), SinkError>>;
+    /// offset per partition) when the sink stores them. The default is for sinks whose
+    /// writes are durable once `write` returns.
+    fn commit(&mut self, positions: &Offsets) -> impl Future<Output = Result<(), SinkError>> {
+        let _ = positions;
+        std::future::ready(Ok(()))
+    }
 
-    /// Drops what was written since the last commit.
-    fn abort(&mut self) -> impl Future<Output = ()>;
+    /// Drops what was written since the last commit (by default nothing: what `write`
+    /// wrote stays, and is written again on the replay).
+    fn abort(&mut self) -> impl Future<Output = ()> {
+        std::future::ready(())
+    }
+}
+
+/// A record of `topic`/`partition` at `offset` with `value`, for tests.
+#[cfg(test)]
+pub fn test_record(topic: &str, partition: i32, offset: i64, value: Option<&str>) -> SourceRecord {
+    SourceRecord {
+        origin: Origin {
+            topic: Arc::from(topic),
+            partition,
+            offset,
+        },
+        key: None,
+        value: value.map(|v| v.as_bytes().to_vec()),
+        headers: Vec::new(),
+        timestamp: None,
+    }
 }

@@ -1,5 +1,6 @@
 //! Native sinks: targets outside Kafka, each a [`crate::runtime::sink::Sink`].
 
+pub mod http;
 pub mod postgres;
 pub mod s3;
 pub mod secret;

@@ -19,7 +19,6 @@ use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
 use sluice_crds::plugins::{ObjectFormat, S3Sink as S3Spec};
 
 use super::secret::SecretFiles;
-use crate::runtime::ledger::Offsets;
 use crate::runtime::sink::{Promise, Refused, Sink, SinkError, SourceRecord};
 
 /// Objects larger than this go up as a multipart upload.
@@ -253,10 +252,6 @@ impl Sink for S3Sink {
         Promise::Idempotent
     }
 
-    async fn positions(&mut self, _partitions: &[(Arc<str>, i32)]) -> Result<Offsets, SinkError> {
-        Ok(Vec::new())
-    }
-
     async fn write(&mut self, batch: &[SourceRecord]) -> Result<Vec<Refused>, SinkError> {
         let (objects, refused) = objects(batch, self.max_bytes);
         for object in objects {
@@ -264,32 +259,15 @@ impl Sink for S3Sink {
         }
         Ok(refused)
     }
-
-    /// The objects are in the store once written.
-    async fn commit(&mut self, _positions: &Offsets) -> Result<(), SinkError> {
-        Ok(())
-    }
-
-    async fn abort(&mut self) {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::ledger::Origin;
+    use crate::runtime::sink::test_record;
 
     fn record(partition: i32, offset: i64, value: Option<&str>) -> SourceRecord {
-        SourceRecord {
-            origin: Origin {
-                topic: Arc::from("orders"),
-                partition,
-                offset,
-            },
-            key: None,
-            value: value.map(|v| v.as_bytes().to_vec()),
-            headers: Vec::new(),
-            timestamp: None,
-        }
+        test_record("orders", partition, offset, value)
     }
 
     #[test]
