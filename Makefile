@@ -101,3 +101,4 @@ bench:
 	$(CARGO) run --release -p sluice-operator --bin scaling-bench
 	$(CARGO) build --release -p sluice-processor --bin sluice-processor
 	$(CARGO) run --release -p sluice-bench
+	$(CARGO) run --release -p sluice-bench -- sinks

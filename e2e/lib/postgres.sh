@@ -36,6 +36,27 @@ pg_ready() {
             -c "select 1 where current_setting('wal_level') = 'logical'" | grep -q 1
 }
 
+# A CA and a server certificate for 127.0.0.1, localhost and the node's address, made
+# once per environment, so clients can connect with sslmode verify-full ($PG_CA_FILE).
+pg_tls() {
+    local data=$1 user=$2 tls=$STATE/postgres-tls
+    if [ ! -f "$tls/server.crt" ]; then
+        mkdir -p "$tls"
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=sluice-e2e-postgres-ca" \
+            -keyout "$tls/ca.key" -out "$tls/ca.crt" >>"$LOGS/postgres.log" 2>&1 ||
+            die "cannot make the PostgreSQL CA; see $LOGS/postgres.log"
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+            -keyout "$tls/server.key" -out "$tls/server.csr" >>"$LOGS/postgres.log" 2>&1 ||
+            die "cannot make the PostgreSQL server key; see $LOGS/postgres.log"
+        printf 'subjectAltName=IP:127.0.0.1,IP:10.88.0.1,DNS:localhost\n' >"$tls/san.ext"
+        openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" \
+            -CAcreateserial -days 3650 -extfile "$tls/san.ext" -out "$tls/server.crt" \
+            >>"$LOGS/postgres.log" 2>&1 || die "cannot sign the PostgreSQL certificate; see $LOGS/postgres.log"
+    fi
+    install -m 0600 -o "$user" "$tls/server.key" "$data/server.key"
+    install -m 0644 -o "$user" "$tls/server.crt" "$data/server.crt"
+}
+
 postgres_up() {
     local port dir=$STATE/postgres bindir user
     port=$(port_for postgres)
@@ -47,6 +68,7 @@ postgres_up() {
     if running postgres && pg_ready "$port"; then
         say "PostgreSQL already running on 127.0.0.1:$port"
         set_env DATABASE_URL "$url"
+        set_env PG_CA_FILE "$STATE/postgres-tls/ca.crt"
         return 0
     fi
     stop postgres
@@ -82,9 +104,15 @@ EOF
         # Replication connections over TCP with a password, too.
         echo "host replication all 127.0.0.1/32 scram-sha-256" >>"$dir/pg_hba.conf"
     fi
+    pg_tls "$dir" "$user"
     # Logical decoding reads only flushed WAL: keep commits synchronous (fsync is off anyway).
-    sed -i "/^port = /d; /^synchronous_commit = off/d" "$dir/postgresql.conf"
-    echo "port = $port" >>"$dir/postgresql.conf"
+    sed -i "/^port = /d; /^synchronous_commit = off/d; /^ssl/d" "$dir/postgresql.conf"
+    {
+        echo "port = $port"
+        echo "ssl = on"
+        echo "ssl_cert_file = 'server.crt'"
+        echo "ssl_key_file = 'server.key'"
+    } >>"$dir/postgresql.conf"
     say "starting PostgreSQL on 127.0.0.1:$port"
     # The log file belongs to root; the server writes to its stdout, which start() redirects.
     if [ "$(id -u)" -eq 0 ]; then
@@ -100,5 +128,6 @@ EOF
         die "could not create database $PG_DB"
     wait_until postgres 30 pg_ready "$port" || die "PostgreSQL did not become ready; see $LOGS/postgres.log"
     set_env DATABASE_URL "$url"
-    say "PostgreSQL ready: $url"
+    set_env PG_CA_FILE "$STATE/postgres-tls/ca.crt"
+    say "PostgreSQL ready: $url (TLS offered; CA $STATE/postgres-tls/ca.crt)"
 }

@@ -60,6 +60,18 @@ impl SinkProcess {
         }
     }
 
+    /// Waits up to `max` for the replica to exit on its own: its exit code.
+    pub fn wait_exit(&mut self, max: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < max {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// What it logged.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -300,12 +300,16 @@ async fn lost_connections_and_a_restarted_database_lose_and_repeat_nothing() {
     for _ in 0..2 {
         let before = count(&pg, &rows).await;
         pg = wait_for_more(pg, before).await;
-        let cut = count(
-            &pg,
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-             WHERE application_name = 'sluice' AND datname = current_database()",
-        )
-        .await;
+        // The sink names its sessions `sluice <namespace>/<name>`.
+        let cut: i64 = pg
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE application_name = $1 AND datname = current_database()",
+                &[&format!("sluice e2e/{tag}")],
+            )
+            .await
+            .unwrap()
+            .get(0);
         assert!(cut >= 1, "the sink's connection was there to cut");
     }
     // Then the database itself goes down and comes back.
@@ -329,4 +333,66 @@ async fn lost_connections_and_a_restarted_database_lose_and_repeat_nothing() {
     let log = sink.log_text();
     assert!(log.contains("stopped cleanly"), "{log}");
     assert_each_order_once(&pg, &table, n).await;
+}
+
+/// With `sslmode: verify-full` and the environment's CA in `sslrootcert` the sink connects
+/// over TLS (PostgreSQL's `pg_stat_ssl` says so) and loads its rows; with a CA that did
+/// not sign the server's certificate it stops and says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_full_connects_over_tls_and_a_foreign_ca_is_refused() {
+    let _database = DATABASE.read().await;
+    let OrdersTable {
+        bootstrap,
+        tag,
+        table,
+        pg,
+        credentials,
+    } = orders_table("pgsink-tls").await;
+    let env = TestEnv::require();
+    let ca = std::fs::read_to_string(env.var("PG_CA_FILE")).unwrap();
+    std::fs::write(credentials.join("sslmode"), "verify-full\n").unwrap();
+    std::fs::write(credentials.join("sslrootcert"), &ca).unwrap();
+    let (path, feed) = feed_orders(&bootstrap, &tag, &table, 120, 50, Duration::ZERO);
+    feed.await.unwrap().unwrap();
+    let mut sink = SinkProcess::start(&bootstrap, &path, &credentials, &tag);
+    let start = Instant::now();
+    while count(&pg, &format!("SELECT count(*) FROM {table}")).await < 120 {
+        assert!(start.elapsed() < WAIT, "rows missing: {}", sink.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let over_tls: bool = pg
+        .query_one(
+            "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = $1",
+            &[&format!("sluice e2e/{tag}")],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(over_tls, "the sink's connection is not encrypted");
+    sink.signal("-TERM");
+    assert_each_order_once(&pg, &table, 120).await;
+
+    // The Kubernetes CA of the environment did not sign PostgreSQL's certificate.
+    let foreign = std::fs::read_to_string(TestEnv::state_dir().join("pki/ca.crt")).unwrap();
+    std::fs::write(credentials.join("sslrootcert"), foreign).unwrap();
+    let mut refused =
+        SinkProcess::start(&bootstrap, &path, &credentials, &format!("{tag}-foreign"));
+    let start = Instant::now();
+    while !refused.log_text().contains("cannot connect") {
+        assert!(start.elapsed() < WAIT, "{}", refused.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let exited = refused.wait_exit(WAIT);
+    assert_eq!(
+        exited,
+        Some(1),
+        "a refused certificate stops the sink: {}",
+        refused.log_text()
+    );
+    assert!(
+        refused.log_text().to_lowercase().contains("certificate"),
+        "{}",
+        refused.log_text()
+    );
 }

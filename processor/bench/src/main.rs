@@ -34,6 +34,7 @@ mod engine_cost;
 mod kafka;
 mod measure;
 mod report;
+mod sinks;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -81,6 +82,16 @@ enum Mode {
         input: String,
         output: String,
         group: String,
+    },
+    /// The PostgreSQL sink against a bare tokio-postgres loop (the e2e environment's
+    /// broker and database).
+    Sinks {
+        /// Orders in the input topic.
+        #[arg(long, default_value_t = 200_000)]
+        records: u64,
+        /// Partitions of the input topic.
+        #[arg(long, default_value_t = 2)]
+        partitions: i32,
     },
     /// The engine's cost per record, without Kafka.
     Engine {
@@ -134,20 +145,25 @@ pub(crate) fn package_dir() -> PathBuf {
 }
 
 pub(crate) fn bootstrap_from_e2e() -> anyhow::Result<String> {
+    e2e_var("KAFKA_BOOTSTRAP")
+}
+
+/// `name` from the environment, else from the e2e environment's env file.
+pub(crate) fn e2e_var(name: &str) -> anyhow::Result<String> {
+    if let Ok(v) = std::env::var(name) {
+        return Ok(v);
+    }
     let path = std::env::var_os("SLUICE_E2E_STATE")
         .map(PathBuf::from)
         .unwrap_or_else(|| package_dir().join("../../e2e/.state"))
         .join("env");
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "no --bootstrap, no KAFKA_BOOTSTRAP and no {}: start e2e/up",
-            path.display()
-        )
-    })?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("no {name} and no {}: start e2e/up", path.display()))?;
+    let prefix = format!("{name}=");
     text.lines()
-        .find_map(|l| l.trim().strip_prefix("KAFKA_BOOTSTRAP="))
+        .find_map(|l| l.trim().strip_prefix(&prefix))
         .map(|v| v.trim_matches('"').to_string())
-        .context("KAFKA_BOOTSTRAP missing from e2e/.state/env")
+        .with_context(|| format!("{name} missing from {}", path.display()))
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -168,6 +184,19 @@ fn main() -> anyhow::Result<()> {
         }) => return bare_loop(&bootstrap, &input, &output, &group),
         Some(Mode::Engine { records, topology }) => {
             return engine_cost::engine_cost(records, topology.as_deref());
+        }
+        Some(Mode::Sinks {
+            records,
+            partitions,
+        }) => {
+            let processor = std::env::current_exe()?.with_file_name("sluice-processor");
+            return sinks::sinks(
+                &e2e_var("KAFKA_BOOTSTRAP")?,
+                &e2e_var("DATABASE_URL")?,
+                &processor,
+                records,
+                partitions,
+            );
         }
         None => {}
     }

@@ -26,11 +26,25 @@ pub struct StepLabels {
     pub step: String,
 }
 
+/// Labels of a native sink's series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    /// The Connector's name.
+    pub connector: String,
+    /// The plugin (`postgres`, `s3`, `http`).
+    pub sink: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
     // 1 us .. ~16 s
     Histogram::new(exponential_buckets(1e-6, 4.0, 13))
+}
+
+fn write_histogram() -> Histogram {
+    // 1 ms .. ~16 s
+    Histogram::new(exponential_buckets(1e-3, 2.0, 15))
 }
 
 fn batch_histogram() -> Histogram {
@@ -52,6 +66,9 @@ pub struct Metrics {
     commits: Family<PipelineLabels, Counter>,
     aborts: Family<PipelineLabels, Counter>,
     assigned_partitions: Family<PipelineLabels, Gauge>,
+    sink_write_seconds: HistogramFamily<SinkLabels>,
+    sink_bytes: Family<SinkLabels, Counter>,
+    sink_retries: Family<SinkLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -78,6 +95,25 @@ impl Metrics {
         let commits = Family::default();
         let aborts = Family::default();
         let assigned_partitions = Family::default();
+        let sink_write_seconds =
+            HistogramFamily::new_with_constructor(write_histogram as fn() -> Histogram);
+        let sink_bytes = Family::default();
+        let sink_retries = Family::default();
+        registry.register(
+            "sink_write_seconds",
+            "Time a native sink takes to write and commit one batch",
+            sink_write_seconds.clone(),
+        );
+        registry.register(
+            "sink_bytes",
+            "Bytes of keys and values a native sink wrote",
+            sink_bytes.clone(),
+        );
+        registry.register(
+            "sink_retries",
+            "Batches a native sink read again after a failure, and requests it sent again",
+            sink_retries.clone(),
+        );
         registry.register("records_in", "Records consumed", records_in.clone());
         registry.register(
             "records_out",
@@ -140,6 +176,22 @@ impl Metrics {
             commits,
             aborts,
             assigned_partitions,
+            sink_write_seconds,
+            sink_bytes,
+            sink_retries,
+        }
+    }
+
+    /// Handles for the native sink of `connector`, a `sink` plugin.
+    pub fn sink(&self, connector: &str, sink: &str) -> SinkMetrics {
+        let l = SinkLabels {
+            connector: connector.to_string(),
+            sink: sink.to_string(),
+        };
+        SinkMetrics {
+            write_seconds: self.sink_write_seconds.get_or_create_owned(&l),
+            bytes: self.sink_bytes.get_or_create_owned(&l),
+            retries: self.sink_retries.get_or_create_owned(&l),
         }
     }
 
@@ -229,6 +281,24 @@ impl PipelineMetrics {
     }
 }
 
+/// A native sink's metric handles.
+#[derive(Clone, Debug)]
+pub struct SinkMetrics {
+    /// Time to write and commit one batch.
+    pub write_seconds: Histogram,
+    /// Bytes of keys and values written.
+    pub bytes: Counter,
+    /// Batches read again after a failure, and requests sent again.
+    pub retries: Counter,
+}
+
+impl SinkMetrics {
+    /// Handles that count into a throwaway registry (tests, benchmarks).
+    pub fn detached(sink: &str) -> Self {
+        Metrics::new().sink("detached", sink)
+    }
+}
+
 /// Per-step metric handles.
 #[derive(Debug)]
 pub struct StepMetrics {
@@ -259,6 +329,22 @@ mod tests {
         );
         assert!(
             text.contains("sluice_records_filtered_total{pipeline=\"orders\",step=\"only-eu\"} 1"),
+            "{text}"
+        );
+        let sink = m.sink("totals-to-pg", "postgres");
+        sink.bytes.inc_by(42);
+        sink.write_seconds.observe(0.01);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "sluice_sink_bytes_total{connector=\"totals-to-pg\",sink=\"postgres\"} 42"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "sluice_sink_write_seconds_count{connector=\"totals-to-pg\",sink=\"postgres\"} 1"
+            ),
             "{text}"
         );
     }

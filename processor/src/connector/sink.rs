@@ -17,7 +17,7 @@ use crate::health::Status;
 use crate::kafka::KafkaSettings;
 use crate::kafka::dead_letters::DeadLetters;
 use crate::kafka::source::KafkaSource;
-use crate::metrics::PipelineMetrics;
+use crate::metrics::{PipelineMetrics, SinkMetrics};
 use crate::runtime::pump::{Pump, PumpError, PumpOptions};
 use crate::runtime::sink::{Sink, SinkError};
 use crate::sinks::http::{HttpSink, HttpSinkConfig};
@@ -173,9 +173,10 @@ pub async fn serve(
     let (status, metrics, server) = super::start_replica(listen);
     let origin = format!("connector {}/{}", job.namespace, job.name);
     let counters = metrics.pipeline(&job.name);
+    let sink_counters = metrics.sink(&job.name, job.target.name());
     let pumped = tokio::task::spawn_blocking({
         let status = status.clone();
-        move || pump(job, &settings, status, counters)
+        move || pump(job, &settings, status, counters, sink_counters)
     })
     .await;
     server.abort();
@@ -198,6 +199,7 @@ fn pump(
     settings: &KafkaSettings,
     status: Arc<Status>,
     metrics: PipelineMetrics,
+    sink_metrics: SinkMetrics,
 ) -> Result<(), PumpError> {
     let sink_name = job.target.name();
     let fatal = |error: String| PumpError::Sink {
@@ -227,6 +229,7 @@ fn pump(
         settings,
         status,
         metrics,
+        sink_metrics: sink_metrics.clone(),
         options,
         runtime: &runtime,
     };
@@ -242,7 +245,8 @@ fn pump(
         }
         Target::Http(spec) => {
             let sink = HttpSink::new(HttpSinkConfig::read(spec.clone(), &dir))
-                .map_err(|e| fatal(e.to_string()))?;
+                .map_err(|e| fatal(e.to_string()))?
+                .counting_retries(sink_metrics.retries);
             wiring.run(sink)
         }
         Target::S3(spec) => {
@@ -263,6 +267,7 @@ struct Wiring<'a> {
     settings: &'a KafkaSettings,
     status: Arc<Status>,
     metrics: PipelineMetrics,
+    sink_metrics: SinkMetrics,
     options: PumpOptions,
     runtime: &'a tokio::runtime::Runtime,
 }
@@ -293,6 +298,7 @@ impl Wiring<'_> {
             options: self.options,
             status: self.status,
             metrics: self.metrics,
+            sink_metrics: self.sink_metrics,
         }
         .run(self.runtime)
     }

@@ -24,7 +24,7 @@ use super::sink::{Promise, Sink, SinkError, SourceRecord};
 use super::source::{Source, SourceError};
 use crate::health::Status;
 use crate::kafka::dead_letters::DeadLetters;
-use crate::metrics::PipelineMetrics;
+use crate::metrics::{PipelineMetrics, SinkMetrics};
 
 /// The first wait after the target failed; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -106,6 +106,8 @@ pub struct Pump<S, K> {
     pub status: Arc<Status>,
     /// Counters.
     pub metrics: PipelineMetrics,
+    /// The sink's own counters.
+    pub sink_metrics: SinkMetrics,
 }
 
 /// The pump's moving parts while it runs.
@@ -270,6 +272,7 @@ impl<S: Source, K: Sink> Running<'_, S, K> {
             self.ledger.nothing_to_commit(now);
             return Ok(());
         }
+        let started = Instant::now();
         let refused = self
             .runtime
             .block_on(self.pump.sink.write(&self.batch))
@@ -316,6 +319,11 @@ impl<S: Source, K: Sink> Running<'_, S, K> {
             .block_on(self.pump.sink.commit(&offsets))
             .map_err(Retry::Sink)?;
         self.ledger.committed(Instant::now());
+        self.pump
+            .sink_metrics
+            .write_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.pump.sink_metrics.bytes.inc_by(self.batch_bytes as u64);
         self.committed(&offsets, batch, refused.len());
         Ok(())
     }
@@ -355,6 +363,7 @@ impl<S: Source, K: Sink> Running<'_, S, K> {
     /// sink's positions, or the source's committed offsets).
     fn recover(&mut self, retry: Retry) -> Result<(), PumpError> {
         self.discard();
+        self.pump.sink_metrics.retries.inc();
         if let Retry::Stop(stop) = retry {
             return Err(*stop);
         }

@@ -92,6 +92,8 @@ pub struct HttpSink {
     backoff: Duration,
     max_backoff: Duration,
     pacer: Option<Pacer>,
+    /// Counts the requests sent again.
+    retries: Option<prometheus_client::metrics::counter::Counter>,
 }
 
 impl HttpSink {
@@ -156,7 +158,17 @@ impl HttpSink {
             )?,
             // Rates below one request a second are rounded up to one.
             pacer: rate.map(|r| Pacer::new(r.round().clamp(1.0, f64::from(u32::MAX)) as u32)),
+            retries: None,
         })
+    }
+
+    /// Counts every request sent again in `retries`.
+    pub fn counting_retries(
+        mut self,
+        retries: prometheus_client::metrics::counter::Counter,
+    ) -> HttpSink {
+        self.retries = Some(retries);
+        self
     }
 
     /// Sends one request's body once.
@@ -206,6 +218,9 @@ impl HttpSink {
                     let pause = after.unwrap_or(wait).min(self.max_backoff);
                     tracing::warn!(error = %why, attempt, wait_ms = pause.as_millis() as u64, "request not taken: retrying");
                     tokio::time::sleep(pause).await;
+                    if let Some(r) = &self.retries {
+                        r.inc();
+                    }
                     wait = (wait * 2).min(self.max_backoff);
                     attempt += 1;
                 }

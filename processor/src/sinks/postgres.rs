@@ -12,64 +12,18 @@
 //! so a replica that lost its partitions to another cannot write over it.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use sluice_crds::plugins::{PostgresSink as PostgresSpec, PostgresWriteMode};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
-use super::secret::SecretFiles;
+pub use super::pg_connect::Credentials;
 use crate::runtime::ledger::Offsets;
 use crate::runtime::sink::{Promise, Refused, Sink, SinkError, SourceRecord};
 
 /// The table that holds the consumed positions.
 const OFFSETS_TABLE: &str = "sluice_offsets";
-
-/// Where to connect: libpq's names, read from the files of the credentials directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Credentials {
-    /// `host`.
-    pub host: String,
-    /// `port` (5432 when missing).
-    pub port: u16,
-    /// `dbname`.
-    pub dbname: String,
-    /// `user`.
-    pub user: String,
-    /// `password` (none when missing).
-    pub password: Option<String>,
-}
-
-impl Credentials {
-    /// Reads `host`, `port`, `dbname`, `user`, `password` and `sslmode` from `dir`
-    /// (a mounted Secret: one file per key).
-    pub fn read(dir: &Path) -> Result<Credentials, SinkError> {
-        let secret = SecretFiles::new(dir);
-        let read = |key: &str| secret.get(key);
-        let need = |key: &str| secret.need(key);
-        if let Some(mode) = read("sslmode")
-            && !matches!(mode.as_str(), "disable" | "allow" | "prefer")
-        {
-            return Err(SinkError::Fatal(format!(
-                "sslmode {mode} is not supported yet: this release connects without TLS (sslmode disable, allow or prefer)"
-            )));
-        }
-        let port = match read("port") {
-            Some(p) => p
-                .parse()
-                .map_err(|_| SinkError::Fatal(format!("port {p:?} is not a port number")))?,
-            None => 5432,
-        };
-        Ok(Credentials {
-            host: need("host")?,
-            port,
-            dbname: need("dbname")?,
-            user: need("user")?,
-            password: read("password"),
-        })
-    }
-}
 
 /// What the sink is asked to do.
 #[derive(Debug, Clone)]
@@ -141,13 +95,32 @@ fn data_error(e: &tokio_postgres::Error) -> bool {
 }
 
 /// The database's message for an error.
+/// Drives a connection until it closes, saying why when it fails.
+async fn watch<C: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: C) {
+    if let Err(e) = connection.await {
+        tracing::warn!(error = %e, "PostgreSQL connection closed");
+    }
+}
+
 fn message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => match db.detail() {
             Some(detail) => format!("{} ({}): {detail}", db.message(), db.code().code()),
             None => format!("{} ({})", db.message(), db.code().code()),
         },
-        None => e.to_string(),
+        None => {
+            // The cause says why (a TLS handshake: which certificate check failed).
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                let more = c.to_string();
+                if !text.contains(&more) {
+                    text = format!("{text}: {more}");
+                }
+                cause = c.source();
+            }
+            text
+        }
     }
 }
 
@@ -182,17 +155,8 @@ impl PostgresSink {
         }
         self.in_transaction = false;
         let c = self.config.credentials.clone();
-        let mut pg = tokio_postgres::Config::new();
-        pg.host(&c.host)
-            .port(c.port)
-            .dbname(&c.dbname)
-            .user(&c.user)
-            .application_name("sluice")
-            .connect_timeout(std::time::Duration::from_secs(10));
-        if let Some(p) = &c.password {
-            pg.password(p);
-        }
-        let (client, connection) = pg.connect(NoTls).await.map_err(|e| {
+        let pg = c.config(&format!("sluice {}", self.config.connector));
+        let refused = |e: tokio_postgres::Error| {
             let text = format!(
                 "cannot connect to {}:{}/{}: {}",
                 c.host,
@@ -200,17 +164,27 @@ impl PostgresSink {
                 c.dbname,
                 message(&e)
             );
-            if e.code().is_some_and(|c| &c.code()[..2] == "28") {
+            // A refused login, or a server certificate sslmode does not accept.
+            if e.code().is_some_and(|c| &c.code()[..2] == "28")
+                || std::error::Error::source(&e).is_some_and(|s| s.is::<native_tls::Error>())
+            {
                 SinkError::Fatal(text)
             } else {
                 SinkError::Unavailable(text)
             }
-        })?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "PostgreSQL connection closed");
+        };
+        let client = match c.tls()? {
+            None => {
+                let (client, connection) = pg.connect(NoTls).await.map_err(refused)?;
+                tokio::spawn(watch(connection));
+                client
             }
-        });
+            Some(tls) => {
+                let (client, connection) = pg.connect(tls).await.map_err(refused)?;
+                tokio::spawn(watch(connection));
+                client
+            }
+        };
         if self.table.is_none() {
             self.table = Some(read_table(&client, &self.config.spec).await.map_err(
                 |e| match e {
