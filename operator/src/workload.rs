@@ -198,6 +198,15 @@ pub fn selector_labels(label: &str, name: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// `labels` as a label selector (`k=v,k=v`), for listing pods or the scale subresource.
+pub fn label_selector(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Hash of a config, put in the pod template so a change rolls out.
 pub fn config_hash(config: &str) -> String {
     let digest = Sha256::digest(config.as_bytes());

@@ -36,6 +36,7 @@ use sluice_crds::{Connector, ConnectorStatus};
 use crate::context::{Context, FIELD_MANAGER};
 use crate::controller::Reconcile;
 use crate::error::{Error, Result};
+use crate::pipeline::lag::GroupReading;
 use crate::pipeline::scaler::Scalers;
 use crate::workload::{self, Applied, ProcessorDefaults};
 use connect::{ConnectClient, ConnectError, ConnectorHealth, FieldError};
@@ -153,18 +154,9 @@ impl ConnectorController {
     ) -> Result<Action> {
         let w = native::workload(connector)?;
         // A connector waits at zero replicas until the topics it writes to (a source)
-        // or reads (a sink) exist.
-        let topics = match crate::pipeline::lag::missing(
-            self.ctx.kafka.client(),
-            connector.spec.topics.clone(),
-            self.ctx.kafka.timeout(),
-        )
-        .await
-        {
-            Ok(missing) if missing.is_empty() => TopicsCheck::Present,
-            Ok(missing) => TopicsCheck::Missing(missing),
-            Err(err) => TopicsCheck::Unknown(err.to_string()),
-        };
+        // or reads (a sink) exist. A sink's lag reading says which are missing too, so
+        // Kafka is asked once.
+        let (topics, reading) = self.look_at_topics(connector).await;
         let deployments: Api<Deployment> = Api::namespaced(self.ctx.client.clone(), &w.namespace);
         let read = || async {
             deployments
@@ -178,9 +170,8 @@ impl ConnectorController {
         } else {
             0
         };
-        let (replicas, progress, decision) = self
-            .size_sink(connector, &topics, planned, existing.as_ref())
-            .await;
+        let (replicas, progress, decision) =
+            self.size_sink(connector, reading, planned, existing.as_ref());
         let children = workload::children(
             &w,
             native::config_text(connector)?,
@@ -259,12 +250,7 @@ impl ConnectorController {
     ) -> Result<NativeObserved> {
         let rollout = native::rollout(deployment, replicas);
         let trouble = if rollout.available < rollout.desired {
-            let selector = w
-                .selector_labels()
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",");
+            let selector = workload::label_selector(&w.selector_labels());
             let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &w.namespace);
             let list = pods
                 .list(&ListParams::default().labels(&selector))
@@ -285,10 +271,37 @@ impl ConnectorController {
     /// A native sink's replicas and progress: its group's lag read from Kafka, and with
     /// `scaling` the autoscaler's decision. Other connectors, and a sink whose lag cannot
     /// be read this time, run `planned` replicas (a sink with `scaling` keeps its size).
-    async fn size_sink(
+    /// Whether the topics of `connector` exist, and for a native sink whose topics all
+    /// exist its group's offsets over them.
+    async fn look_at_topics(&self, connector: &Connector) -> (TopicsCheck, Option<GroupReading>) {
+        let (client, topics, timeout) = (
+            self.ctx.kafka.client(),
+            connector.spec.topics.clone(),
+            self.ctx.kafka.timeout(),
+        );
+        if !sink_lag::is_native_sink(connector) {
+            let check = match crate::pipeline::lag::missing(client, topics, timeout).await {
+                Ok(missing) if missing.is_empty() => TopicsCheck::Present,
+                Ok(missing) => TopicsCheck::Missing(missing),
+                Err(err) => TopicsCheck::Unknown(err.to_string()),
+            };
+            return (check, None);
+        }
+        match crate::pipeline::lag::read(client, sink_lag::group(connector), topics, timeout).await
+        {
+            Ok(r) if r.missing_topics.is_empty() => (TopicsCheck::Present, Some(r)),
+            Ok(r) => (TopicsCheck::Missing(r.missing_topics), None),
+            Err(err) => (TopicsCheck::Unknown(err.to_string()), None),
+        }
+    }
+
+    /// A native sink's replicas and progress from its group's `reading`: with `scaling`
+    /// the autoscaler's decision. Other connectors, and a sink whose topics are not all
+    /// there, run `planned` replicas.
+    fn size_sink(
         &self,
         connector: &Connector,
-        topics: &TopicsCheck,
+        reading: Option<GroupReading>,
         planned: i32,
         existing: Option<&Deployment>,
     ) -> (
@@ -296,34 +309,12 @@ impl ConnectorController {
         Option<SinkProgress>,
         Option<sluice_crds::pipeline::ScaleDecision>,
     ) {
-        if !sink_lag::is_native_sink(connector) || *topics != TopicsCheck::Present {
+        let Some(reading) = reading else {
             return (planned, None, None);
-        }
+        };
         let (current, ready) = existing.map_or((0, 0), crate::pipeline::sampler::replicas_of);
-        let reading = crate::pipeline::lag::read(
-            self.ctx.kafka.client(),
-            sink_lag::group(connector),
-            connector.spec.topics.clone(),
-            self.ctx.kafka.timeout(),
-        )
-        .await;
-        match reading {
-            Ok(reading) if reading.missing_topics.is_empty() => {
-                let size =
-                    sink_lag::size(&self.scalers, connector, &reading, planned, current, ready);
-                (size.replicas, Some(size.progress), size.decision)
-            }
-            Ok(_) => (planned, None, None),
-            Err(err) => {
-                tracing::warn!(connector = %connector.name_any(), error = %err, "cannot read the sink's lag");
-                let keep = if connector.spec.scaling.is_some() && current > 0 && planned > 0 {
-                    current
-                } else {
-                    planned
-                };
-                (keep, None, None)
-            }
-        }
+        let size = sink_lag::size(&self.scalers, connector, &reading, planned, current, ready);
+        (size.replicas, Some(size.progress), size.decision)
     }
 
     /// Whether the native connector's children are due to be applied whole again.

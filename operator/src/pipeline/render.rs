@@ -79,11 +79,7 @@ pub fn selector_labels(pipeline: &str) -> BTreeMap<String, String> {
 
 /// The label selector string of a pipeline's pods, for the scale subresource.
 pub fn selector_string(pipeline: &str) -> String {
-    selector_labels(pipeline)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    workload::label_selector(&selector_labels(pipeline))
 }
 
 /// Whether an existing object with a child's name is not `p`'s ([`Workload::foreign`]).
