@@ -60,6 +60,20 @@ impl SinkProcess {
         }
     }
 
+    /// Waits until `progress` (rows, lines, requests: what the target holds) reaches
+    /// `done`; fails with `what` and the sink's log after two minutes.
+    pub async fn wait_until<F, Fut>(&self, what: &str, done: usize, progress: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = usize>,
+    {
+        let start = Instant::now();
+        while progress().await < done {
+            assert!(start.elapsed() < EXIT_WAIT, "{what}: {}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits up to `max` for the replica to exit on its own: its exit code.
     pub fn wait_exit(&mut self, max: Duration) -> Option<i32> {
         let start = Instant::now();
@@ -105,29 +119,14 @@ pub async fn kill_twice_then_finish<F, Fut>(
         let mut sink =
             SinkProcess::start(bootstrap, manifest, credentials, &format!("{tag}-{round}"));
         let before = progress().await;
-        let start = Instant::now();
-        while progress().await <= before {
-            assert!(
-                start.elapsed() < EXIT_WAIT,
-                "nothing written: {}",
-                sink.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        sink.wait_until("nothing written", before + 1, &progress)
+            .await;
         sink.signal("-KILL");
     }
     assert!(!feed.is_finished(), "the kills came after the input ended");
     feed.await.unwrap().unwrap();
     let mut sink = SinkProcess::start(bootstrap, manifest, credentials, &format!("{tag}-last"));
-    let start = Instant::now();
-    while progress().await < done {
-        assert!(
-            start.elapsed() < EXIT_WAIT,
-            "records missing: {}",
-            sink.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    sink.wait_until("records missing", done, &progress).await;
     // Whatever the last replica still had to do is done by now; nothing more arrives.
     tokio::time::sleep(Duration::from_secs(2)).await;
     sink.signal("-TERM");

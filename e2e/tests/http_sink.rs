@@ -99,15 +99,10 @@ fn sink(
 }
 
 async fn wait_taken(seen: &Shared, n: usize, sink: &SinkProcess) {
-    let start = Instant::now();
-    while seen.lock().unwrap().taken.len() < n {
-        assert!(
-            start.elapsed() < WAIT,
-            "records missing: {}",
-            sink.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    sink.wait_until("records missing", n, || async {
+        seen.lock().unwrap().taken.len()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

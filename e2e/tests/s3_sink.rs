@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
@@ -212,15 +212,8 @@ async fn a_value_that_is_not_json_is_dead_lettered_and_a_large_object_goes_up_in
     records.insert(50, ("bad".to_string(), "not json {".to_string()));
     produce(&lake.bootstrap, &lake.tag, &records).await;
     let mut sink = SinkProcess::start(&lake.bootstrap, &manifest, &lake.credentials, &lake.tag);
-    let start = Instant::now();
-    while lake.lines().await < 99 {
-        assert!(
-            start.elapsed() < WAIT,
-            "records missing: {}",
-            sink.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    sink.wait_until("records missing", 99, || lake.lines())
+        .await;
     sink.signal("-TERM");
     let objects = lake.objects().await;
     assert_eq!(objects.len(), 1, "one object for the flush");
@@ -239,5 +232,28 @@ async fn a_value_that_is_not_json_is_dead_lettered_and_a_large_object_goes_up_in
         d.headers["sluice.sink.error"].contains("not JSON"),
         "{:?}",
         d.headers
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bucket_that_does_not_exist_stops_the_sink_with_the_stores_message() {
+    let mut lake = lake("s3sink-nobucket");
+    create_topics(&lake.bootstrap, &[(&lake.tag, 1)]).await;
+    lake.s3["bucket"] = json!(format!("{}-missing", lake.tag));
+    let manifest = lake.sink(json!({"records": 10, "interval": "100ms"}), json!({}));
+    let (records, _, _) = orders(0, 10);
+    produce(&lake.bootstrap, &lake.tag, &records).await;
+    let mut sink = SinkProcess::start(&lake.bootstrap, &manifest, &lake.credentials, &lake.tag);
+    let exited = sink.wait_exit(WAIT);
+    assert_eq!(
+        exited,
+        Some(1),
+        "a missing bucket stops the sink: {}",
+        sink.log_text()
+    );
+    assert!(
+        sink.log_text().contains("not found"),
+        "the store's message: {}",
+        sink.log_text()
     );
 }

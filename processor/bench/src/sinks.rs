@@ -36,25 +36,26 @@ struct Database {
 }
 
 fn database(url: &str) -> anyhow::Result<Database> {
-    // postgres://user:password@host:port/dbname
-    let rest = url
-        .strip_prefix("postgres://")
-        .or_else(|| url.strip_prefix("postgresql://"))
-        .context("DATABASE_URL is not a postgres:// URL")?;
-    let (auth, place) = rest.split_once('@').context("DATABASE_URL has no user")?;
-    let (user, password) = auth.split_once(':').unwrap_or((auth, ""));
-    let (hostport, dbname) = place
-        .split_once('/')
-        .context("DATABASE_URL has no database")?;
-    let (host, port) = hostport.split_once(':').unwrap_or((hostport, "5432"));
+    let config: tokio_postgres::Config = url.parse().context("DATABASE_URL")?;
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => bail!("DATABASE_URL names no TCP host"),
+    };
+    let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
     Ok(Database {
         url: url.to_string(),
         keys: vec![
-            ("host", host.to_string()),
-            ("port", port.to_string()),
-            ("dbname", dbname.to_string()),
-            ("user", user.to_string()),
-            ("password", password.to_string()),
+            ("host", host),
+            (
+                "port",
+                config.get_ports().first().unwrap_or(&5432).to_string(),
+            ),
+            (
+                "dbname",
+                config.get_dbname().unwrap_or("postgres").to_string(),
+            ),
+            ("user", config.get_user().unwrap_or("postgres").to_string()),
+            ("password", text(config.get_password()).unwrap_or_default()),
             ("sslmode", "disable".to_string()),
         ],
     })

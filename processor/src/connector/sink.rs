@@ -60,13 +60,13 @@ impl Target {
     fn options(&self) -> PumpOptions {
         let parse = |i: Option<&str>| i.and_then(|i| humantime::parse_duration(i).ok());
         let records = |r: Option<i64>| r.and_then(|r| usize::try_from(r).ok());
-        let records32 = |r: Option<i32>| r.and_then(|r| usize::try_from(r).ok());
         match self {
             Target::Postgres(p) => {
                 let batch = p.batch.clone().unwrap_or_default();
                 PumpOptions {
                     sink: self.name().to_string(),
-                    batch_records: records32(batch.records).unwrap_or(DEFAULT_BATCH_RECORDS),
+                    batch_records: records(batch.records.map(i64::from))
+                        .unwrap_or(DEFAULT_BATCH_RECORDS),
                     batch_interval: parse(batch.interval.as_deref())
                         .unwrap_or(DEFAULT_BATCH_INTERVAL),
                     batch_bytes: None,
@@ -76,7 +76,7 @@ impl Target {
                 let batch = h.batch.clone().unwrap_or_default();
                 PumpOptions {
                     sink: self.name().to_string(),
-                    batch_records: records32(batch.records)
+                    batch_records: records(batch.records.map(i64::from))
                         .unwrap_or(crate::sinks::http::DEFAULT_RECORDS),
                     batch_interval: parse(batch.interval.as_deref())
                         .unwrap_or(DEFAULT_REQUEST_INTERVAL),
@@ -201,11 +201,7 @@ fn pump(
     metrics: PipelineMetrics,
     sink_metrics: SinkMetrics,
 ) -> Result<(), PumpError> {
-    let sink_name = job.target.name();
-    let fatal = |error: String| PumpError::Sink {
-        sink: sink_name.to_string(),
-        error: SinkError::Fatal(error),
-    };
+    let fatal = |error: String| fatal(&job.target, error);
     if job.idle {
         tracing::info!(connector = %job.name, "paused: reading nothing");
         status.ready.store(true, Ordering::Relaxed);
@@ -261,6 +257,14 @@ fn pump(
     }
 }
 
+/// A sink of `target` that cannot run, and why.
+fn fatal(target: &Target, error: String) -> PumpError {
+    PumpError::Sink {
+        sink: target.name().to_string(),
+        error: SinkError::Fatal(error),
+    }
+}
+
 /// What every sink's pump is made of besides the sink.
 struct Wiring<'a> {
     job: &'a SinkJob,
@@ -276,10 +280,7 @@ impl Wiring<'_> {
     /// Reads the job's topics with its group and pumps them into `sink` until shutdown.
     fn run<K: Sink>(self, sink: K) -> Result<(), PumpError> {
         let job = self.job;
-        let fatal = |error: String| PumpError::Sink {
-            sink: job.target.name().to_string(),
-            error: SinkError::Fatal(error),
-        };
+        let fatal = |error: String| fatal(&job.target, error);
         let group = contract::connector_group_id(&job.namespace, &job.name);
         let source =
             KafkaSource::subscribe(self.settings, &group, &job.topics, StartFrom::Earliest)?;
