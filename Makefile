@@ -47,14 +47,15 @@ test: prebuild lint unit
 	echo "make test: all checks passed"
 
 # Tests that start their own operators and processors run first; then Sluice is installed
-# with its Helm chart (make deploy) for the tests that use the installed operator.
+# with its Helm chart (make deploy: its images on the environment's node) for the tests
+# that use the installed operator.
 E2E_DEPLOYED := pipeline native_connector
 E2E_OWN := $(filter-out $(E2E_DEPLOYED),$(basename $(notdir $(wildcard e2e/tests/*.rs))))
 e2e: check-generated
 	$(CARGO) build -p sluice-operator -p sluice-processor -p sluice-e2e --bins --tests
 	e2e/images/build --profile dev
 	$(CARGO) test -p sluice-e2e $(addprefix --test ,$(E2E_OWN)) -- --test-threads=2
-	e2e/deploy
+	SLUICE_IMAGES_BUILT=1 e2e/deploy
 	e2e/lib/delete-test-namespaces
 	$(CARGO) test -p sluice-e2e $(addprefix --test ,$(E2E_DEPLOYED)) -- --test-threads=3
 

@@ -89,7 +89,7 @@ kafka_scram_user() {
 
 # The env entries of the SASL listener.
 kafka_sasl_env() {
-    set_env KAFKA_SASL_BOOTSTRAP "127.0.0.1:$1"
+    set_env KAFKA_SASL_BOOTSTRAP "$NODE_IP:$1"
     set_env KAFKA_SASL_USER "$KAFKA_SASL_USER"
     set_env KAFKA_SASL_PASSWORD "$KAFKA_SASL_PASSWORD"
 }
@@ -98,15 +98,17 @@ kafka_up() {
     local port cport sport pport dir=$STATE/kafka props bootstrap
     port=$(port_for kafka)
     sport=$(port_for kafka-sasl kafka)
-    # Pods on the node reach the broker on the node's address (node.sh).
+    # Pods on the node reach the broker on the node's address (node.sh): in plain text on
+    # the PODS listener, and with SASL/SCRAM on the SASL listener, which listens there
+    # only (the node's address is the host's own too, so the same bootstrap serves both).
     pport=$(port_for kafka-pods kafka)
     bootstrap=127.0.0.1:$port
     props=$dir/server.properties
     # A broker started before the SASL or pods listener existed is restarted with them.
-    if running kafka && grep -qs "SASL_PLAINTEXT://127.0.0.1:$sport" "$props" &&
+    if running kafka && grep -qs "SASL_PLAINTEXT://$NODE_IP:$sport" "$props" &&
         grep -qs "PODS://$NODE_IP:$pport" "$props" &&
         kafka_ready "$bootstrap" >/dev/null 2>&1; then
-        say "Kafka already running at $bootstrap (SASL/SCRAM at 127.0.0.1:$sport, pods at $NODE_IP:$pport)"
+        say "Kafka already running at $bootstrap (SASL/SCRAM at $NODE_IP:$sport, pods at $NODE_IP:$pport)"
         set_env KAFKA_BOOTSTRAP "$bootstrap"
         set_env KAFKA_NODE_BOOTSTRAP "$NODE_IP:$pport"
         set_env KAFKA_JARS "$KAFKA_CACHE"
@@ -126,8 +128,8 @@ kafka_up() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sport,PODS://$NODE_IP:$pport,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sport,PODS://$NODE_IP:$pport
+listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://$NODE_IP:$sport,PODS://$NODE_IP:$pport,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://$NODE_IP:$sport,PODS://$NODE_IP:$pport
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,PODS:PLAINTEXT,CONTROLLER:PLAINTEXT
@@ -165,7 +167,7 @@ EOF
     set_env KAFKA_NODE_BOOTSTRAP "$NODE_IP:$pport"
     set_env KAFKA_JARS "$KAFKA_CACHE"
     kafka_sasl_env "$sport"
-    say "Kafka ready at $bootstrap (SASL/SCRAM-SHA-512 at 127.0.0.1:$sport, user $KAFKA_SASL_USER)"
+    say "Kafka ready at $bootstrap (SASL/SCRAM-SHA-512 at $NODE_IP:$sport, user $KAFKA_SASL_USER)"
 }
 
 # Whether the Connect REST API lists the FileStreamSource and Debezium PostgreSQL plugins.
@@ -181,7 +183,8 @@ connect_ready() {
 connect_start() {
     local port url dir=$STATE/connect props
     port=$(port_for connect)
-    url=http://127.0.0.1:$port
+    # On the node's address, so the installed operator's pod reaches the REST API too.
+    url=http://$NODE_IP:$port
     if running connect && connect_ready "$url"; then
         say "Kafka Connect already running at $url"
         return 0
@@ -213,7 +216,7 @@ status.storage.replication.factor=1
 status.storage.partitions=1
 offset.flush.interval.ms=1000
 listeners=$url
-rest.advertised.host.name=127.0.0.1
+rest.advertised.host.name=$NODE_IP
 rest.advertised.port=$port
 plugin.path=$KAFKA_CACHE/plugins,$DEBEZIUM_CACHE/plugins
 plugin.discovery=hybrid_warn
@@ -234,7 +237,7 @@ EOF
 
 connect_wait() {
     local url
-    url=http://127.0.0.1:$(port_for connect)
+    url=http://$NODE_IP:$(port_for connect)
     wait_until connect 180 connect_ready "$url" || die "Kafka Connect did not become ready; see $LOGS/connect.log"
     set_env CONNECT_URL "$url"
     set_env CONNECT_SECRETS_DIR "$STATE/connect/secrets"

@@ -9,10 +9,8 @@ NODE_DIR=$STATE/node
 NODE_BRIDGE=sluice0
 NODE_IP=10.88.0.1
 POD_SUBNET=10.88.0.0/16
-# Until the process runner is gone, only pods that ask for this node run on it: it carries
-# this label and taint (the runner's node carries neither).
+# Every pod runs on this node; tests that must name it select it by this label.
 NODE_LABEL=sluice.dev/node=kubelet
-NODE_TAINT=sluice.dev/node=kubelet:NoSchedule
 # The sandbox image containerd asks for; the registry serves e2e/node/pause.c's build.
 PAUSE_IMAGE=registry.k8s.io/pause:3.10.1
 
@@ -160,8 +158,8 @@ resolvConf: $NODE_DIR/resolv.conf
 evictionHard: {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"}
 imageGCHighThresholdPercent: 100
 serializeImagePulls: false
-registerWithTaints:
-- {key: ${NODE_TAINT%%=*}, value: kubelet, effect: NoSchedule}
+# Pod logs beside the components' (kept after e2e/down; a deleted pod's go with it).
+podLogsDir: $LOGS/pods
 EOF
     say "starting kubelet $KUBERNETES_VERSION (node $NODE_NAME, $NODE_IP)"
     start kubelet "$BIN/kubelet" --config "$NODE_DIR/kubelet/config.yaml" \
@@ -169,6 +167,10 @@ EOF
         --cert-dir "$NODE_DIR/kubelet/pki" --hostname-override "$NODE_NAME" \
         --node-ip "$NODE_IP" --node-labels "$NODE_LABEL" --v=1
     wait_until kubelet 90 kubelet_ready || die "the kubelet's node did not become Ready; see $LOGS/kubelet.log"
+    # Environments made before this node carried every pod: the taint it was registered
+    # with then, and the process runner's node, go.
+    "$BIN/kubectl" --kubeconfig "$STATE/kubeconfig" taint node "$NODE_NAME" sluice.dev/node- >/dev/null 2>&1 || true
+    "$BIN/kubectl" --kubeconfig "$STATE/kubeconfig" delete node sluice-e2e-node --ignore-not-found >/dev/null 2>&1 || true
 }
 
 scheduler_up() {

@@ -60,13 +60,15 @@ pg_tls() {
 postgres_up() {
     local port dir=$STATE/postgres bindir user
     port=$(port_for postgres)
-    local url="postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$port/$PG_DB"
+    # Clients reach the server on the node's address, the host's own as well as the pods'
+    # gateway, so one URL serves tests, the node's pods and Kafka Connect.
+    local url="postgres://$PG_USER:$PG_PASSWORD@$NODE_IP:$port/$PG_DB"
     if [ -z "$(pg_bindir)" ]; then
         apt_install postgresql postgresql-contrib
     fi
     bindir=$(pg_bindir) || die "PostgreSQL binaries not found after installing postgresql"
     if running postgres && pg_ready "$port"; then
-        say "PostgreSQL already running on 127.0.0.1:$port"
+        say "PostgreSQL already running on 127.0.0.1 and $NODE_IP:$port"
         set_env DATABASE_URL "$url"
         set_env PG_CA_FILE "$STATE/postgres-tls/ca.crt"
         return 0
@@ -92,7 +94,6 @@ postgres_up() {
         rm -f "$pwfile"
         cat >>"$dir/postgresql.conf" <<EOF
 # e2e/up
-listen_addresses = '127.0.0.1'
 unix_socket_directories = '$dir'
 wal_level = logical
 max_replication_slots = 20
@@ -106,14 +107,20 @@ EOF
     fi
     pg_tls "$dir" "$user"
     # Logical decoding reads only flushed WAL: keep commits synchronous (fsync is off anyway).
-    sed -i "/^port = /d; /^synchronous_commit = off/d; /^ssl/d" "$dir/postgresql.conf"
+    sed -i "/^port = /d; /^listen_addresses = /d; /^synchronous_commit = off/d; /^ssl/d" "$dir/postgresql.conf"
+    # The pods' subnet may connect (the node's own address is in it too).
+    grep -q "^host all all $POD_SUBNET " "$dir/pg_hba.conf" || {
+        echo "host all all $POD_SUBNET scram-sha-256"
+        echo "host replication all $POD_SUBNET scram-sha-256"
+    } >>"$dir/pg_hba.conf"
     {
+        echo "listen_addresses = '127.0.0.1,$NODE_IP'"
         echo "port = $port"
         echo "ssl = on"
         echo "ssl_cert_file = 'server.crt'"
         echo "ssl_key_file = 'server.key'"
     } >>"$dir/postgresql.conf"
-    say "starting PostgreSQL on 127.0.0.1:$port"
+    say "starting PostgreSQL on 127.0.0.1 and $NODE_IP:$port"
     # The log file belongs to root; the server writes to its stdout, which start() redirects.
     if [ "$(id -u)" -eq 0 ]; then
         start postgres runuser -u "$user" -- "$bindir/postgres" -D "$dir"

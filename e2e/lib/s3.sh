@@ -17,7 +17,8 @@ s3_request() {
 s3_up() {
     local port console endpoint
     port=$(port_for minio)
-    endpoint=http://127.0.0.1:$port
+    # On the node's address: the host's own, and the pods' gateway.
+    endpoint=http://$NODE_IP:$port
     if running minio && s3_ready "$endpoint"; then
         say "MinIO already running at $endpoint"
     else
@@ -28,7 +29,7 @@ s3_up() {
         MINIO_ROOT_USER=$S3_ACCESS_KEY MINIO_ROOT_PASSWORD=$S3_SECRET_KEY MINIO_REGION=$S3_REGION \
             MINIO_BROWSER=off MINIO_UPDATE=off MINIO_CALLHOME_ENABLE=off \
             start minio "$BIN/minio" server "$STATE/minio" \
-            --address "127.0.0.1:$port" --console-address "127.0.0.1:$console" --quiet
+            --address "$NODE_IP:$port" --console-address "127.0.0.1:$console" --quiet
         wait_until minio 60 s3_ready "$endpoint" || die "MinIO did not become ready; see $LOGS/minio.log"
     fi
     # Create the bucket unless it is there (HEAD answers 200 for an existing bucket).

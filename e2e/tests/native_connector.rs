@@ -1,6 +1,6 @@
 //! Native Connectors with the operator installed by `make deploy` (its Helm chart): a
 //! generator Connector becomes a Deployment of the processor image running
-//! `sluice-processor connector`, run by the process runner, with its state in status; a
+//! `sluice-processor connector`, a pod on the environment's node, with its state in status; a
 //! PostgreSQL sink Connector loads its topic with credentials from a Secret.
 
 use std::time::Duration;

@@ -12,8 +12,8 @@ use sluice_e2e::cluster;
 use sluice_e2e::env::TestEnv;
 use sluice_e2e::installed::wait_for;
 
-/// The label and taint of the kubelet's node (e2e/lib/node.sh): only pods that ask for it
-/// run there while the process runner is the other node.
+/// The label of the kubelet's node (e2e/lib/node.sh); the tests' pods select it, as a
+/// cluster's users select the nodes their pods may run on.
 const NODE_SELECTOR: (&str, &str) = ("sluice.dev/node", "kubelet");
 
 /// The securityContext the chart renders for processors.
@@ -42,7 +42,6 @@ fn pod_on_node(name: &str, restart: &str, containers: Vec<serde_json::Value>) ->
         "spec": {
             "restartPolicy": restart,
             "nodeSelector": {NODE_SELECTOR.0: NODE_SELECTOR.1},
-            "tolerations": [{"key": NODE_SELECTOR.0, "value": NODE_SELECTOR.1, "effect": "NoSchedule"}],
             "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
             "terminationGracePeriodSeconds": 5,
             "containers": containers

@@ -1,5 +1,6 @@
 //! The Pipeline controller against the real API server and Kafka, with the operator
-//! installed by `make deploy` (its Helm chart) and processors run by the process runner.
+//! installed by `make deploy` (its Helm chart), operator and processors running as pods on
+//! the environment's kubelet node.
 
 use std::time::{Duration, Instant};
 
