@@ -8,6 +8,8 @@ use crate::cluster;
 use crate::env::TestEnv;
 use crate::kafka;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use sluice_crds::{Pipeline, Topic};
@@ -43,6 +45,50 @@ pub async fn fixture(prefix: &str) -> Fixture {
 }
 
 impl Fixture {
+    /// Asserts that the pods of `selector` in `namespace` are Running on the
+    /// environment's kubelet node, as containerd containers of an image named `image...`.
+    pub async fn assert_on_node(&self, namespace: &str, selector: &str, image: &str) {
+        let node = self.env.var("NODE_NAME");
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let list = pods
+            .list(&ListParams::default().labels(selector))
+            .await
+            .unwrap();
+        let running: Vec<&Pod> = list
+            .items
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .collect();
+        assert!(
+            !running.is_empty(),
+            "no Running pod of {selector} in {namespace}"
+        );
+        for pod in running {
+            let name = pod.metadata.name.as_deref().unwrap_or_default();
+            let spec = pod.spec.as_ref().unwrap();
+            assert_eq!(spec.node_name.as_deref(), Some(node.as_str()), "pod {name}");
+            assert!(
+                spec.containers
+                    .iter()
+                    .all(|c| c.image.as_deref().is_some_and(|i| i.starts_with(image))),
+                "pod {name} runs {:?}",
+                spec.containers.iter().map(|c| &c.image).collect::<Vec<_>>()
+            );
+            let statuses = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .unwrap();
+            for c in statuses {
+                let id = c.container_id.as_deref().unwrap_or_default();
+                assert!(
+                    id.starts_with("containerd://"),
+                    "pod {name}: container id {id:?}"
+                );
+            }
+        }
+    }
+
     /// The test passed: its namespace and processors go.
     pub async fn finish(self) {
         cluster::delete_namespace(&self.client, &self.ns)

@@ -47,12 +47,18 @@ async fn seed_pipeline_sums_orders_per_region_exactly_once_with_a_dlq() {
     assert_eq!(ready.status, "True", "{ready:?}");
     assert_eq!(status.observed_generation, p.metadata.generation);
     assert!(status.ready_replicas >= 1);
-    assert!(
-        status
-            .selector
-            .unwrap()
-            .contains("sluice.dev/pipeline=region-totals")
-    );
+    let selector = status.selector.unwrap();
+    assert!(selector.contains("sluice.dev/pipeline=region-totals"));
+    // The processors, and the operator that made them, are containers the kubelet runs
+    // on the node, in the images the chart names.
+    f.assert_on_node(&f.ns, &selector, "ghcr.io/sluice/sluice-processor:")
+        .await;
+    f.assert_on_node(
+        "sluice-system",
+        "app.kubernetes.io/name=sluice",
+        "ghcr.io/sluice/sluice-operator:",
+    )
+    .await;
     f.finish().await;
 }
 
