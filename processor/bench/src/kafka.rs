@@ -103,11 +103,20 @@ pub(crate) fn send_order(
     topic: &str,
     i: u64,
 ) -> anyhow::Result<()> {
-    let key = format!("o-{i}");
-    let value = order(i);
+    send(producer, topic, &format!("o-{i}"), &order(i))
+}
+
+/// Sends `value` under `key` with its send time as CreateTime, waiting while the queue
+/// is full.
+pub(crate) fn send(
+    producer: &ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    topic: &str,
+    key: &str,
+    value: &str,
+) -> anyhow::Result<()> {
     let mut rec = BaseRecord::<str, str>::to(topic)
-        .key(&key)
-        .payload(&value)
+        .key(key)
+        .payload(value)
         .timestamp(now_ms());
     loop {
         match producer.send(rec) {

@@ -34,6 +34,10 @@ mod engine_cost;
 mod kafka;
 mod measure;
 mod report;
+mod sink_http;
+mod sink_peer;
+mod sink_postgres;
+mod sink_s3;
 mod sinks;
 
 use std::collections::HashMap;
@@ -83,8 +87,9 @@ enum Mode {
         output: String,
         group: String,
     },
-    /// The PostgreSQL sink against a bare tokio-postgres loop (the e2e environment's
-    /// broker and database).
+    /// The native sinks against their ceilings: PostgreSQL against a bare tokio-postgres
+    /// loop, S3 against bare object_store puts into MinIO, HTTP against bare reqwest
+    /// posts to a receiver in this process (the e2e environment's broker and servers).
     Sinks {
         /// Orders in the input topic.
         #[arg(long, default_value_t = 200_000)]
@@ -92,6 +97,12 @@ enum Mode {
         /// Partitions of the input topic.
         #[arg(long, default_value_t = 2)]
         partitions: i32,
+        /// Only these sinks (comma separated; default: all).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<sinks::Target>,
+        /// Leave out the peer (Debezium's JDBC sink in a Connect worker).
+        #[arg(long)]
+        skip_peer: bool,
     },
     /// The engine's cost per record, without Kafka.
     Engine {
@@ -188,14 +199,17 @@ fn main() -> anyhow::Result<()> {
         Some(Mode::Sinks {
             records,
             partitions,
+            only,
+            skip_peer,
         }) => {
             let processor = std::env::current_exe()?.with_file_name("sluice-processor");
             return sinks::sinks(
                 &e2e_var("KAFKA_BOOTSTRAP")?,
-                &e2e_var("DATABASE_URL")?,
                 &processor,
                 records,
                 partitions,
+                &only,
+                !skip_peer,
             );
         }
         None => {}

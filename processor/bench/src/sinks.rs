@@ -1,288 +1,302 @@
-//! `sluice-bench sinks`: the PostgreSQL sink against its ceiling, on one broker, one
-//! database and one data set.
+//! `sluice-bench sinks`: each native sink against its ceiling, on one broker and one data
+//! set (the e2e environment's broker, PostgreSQL and MinIO, and an HTTP receiver in this
+//! process).
 //!
-//! The ceiling is a bare loop in this process: it reads the same topic with rdkafka (no
-//! group, every partition from the start) and writes the same batches with
-//! tokio-postgres as the sink does (one `json_populate_recordset` statement per batch,
-//! one transaction each), storing no positions. Sluice is `sluice-processor run -f` of a
-//! postgres sink Connector: exactly once (positions stored with the rows), at least once
-//! (no positions), and upsert. Each reports records/s from its start until every record
-//! is in the table (Sluice: its start includes joining the group).
+//! Every ceiling is a bare loop in this process: it reads the same topic with rdkafka (no
+//! group, every partition from the start) and writes what the sink writes, the same way
+//! (the same statements, objects or requests, in batches of the same size), keeping no
+//! positions. Sluice is `sluice-processor run -f` of a sink Connector. Each run reports
+//! records/s from its start until every record is in the target (Sluice: its start
+//! includes starting the process and joining the group), and records/s from the first
+//! record in the target to the last (the rate once running).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::kafka::{client, create_topic, produce};
 
-/// Records per batch, for the sink and the ceiling alike.
-const BATCH: u64 = 1000;
+/// Which sinks `sluice-bench sinks` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Target {
+    Postgres,
+    S3,
+    Http,
+}
+
+/// The environment and data set every sink run shares.
+pub(crate) struct Bench {
+    pub(crate) bootstrap: String,
+    pub(crate) processor: PathBuf,
+    pub(crate) topic: String,
+    pub(crate) partitions: i32,
+    pub(crate) records: u64,
+    /// Scratch space: manifests and credentials.
+    pub(crate) dir: PathBuf,
+    /// A name unique to this run, for tables, prefixes and groups.
+    pub(crate) run: String,
+    /// Run the peers too (Debezium's JDBC sink).
+    pub(crate) peer: bool,
+}
+
+/// When one run's records arrived.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    /// From the start until every record was in the target.
+    pub(crate) elapsed: Duration,
+    /// From the start until the first record was.
+    pub(crate) first: Duration,
+    /// CPU seconds and peak memory (MiB) of a sink that ran in a process of its own.
+    pub(crate) usage: Option<(f64, f64)>,
+}
 
 /// One measured run.
-struct Run {
-    name: &'static str,
-    records_per_second: f64,
+pub(crate) struct Run {
+    pub(crate) name: String,
+    pub(crate) timing: Timing,
+    pub(crate) records: u64,
 }
 
-/// The environment's database as libpq keys.
-struct Database {
-    url: String,
-    keys: Vec<(&'static str, String)>,
-}
+impl Run {
+    /// Records/s over the whole run.
+    pub(crate) fn rate(&self) -> f64 {
+        self.records as f64 / self.timing.elapsed.as_secs_f64()
+    }
 
-fn database(url: &str) -> anyhow::Result<Database> {
-    let config: tokio_postgres::Config = url.parse().context("DATABASE_URL")?;
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        _ => bail!("DATABASE_URL names no TCP host"),
-    };
-    let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
-    Ok(Database {
-        url: url.to_string(),
-        keys: vec![
-            ("host", host),
-            (
-                "port",
-                config.get_ports().first().unwrap_or(&5432).to_string(),
+    /// The run's usage, as the report prints it.
+    fn usage(&self) -> String {
+        match self.timing.usage {
+            Some((cpu, peak)) => format!(
+                "  {:>6.1} CPU s per million, peak {peak:>5.0} MiB",
+                cpu * 1e6 / self.records as f64
             ),
-            (
-                "dbname",
-                config.get_dbname().unwrap_or("postgres").to_string(),
-            ),
-            ("user", config.get_user().unwrap_or("postgres").to_string()),
-            ("password", text(config.get_password()).unwrap_or_default()),
-            ("sslmode", "disable".to_string()),
-        ],
-    })
+            None => String::new(),
+        }
+    }
+
+    /// Records/s from the first record in the target to the last.
+    pub(crate) fn running_rate(&self) -> f64 {
+        let span = self.timing.elapsed.saturating_sub(self.timing.first);
+        self.records as f64 / span.as_secs_f64().max(1e-3)
+    }
 }
 
-/// Runs the comparison: `records` orders on `partitions` partitions.
+/// Runs the comparison of each target in `only`: `records` orders on `partitions`
+/// partitions.
 pub fn sinks(
     bootstrap: &str,
-    database_url: &str,
     processor: &Path,
     records: u64,
     partitions: i32,
+    only: &[Target],
+    peer: bool,
 ) -> anyhow::Result<()> {
-    let db = database(database_url)?;
     let run = format!("sinkbench{}", std::process::id());
-    let topic = format!("{run}-orders");
-    let dir = std::env::temp_dir().join(&run);
-    let credentials = dir.join("credentials");
-    std::fs::create_dir_all(&credentials)?;
-    for (k, v) in &db.keys {
-        std::fs::write(credentials.join(k), v)?;
-    }
-    eprintln!("sluice-bench sinks: {records} orders on {partitions} partitions ({topic})");
-    create_topic(bootstrap, &topic, partitions)?;
-    produce(bootstrap, &topic, 0, records, None, None)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let pg = runtime.block_on(connect(&db.url))?;
-    let mut runs = Vec::new();
-    for (name, mode, delivery) in [
-        ("ceiling insert", "insert", None),
-        ("sluice insert exactlyOnce", "insert", Some("exactlyOnce")),
-        ("sluice insert atLeastOnce", "insert", Some("atLeastOnce")),
-        ("ceiling upsert", "upsert", None),
-        ("sluice upsert exactlyOnce", "upsert", Some("exactlyOnce")),
-    ] {
-        let table = format!("{run}_{}", runs.len());
-        runtime.block_on(pg.batch_execute(&format!(
-            "CREATE TABLE {table} (\"orderId\" text PRIMARY KEY, region text, total numeric, items integer)"
-        )))?;
-        let elapsed = match delivery {
-            None => runtime.block_on(ceiling(
-                bootstrap, &topic, partitions, &db.url, &table, mode, records,
-            ))?,
-            Some(delivery) => sluice(
-                processor,
-                bootstrap,
-                &dir,
-                &credentials,
-                &topic,
-                &table,
-                mode,
-                delivery,
-                || runtime.block_on(rows(&pg, &table)),
-                records,
-            )?,
-        };
-        let rps = records as f64 / elapsed.as_secs_f64();
-        eprintln!("  {name:<28} {rps:>10.0} records/s");
-        runs.push(Run {
-            name,
-            records_per_second: rps,
-        });
-        runtime.block_on(pg.batch_execute(&format!("DROP TABLE {table}")))?;
-    }
-    let rate = |n: &str| {
-        runs.iter()
-            .find(|r| r.name == n)
-            .map_or(f64::NAN, |r| r.records_per_second)
+    let bench = Bench {
+        bootstrap: bootstrap.to_string(),
+        processor: processor.to_path_buf(),
+        topic: format!("{run}-orders"),
+        partitions,
+        records,
+        dir: std::env::temp_dir().join(&run),
+        run,
+        peer,
     };
-    println!("PostgreSQL sink, {records} records, batches of {BATCH}:");
-    for r in &runs {
-        println!("  {:<28} {:>10.0} records/s", r.name, r.records_per_second);
+    std::fs::create_dir_all(&bench.dir)?;
+    eprintln!(
+        "sluice-bench sinks: {records} orders on {partitions} partitions ({})",
+        bench.topic
+    );
+    create_topic(bootstrap, &bench.topic, partitions)?;
+    produce(bootstrap, &bench.topic, 0, records, None, None)?;
+    let all = [Target::Postgres, Target::S3, Target::Http];
+    let targets = if only.is_empty() { &all[..] } else { only };
+    let mut report = Vec::new();
+    for target in targets {
+        report.push(match target {
+            Target::Postgres => crate::sink_postgres::bench(&bench)?,
+            Target::S3 => crate::sink_s3::bench(&bench)?,
+            Target::Http => crate::sink_http::bench(&bench)?,
+        });
     }
-    println!(
-        "  insert exactlyOnce / ceiling  {:.2}",
-        rate("sluice insert exactlyOnce") / rate("ceiling insert")
-    );
-    println!(
-        "  upsert exactlyOnce / ceiling  {:.2}",
-        rate("sluice upsert exactlyOnce") / rate("ceiling upsert")
-    );
-    println!(
-        "  exactlyOnce / atLeastOnce     {:.2}",
-        rate("sluice insert exactlyOnce") / rate("sluice insert atLeastOnce")
-    );
+    let _ = crate::kafka::delete_run_topics(bootstrap, &bench.run);
+    let _ = std::fs::remove_dir_all(&bench.dir);
+    for section in report {
+        println!("{section}");
+    }
     Ok(())
 }
 
-async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
-    Ok(client)
-}
-
-async fn rows(pg: &tokio_postgres::Client, table: &str) -> anyhow::Result<i64> {
-    Ok(pg
-        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-        .await?
-        .get(0))
-}
-
-/// The statement the sink runs for a batch of `mode`.
-fn statement(table: &str, mode: &str) -> String {
-    let insert = format!(
-        "INSERT INTO {table} SELECT * FROM json_populate_recordset(null::{table}, $1::text::json)"
-    );
-    if mode == "upsert" {
-        format!(
-            "{insert} ON CONFLICT (\"orderId\") DO UPDATE SET region = excluded.region, total = excluded.total, items = excluded.items"
-        )
-    } else {
-        insert
+impl Bench {
+    /// A consumer of every partition of the topic from the start, for a ceiling.
+    pub(crate) fn reader(&self, name: &str) -> anyhow::Result<BaseConsumer> {
+        let consumer: BaseConsumer = client(&self.bootstrap)
+            .set("group.id", format!("{}-{name}", self.run))
+            .set("enable.auto.commit", "false")
+            .set("fetch.queue.backoff.ms", "20")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.partitions {
+            tpl.add_partition_offset(&self.topic, p, Offset::Beginning)?;
+        }
+        consumer.assign(&tpl)?;
+        Ok(consumer)
     }
-}
 
-/// The ceiling: reads every partition from the start and writes each batch in a
-/// transaction; returns the time until `records` rows are in.
-async fn ceiling(
-    bootstrap: &str,
-    topic: &str,
-    partitions: i32,
-    url: &str,
-    table: &str,
-    mode: &str,
-    records: u64,
-) -> anyhow::Result<Duration> {
-    let start = Instant::now();
-    let mut pg = connect(url).await?;
-    let consumer: BaseConsumer = client(bootstrap)
-        .set("group.id", format!("{table}-ceiling"))
-        .set("enable.auto.commit", "false")
-        .set("fetch.queue.backoff.ms", "20")
-        .create()?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
-    let sql = statement(table, mode);
-    let mut written = 0u64;
-    let mut batch = String::from("[");
-    let mut in_batch = 0;
-    while written < records {
-        let polled = consumer.poll(Duration::from_millis(100));
-        let idle = polled.is_none();
-        if let Some(m) = polled {
-            let m = m?;
-            if in_batch > 0 {
-                batch.push(',');
+    /// A ceiling's loop: reads every record of the topic in batches of `batch` (a
+    /// batch also ends when the topic has nothing more for now) and hands each to
+    /// `write`; returns when every record was written.
+    pub(crate) fn read_in_batches(
+        &self,
+        name: &str,
+        batch: u64,
+        mut write: impl FnMut(&[BorrowedMessage<'_>]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Timing> {
+        let start = Instant::now();
+        let consumer = self.reader(name)?;
+        let mut first = None;
+        let mut written = 0u64;
+        let mut held = Vec::with_capacity(usize::try_from(batch).unwrap_or(1000));
+        while written < self.records {
+            let polled = consumer.poll(Duration::from_millis(100));
+            let idle = polled.is_none();
+            if let Some(m) = polled {
+                held.push(m?);
             }
-            batch.push_str(std::str::from_utf8(m.payload().unwrap_or(b"null"))?);
-            in_batch += 1;
+            let n = held.len() as u64;
+            if n >= batch || (n > 0 && (idle || written + n >= self.records)) {
+                write(&held)?;
+                first.get_or_insert_with(|| start.elapsed());
+                written += n;
+                held.clear();
+            }
         }
-        let last = written + in_batch >= records;
-        if in_batch >= BATCH || (in_batch > 0 && (last || idle)) {
-            batch.push(']');
-            let tx = pg.transaction().await?;
-            tx.execute(&sql, &[&batch]).await?;
-            tx.commit().await?;
-            written += in_batch;
-            in_batch = 0;
-            batch.clear();
-            batch.push('[');
-        }
+        Ok(Timing {
+            elapsed: start.elapsed(),
+            first: first.unwrap_or_default(),
+            usage: None,
+        })
     }
-    Ok(start.elapsed())
+
+    /// Sluice: `sluice-processor run -f` of a sink Connector with `spec` (credentials in
+    /// `credentials`, when it has a Secret); `loaded` answers how many records are in
+    /// the target. Returns when all are.
+    pub(crate) fn sluice(
+        &self,
+        name: &str,
+        spec: serde_json::Value,
+        credentials: Option<&Path>,
+        loaded: impl FnMut() -> anyhow::Result<u64>,
+    ) -> anyhow::Result<Timing> {
+        let manifest = self.dir.join(format!("{name}.json"));
+        std::fs::write(
+            &manifest,
+            serde_json::json!({
+                "apiVersion": "sluice.dev/v1alpha1", "kind": "Connector",
+                "metadata": {"name": name, "namespace": "bench"},
+                "spec": spec,
+            })
+            .to_string(),
+        )?;
+        let mut command = Command::new(&self.processor);
+        command
+            .args(["run", "-f"])
+            .arg(&manifest)
+            .args(["--bootstrap", &self.bootstrap])
+            .env("RUST_LOG", "warn");
+        if let Some(dir) = credentials {
+            command.env("SLUICE_CREDENTIALS_DIR", dir);
+        }
+        self.watch(name, command, loaded)
+    }
+
+    /// Starts `command` (a sink in a process of its own) and waits until `loaded` says
+    /// every record is in the target; then stops it (SIGTERM). Its CPU time and peak
+    /// memory are read just before.
+    pub(crate) fn watch(
+        &self,
+        name: &str,
+        mut command: Command,
+        mut loaded: impl FnMut() -> anyhow::Result<u64>,
+    ) -> anyhow::Result<Timing> {
+        let ticks = crate::measure::clock_ticks();
+        let start = Instant::now();
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let deadline = start + Duration::from_secs(900);
+        let mut first = None;
+        let timing = loop {
+            let n = loaded()?;
+            if n > 0 {
+                first.get_or_insert_with(|| start.elapsed());
+            }
+            if n >= self.records {
+                let elapsed = start.elapsed();
+                let (cpu_seconds, peak_mib) = crate::measure::usage(child.id(), ticks);
+                break Timing {
+                    elapsed,
+                    first: first.unwrap_or_default(),
+                    usage: Some((cpu_seconds, peak_mib)),
+                };
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("the {name} sink exited early: {status}");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!(
+                    "the {name} sink did not load {} records in 15 minutes",
+                    self.records
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        child.wait()?;
+        Ok(timing)
+    }
 }
 
-/// Sluice: `sluice-processor run -f` of a postgres sink; returns the time until `done`
-/// rows are in.
-#[allow(clippy::too_many_arguments)]
-fn sluice(
-    processor: &Path,
-    bootstrap: &str,
-    dir: &Path,
-    credentials: &Path,
-    topic: &str,
-    table: &str,
-    mode: &str,
-    delivery: &str,
-    rows: impl Fn() -> anyhow::Result<i64>,
-    done: u64,
-) -> anyhow::Result<Duration> {
-    let mut postgres = serde_json::json!({"table": table, "mode": mode,
-                                          "batch": {"records": BATCH, "interval": "100ms"}});
-    if mode == "upsert" {
-        postgres["key"] = serde_json::json!(["orderId"]);
+/// Prints a run as it ends, for whoever watches.
+pub(crate) fn progress(run: &Run) {
+    eprintln!(
+        "  {:<34} {:>9.0} records/s ({:>9.0} once running)",
+        run.name,
+        run.rate(),
+        run.running_rate()
+    );
+}
+
+/// A section of the report: each run's rates, then `ratios` (name, run a, run b).
+pub(crate) fn section(title: &str, runs: &[Run], ratios: &[(&str, &str, &str)]) -> String {
+    let mut out = format!("{title}\n");
+    for r in runs {
+        out.push_str(&format!(
+            "  {:<34} {:>9.0} records/s ({:>9.0} once running){}\n",
+            r.name,
+            r.rate(),
+            r.running_rate(),
+            r.usage()
+        ));
     }
-    let manifest: PathBuf = dir.join(format!("{table}.json"));
-    std::fs::write(
-        &manifest,
-        serde_json::json!({
-            "apiVersion": "sluice.dev/v1alpha1", "kind": "Connector",
-            "metadata": {"name": table, "namespace": "bench"},
-            "spec": {"type": "sink", "topics": [topic], "delivery": delivery, "postgres": postgres}
-        })
-        .to_string(),
-    )?;
-    let start = Instant::now();
-    let mut child = Command::new(processor)
-        .args(["run", "-f"])
-        .arg(&manifest)
-        .args(["--bootstrap", bootstrap])
-        .env("SLUICE_CREDENTIALS_DIR", credentials)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let deadline = start + Duration::from_secs(600);
-    let elapsed = loop {
-        if u64::try_from(rows()?).is_ok_and(|n| n >= done) {
-            break start.elapsed();
+    let find = |n: &str| runs.iter().find(|r| r.name == n);
+    for (label, a, b) in ratios {
+        if let (Some(a), Some(b)) = (find(a), find(b)) {
+            out.push_str(&format!(
+                "  {label:<34} {:.2} ({:.2} once running)\n",
+                a.rate() / b.rate(),
+                a.running_rate() / b.running_rate()
+            ));
         }
-        if let Some(status) = child.try_wait()? {
-            bail!("the sink exited early: {status}");
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            bail!("the sink did not load {done} rows in 10 minutes");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    child.wait()?;
-    Ok(elapsed)
+    }
+    out
 }

@@ -34,6 +34,9 @@ const DEFAULT_FLUSH_RECORDS: usize = 10_000;
 const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
 /// The HTTP sink's batches when the Connector does not say.
 const DEFAULT_REQUEST_INTERVAL: Duration = Duration::from_millis(200);
+/// About how many records the HTTP sink sends (in requests of `batch.records`) between
+/// two commits of its offsets.
+const COMMIT_RECORDS: usize = 1000;
 
 /// Where a sink loads its records.
 #[derive(Debug)]
@@ -74,10 +77,14 @@ impl Target {
             }
             Target::Http(h) => {
                 let batch = h.batch.clone().unwrap_or_default();
+                let per_request = records(batch.records.map(i64::from))
+                    .filter(|r| *r > 0)
+                    .unwrap_or(crate::sinks::http::DEFAULT_RECORDS);
                 PumpOptions {
                     sink: self.name().to_string(),
-                    batch_records: records(batch.records.map(i64::from))
-                        .unwrap_or(crate::sinks::http::DEFAULT_RECORDS),
+                    // Whole requests per commit, about COMMIT_RECORDS records: a commit
+                    // per request would cost a broker round trip per request.
+                    batch_records: per_request * (COMMIT_RECORDS / per_request).max(1),
                     batch_interval: parse(batch.interval.as_deref())
                         .unwrap_or(DEFAULT_REQUEST_INTERVAL),
                     batch_bytes: None,
@@ -308,6 +315,25 @@ impl Wiring<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_http_sink_commits_after_whole_requests_of_about_a_thousand_records() {
+        let batch = |records: &str| {
+            let text = format!(
+                "kind: Connector\nspec:\n  type: sink\n  topics: [a]\n  http: {{url: 'http://h/', batch: {{records: {records}}}}}\n"
+            );
+            sink_job(&text, "h.yaml")
+                .unwrap()
+                .unwrap()
+                .target
+                .options()
+                .batch_records
+        };
+        assert_eq!(batch("1"), 1000);
+        assert_eq!(batch("100"), 1000);
+        assert_eq!(batch("300"), 900);
+        assert_eq!(batch("5000"), 5000);
+    }
 
     #[test]
     fn a_postgres_sink_manifest_becomes_a_job_and_others_are_not_sinks() {

@@ -18,6 +18,7 @@ use sluice_crds::plugins::{PostgresSink as PostgresSpec, PostgresWriteMode};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
+use super::pg_batch::{Op, last_per_key, run_length, statement};
 pub use super::pg_connect::Credentials;
 use crate::runtime::ledger::Offsets;
 use crate::runtime::sink::{Promise, Refused, Sink, SinkError, SourceRecord};
@@ -56,26 +57,6 @@ pub struct PostgresSink {
     in_transaction: bool,
     /// The position read (or last written) per partition: the compare-and-set's base.
     expected: HashMap<(Arc<str>, i32), i64>,
-}
-
-/// One write: a row to insert or upsert, or a key to delete, of record `index`.
-#[derive(Debug)]
-enum Op {
-    Row(usize, serde_json::Map<String, serde_json::Value>),
-    Delete(usize, serde_json::Map<String, serde_json::Value>),
-}
-
-impl Op {
-    fn index(&self) -> usize {
-        match self {
-            Op::Row(i, _) | Op::Delete(i, _) => *i,
-        }
-    }
-}
-
-/// `name` as an SQL identifier.
-fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Whether an error is the connection's (or passing), so the batch is tried again.
@@ -233,34 +214,9 @@ impl PostgresSink {
         Ok(())
     }
 
-    /// The record's writes, or why it is refused.
-    fn op(&self, index: usize, record: &SourceRecord) -> Result<Option<Op>, String> {
-        let spec = &self.config.spec;
-        let Some(value) = &record.value else {
-            if !spec.deletes {
-                return Ok(None);
-            }
-            return key_of(record, &spec.key).map(|k| Some(Op::Delete(index, k)));
-        };
-        match serde_json::from_slice::<serde_json::Value>(value) {
-            Ok(serde_json::Value::Object(row)) => {
-                if spec.mode == PostgresWriteMode::Upsert
-                    && let Some(missing) = spec.key.iter().find(|k| !row.contains_key(*k))
-                {
-                    return Err(format!(
-                        "the record has no {missing} field, a column of postgres.key"
-                    ));
-                }
-                Ok(Some(Op::Row(index, row)))
-            }
-            Ok(_) => Err("the value is not a JSON object".to_string()),
-            Err(e) => Err(format!("the value is not JSON: {e}")),
-        }
-    }
-
     /// Writes `ops` (one statement per run of the same kind and fields); when a run fails
     /// for its data, record by record. Answers the refused records.
-    async fn write_ops(&mut self, ops: &[Op]) -> Result<Vec<Refused>, SinkError> {
+    async fn write_ops(&mut self, ops: &[Op<'_>]) -> Result<Vec<Refused>, SinkError> {
         let mut refused = Vec::new();
         let mut start = 0;
         while start < ops.len() {
@@ -293,11 +249,15 @@ impl PostgresSink {
     }
 
     /// Runs one statement for `run` under a savepoint (rolled back to on failure).
-    async fn execute(&mut self, run: &[Op], savepoint: &str) -> Result<(), tokio_postgres::Error> {
+    async fn execute(
+        &mut self,
+        run: &[Op<'_>],
+        savepoint: &str,
+    ) -> Result<(), tokio_postgres::Error> {
         let (Some(client), Some(table)) = (self.client.as_ref(), self.table.as_ref()) else {
             return Ok(());
         };
-        let (sql, rows) = statement(table, &self.config.spec, run);
+        let (sql, rows) = statement(&table.name, &table.columns, &self.config.spec, run);
         let Some(sql) = sql else {
             return Ok(());
         };
@@ -401,148 +361,6 @@ async fn read_table(client: &Client, spec: &PostgresSpec) -> Result<Table, Table
     Ok(Table { name, columns })
 }
 
-/// The key columns of a tombstone, from its key: a JSON object with them, or a plain
-/// value when the key is one column.
-fn key_of(
-    record: &SourceRecord,
-    key: &[String],
-) -> Result<serde_json::Map<String, serde_json::Value>, String> {
-    let Some(bytes) = &record.key else {
-        return Err("a tombstone without a key: nothing says which row to delete".to_string());
-    };
-    let value: serde_json::Value = serde_json::from_slice(bytes)
-        .or_else(|_| String::from_utf8(bytes.clone()).map(serde_json::Value::String))
-        .map_err(|_| "the key of a tombstone is neither JSON nor text".to_string())?;
-    match (value, key) {
-        (serde_json::Value::Object(fields), _) => {
-            match key.iter().find(|k| !fields.contains_key(*k)) {
-                Some(missing) => Err(format!("the tombstone's key has no {missing} field")),
-                None => Ok(fields),
-            }
-        }
-        (scalar, [one]) => Ok([(one.clone(), scalar)].into_iter().collect()),
-        _ => Err(
-            "the key of a tombstone must be a JSON object of the postgres.key columns".to_string(),
-        ),
-    }
-}
-
-/// How many ops from the start of `ops` go in one statement: the same kind, and for
-/// rows the same fields.
-fn run_length(ops: &[Op]) -> usize {
-    let fields = |m: &serde_json::Map<String, serde_json::Value>| -> Vec<String> {
-        m.keys().cloned().collect()
-    };
-    match &ops[0] {
-        Op::Row(_, first) => {
-            let f = fields(first);
-            1 + ops[1..]
-                .iter()
-                .take_while(|o| matches!(o, Op::Row(_, m) if fields(m) == f))
-                .count()
-        }
-        Op::Delete(..) => {
-            1 + ops[1..]
-                .iter()
-                .take_while(|o| matches!(o, Op::Delete(..)))
-                .count()
-        }
-    }
-}
-
-/// The statement for a run of ops and its one parameter (the rows as a JSON array); no
-/// statement when no field is a column.
-fn statement(table: &Table, spec: &PostgresSpec, run: &[Op]) -> (Option<String>, String) {
-    let rows: Vec<&serde_json::Map<String, serde_json::Value>> = run
-        .iter()
-        .map(|o| match o {
-            Op::Row(_, m) | Op::Delete(_, m) => m,
-        })
-        .collect();
-    let json = serde_json::to_string(&rows).unwrap_or_else(|_| "[]".to_string());
-    let source = format!(
-        "json_populate_recordset(NULL::{}, $1::text::json)",
-        table.name
-    );
-    if let Some(Op::Delete(..)) = run.first() {
-        let matches: Vec<String> = spec
-            .key
-            .iter()
-            .map(|k| format!("t.{0} = d.{0}", quote(k)))
-            .collect();
-        let sql = format!(
-            "DELETE FROM {} t USING {source} d WHERE {}",
-            table.name,
-            matches.join(" AND ")
-        );
-        return (Some(sql), json);
-    }
-    let columns: Vec<&String> = table
-        .columns
-        .iter()
-        .filter(|c| rows.first().is_some_and(|r| r.contains_key(*c)))
-        .collect();
-    if columns.is_empty() {
-        return (None, json);
-    }
-    let list = columns
-        .iter()
-        .map(|c| quote(c))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut sql = format!(
-        "INSERT INTO {} ({list}) SELECT {list} FROM {source}",
-        table.name
-    );
-    if spec.mode == PostgresWriteMode::Upsert {
-        let keys = spec
-            .key
-            .iter()
-            .map(|k| quote(k))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let updates: Vec<String> = columns
-            .iter()
-            .filter(|c| !spec.key.contains(c))
-            .map(|c| format!("{0} = EXCLUDED.{0}", quote(c)))
-            .collect();
-        if updates.is_empty() {
-            sql.push_str(&format!(" ON CONFLICT ({keys}) DO NOTHING"));
-        } else {
-            sql.push_str(&format!(
-                " ON CONFLICT ({keys}) DO UPDATE SET {}",
-                updates.join(", ")
-            ));
-        }
-    }
-    (Some(sql), json)
-}
-
-/// Upserts and deletes of one batch, one per key (the last wins, as if applied in
-/// order), so one statement never touches a row twice.
-fn last_per_key(ops: Vec<Op>, key: &[String]) -> Vec<Op> {
-    let key_of = |m: &serde_json::Map<String, serde_json::Value>| -> String {
-        let values: Vec<&serde_json::Value> = key
-            .iter()
-            .map(|k| m.get(k).unwrap_or(&serde_json::Value::Null))
-            .collect();
-        serde_json::to_string(&values).unwrap_or_default()
-    };
-    let mut last: HashMap<String, usize> = HashMap::new();
-    for (i, op) in ops.iter().enumerate() {
-        let (Op::Row(_, m) | Op::Delete(_, m)) = op;
-        last.insert(key_of(m), i);
-    }
-    ops.into_iter()
-        .enumerate()
-        .filter(|(i, op)| {
-            let (Op::Row(_, m) | Op::Delete(_, m)) = op;
-            last.get(&key_of(m)) == Some(i)
-        })
-        .map(|(_, op)| op)
-        .collect()
-}
-
 impl Sink for PostgresSink {
     fn promise(&self) -> Promise {
         if self.config.exactly_once {
@@ -594,14 +412,14 @@ impl Sink for PostgresSink {
         let mut refused = Vec::new();
         let mut ops = Vec::with_capacity(batch.len());
         for (i, record) in batch.iter().enumerate() {
-            match self.op(i, record) {
+            match super::pg_batch::op(i, record, &self.config.spec) {
                 Ok(Some(op)) => ops.push(op),
                 Ok(None) => {}
                 Err(error) => refused.push(Refused { index: i, error }),
             }
         }
         if self.config.spec.mode == PostgresWriteMode::Upsert {
-            ops = last_per_key(ops, &self.config.spec.key);
+            ops = last_per_key(ops);
         }
         refused.extend(self.write_ops(&ops).await?);
         refused.sort_by_key(|r| r.index);
@@ -636,100 +454,5 @@ impl Sink for PostgresSink {
         {
             self.client = None;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec(mode: PostgresWriteMode, key: &[&str]) -> PostgresSpec {
-        PostgresSpec {
-            table: "t".into(),
-            mode,
-            key: key.iter().map(|k| k.to_string()).collect(),
-            deletes: true,
-            batch: None,
-        }
-    }
-
-    fn row(i: usize, v: serde_json::Value) -> Op {
-        match v {
-            serde_json::Value::Object(m) => Op::Row(i, m),
-            _ => panic!("not an object"),
-        }
-    }
-
-    #[test]
-    fn a_run_of_rows_becomes_one_upsert_of_the_fields_that_are_columns() {
-        let table = Table {
-            name: "public.totals".into(),
-            columns: vec!["region".into(), "total".into(), "seen".into()],
-        };
-        let ops = vec![
-            row(
-                0,
-                serde_json::json!({"region": "eu", "total": 1.5, "extra": true}),
-            ),
-            row(
-                1,
-                serde_json::json!({"region": "us", "total": 2, "extra": false}),
-            ),
-        ];
-        assert_eq!(run_length(&ops), 2);
-        let (sql, json) = statement(&table, &spec(PostgresWriteMode::Upsert, &["region"]), &ops);
-        assert_eq!(
-            sql.unwrap(),
-            "INSERT INTO public.totals (\"region\", \"total\") SELECT \"region\", \"total\" FROM \
-             json_populate_recordset(NULL::public.totals, $1::text::json) \
-             ON CONFLICT (\"region\") DO UPDATE SET \"total\" = EXCLUDED.\"total\""
-        );
-        let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(rows[1]["region"], "us");
-    }
-
-    #[test]
-    fn the_last_write_of_a_key_wins_within_a_batch() {
-        let ops = vec![
-            row(0, serde_json::json!({"region": "eu", "total": 1})),
-            row(1, serde_json::json!({"region": "us", "total": 2})),
-            Op::Delete(
-                2,
-                serde_json::json!({"region": "eu"})
-                    .as_object()
-                    .unwrap()
-                    .clone(),
-            ),
-            row(3, serde_json::json!({"region": "us", "total": 3})),
-        ];
-        let kept: Vec<usize> = last_per_key(ops, &["region".to_string()])
-            .iter()
-            .map(Op::index)
-            .collect();
-        assert_eq!(kept, vec![2, 3]);
-    }
-
-    #[test]
-    fn a_tombstone_key_names_the_row_as_an_object_or_a_plain_value() {
-        let mut r = SourceRecord {
-            origin: crate::runtime::ledger::Origin::internal(),
-            key: Some(br#"{"region": "eu"}"#.to_vec()),
-            value: None,
-            headers: vec![],
-            timestamp: None,
-        };
-        let key = ["region".to_string()];
-        assert_eq!(key_of(&r, &key).unwrap()["region"], "eu");
-        r.key = Some(b"eu".to_vec());
-        assert_eq!(key_of(&r, &key).unwrap()["region"], "eu");
-        r.key = Some(br#"{"other": 1}"#.to_vec());
-        assert!(key_of(&r, &key).unwrap_err().contains("no region"));
-        r.key = None;
-        assert!(key_of(&r, &key).is_err());
-    }
-
-    #[test]
-    fn identifiers_are_quoted() {
-        assert_eq!(quote("a\"b"), "\"a\"\"b\"");
     }
 }

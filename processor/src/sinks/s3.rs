@@ -252,11 +252,11 @@ impl Sink for S3Sink {
         Promise::Idempotent
     }
 
+    /// The batch's objects are written at once (one request each, in parallel); the batch
+    /// is done when every one is.
     async fn write(&mut self, batch: &[SourceRecord]) -> Result<Vec<Refused>, SinkError> {
         let (objects, refused) = objects(batch, self.max_bytes);
-        for object in objects {
-            self.put(object).await?;
-        }
+        futures::future::try_join_all(objects.into_iter().map(|o| self.put(o))).await?;
         Ok(refused)
     }
 }
