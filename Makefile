@@ -51,17 +51,18 @@ test: prebuild lint unit
 # that use the installed operator.
 E2E_DEPLOYED := pipeline native_connector
 E2E_OWN := $(filter-out $(E2E_DEPLOYED),$(basename $(notdir $(wildcard e2e/tests/*.rs))))
-# Every cargo call of the e2e run selects the same packages (the harnesses build the
-# binaries with these too): cargo unifies features over the selected packages, so another
-# selection would build shared crates again with other features, more than once a run.
+# Every cargo call of the e2e run selects the same packages: cargo unifies features over
+# the selected packages, so another selection would build shared crates again with other
+# features. The suites' harnesses use the binaries built first (SLUICE_E2E_PREBUILT)
+# rather than build them again from a test, which would relink them with other features.
 E2E_PACKAGES := -p sluice-operator -p sluice-processor -p sluice-e2e
 e2e: check-generated
 	$(CARGO) build $(E2E_PACKAGES) --bins --tests
 	e2e/images/build --profile dev
-	$(CARGO) test $(E2E_PACKAGES) $(addprefix --test ,$(E2E_OWN)) -- --test-threads=2
+	SLUICE_E2E_PREBUILT=1 $(CARGO) test $(E2E_PACKAGES) $(addprefix --test ,$(E2E_OWN)) -- --test-threads=2
 	SLUICE_IMAGES_BUILT=1 e2e/deploy
 	e2e/lib/delete-test-namespaces
-	$(CARGO) test $(E2E_PACKAGES) $(addprefix --test ,$(E2E_DEPLOYED)) -- --test-threads=3
+	SLUICE_E2E_PREBUILT=1 $(CARGO) test $(E2E_PACKAGES) $(addprefix --test ,$(E2E_DEPLOYED)) -- --test-threads=3
 
 prebuild:
 	e2e/prebuild

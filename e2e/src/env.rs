@@ -52,6 +52,22 @@ pub fn repo_root() -> PathBuf {
 /// alone would compile much of the workspace again with other features (minutes on a
 /// cold cache), where this finds everything built.
 pub fn cargo_binary(name: &str) -> PathBuf {
+    // `make e2e` builds the binaries before the suites and says so: building them again
+    // here, from a test's environment, would unify features differently and relink them.
+    if std::env::var_os("SLUICE_E2E_PREBUILT").is_none() {
+        build_binaries(name);
+    }
+    let bin = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+        .join("debug")
+        .join(name);
+    assert!(bin.exists(), "{} not found after the build", bin.display());
+    bin
+}
+
+/// `cargo build` of the binaries the suites run, as `make e2e` builds them.
+fn build_binaries(name: &str) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let status = std::process::Command::new(cargo)
         .args([
@@ -70,13 +86,6 @@ pub fn cargo_binary(name: &str) -> PathBuf {
         .status()
         .expect("run cargo build");
     assert!(status.success(), "cargo build -p {name} failed");
-    let bin = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"))
-        .join("debug")
-        .join(name);
-    assert!(bin.exists(), "{} not found after the build", bin.display());
-    bin
 }
 
 impl TestEnv {

@@ -8,13 +8,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use rdkafka::producer::{Producer, ThreadedProducer};
 
 use crate::kafka::{client, create_topic, order, send};
 use crate::sinks::{Bench, Timing};
+
+/// How often the worker is asked whether the connector's task failed.
+const STATUS_EVERY: Duration = Duration::from_secs(2);
 
 /// The JDBC sink of the 3.6 line that Maven Central serves (the environment's Debezium
 /// is 3.6.1.Final; its JDBC sink stops at 3.6.0.Final there).
@@ -43,9 +46,12 @@ pub(crate) fn plugin() -> anyhow::Result<PathBuf> {
         .arg(format!("-Ddebezium.jdbc.version={VERSION}"))
         .args(["-Pdebezium-jdbc", "dependency:copy-dependencies"])
         .arg(format!("-DoutputDirectory={}", plugin.display()))
+        // Kafka's, slf4j's and Jackson's classes come from the worker, as in Debezium's
+        // plugin archive: a second Jackson in the plugin fails the worker's Jackson
+        // modules ("BlackbirdModule not a subtype") and kills the task.
         .args([
             "-DincludeScope=runtime",
-            "-DexcludeGroupIds=org.apache.kafka,org.slf4j",
+            "-DexcludeGroupIds=org.apache.kafka,org.slf4j,com.fasterxml.jackson.core",
         ])
         .status()?
         .success();
@@ -170,5 +176,24 @@ pub(crate) fn run(
         .arg("org.apache.kafka.connect.cli.ConnectStandalone")
         .arg(dir.join("worker.properties"))
         .arg(dir.join("connector.properties"));
-    bench.watch(&format!("debezium jdbc {mode}"), command, loaded)
+    // A task that fails stays failed in a running worker: stop at once with its trace.
+    let status = format!("http://127.0.0.1:{rest}/connectors/{table}/status");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = reqwest::Client::new();
+    let mut asked = Instant::now();
+    let mut loaded = loaded;
+    bench.watch(&format!("debezium jdbc {mode}"), command, move || {
+        if asked.elapsed() >= STATUS_EVERY {
+            asked = Instant::now();
+            let answer = runtime.block_on(async { client.get(&status).send().await?.text().await });
+            if let Ok(body) = answer
+                && body.contains("\"FAILED\"")
+            {
+                bail!("Debezium's JDBC sink failed: {body}");
+            }
+        }
+        loaded()
+    })
 }

@@ -164,13 +164,21 @@ pub(crate) fn bench(bench: &Bench) -> anyhow::Result<String> {
                 if mode == "upsert" {
                     postgres["key"] = serde_json::json!(["orderId"]);
                 }
-                bench.sluice(
+                // Loaded as far as the group committed (after the database); the rows
+                // are counted once at the end.
+                let group = sluice_crds::contract::connector_group_id("bench", &table);
+                let timing = bench.sluice(
                     &table,
                     serde_json::json!({"type": "sink", "topics": [bench.topic], "delivery": delivery,
                                        "postgres": postgres}),
                     Some(&dir),
-                    || runtime.block_on(rows(&pg, &table)),
-                )?
+                    || bench.committed(&group),
+                )?;
+                let loaded = runtime.block_on(rows(&pg, &table))?;
+                if loaded != bench.records {
+                    bail!("{name}: {loaded} rows for {} records", bench.records);
+                }
+                timing
             }
         };
         let run = Run {

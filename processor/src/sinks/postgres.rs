@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use sluice_crds::plugins::{PostgresSink as PostgresSpec, PostgresWriteMode};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Statement};
 
 use super::pg_batch::{Op, last_per_key, run_length, statement};
 pub use super::pg_connect::Credentials;
@@ -57,6 +57,28 @@ pub struct PostgresSink {
     in_transaction: bool,
     /// The position read (or last written) per partition: the compare-and-set's base.
     expected: HashMap<(Arc<str>, i32), i64>,
+    /// Statements prepared on this connection, by their text.
+    prepared: HashMap<String, Statement>,
+}
+
+/// Most statements kept prepared (one per set of fields a batch's records have).
+const MOST_PREPARED: usize = 64;
+
+/// `sql` prepared on `client`, from `cache` when it was before.
+async fn prepared(
+    client: &Client,
+    cache: &mut HashMap<String, Statement>,
+    sql: String,
+) -> Result<Statement, tokio_postgres::Error> {
+    if let Some(statement) = cache.get(&sql) {
+        return Ok(statement.clone());
+    }
+    let statement = client.prepare(&sql).await?;
+    if cache.len() >= MOST_PREPARED {
+        cache.clear();
+    }
+    cache.insert(sql, statement.clone());
+    Ok(statement)
 }
 
 /// Whether an error is the connection's (or passing), so the batch is tried again.
@@ -114,6 +136,7 @@ impl PostgresSink {
             table: None,
             in_transaction: false,
             expected: HashMap::new(),
+            prepared: HashMap::new(),
         }
     }
 
@@ -196,6 +219,7 @@ impl PostgresSink {
         }
         tracing::info!(host = %c.host, dbname = %c.dbname, table = %self.config.spec.table, "connected to PostgreSQL");
         self.client = Some(client);
+        self.prepared.clear();
         Ok(())
     }
 
@@ -214,19 +238,51 @@ impl PostgresSink {
         Ok(())
     }
 
-    /// Writes `ops` (one statement per run of the same kind and fields); when a run fails
-    /// for its data, record by record. Answers the refused records.
+    /// Writes `ops`, one statement per run of the same kind and fields. When a statement
+    /// fails for its data, the transaction is rolled back and the batch written again
+    /// carefully ([`Self::write_carefully`]). Answers the refused records.
     async fn write_ops(&mut self, ops: &[Op<'_>]) -> Result<Vec<Refused>, SinkError> {
+        let mut start = 0;
+        let mut failed = None;
+        while start < ops.len() {
+            let end = start + run_length(&ops[start..]);
+            if let Err(e) = self.execute(&ops[start..end]).await {
+                failed = Some(e);
+                break;
+            }
+            start = end;
+        }
+        match failed {
+            None => return Ok(Vec::new()),
+            Some(e) if data_error(&e) => {}
+            Some(e) => return Err(self.failure("cannot write", &e)),
+        }
+        if let Some(client) = self.client.as_ref()
+            && let Err(e) = client.batch_execute("ROLLBACK").await
+        {
+            return Err(self.failure("cannot roll back", &e));
+        }
+        self.in_transaction = false;
+        self.begin().await?;
+        self.write_carefully(ops).await
+    }
+
+    /// Writes `ops` run by run under a savepoint each; a run that fails for its data is
+    /// written again record by record, and the records PostgreSQL refuses are answered.
+    async fn write_carefully(&mut self, ops: &[Op<'_>]) -> Result<Vec<Refused>, SinkError> {
         let mut refused = Vec::new();
         let mut start = 0;
         while start < ops.len() {
             let end = start + run_length(&ops[start..]);
             let run = &ops[start..end];
-            match self.execute(run, "run").await {
+            match self.execute_under_savepoint(run, "run").await {
                 Ok(()) => {}
                 Err(e) if data_error(&e) && run.len() > 1 => {
                     for op in run {
-                        if let Err(e) = self.execute(std::slice::from_ref(op), "one").await {
+                        if let Err(e) = self
+                            .execute_under_savepoint(std::slice::from_ref(op), "one")
+                            .await
+                        {
                             if !data_error(&e) {
                                 return Err(self.failure("cannot write", &e));
                             }
@@ -248,12 +304,8 @@ impl PostgresSink {
         Ok(refused)
     }
 
-    /// Runs one statement for `run` under a savepoint (rolled back to on failure).
-    async fn execute(
-        &mut self,
-        run: &[Op<'_>],
-        savepoint: &str,
-    ) -> Result<(), tokio_postgres::Error> {
+    /// Runs the statement for `run` (prepared once per connection).
+    async fn execute(&mut self, run: &[Op<'_>]) -> Result<(), tokio_postgres::Error> {
         let (Some(client), Some(table)) = (self.client.as_ref(), self.table.as_ref()) else {
             return Ok(());
         };
@@ -261,11 +313,28 @@ impl PostgresSink {
         let Some(sql) = sql else {
             return Ok(());
         };
+        let statement = prepared(client, &mut self.prepared, sql).await?;
+        client.execute(&statement, &[&rows]).await.map(|_| ())
+    }
+
+    /// Runs the statement for `run` under a savepoint (rolled back to on failure).
+    async fn execute_under_savepoint(
+        &mut self,
+        run: &[Op<'_>],
+        savepoint: &str,
+    ) -> Result<(), tokio_postgres::Error> {
+        let Some(client) = self.client.as_ref() else {
+            return Ok(());
+        };
         client
             .batch_execute(&format!("SAVEPOINT {savepoint}"))
             .await?;
-        match client.execute(&sql, &[&rows]).await {
-            Ok(_) => {
+        let result = self.execute(run).await;
+        let Some(client) = self.client.as_ref() else {
+            return result;
+        };
+        match result {
+            Ok(()) => {
                 client
                     .batch_execute(&format!("RELEASE SAVEPOINT {savepoint}"))
                     .await

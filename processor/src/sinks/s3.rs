@@ -10,12 +10,14 @@
 //! offset, so they repeat too. Objects above [`MULTIPART_THRESHOLD`] go up in parts;
 //! an interrupted upload is aborted, and S3 shows nothing of it.
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
+use serde_json::value::RawValue;
 use sluice_crds::plugins::{ObjectFormat, S3Sink as S3Spec};
 
 use super::secret::SecretFiles;
@@ -117,8 +119,20 @@ fn objects(batch: &[SourceRecord], max_bytes: usize) -> (Vec<Object>, Vec<Refuse
         let Some(value) = &record.value else {
             continue;
         };
-        let line = match serde_json::from_slice::<serde_json::Value>(value) {
-            Ok(v) => v.to_string(),
+        // A value on one line goes as it is; one with line breaks (whitespace between
+        // tokens: JSON strings cannot hold them) is written out compact.
+        let line: Cow<'_, str> = match serde_json::from_slice::<&RawValue>(value) {
+            Ok(raw) if !raw.get().contains(['\n', '\r']) => Cow::Borrowed(raw.get()),
+            Ok(raw) => match serde_json::from_str::<serde_json::Value>(raw.get()) {
+                Ok(v) => Cow::Owned(v.to_string()),
+                Err(e) => {
+                    refused.push(Refused {
+                        index,
+                        error: format!("the value is not JSON: {e}"),
+                    });
+                    continue;
+                }
+            },
             Err(e) => {
                 refused.push(Refused {
                     index,
@@ -252,11 +266,15 @@ impl Sink for S3Sink {
         Promise::Idempotent
     }
 
-    /// The batch's objects are written at once (one request each, in parallel); the batch
-    /// is done when every one is.
+    /// The batch's objects are written at once (in parallel); the batch is done when
+    /// every one is. Each write runs to its end even when another fails, so no upload is
+    /// cut off half-way (a failed multipart upload aborts itself).
     async fn write(&mut self, batch: &[SourceRecord]) -> Result<Vec<Refused>, SinkError> {
         let (objects, refused) = objects(batch, self.max_bytes);
-        futures::future::try_join_all(objects.into_iter().map(|o| self.put(o))).await?;
+        let written = futures::future::join_all(objects.into_iter().map(|o| self.put(o))).await;
+        written
+            .into_iter()
+            .collect::<Result<Vec<()>, SinkError>>()?;
         Ok(refused)
     }
 }
@@ -315,10 +333,11 @@ mod tests {
                 (
                     0,
                     10,
-                    "{\"id\":1,\"region\":\"eu\"}\n{\"id\":3}\n".to_string()
+                    // A one-line value as it was; one with line breaks made compact.
+                    "{\"id\": 1,  \"region\": \"eu\"}\n{\"id\":3}\n".to_string()
                 ),
                 // The tombstone at 5 names the object: a replay from 5 writes the same.
-                (1, 5, "{\"id\":2}\n".to_string()),
+                (1, 5, "{\"id\": 2}\n".to_string()),
             ]
         );
         assert_eq!(refused.len(), 1);
