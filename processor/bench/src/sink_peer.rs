@@ -94,20 +94,19 @@ pub(crate) fn run(
     table: &str,
     mode: &str,
     batch: u64,
-    database: &tokio_postgres::Config,
+    database: &[(&'static str, String)],
     loaded: impl FnMut() -> anyhow::Result<u64>,
 ) -> anyhow::Result<Timing> {
     let dir = bench.dir.join(format!("connect-{table}"));
     std::fs::create_dir_all(&dir)?;
-    let host = match database.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        _ => bail!("DATABASE_URL names no TCP host"),
+    let key = |k: &str| {
+        database
+            .iter()
+            .find(|(name, _)| *name == k)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default()
     };
-    let port = database.get_ports().first().copied().unwrap_or(5432);
-    let password = database
-        .get_password()
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .unwrap_or_default();
+    let (host, port, password) = (key("host"), key("port"), key("password"));
     let rest = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -152,8 +151,8 @@ pub(crate) fn run(
              quote.identifiers=true\n\
              collection.name.format={table}\n\
              batch.size={batch}\n",
-            db = database.get_dbname().unwrap_or("postgres"),
-            user = database.get_user().unwrap_or("postgres"),
+            db = key("dbname"),
+            user = key("user"),
         ),
     )?;
     std::fs::write(

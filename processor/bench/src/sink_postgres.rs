@@ -69,7 +69,8 @@ pub(crate) fn bench(bench: &Bench) -> anyhow::Result<String> {
     let url = crate::e2e_var("DATABASE_URL")?;
     let dir = bench.dir.join("postgres-credentials");
     std::fs::create_dir_all(&dir)?;
-    for (k, v) in credentials(&url)? {
+    let database = credentials(&url)?;
+    for (k, v) in &database {
         std::fs::write(dir.join(k), v)?;
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -85,7 +86,6 @@ pub(crate) fn bench(bench: &Bench) -> anyhow::Result<String> {
     } else {
         None
     };
-    let database: tokio_postgres::Config = url.parse().context("DATABASE_URL")?;
     let mut runs = Vec::new();
     for (name, mode, who) in [
         ("ceiling insert", "insert", Who::Ceiling),
@@ -172,7 +172,7 @@ pub(crate) fn bench(bench: &Bench) -> anyhow::Result<String> {
                     serde_json::json!({"type": "sink", "topics": [bench.topic], "delivery": delivery,
                                        "postgres": postgres}),
                     Some(&dir),
-                    || bench.committed(&group),
+                    bench.committed(&group)?,
                 )?;
                 let loaded = runtime.block_on(rows(&pg, &table))?;
                 if loaded != bench.records {

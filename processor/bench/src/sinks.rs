@@ -148,27 +148,34 @@ impl Bench {
         Ok(consumer)
     }
 
-    /// Records of the topic that consumer group `group` has committed: a cheap count of
-    /// what a sink has loaded, for sinks that commit after the target (asking the target
-    /// itself, say `count(*)` every 20 ms, would load the very server being measured).
-    pub(crate) fn committed(&self, group: &str) -> anyhow::Result<u64> {
+    /// Counts the records of the topic that consumer group `group` has committed: a
+    /// cheap count of what a sink has loaded, for sinks that commit after the target
+    /// (asking the target itself, say `count(*)` every 20 ms, would load the very server
+    /// being measured). One client serves every count.
+    pub(crate) fn committed(
+        &self,
+        group: &str,
+    ) -> anyhow::Result<impl FnMut() -> anyhow::Result<u64> + use<>> {
         let consumer: BaseConsumer = client(&self.bootstrap)
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .create()?;
-        let mut tpl = TopicPartitionList::new();
+        let mut partitions = TopicPartitionList::new();
         for p in 0..self.partitions {
-            tpl.add_partition(&self.topic, p);
+            partitions.add_partition(&self.topic, p);
         }
-        let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
-        Ok(committed
-            .elements()
-            .iter()
-            .map(|e| match e.offset() {
-                Offset::Offset(o) => u64::try_from(o).unwrap_or(0),
-                _ => 0,
-            })
-            .sum())
+        Ok(move || {
+            let committed =
+                consumer.committed_offsets(partitions.clone(), Duration::from_secs(10))?;
+            Ok(committed
+                .elements()
+                .iter()
+                .map(|e| match e.offset() {
+                    Offset::Offset(o) => u64::try_from(o).unwrap_or(0),
+                    _ => 0,
+                })
+                .sum())
+        })
     }
 
     /// A ceiling's loop: reads every record of the topic in batches of `batch` (a
