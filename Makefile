@@ -107,4 +107,4 @@ bench:
 	$(CARGO) run --release -p sluice-operator --bin scaling-bench
 	$(CARGO) build --release -p sluice-processor --bin sluice-processor
 	$(CARGO) run --release -p sluice-bench
-	$(CARGO) run --release -p sluice-bench -- sinks
+	$(CARGO) run --release -p sluice-bench -- sinks --records 1000000 --rounds 3

@@ -200,6 +200,7 @@ pub struct Batch {
 /// `accessKeyId`, `secretAccessKey`, optional `sessionToken`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.parquet) || (has(self.format) && self.format == 'parquet')").message("s3.parquet sets the columns of format: parquet"))]
 pub struct S3Sink {
     /// The bucket.
     pub bucket: String,
@@ -219,6 +220,10 @@ pub struct S3Sink {
     /// `jsonl` or `parquet`.
     #[serde(default)]
     pub format: ObjectFormat,
+    /// The columns of `format: parquet`; without it, each object's columns are its
+    /// records' fields, typed from their values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parquet: Option<ParquetLayout>,
     /// When an object is written: at most so many records or bytes, or so long after its
     /// first record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -234,6 +239,46 @@ pub enum ObjectFormat {
     Jsonl,
     /// Apache Parquet.
     Parquet,
+}
+
+/// The columns of Parquet objects.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.columns.all(c, self.columns.exists_one(d, d.name == c.name))").message("s3.parquet.columns names each column once"))]
+pub struct ParquetLayout {
+    /// The columns, in order: each is the record's top-level field of the same name,
+    /// null when the field is missing or null. A value that does not fit its column's
+    /// type goes to the dead-letter topic; fields not named are not written.
+    #[schemars(length(min = 1, max = 256))]
+    pub columns: Vec<ParquetColumn>,
+}
+
+/// One column of a Parquet object.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ParquetColumn {
+    /// The record's field, and the column's name.
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+    /// `string`, `int64`, `double`, `boolean`, or `json` (any value, as JSON text).
+    #[serde(rename = "type")]
+    pub kind: ColumnType,
+}
+
+/// The type of a Parquet column, and the JSON values it takes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ColumnType {
+    /// A JSON string (UTF-8, logical type STRING).
+    String,
+    /// A JSON integer within 64 bits.
+    Int64,
+    /// Any JSON number, as a 64-bit float.
+    Double,
+    /// `true` or `false`.
+    Boolean,
+    /// Any JSON value, as its compact JSON text (logical type JSON).
+    Json,
 }
 
 /// When a sink writes an object.

@@ -1,7 +1,9 @@
 //! The native S3 sink against the environment's broker and MinIO: objects named by topic,
-//! partition and first offset, exact and without overlap after SIGKILLs of the sink; a
-//! value that is not JSON in the dead-letter topic while the rest are written; an object
-//! above the multipart threshold uploaded in parts.
+//! partition and first offset, exact and without overlap after SIGKILLs of the sink, as
+//! JSON lines and as Parquet; a value that is not JSON in the dead-letter topic while the
+//! rest are written; an object above the multipart threshold uploaded in parts; Parquet
+//! columns typed from the records or configured, a record that does not fit them
+//! dead-lettered.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -11,7 +13,9 @@ use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
-use serde_json::json;
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::record::Field;
+use serde_json::{Value, json};
 use sluice_e2e::cluster::unique;
 use sluice_e2e::env::TestEnv;
 use sluice_e2e::kafka;
@@ -68,7 +72,10 @@ struct Written {
     topic: String,
     partition: i32,
     first_offset: i64,
+    /// Its records as JSON lines (a Parquet row as an object of its columns).
     lines: Vec<String>,
+    /// A Parquet object's columns and their types (`INT64`, `String`, ...).
+    columns: Vec<(String, String)>,
 }
 
 impl Lake {
@@ -90,7 +97,7 @@ impl Lake {
         let mut out = Vec::new();
         for meta in listed {
             let name = meta.location.to_string();
-            let (topic, partition, first_offset) = parse_name(&self.tag, &name)
+            let (topic, partition, first_offset, ext) = parse_name(&self.tag, &name)
                 .unwrap_or_else(|| panic!("an object name out of the pattern: {name}"));
             let body = self
                 .store
@@ -100,16 +107,23 @@ impl Lake {
                 .bytes()
                 .await
                 .unwrap();
-            let lines = String::from_utf8(body.to_vec())
-                .unwrap()
-                .lines()
-                .map(str::to_string)
-                .collect();
+            let (lines, columns) = match ext.as_str() {
+                "parquet" => parquet_rows(body),
+                _ => (
+                    String::from_utf8(body.to_vec())
+                        .unwrap()
+                        .lines()
+                        .map(str::to_string)
+                        .collect(),
+                    Vec::new(),
+                ),
+            };
             out.push(Written {
                 topic,
                 partition,
                 first_offset,
                 lines,
+                columns,
             });
         }
         out.sort_by_key(|w| (w.partition, w.first_offset));
@@ -121,12 +135,54 @@ impl Lake {
     }
 }
 
-/// `<tag>/<topic>/partition=<p>/<topic>+<p>+<20 digits>.jsonl` as (topic, p, offset).
-fn parse_name(tag: &str, name: &str) -> Option<(String, i32, i64)> {
+/// A Parquet object's rows as JSON objects of their columns, and its columns' types.
+fn parquet_rows(body: bytes::Bytes) -> (Vec<String>, Vec<(String, String)>) {
+    let reader = SerializedFileReader::new(body).unwrap();
+    let columns = reader
+        .metadata()
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .map(|c| {
+            let t = match c.logical_type_ref() {
+                Some(l) => format!("{l:?}"),
+                None => c.physical_type().to_string(),
+            };
+            (c.name().to_string(), t)
+        })
+        .collect();
+    let rows = reader
+        .get_row_iter(None)
+        .unwrap()
+        .map(|row| {
+            let row = row.unwrap();
+            let mut object = serde_json::Map::new();
+            for (name, field) in row.get_column_iter() {
+                let value = match field {
+                    Field::Null => Value::Null,
+                    Field::Bool(b) => json!(b),
+                    Field::Long(n) => json!(n),
+                    Field::Double(x) => json!(x),
+                    Field::Str(s) => json!(s),
+                    other => panic!("a column type the sink does not write: {other:?}"),
+                };
+                object.insert(name.clone(), value);
+            }
+            Value::Object(object).to_string()
+        })
+        .collect();
+    (rows, columns)
+}
+
+/// `<tag>/<topic>/partition=<p>/<topic>+<p>+<20 digits>.<jsonl|parquet>` as (topic, p,
+/// offset, extension).
+fn parse_name(tag: &str, name: &str) -> Option<(String, i32, i64, String)> {
     let rest = name.strip_prefix(&format!("{tag}/"))?;
     let (topic, rest) = rest.split_once("/partition=")?;
     let (partition, file) = rest.split_once('/')?;
-    let stem = file.strip_suffix(".jsonl")?;
+    let (stem, ext) = file.rsplit_once('.')?;
+    ["jsonl", "parquet"].contains(&ext).then_some(())?;
     let expected = format!("{topic}+{partition}+");
     let digits = stem.strip_prefix(&expected)?;
     (digits.len() == 20).then_some(())?;
@@ -134,12 +190,37 @@ fn parse_name(tag: &str, name: &str) -> Option<(String, i32, i64)> {
         topic.to_string(),
         partition.parse().ok()?,
         digits.parse().ok()?,
+        ext.to_string(),
     ))
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn objects_are_exact_and_never_overlap_across_sigkills() {
-    let lake = lake("s3sink-eo");
+    exact_across_sigkills("s3sink-eo", json!({})).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parquet_objects_are_exact_and_never_overlap_across_sigkills() {
+    let objects = exact_across_sigkills("s3sink-pq", json!({"format": "parquet"})).await;
+    // Columns typed from the orders: totals like -5.0 are doubles.
+    assert_eq!(
+        objects[0].columns,
+        vec![
+            ("orderId".to_string(), "String".to_string()),
+            ("region".to_string(), "String".to_string()),
+            ("total".to_string(), "DOUBLE".to_string()),
+        ]
+    );
+}
+
+/// Writes 3,000 orders from 3 partitions with the `s3` settings of `extra`, SIGKILLing
+/// the sink twice; checks each order is in exactly one object and that the objects tile
+/// each partition's log. Answers the objects.
+async fn exact_across_sigkills(prefix: &str, extra: serde_json::Value) -> Vec<Written> {
+    let mut lake = lake(prefix);
+    if let (Some(s3), Some(e)) = (lake.s3.as_object_mut(), extra.as_object()) {
+        s3.extend(e.clone());
+    }
     create_topics(&lake.bootstrap, &[(&lake.tag, 3)]).await;
     // The binary is built (when it is not yet) before the input starts to flow.
     processor_bin();
@@ -189,6 +270,18 @@ async fn objects_are_exact_and_never_overlap_across_sigkills() {
         *expected += w.lines.len() as i64;
     }
     assert_eq!(next.values().sum::<i64>(), n as i64);
+    // Each order as it was produced (a Parquet row compared as JSON).
+    let (produced, _, _) = orders(0, n);
+    let produced: BTreeMap<String, Value> = produced
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::from_str(&v).unwrap()))
+        .collect();
+    for line in objects.iter().flat_map(|w| &w.lines) {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let id = v["orderId"].as_str().unwrap();
+        assert_eq!(&v, &produced[id], "order {id} as it was produced");
+    }
+    objects
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -232,6 +325,68 @@ async fn a_value_that_is_not_json_is_dead_lettered_and_a_large_object_goes_up_in
         d.headers["sluice.sink.error"].contains("not JSON"),
         "{:?}",
         d.headers
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parquet_columns_are_as_configured_and_a_record_that_does_not_fit_is_dead_lettered() {
+    let mut lake = lake("s3sink-pqcols");
+    let dlq = format!("{}-dlq", lake.tag);
+    create_topics(&lake.bootstrap, &[(&lake.tag, 1), (&dlq, 1)]).await;
+    lake.s3["format"] = json!("parquet");
+    lake.s3["parquet"] = json!({"columns": [
+        {"name": "orderId", "type": "string"}, {"name": "qty", "type": "int64"},
+        {"name": "total", "type": "double"}, {"name": "items", "type": "json"}]});
+    let manifest = lake.sink(
+        json!({"records": 100, "interval": "1s"}),
+        json!({"deadLetter": {"topic": dlq}}),
+    );
+    let order = |i: usize| {
+        json!({"orderId": format!("o-{i}"), "qty": i, "total": i as f64 / 2.0,
+               "items": [{"sku": "a"}], "note": "not a column"})
+    };
+    let mut records: Vec<(String, String)> = (0..20)
+        .map(|i| (format!("o-{i}"), order(i).to_string()))
+        .collect();
+    let misfit = json!({"orderId": "bad", "qty": "seven"}).to_string();
+    records.insert(7, ("bad".to_string(), misfit.clone()));
+    produce(&lake.bootstrap, &lake.tag, &records).await;
+    let mut sink = SinkProcess::start(&lake.bootstrap, &manifest, &lake.credentials, &lake.tag);
+    sink.wait_until("rows missing", 20, || lake.lines()).await;
+    sink.signal("-TERM");
+    let objects = lake.objects().await;
+    assert_eq!(objects.len(), 1, "one object for the flush");
+    let column = |n: &str, t: &str| (n.to_string(), t.to_string());
+    assert_eq!(
+        objects[0].columns,
+        vec![
+            column("orderId", "String"),
+            column("qty", "INT64"),
+            column("total", "DOUBLE"),
+            column("items", "Json"),
+        ]
+    );
+    let rows: Vec<Value> = objects[0]
+        .lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let expected: Vec<Value> = (0..20)
+        .map(|i| {
+            json!({"orderId": format!("o-{i}"), "qty": i, "total": i as f64 / 2.0,
+                   "items": "[{\"sku\":\"a\"}]"})
+        })
+        .collect();
+    assert_eq!(rows, expected);
+    let dead = kafka::read_all(&lake.bootstrap, &dlq, Duration::from_secs(3), WAIT).unwrap();
+    assert_eq!(dead.len(), 1);
+    let d = &dead[0];
+    assert_eq!(d.value.as_deref(), Some(misfit.as_str()));
+    assert_eq!(d.headers["sluice.source.offset"], "7");
+    let error = &d.headers["sluice.sink.error"];
+    assert!(
+        error.contains("\"qty\"") && error.contains("type int64"),
+        "{error}"
     );
 }
 

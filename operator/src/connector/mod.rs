@@ -165,11 +165,11 @@ impl ConnectorController {
                 .map_err(Error::kube("read the connector Deployment"))
         };
         let mut existing = read().await?;
-        let planned = if topics == TopicsCheck::Present {
-            native::replicas(connector)
-        } else {
-            0
-        };
+        let current = existing
+            .as_ref()
+            .and_then(|d| d.spec.as_ref())
+            .and_then(|s| s.replicas);
+        let planned = native::planned_replicas(connector, &topics, current);
         let (replicas, progress, decision) =
             self.size_sink(connector, reading, planned, existing.as_ref());
         let children = workload::children(

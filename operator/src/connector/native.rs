@@ -8,6 +8,7 @@ use kube::ResourceExt;
 use sluice_crds::connector::ConnectorState;
 use sluice_crds::{Connector, ConnectorSpec, contract};
 
+use super::status::TopicsCheck;
 use crate::workload::{RenderError, Workload};
 
 /// Label every object of a native connector carries, with the Connector's name.
@@ -66,6 +67,20 @@ pub fn replicas(c: &Connector) -> i32 {
     }
 }
 
+/// Replicas to run before a sink's lag is weighed, given what Kafka said of the
+/// connector's `topics`: [`replicas`] when they all exist, none while one is missing,
+/// and while Kafka cannot be asked the size the Deployment already has (`current`, none
+/// when there is no Deployment yet), so a broker outage stops no running connector; a
+/// stopped connector runs none whatever Kafka says.
+pub fn planned_replicas(c: &Connector, topics: &TopicsCheck, current: Option<i32>) -> i32 {
+    match topics {
+        TopicsCheck::Present => replicas(c),
+        TopicsCheck::Missing(_) => 0,
+        TopicsCheck::Unknown(_) if replicas(c) == 0 => 0,
+        TopicsCheck::Unknown(_) => current.unwrap_or(0),
+    }
+}
+
 /// What the connector's Deployment reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rollout {
@@ -112,6 +127,24 @@ mod tests {
                      "generator": {"template": {"n": "i"}, "rate": "5/s"}}
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_broker_that_does_not_answer_leaves_a_running_connector_at_its_size() {
+        let running = generator("running");
+        let unknown = TopicsCheck::Unknown("timed out".into());
+        assert_eq!(planned_replicas(&running, &unknown, Some(3)), 3);
+        assert_eq!(planned_replicas(&running, &unknown, None), 0);
+        assert_eq!(
+            planned_replicas(&generator("stopped"), &unknown, Some(1)),
+            0
+        );
+        assert_eq!(
+            planned_replicas(&running, &TopicsCheck::Present, Some(3)),
+            1
+        );
+        let missing = TopicsCheck::Missing(vec!["orders".into()]);
+        assert_eq!(planned_replicas(&running, &missing, Some(1)), 0);
     }
 
     #[test]

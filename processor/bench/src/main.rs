@@ -103,6 +103,10 @@ enum Mode {
         /// Leave out the peer (Debezium's JDBC sink in a Connect worker).
         #[arg(long)]
         skip_peer: bool,
+        /// Rounds of every comparison (the peer runs in the first only); the report gives
+        /// medians, and each round's ratios.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
     },
     /// The engine's cost per record, without Kafka.
     Engine {
@@ -201,6 +205,7 @@ fn main() -> anyhow::Result<()> {
             partitions,
             only,
             skip_peer,
+            rounds,
         }) => {
             let processor = std::env::current_exe()?.with_file_name("sluice-processor");
             return sinks::sinks(
@@ -210,6 +215,7 @@ fn main() -> anyhow::Result<()> {
                 partitions,
                 &only,
                 !skip_peer,
+                rounds,
             );
         }
         None => {}

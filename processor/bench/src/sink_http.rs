@@ -14,7 +14,7 @@ use axum::routing::post;
 use rdkafka::message::Message;
 use serde_json::value::RawValue;
 
-use crate::sinks::{Bench, Run, progress, section};
+use crate::sinks::{Bench, Run, Section, progress};
 
 /// What the receiver has been sent.
 #[derive(Default)]
@@ -53,7 +53,7 @@ fn receiver(received: Arc<Received>) -> anyhow::Result<String> {
 }
 
 /// The comparison, as a report section.
-pub(crate) fn bench(bench: &Bench) -> anyhow::Result<String> {
+pub(crate) fn bench(bench: &Bench) -> anyhow::Result<Section> {
     let received = Arc::new(Received::default());
     let url = receiver(received.clone())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -116,13 +116,21 @@ pub(crate) fn bench(bench: &Bench) -> anyhow::Result<String> {
         runs.push(sluice);
         received.records.store(0, Ordering::Relaxed);
     }
-    let mut text = section(
-        &format!(
+    let mut notes = String::new();
+    for (run, requests) in runs.iter().zip(requests) {
+        notes.push_str(&format!(
+            "  {:<34} {:>9.0} requests/s\n",
+            run.name,
+            requests as f64 / run.timing.elapsed.as_secs_f64()
+        ));
+    }
+    Ok(Section {
+        title: format!(
             "HTTP sink (a receiver in this process that counts), {} records:",
             bench.records
         ),
-        &runs,
-        &[
+        runs,
+        ratios: vec![
             (
                 "1 per request: sluice / ceiling",
                 "sluice, 1 per request",
@@ -134,13 +142,6 @@ pub(crate) fn bench(bench: &Bench) -> anyhow::Result<String> {
                 "ceiling, 100 per request",
             ),
         ],
-    );
-    for (run, requests) in runs.iter().zip(requests) {
-        text.push_str(&format!(
-            "  {:<34} {:>9.0} requests/s\n",
-            run.name,
-            requests as f64 / run.timing.elapsed.as_secs_f64()
-        ));
-    }
-    Ok(text)
+        notes,
+    })
 }

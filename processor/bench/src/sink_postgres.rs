@@ -6,7 +6,7 @@
 use anyhow::{Context as _, bail};
 use rdkafka::message::Message;
 
-use crate::sinks::{Bench, Run, progress, section};
+use crate::sinks::{Bench, Run, Section, progress};
 
 /// Records per batch, for the sink and the ceiling alike.
 const BATCH: u64 = 1000;
@@ -65,7 +65,7 @@ fn statement(table: &str, mode: &str) -> String {
 }
 
 /// The comparison, as a report section.
-pub(crate) fn bench(bench: &Bench) -> anyhow::Result<String> {
+pub(crate) fn bench(bench: &Bench) -> anyhow::Result<Section> {
     let url = crate::e2e_var("DATABASE_URL")?;
     let dir = bench.dir.join("postgres-credentials");
     std::fs::create_dir_all(&dir)?;
@@ -190,13 +190,14 @@ pub(crate) fn bench(bench: &Bench) -> anyhow::Result<String> {
         runs.push(run);
         runtime.block_on(pg.batch_execute(&format!("DROP TABLE {table}")))?;
     }
-    Ok(section(
-        &format!(
+    let notes = per_cpu_second(&runs);
+    Ok(Section {
+        title: format!(
             "PostgreSQL sink, {} records, batches of {BATCH}:",
             bench.records
         ),
-        &runs,
-        &[
+        runs,
+        ratios: vec![
             (
                 "insert exactlyOnce / ceiling",
                 "sluice insert exactlyOnce",
@@ -223,7 +224,8 @@ pub(crate) fn bench(bench: &Bench) -> anyhow::Result<String> {
                 "debezium jdbc upsert",
             ),
         ],
-    ) + &per_cpu_second(&runs))
+        notes,
+    })
 }
 
 /// Who writes the table in a run.

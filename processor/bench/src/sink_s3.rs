@@ -1,6 +1,7 @@
 //! The S3 sink against its ceiling: a bare loop that puts the same objects with
 //! object_store into the environment's MinIO (per batch, one JSON-lines object per
-//! partition, named as the sink names them, put in parallel).
+//! partition, named as the sink names them, put in parallel). The sink runs twice: JSON
+//! lines (against the ceiling) and Parquet (against JSON lines).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use rdkafka::message::Message;
 
 use crate::e2e_var;
-use crate::sinks::{Bench, Run, progress, section};
+use crate::sinks::{Bench, Run, Section, progress};
 
 /// Records per flush, for the sink and the ceiling alike.
 const FLUSH: u64 = 10_000;
@@ -36,7 +37,7 @@ async fn listed(store: &AmazonS3, prefix: &str) -> anyhow::Result<(u64, u64)> {
 }
 
 /// The comparison, as a report section.
-pub(crate) fn bench(bench: &Bench) -> anyhow::Result<String> {
+pub(crate) fn bench(bench: &Bench) -> anyhow::Result<Section> {
     let store = Arc::new(store()?);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -105,23 +106,50 @@ pub(crate) fn bench(bench: &Bench) -> anyhow::Result<String> {
     runs.push(sluice);
     let (objects, in_store) =
         runtime.block_on(listed(&store, &format!("{}/sluice/", bench.run)))?;
-    let mut text = section(
-        &format!(
+
+    // The same sink writing Parquet (columns typed from the records): loaded as far as
+    // its group committed, which it does after the objects are in the store.
+    let name = "s3-parquet";
+    let spec = serde_json::json!({"type": "sink", "topics": [bench.topic], "s3": {
+        "bucket": e2e_var("S3_BUCKET")?, "prefix": format!("{}/parquet/", bench.run),
+        "endpoint": e2e_var("S3_ENDPOINT")?, "pathStyle": true, "region": e2e_var("S3_REGION")?,
+        "format": "parquet", "flush": {"records": FLUSH, "interval": "1s"}}});
+    let group = sluice_crds::contract::connector_group_id("bench", name);
+    let timing = bench.sluice(name, spec, Some(&credentials), bench.committed(&group)?)?;
+    let parquet = Run {
+        name: "sluice s3 sink, parquet".to_string(),
+        timing,
+        records: bench.records,
+    };
+    progress(&parquet);
+    runs.push(parquet);
+    let (_, parquet_bytes) =
+        runtime.block_on(listed(&store, &format!("{}/parquet/", bench.run)))?;
+    let seconds = runs[1].timing.elapsed.as_secs_f64();
+    let notes = format!(
+        "  sluice wrote {objects} objects, {in_store} bytes ({:.1} MB/s); the ceiling {bytes} bytes; parquet {parquet_bytes} bytes\n",
+        in_store as f64 / seconds / 1e6
+    );
+    let section = Section {
+        title: format!(
             "S3 sink (MinIO), {} records, flushes of {FLUSH}:",
             bench.records
         ),
-        &runs,
-        &[(
-            "sluice / ceiling",
-            "sluice s3 sink",
-            "ceiling (object_store put)",
-        )],
-    );
-    let seconds = runs[1].timing.elapsed.as_secs_f64();
-    text.push_str(&format!(
-        "  sluice wrote {objects} objects, {in_store} bytes ({:.1} MB/s); the ceiling {bytes} bytes\n",
-        in_store as f64 / seconds / 1e6
-    ));
+        runs,
+        ratios: vec![
+            (
+                "sluice / ceiling",
+                "sluice s3 sink",
+                "ceiling (object_store put)",
+            ),
+            (
+                "parquet / jsonl",
+                "sluice s3 sink, parquet",
+                "sluice s3 sink",
+            ),
+        ],
+        notes,
+    };
     // The bench's objects go: a run writes tens of megabytes.
     runtime.block_on(async {
         let prefix = ObjectPath::from(bench.run.as_str());
@@ -131,5 +159,5 @@ pub(crate) fn bench(bench: &Bench) -> anyhow::Result<String> {
         }
         anyhow::Ok(())
     })?;
-    Ok(text)
+    Ok(section)
 }

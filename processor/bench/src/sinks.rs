@@ -87,7 +87,8 @@ impl Run {
 }
 
 /// Runs the comparison of each target in `only`: `records` orders on `partitions`
-/// partitions.
+/// partitions, `rounds` times (the peer only in the first round). The report gives each
+/// run's median and each ratio's median over the rounds, with every round's ratio.
 pub fn sinks(
     bootstrap: &str,
     processor: &Path,
@@ -95,9 +96,10 @@ pub fn sinks(
     partitions: i32,
     only: &[Target],
     peer: bool,
+    rounds: usize,
 ) -> anyhow::Result<()> {
     let run = format!("sinkbench{}", std::process::id());
-    let bench = Bench {
+    let mut bench = Bench {
         bootstrap: bootstrap.to_string(),
         processor: processor.to_path_buf(),
         topic: format!("{run}-orders"),
@@ -109,27 +111,108 @@ pub fn sinks(
     };
     std::fs::create_dir_all(&bench.dir)?;
     eprintln!(
-        "sluice-bench sinks: {records} orders on {partitions} partitions ({})",
+        "sluice-bench sinks: {records} orders on {partitions} partitions ({}), {rounds} round(s)",
         bench.topic
     );
     create_topic(bootstrap, &bench.topic, partitions)?;
     produce(bootstrap, &bench.topic, 0, records, None, None)?;
     let all = [Target::Postgres, Target::S3, Target::Http];
     let targets = if only.is_empty() { &all[..] } else { only };
-    let mut report = Vec::new();
-    for target in targets {
-        report.push(match target {
-            Target::Postgres => crate::sink_postgres::bench(&bench)?,
-            Target::S3 => crate::sink_s3::bench(&bench)?,
-            Target::Http => crate::sink_http::bench(&bench)?,
-        });
+    // Per target, its section of each round.
+    let mut sections: Vec<Vec<Section>> = targets.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds.max(1) {
+        eprintln!("round {}", round + 1);
+        for (target, done) in targets.iter().zip(&mut sections) {
+            done.push(match target {
+                Target::Postgres => crate::sink_postgres::bench(&bench)?,
+                Target::S3 => crate::sink_s3::bench(&bench)?,
+                Target::Http => crate::sink_http::bench(&bench)?,
+            });
+        }
+        bench.peer = false;
     }
     let _ = crate::kafka::delete_run_topics(bootstrap, &bench.run);
     let _ = std::fs::remove_dir_all(&bench.dir);
-    for section in report {
-        println!("{section}");
+    for rounds in sections {
+        println!("{}", report(&rounds));
     }
     Ok(())
+}
+
+/// One sink's comparison in one round.
+pub(crate) struct Section {
+    /// What was compared.
+    pub(crate) title: String,
+    /// Each run of the round.
+    pub(crate) runs: Vec<Run>,
+    /// (label, run a, run b): the ratios of a to b to report.
+    pub(crate) ratios: Vec<(&'static str, &'static str, &'static str)>,
+    /// Further lines of the round (bytes written, requests/s, ...).
+    pub(crate) notes: String,
+}
+
+/// The median of `values` (the upper one of an even count); 0 for none.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// The rounds of one sink: each run with its median rate (and that run's usage), each
+/// ratio's median over the rounds and every round's value, then each round's notes.
+fn report(rounds: &[Section]) -> String {
+    let Some(first) = rounds.first() else {
+        return String::new();
+    };
+    let mut out = format!("{} ({} round(s); medians)\n", first.title, rounds.len());
+    let mut names: Vec<&str> = Vec::new();
+    for r in rounds.iter().flat_map(|s| &s.runs) {
+        if !names.contains(&r.name.as_str()) {
+            names.push(&r.name);
+        }
+    }
+    for name in names {
+        let mut runs: Vec<&Run> = rounds
+            .iter()
+            .flat_map(|s| &s.runs)
+            .filter(|r| r.name == name)
+            .collect();
+        runs.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+        let r = runs[runs.len() / 2];
+        out.push_str(&format!(
+            "  {:<34} {:>9.0} records/s ({:>9.0} once running){}\n",
+            r.name,
+            r.rate(),
+            r.running_rate(),
+            r.usage()
+        ));
+    }
+    for (label, a, b) in &first.ratios {
+        let mut whole = Vec::new();
+        let mut running = Vec::new();
+        for section in rounds {
+            let find = |n: &str| section.runs.iter().find(|r| r.name == n);
+            if let (Some(a), Some(b)) = (find(a), find(b)) {
+                whole.push(a.rate() / b.rate());
+                running.push(a.running_rate() / b.running_rate());
+            }
+        }
+        if whole.is_empty() {
+            continue;
+        }
+        let each: Vec<String> = whole.iter().map(|v| format!("{v:.2}")).collect();
+        out.push_str(&format!(
+            "  {label:<34} {:.2} ({:.2} once running); rounds: {}\n",
+            median(whole.clone()),
+            median(running),
+            each.join(" ")
+        ));
+    }
+    for (i, section) in rounds.iter().enumerate() {
+        if !section.notes.is_empty() {
+            out.push_str(&format!("  round {}:\n{}", i + 1, section.notes));
+        }
+    }
+    out
 }
 
 impl Bench {
@@ -304,29 +387,4 @@ pub(crate) fn progress(run: &Run) {
         run.rate(),
         run.running_rate()
     );
-}
-
-/// A section of the report: each run's rates, then `ratios` (name, run a, run b).
-pub(crate) fn section(title: &str, runs: &[Run], ratios: &[(&str, &str, &str)]) -> String {
-    let mut out = format!("{title}\n");
-    for r in runs {
-        out.push_str(&format!(
-            "  {:<34} {:>9.0} records/s ({:>9.0} once running){}\n",
-            r.name,
-            r.rate(),
-            r.running_rate(),
-            r.usage()
-        ));
-    }
-    let find = |n: &str| runs.iter().find(|r| r.name == n);
-    for (label, a, b) in ratios {
-        if let (Some(a), Some(b)) = (find(a), find(b)) {
-            out.push_str(&format!(
-                "  {label:<34} {:.2} ({:.2} once running)\n",
-                a.rate() / b.rate(),
-                a.running_rate() / b.running_rate()
-            ));
-        }
-    }
-    out
 }

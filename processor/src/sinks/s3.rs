@@ -1,6 +1,6 @@
 //! The S3 sink: each flush writes one object per partition (more when an object would
 //! pass `flush.bytes`), named by topic, partition and the offset of its first record:
-//! `<prefix><topic>/partition=<p>/<topic>+<p>+<first offset, 20 digits>.jsonl`.
+//! `<prefix><topic>/partition=<p>/<topic>+<p>+<first offset, 20 digits>.<jsonl|parquet>`.
 //!
 //! The pump commits the consumed offsets only after the objects are written, and every
 //! flush starts each partition at its committed offset, so a replay after a crash or a
@@ -14,12 +14,13 @@ use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use serde_json::value::RawValue;
 use sluice_crds::plugins::{ObjectFormat, S3Sink as S3Spec};
 
+use super::parquet::{self, Layout};
 use super::secret::SecretFiles;
 use crate::runtime::sink::{Promise, Refused, Sink, SinkError, SourceRecord};
 
@@ -80,22 +81,39 @@ pub fn parse_bytes(text: &str) -> Option<usize> {
 }
 
 /// The name of the object holding `topic`/`partition` from `first_offset`.
-pub fn object_name(prefix: &str, topic: &str, partition: i32, first_offset: i64) -> String {
-    format!("{prefix}{topic}/partition={partition}/{topic}+{partition}+{first_offset:020}.jsonl")
+pub fn object_name(
+    prefix: &str,
+    topic: &str,
+    partition: i32,
+    first_offset: i64,
+    format: ObjectFormat,
+) -> String {
+    let ext = match format {
+        ObjectFormat::Jsonl => "jsonl",
+        ObjectFormat::Parquet => "parquet",
+    };
+    format!("{prefix}{topic}/partition={partition}/{topic}+{partition}+{first_offset:020}.{ext}")
 }
 
-/// An object being filled: its name's first offset and its lines.
+/// An object being filled: its name's first offset, its records (their indices in the
+/// batch) and their size as JSON lines; for `jsonl`, the lines themselves.
 struct Object {
     topic: Arc<str>,
     partition: i32,
     first_offset: i64,
+    records: Vec<usize>,
+    size: usize,
     body: Vec<u8>,
 }
 
-/// The objects a batch makes: per partition, in the order of its records, the records'
-/// values as JSON lines, split where an object would pass `max_bytes`. Tombstones are
-/// skipped; a value that is not JSON is refused.
-fn objects(batch: &[SourceRecord], max_bytes: usize) -> (Vec<Object>, Vec<Refused>) {
+/// The objects a batch makes: per partition, in the order of its records, split where
+/// an object's records as JSON lines would pass `max_bytes` (for `jsonl`, with the lines
+/// in `body`). Tombstones are skipped; a value that is not JSON is refused.
+fn objects(
+    batch: &[SourceRecord],
+    max_bytes: usize,
+    format: ObjectFormat,
+) -> (Vec<Object>, Vec<Refused>) {
     let mut objects: Vec<Object> = Vec::new();
     // The object of each partition being filled: its index in `objects`.
     let mut open: Vec<((Arc<str>, i32), usize)> = Vec::new();
@@ -106,12 +124,7 @@ fn objects(batch: &[SourceRecord], max_bytes: usize) -> (Vec<Object>, Vec<Refuse
         let slot = match open.iter().position(|(k, _)| *k == key) {
             Some(slot) => slot,
             None => {
-                objects.push(Object {
-                    topic: o.topic.clone(),
-                    partition: o.partition,
-                    first_offset: o.offset,
-                    body: Vec::new(),
-                });
+                objects.push(Object::new(o));
                 open.push((key, objects.len() - 1));
                 open.len() - 1
             }
@@ -142,23 +155,34 @@ fn objects(batch: &[SourceRecord], max_bytes: usize) -> (Vec<Object>, Vec<Refuse
             }
         };
         let current = open[slot].1;
-        if !objects[current].body.is_empty()
-            && objects[current].body.len() + line.len() + 1 > max_bytes
-        {
-            objects.push(Object {
-                topic: o.topic.clone(),
-                partition: o.partition,
-                first_offset: o.offset,
-                body: Vec::new(),
-            });
+        if objects[current].size > 0 && objects[current].size + line.len() + 1 > max_bytes {
+            objects.push(Object::new(o));
             open[slot].1 = objects.len() - 1;
         }
-        let body = &mut objects[open[slot].1].body;
-        body.extend_from_slice(line.as_bytes());
-        body.push(b'\n');
+        let object = &mut objects[open[slot].1];
+        object.records.push(index);
+        object.size += line.len() + 1;
+        if format == ObjectFormat::Jsonl {
+            object.body.extend_from_slice(line.as_bytes());
+            object.body.push(b'\n');
+        }
     }
-    objects.retain(|o| !o.body.is_empty());
+    objects.retain(|o| !o.records.is_empty());
     (objects, refused)
+}
+
+impl Object {
+    /// An empty object starting at `origin`.
+    fn new(origin: &crate::runtime::ledger::Origin) -> Object {
+        Object {
+            topic: origin.topic.clone(),
+            partition: origin.partition,
+            first_offset: origin.offset,
+            records: Vec::new(),
+            size: 0,
+            body: Vec::new(),
+        }
+    }
 }
 
 /// What the sink is asked to do.
@@ -172,21 +196,26 @@ pub struct S3SinkConfig {
 
 /// An S3-compatible bucket as a [`Sink`].
 pub struct S3Sink {
-    store: AmazonS3,
+    store: Arc<dyn ObjectStore>,
     prefix: String,
     max_bytes: usize,
     bucket: String,
+    format: ObjectFormat,
+    /// The columns of Parquet objects.
+    layout: Layout,
 }
 
 impl S3Sink {
     /// The sink of `config`; refuses what this release cannot write.
     pub fn new(config: S3SinkConfig) -> Result<S3Sink, SinkError> {
         let spec = &config.spec;
-        if spec.format == ObjectFormat::Parquet {
+        if spec.parquet.is_some() && spec.format != ObjectFormat::Parquet {
             return Err(SinkError::Fatal(
-                "s3.format parquet is not written by this release: use format jsonl".into(),
+                "s3.parquet sets the columns of format: parquet, and the format is jsonl".into(),
             ));
         }
+        let layout = Layout::new(spec.parquet.as_ref().map(|p| p.columns.as_slice()))
+            .map_err(SinkError::Fatal)?;
         let max_bytes = match spec.flush.as_ref().and_then(|f| f.bytes.as_deref()) {
             Some(text) => parse_bytes(text).filter(|n| *n > 0).ok_or_else(|| {
                 SinkError::Fatal(format!("s3.flush.bytes {text:?} is not a size like 64Mi"))
@@ -211,10 +240,12 @@ impl S3Sink {
             .build()
             .map_err(|e| SinkError::Fatal(format!("the s3 settings: {e}")))?;
         Ok(S3Sink {
-            store,
+            store: Arc::new(store),
             prefix: spec.prefix.clone().unwrap_or_default(),
             max_bytes,
             bucket: spec.bucket.clone(),
+            format: spec.format,
+            layout,
         })
     }
 
@@ -225,6 +256,7 @@ impl S3Sink {
             &object.topic,
             object.partition,
             object.first_offset,
+            self.format,
         );
         let path = ObjectPath::from(name.as_str());
         let failed = |e: object_store::Error| self.error(&name, e);
@@ -240,6 +272,37 @@ impl S3Sink {
         parts.put(object.body.into());
         parts.finish().await.map_err(failed)?;
         Ok(())
+    }
+
+    /// Each object's records as one Parquet file; records that do not fit the columns
+    /// join `refused`, and an object left without records is not written.
+    fn encode(
+        &self,
+        objects: Vec<Object>,
+        batch: &[SourceRecord],
+        refused: &mut Vec<Refused>,
+    ) -> Result<Vec<Object>, SinkError> {
+        let mut encoded = Vec::with_capacity(objects.len());
+        for mut object in objects {
+            let values = object
+                .records
+                .iter()
+                .filter_map(|&i| batch[i].value.as_deref().map(|v| (i, v)));
+            let file = parquet::encode(values, &self.layout).map_err(|e| {
+                SinkError::Fatal(format!("encoding Parquet for {}: {e}", object.topic))
+            })?;
+            refused.extend(
+                file.refused
+                    .into_iter()
+                    .map(|(index, error)| Refused { index, error }),
+            );
+            if file.rows > 0 {
+                object.body = file.body;
+                encoded.push(object);
+            }
+        }
+        refused.sort_by_key(|r| r.index);
+        Ok(encoded)
     }
 
     /// What a store error means for the pump: settings that cannot work stop the sink;
@@ -270,7 +333,10 @@ impl Sink for S3Sink {
     /// every one is. Each write runs to its end even when another fails, so no upload is
     /// cut off half-way (a failed multipart upload aborts itself).
     async fn write(&mut self, batch: &[SourceRecord]) -> Result<Vec<Refused>, SinkError> {
-        let (objects, refused) = objects(batch, self.max_bytes);
+        let (mut objects, mut refused) = objects(batch, self.max_bytes, self.format);
+        if self.format == ObjectFormat::Parquet {
+            objects = self.encode(objects, batch, &mut refused)?;
+        }
         let written = futures::future::join_all(objects.into_iter().map(|o| self.put(o))).await;
         written
             .into_iter()
@@ -291,10 +357,15 @@ mod tests {
     #[test]
     fn names_sort_by_offset_within_a_partition() {
         assert_eq!(
-            object_name("lake/", "orders", 2, 1234),
+            object_name("lake/", "orders", 2, 1234, ObjectFormat::Jsonl),
             "lake/orders/partition=2/orders+2+00000000000000001234.jsonl"
         );
-        assert!(object_name("", "t", 0, 99) < object_name("", "t", 0, 100));
+        assert_eq!(
+            object_name("", "orders", 0, 7, ObjectFormat::Parquet),
+            "orders/partition=0/orders+0+00000000000000000007.parquet"
+        );
+        let name = |offset| object_name("", "t", 0, offset, ObjectFormat::Jsonl);
+        assert!(name(99) < name(100));
     }
 
     #[test]
@@ -316,7 +387,7 @@ mod tests {
             record(0, 11, Some("not json")),
             record(0, 12, Some("{\n \"id\": 3\n}")),
         ];
-        let (objects, refused) = objects(&batch, DEFAULT_OBJECT_BYTES);
+        let (objects, refused) = objects(&batch, DEFAULT_OBJECT_BYTES, ObjectFormat::Jsonl);
         let seen: Vec<(i32, i64, String)> = objects
             .iter()
             .map(|o| {
@@ -355,20 +426,135 @@ mod tests {
             .map(|i| record(0, 100 + i, Some(r#"{"n":12345}"#)))
             .collect();
         // Each line is 12 bytes: 3 lines fit in 40.
-        let (first, _) = objects(&batch, 40);
+        let (first, _) = objects(&batch, 40, ObjectFormat::Jsonl);
         let starts: Vec<i64> = first.iter().map(|o| o.first_offset).collect();
         assert_eq!(starts, vec![100, 103, 106, 109]);
         assert!(first.iter().all(|o| o.body.len() <= 40));
+        // Parquet objects split where the same records as JSON lines would.
+        let (parquet, _) = objects(&batch, 40, ObjectFormat::Parquet);
+        let records: Vec<Vec<usize>> = parquet.iter().map(|o| o.records.clone()).collect();
+        assert_eq!(
+            records,
+            vec![vec![0, 1, 2], vec![3, 4, 5], vec![6, 7, 8], vec![9]]
+        );
+        assert!(parquet.iter().all(|o| o.body.is_empty()));
         // A replay from the same offset with fewer records (the flush came earlier)
         // makes the same objects up to where it stops.
-        let (replay, _) = objects(&batch[..7], 40);
+        let (replay, _) = objects(&batch[..7], 40, ObjectFormat::Jsonl);
         let starts: Vec<i64> = replay.iter().map(|o| o.first_offset).collect();
         assert_eq!(starts, vec![100, 103, 106]);
         assert_eq!(replay[0].body, first[0].body);
     }
 
+    /// A store that fails every put to a partition-1 object at once and completes the
+    /// others only after a while, in memory.
+    #[derive(Debug)]
+    struct OnePartitionFails(object_store::memory::InMemory);
+
+    impl std::fmt::Display for OnePartitionFails {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "OnePartitionFails")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for OnePartitionFails {
+        async fn put_opts(
+            &self,
+            location: &ObjectPath,
+            payload: PutPayload,
+            opts: object_store::PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            if location.as_ref().contains("partition=1/") {
+                return Err(object_store::Error::Generic {
+                    store: "test",
+                    source: "connection reset".into(),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            self.0.put_opts(location, payload, opts).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &ObjectPath,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.0.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(
+            &self,
+            location: &ObjectPath,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.0.get_opts(location, options).await
+        }
+        fn delete_stream(
+            &self,
+            locations: futures::stream::BoxStream<'static, object_store::Result<ObjectPath>>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<ObjectPath>> {
+            self.0.delete_stream(locations)
+        }
+        fn list(
+            &self,
+            prefix: Option<&ObjectPath>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+        {
+            self.0.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&ObjectPath>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.0.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(
+            &self,
+            from: &ObjectPath,
+            to: &ObjectPath,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.0.copy_opts(from, to, options).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_put_leaves_the_flushs_other_puts_to_finish() {
+        let store = Arc::new(OnePartitionFails(object_store::memory::InMemory::new()));
+        let mut sink = S3Sink {
+            store: store.clone(),
+            prefix: String::new(),
+            max_bytes: DEFAULT_OBJECT_BYTES,
+            bucket: "lake".into(),
+            format: ObjectFormat::Jsonl,
+            layout: Layout::Inferred,
+        };
+        let batch = vec![
+            record(0, 0, Some(r#"{"id": 1}"#)),
+            record(1, 0, Some(r#"{"id": 2}"#)),
+            record(2, 0, Some(r#"{"id": 3}"#)),
+        ];
+        let err = sink.write(&batch).await.unwrap_err();
+        assert!(
+            matches!(&err, SinkError::Unavailable(m) if m.contains("partition=1")),
+            "{err:?}"
+        );
+        // The puts of partitions 0 and 2 ran to their end although 1 failed first.
+        for p in [0, 2] {
+            let name = object_name("", "orders", p, 0, ObjectFormat::Jsonl);
+            let body = store
+                .0
+                .get(&ObjectPath::from(name.as_str()))
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            assert_eq!(body.as_ref(), format!("{{\"id\": {}}}\n", p + 1).as_bytes());
+        }
+    }
+
     #[test]
-    fn parquet_and_a_bad_size_are_refused_by_name() {
+    fn parquet_columns_without_parquet_and_a_bad_size_are_refused_by_name() {
         let spec = |extra: serde_json::Value| -> S3Spec {
             let mut v = serde_json::json!({"bucket": "lake"});
             v.as_object_mut()
@@ -387,10 +573,25 @@ mod tests {
                 credentials: credentials.clone(),
             })
         };
-        let err = sink(spec(serde_json::json!({"format": "parquet"})))
+        let columns = serde_json::json!({"columns": [{"name": "id", "type": "int64"}]});
+        let err = sink(spec(serde_json::json!({"parquet": columns})))
             .err()
             .unwrap();
-        assert!(err.to_string().contains("parquet"), "{err}");
+        assert!(err.to_string().contains("s3.parquet"), "{err}");
+        assert!(
+            sink(spec(
+                serde_json::json!({"format": "parquet", "parquet": columns})
+            ))
+            .is_ok()
+        );
+        let twice = serde_json::json!({"columns": [{"name": "id", "type": "int64"},
+                                                   {"name": "id", "type": "string"}]});
+        let err = sink(spec(
+            serde_json::json!({"format": "parquet", "parquet": twice}),
+        ))
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("twice"), "{err}");
         let err = sink(spec(serde_json::json!({"flush": {"bytes": "lots"}})))
             .err()
             .unwrap();
