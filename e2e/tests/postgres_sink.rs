@@ -236,6 +236,12 @@ async fn upserts_delete_on_tombstones_and_a_refused_row_goes_to_the_dead_letter_
     assert!(why.contains("invalid input syntax"), "{why}");
     assert_eq!(d.headers["sluice.step"], "postgres");
     assert_eq!(d.headers["sluice.source.offset"], "4");
+    // The two runs before ap's were written, rolled back, and written again.
+    let log = sink.log_text();
+    assert!(
+        log.contains("written again run by run") && log.contains("runs_written=2"),
+        "{log}"
+    );
 }
 
 /// Stops the environment's PostgreSQL (a fast shutdown: clients are cut off) and starts

@@ -1,5 +1,7 @@
 //! `sluice-operator`: the Sluice Kubernetes operator.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -13,7 +15,11 @@ async fn main() {
             .with_env_filter(filter)
             .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        // Colours only on a terminal: `kubectl logs` shows plain text.
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::stdout().is_terminal())
+            .init();
     }
     if let Err(err) = sluice_operator::run(args).await {
         tracing::error!(%err, "sluice-operator stopped");

@@ -243,6 +243,7 @@ impl PostgresSink {
     /// carefully ([`Self::write_carefully`]). Answers the refused records.
     async fn write_ops(&mut self, ops: &[Op<'_>]) -> Result<Vec<Refused>, SinkError> {
         let mut start = 0;
+        let mut runs_written = 0;
         let mut failed = None;
         while start < ops.len() {
             let end = start + run_length(&ops[start..]);
@@ -250,11 +251,17 @@ impl PostgresSink {
                 failed = Some(e);
                 break;
             }
+            runs_written += 1;
             start = end;
         }
         match failed {
             None => return Ok(Vec::new()),
-            Some(e) if data_error(&e) => {}
+            Some(e) if data_error(&e) => tracing::info!(
+                error = %message(&e),
+                records = ops.len(),
+                runs_written,
+                "a statement failed for its data: the batch is written again run by run"
+            ),
             Some(e) => return Err(self.failure("cannot write", &e)),
         }
         if let Some(client) = self.client.as_ref()
