@@ -22,13 +22,28 @@ impl SinkProcess {
     /// Starts a replica of the sink in `manifest`, its credentials read from `credentials`
     /// (one file per key), logging to `<tag>.log`.
     pub fn start(bootstrap: &str, manifest: &Path, credentials: &Path, tag: &str) -> SinkProcess {
+        Self::start_serving(bootstrap, manifest, credentials, tag, None)
+    }
+
+    /// [`Self::start`], serving `/metrics` (and the probes) on `listen` when given.
+    pub fn start_serving(
+        bootstrap: &str,
+        manifest: &Path,
+        credentials: &Path,
+        tag: &str,
+        listen: Option<std::net::SocketAddr>,
+    ) -> SinkProcess {
         let log = log_dir().join(format!("{tag}.log"));
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .unwrap();
-        let child = Command::new(processor_bin())
+        let mut command = Command::new(processor_bin());
+        if let Some(addr) = listen {
+            command.env(sluice_crds::contract::env::HTTP_ADDR, addr.to_string());
+        }
+        let child = command
             .args(["run", "-f"])
             .arg(manifest)
             .args(["--bootstrap", bootstrap])

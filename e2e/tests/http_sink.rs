@@ -129,10 +129,34 @@ async fn refused_requests_are_retried_and_a_bad_record_is_dead_lettered_with_the
         ),
     );
     produce(&bootstrap, &tag, &records).await;
-    let mut sink = SinkProcess::start(&bootstrap, &manifest, &credentials, &tag);
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut sink = SinkProcess::start_serving(
+        &bootstrap,
+        &manifest,
+        &credentials,
+        &tag,
+        Some(metrics_addr),
+    );
     wait_taken(&seen, 40, &sink).await;
     let dead = kafka::read_all(&bootstrap, &dlq, Duration::from_secs(3), WAIT).unwrap();
+    let metrics = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     sink.signal("-TERM");
+    // The two requests sent again are counted.
+    let retries: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("sluice_sink_retries_total{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no sluice_sink_retries_total in {metrics}"));
+    assert!(retries >= 2.0, "retries counted: {retries}\n{metrics}");
 
     let s = seen.lock().unwrap();
     assert_eq!(s.refused, 2, "the endpoint refused two requests");
