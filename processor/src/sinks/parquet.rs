@@ -61,7 +61,12 @@ pub struct Encoded {
     pub refused: Vec<(usize, String)>,
 }
 
-/// Encodes the JSON `values` (each with the caller's index) as one Parquet file.
+/// Most columns of an inferred layout: records keyed by data (ids as field names) would
+/// otherwise make a column per record.
+pub const MAX_INFERRED_COLUMNS: usize = 1024;
+
+/// Encodes the JSON `values` (each with the caller's index) as one Parquet file; fails
+/// when an inferred layout would pass [`MAX_INFERRED_COLUMNS`].
 pub fn encode<'a>(
     values: impl IntoIterator<Item = (usize, &'a [u8])>,
     layout: &Layout,
@@ -78,6 +83,13 @@ pub fn encode<'a>(
         Layout::Configured(columns) => columns.iter().map(|c| (c.name.clone(), c.kind)).collect(),
         Layout::Inferred => infer(rows.iter().map(|(_, f)| f)),
     };
+    if columns.len() > MAX_INFERRED_COLUMNS {
+        return Err(ParquetError::General(format!(
+            "the records have {} distinct top-level fields, more than the {MAX_INFERRED_COLUMNS} \
+             columns an inferred layout takes: name the columns in s3.parquet.columns",
+            columns.len()
+        )));
+    }
     let mut kept: Vec<&Fields<'a>> = Vec::with_capacity(rows.len());
     for (index, fields) in &rows {
         // An inferred layout fits every row; a configured one may not.
@@ -522,6 +534,19 @@ mod tests {
             "{:?}",
             encoded.refused
         );
+    }
+
+    #[test]
+    fn records_keyed_by_data_are_refused_an_inferred_layout_of_too_many_columns() {
+        let values: Vec<String> = (0..=MAX_INFERRED_COLUMNS)
+            .map(|i| format!(r#"{{"id-{i}": 1}}"#))
+            .collect();
+        let err = encode(
+            values.iter().enumerate().map(|(i, v)| (i, v.as_bytes())),
+            &Layout::Inferred,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("s3.parquet.columns"), "{err}");
     }
 
     #[test]
