@@ -103,7 +103,8 @@ pub(crate) fn bench(bench: &Bench) -> anyhow::Result<Section> {
         let before = received.requests.load(Ordering::Relaxed);
         let spec = serde_json::json!({"type": "sink", "topics": [bench.topic], "http": {
             "url": url, "batch": {"records": per_request, "interval": "100ms"}}});
-        let timing = bench.sluice(&format!("http{per_request}"), spec, None, || {
+        let name = format!("http{per_request}-r{}", bench.round);
+        let timing = bench.sluice(&name, spec, None, || {
             Ok(received.records.load(Ordering::Relaxed))
         })?;
         requests.push(received.requests.load(Ordering::Relaxed) - before);

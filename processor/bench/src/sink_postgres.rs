@@ -116,7 +116,7 @@ pub(crate) fn bench(bench: &Bench) -> anyhow::Result<Section> {
         if who == Who::Peer && peer.is_none() {
             continue;
         }
-        let table = format!("{}_{}", bench.run, runs.len());
+        let table = format!("{}_r{}_{}", bench.run, bench.round, runs.len());
         runtime.block_on(pg.batch_execute(&format!(
             "CREATE TABLE {table} (\"orderId\" text PRIMARY KEY, region text, total numeric, items integer)"
         )))?;

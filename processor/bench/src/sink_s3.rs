@@ -88,15 +88,20 @@ pub(crate) fn bench(bench: &Bench) -> anyhow::Result<Section> {
         "bucket": e2e_var("S3_BUCKET")?, "prefix": prefix, "endpoint": e2e_var("S3_ENDPOINT")?,
         "pathStyle": true, "region": e2e_var("S3_REGION")?,
         "flush": {"records": FLUSH, "interval": "1s"}}});
-    let timing = bench.sluice("s3", spec, Some(&credentials), || {
-        // Records in by bytes: every record of this data set is one line.
-        let (_, in_store) = runtime.block_on(listed(&store, &prefix))?;
-        Ok(if in_store >= bytes {
-            bench.records
-        } else {
-            u64::from(in_store > 0)
-        })
-    })?;
+    let timing = bench.sluice(
+        &format!("s3-r{}", bench.round),
+        spec,
+        Some(&credentials),
+        || {
+            // Records in by bytes: every record of this data set is one line.
+            let (_, in_store) = runtime.block_on(listed(&store, &prefix))?;
+            Ok(if in_store >= bytes {
+                bench.records
+            } else {
+                u64::from(in_store > 0)
+            })
+        },
+    )?;
     let sluice = Run {
         name: "sluice s3 sink".to_string(),
         timing,
@@ -109,7 +114,7 @@ pub(crate) fn bench(bench: &Bench) -> anyhow::Result<Section> {
 
     // The same sink writing Parquet (columns typed from the records): loaded as far as
     // its group committed, which it does after the objects are in the store.
-    let name = "s3-parquet";
+    let name = &format!("s3-parquet-r{}", bench.round);
     let spec = serde_json::json!({"type": "sink", "topics": [bench.topic], "s3": {
         "bucket": e2e_var("S3_BUCKET")?, "prefix": format!("{}/parquet/", bench.run),
         "endpoint": e2e_var("S3_ENDPOINT")?, "pathStyle": true, "region": e2e_var("S3_REGION")?,

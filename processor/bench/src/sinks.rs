@@ -42,6 +42,9 @@ pub(crate) struct Bench {
     pub(crate) run: String,
     /// Run the peers too (Debezium's JDBC sink).
     pub(crate) peer: bool,
+    /// The round being run: part of every sink's name, so each round's consumer groups
+    /// and stored positions are new.
+    pub(crate) round: usize,
 }
 
 /// When one run's records arrived.
@@ -108,6 +111,7 @@ pub fn sinks(
         dir: std::env::temp_dir().join(&run),
         run,
         peer,
+        round: 0,
     };
     std::fs::create_dir_all(&bench.dir)?;
     eprintln!(
@@ -122,6 +126,7 @@ pub fn sinks(
     let mut sections: Vec<Vec<Section>> = targets.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds.max(1) {
         eprintln!("round {}", round + 1);
+        bench.round = round;
         for (target, done) in targets.iter().zip(&mut sections) {
             done.push(match target {
                 Target::Postgres => crate::sink_postgres::bench(&bench)?,
