@@ -231,10 +231,11 @@ const SINK_BACKLOG: usize = 15_000;
 #[tokio::test]
 async fn a_postgres_sink_with_scaling_scales_out_on_its_backlog_and_loads_each_record_once() {
     let f = fixture("native-pg-scale").await;
-    // Each row costs the database 2 ms (a trigger), so one replica loads at most about
-    // 500 rows a second on any machine: the 15,000 orders need 30 s, far beyond the 2 s
-    // lag target, and the autoscaler stops at the 3 partitions.
-    let (pg, table) = orders_table(&f, Some("PERFORM pg_sleep(0.002)")).await;
+    // Each row costs the database 5 ms (a trigger), so one replica loads at most about
+    // 200 rows a second on any machine: the 15,000 orders need 75 s, far beyond the 2 s
+    // lag target, and the autoscaler stops at the 3 partitions. (At 2 ms a row, two
+    // replicas on a slow machine drained the backlog before the step from 2 to 3.)
+    let (pg, table) = orders_table(&f, Some("PERFORM pg_sleep(0.005)")).await;
     f.topics(&[("orders", 3)]).await;
     let (records, _, _) = orders(0, SINK_BACKLOG);
     f.produce("orders", &records).await;
