@@ -241,20 +241,22 @@ fn text_of(raw: &RawValue, kind: ColumnType) -> Option<ByteArray> {
         (Kind::Str, ColumnType::String) => serde_json::from_str::<String>(raw.get())
             .ok()
             .map(|s| ByteArray::from(s.into_bytes())),
-        (_, ColumnType::Json) => Some(ByteArray::from(compact(raw).into_bytes())),
+        (_, ColumnType::Json) => Some(ByteArray::from(one_line(raw).into_owned().into_bytes())),
         _ => None,
     }
 }
 
-/// The value's JSON text on one line: as it was written, unless it spans lines.
-fn compact(raw: &RawValue) -> String {
+/// The value's JSON text on one line: as it was written, unless it spans lines (only
+/// whitespace between tokens can: JSON strings hold no line breaks), then compact.
+pub(super) fn one_line(raw: &RawValue) -> Cow<'_, str> {
     let text = raw.get();
     if !text.contains(['\n', '\r']) {
-        return text.to_string();
+        return Cow::Borrowed(text);
     }
-    serde_json::from_str::<serde_json::Value>(text)
-        .map(|v| v.to_string())
-        .unwrap_or_else(|_| text.to_string())
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(v) => Cow::Owned(v.to_string()),
+        Err(_) => Cow::Borrowed(text),
+    }
 }
 
 /// One Parquet file of `rows` in `columns`.

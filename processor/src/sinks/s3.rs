@@ -132,20 +132,9 @@ fn objects(
         let Some(value) = &record.value else {
             continue;
         };
-        // A value on one line goes as it is; one with line breaks (whitespace between
-        // tokens: JSON strings cannot hold them) is written out compact.
+        // A value on one line goes as it is; one with line breaks is written compact.
         let line: Cow<'_, str> = match serde_json::from_slice::<&RawValue>(value) {
-            Ok(raw) if !raw.get().contains(['\n', '\r']) => Cow::Borrowed(raw.get()),
-            Ok(raw) => match serde_json::from_str::<serde_json::Value>(raw.get()) {
-                Ok(v) => Cow::Owned(v.to_string()),
-                Err(e) => {
-                    refused.push(Refused {
-                        index,
-                        error: format!("the value is not JSON: {e}"),
-                    });
-                    continue;
-                }
-            },
+            Ok(raw) => parquet::one_line(raw),
             Err(e) => {
                 refused.push(Refused {
                     index,
