@@ -8,11 +8,19 @@
 //! - other sinks run `atLeastOnce`: the source's offsets are committed once the batch is
 //!   durable in the sink.
 //!
+//! While the sink writes and commits a batch, the pump reads the next one from the
+//! source ([`Ahead`]), so the target's time and the source's overlap; it holds at most
+//! two batches.
+//!
 //! A target that cannot be reached (or a replica that took over the partitions) makes
 //! the pump drop the batch, wait with a growing backoff, and read again from the last
-//! commit: memory stays bounded and nothing is lost.
+//! commit: memory stays bounded and nothing is lost. So does a new assignment while
+//! records are in hand: they may be of partitions given up, or read before a partition
+//! given back was sought to its last commit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -31,6 +39,10 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long one poll of the source waits for a record.
 const POLL: Duration = Duration::from_millis(100);
+/// Records read ahead at a time before the sink's work is looked at again.
+const READ_AHEAD_STEP: usize = 64;
+/// The pause of reading ahead when the source has nothing.
+const READ_AHEAD_IDLE: Duration = Duration::from_millis(1);
 
 /// How the pump batches.
 #[derive(Debug, Clone)]
@@ -118,11 +130,99 @@ struct Running<'p, S, K> {
     batch: Vec<SourceRecord>,
     /// Bytes of keys and values in `batch`.
     batch_bytes: usize,
+    /// Records read but not yet taken into the batch.
+    ahead: Ahead,
     /// Transactional sinks: the next offset the sink holds per partition; records below
     /// it are already written.
     stored: HashMap<(Arc<str>, i32), i64>,
     assigned: Vec<(Arc<str>, i32)>,
     backoff: Duration,
+}
+
+/// Bytes of a record's key and value.
+fn record_bytes(record: &SourceRecord) -> usize {
+    record.key.as_ref().map_or(0, Vec::len) + record.value.as_ref().map_or(0, Vec::len)
+}
+
+/// Records read from the source and not yet taken: the next batch, read while the sink
+/// works on the last one.
+#[derive(Default)]
+struct Ahead {
+    records: VecDeque<SourceRecord>,
+    bytes: usize,
+}
+
+impl Ahead {
+    /// Reads one record, waiting at most `timeout`; answers whether one came.
+    fn read(&mut self, source: &mut impl Source, timeout: Duration) -> bool {
+        match source.next(timeout) {
+            Some(Ok(record)) => {
+                self.bytes += record_bytes(&record);
+                self.records.push_back(record);
+                true
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "source error");
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn pop(&mut self) -> Option<SourceRecord> {
+        let record = self.records.pop_front()?;
+        self.bytes -= record_bytes(&record);
+        Some(record)
+    }
+
+    fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    fn clear(&mut self) {
+        self.records.clear();
+        self.bytes = 0;
+    }
+
+    /// Whether a whole batch is read ahead.
+    fn full(&self, options: &PumpOptions) -> bool {
+        self.records.len() >= options.batch_records
+            || options.batch_bytes.is_some_and(|most| self.bytes >= most)
+    }
+
+    /// Reads ahead until a batch is full, yielding between steps; never ends by itself.
+    async fn fill(&mut self, source: &mut impl Source, options: &PumpOptions) -> Infallible {
+        loop {
+            let mut read = 0;
+            while read < READ_AHEAD_STEP && !self.full(options) && self.read(source, Duration::ZERO)
+            {
+                read += 1;
+            }
+            if self.full(options) {
+                return std::future::pending().await;
+            }
+            if read == 0 {
+                tokio::time::sleep(READ_AHEAD_IDLE).await;
+            } else {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
+
+/// Runs `work` (the sink writing or committing a batch) to its end while `ahead` reads
+/// the next records from `source`.
+async fn reading_ahead<T>(
+    work: impl Future<Output = T>,
+    ahead: &mut Ahead,
+    source: &mut impl Source,
+    options: &PumpOptions,
+) -> T {
+    tokio::select! {
+        biased;
+        out = work => out,
+        never = ahead.fill(source, options) => match never {},
+    }
 }
 
 impl<S: Source, K: Sink> Pump<S, K> {
@@ -139,6 +239,7 @@ impl<S: Source, K: Sink> Pump<S, K> {
             ledger: Ledger::new(delivery, interval, Instant::now()),
             batch: Vec::new(),
             batch_bytes: 0,
+            ahead: Ahead::default(),
             stored: HashMap::new(),
             assigned: Vec::new(),
             backoff: FIRST_BACKOFF,
@@ -166,11 +267,13 @@ impl<S: Source, K: Sink> Running<'_, S, K> {
                     }
                 };
             }
+            if self.ahead.len() == 0 {
+                self.ahead.read(&mut self.pump.source, POLL);
+            }
+            // A record read in the poll that changed the assignment is in hand already.
             self.follow_assignment()?;
-            match self.pump.source.next(POLL) {
-                Some(Ok(record)) => self.take(record),
-                Some(Err(e)) => tracing::warn!(error = %e, "source error"),
-                None => {}
+            if let Some(record) = self.ahead.pop() {
+                self.take(record);
             }
             self.pump.status.beat();
             if self.batch.len() >= self.pump.options.batch_records
@@ -204,14 +307,15 @@ impl<S: Source, K: Sink> Running<'_, S, K> {
         }
         self.pump.metrics.records_in.inc();
         self.ledger.processed(origin.clone());
-        self.batch_bytes +=
-            record.key.as_ref().map_or(0, Vec::len) + record.value.as_ref().map_or(0, Vec::len);
+        self.batch_bytes += record_bytes(&record);
         self.batch.push(record);
     }
 
-    /// Follows a new assignment: a batch holding records of a partition given up is
-    /// dropped (its new owner reads them), and the sink's positions of the partitions
-    /// gained are read and sought to.
+    /// Follows a new assignment. Records in hand (the batch, and those read ahead) are
+    /// dropped and every partition is read again from its last commit: some may be of
+    /// partitions given up (their new owner reads them), and some may have been read
+    /// before a partition given back was sought to its last commit. With nothing in
+    /// hand, only the partitions gained are sought to the sink's positions.
     fn follow_assignment(&mut self) -> Result<(), PumpError> {
         let Some(assignment) = self.pump.source.assignment_changed()? else {
             return Ok(());
@@ -221,14 +325,6 @@ impl<S: Source, K: Sink> Running<'_, S, K> {
             .metrics
             .assigned_partitions
             .set(i64::try_from(assignment.len()).unwrap_or(0));
-        let lost = self.assigned.iter().any(|p| !assignment.contains(p));
-        if lost && !self.batch.is_empty() {
-            tracing::info!(
-                records = self.batch.len(),
-                "partitions given up: their records in the batch are left to the new owner"
-            );
-            self.discard();
-        }
         let gained: Vec<(Arc<str>, i32)> = assignment
             .iter()
             .filter(|p| !self.assigned.contains(p))
@@ -238,13 +334,35 @@ impl<S: Source, K: Sink> Running<'_, S, K> {
         self.ledger.assigned(assignment.clone());
         self.assigned = assignment;
         tracing::info!(partitions = self.assigned.len(), "assignment changed");
-        if !gained.is_empty() {
+        let held = self.batch.len() + self.ahead.len();
+        if held > 0 {
+            tracing::info!(
+                records = held,
+                "the records in hand are read again from the last commit under the new assignment"
+            );
+            self.discard();
+            while let Err(e) = self.read_again() {
+                self.wait_after(&Retry::Sink(e))?;
+            }
+        } else if !gained.is_empty() {
             while let Err(e) = self.reposition(&gained) {
                 self.wait_after(&Retry::Sink(e))?;
             }
         }
         self.pump.status.ready.store(true, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Reads every assigned partition again from the last commit: the source's committed
+    /// offsets, then the sink's positions where it stores them.
+    fn read_again(&mut self) -> Result<(), SinkError> {
+        self.pump
+            .source
+            .rewind()
+            .map_err(|e| SinkError::Unavailable(e.to_string()))?;
+        self.stored.clear();
+        let assigned = self.assigned.clone();
+        self.reposition(&assigned)
     }
 
     /// Transactional sinks: reads where the sink continues `partitions` and seeks there.
@@ -273,9 +391,20 @@ impl<S: Source, K: Sink> Running<'_, S, K> {
             return Ok(());
         }
         let started = Instant::now();
+        let Pump {
+            source,
+            sink,
+            options,
+            ..
+        } = &mut *self.pump;
         let refused = self
             .runtime
-            .block_on(self.pump.sink.write(&self.batch))
+            .block_on(reading_ahead(
+                sink.write(&self.batch),
+                &mut self.ahead,
+                source,
+                options,
+            ))
             .map_err(Retry::Sink)?;
         if !refused.is_empty() {
             let sink = self.pump.options.sink.clone();
@@ -315,8 +444,19 @@ impl<S: Source, K: Sink> Running<'_, S, K> {
             Commit::Nothing => return Ok(()),
             Commit::Transaction(offsets) | Commit::Offsets(offsets) => offsets,
         };
+        let Pump {
+            source,
+            sink,
+            options,
+            ..
+        } = &mut *self.pump;
         self.runtime
-            .block_on(self.pump.sink.commit(&offsets))
+            .block_on(reading_ahead(
+                sink.commit(&offsets),
+                &mut self.ahead,
+                source,
+                options,
+            ))
             .map_err(Retry::Sink)?;
         self.ledger.committed(Instant::now());
         self.pump
@@ -350,12 +490,14 @@ impl<S: Source, K: Sink> Running<'_, S, K> {
         self.batch_bytes = 0;
     }
 
-    /// Drops what was not committed: the sink aborts, the batch goes.
+    /// Drops what was not committed: the sink aborts, the batch and what was read ahead
+    /// go (the caller reads them again from the last commit).
     fn discard(&mut self) {
         self.runtime.block_on(self.pump.sink.abort());
         self.ledger.discard(Instant::now());
         self.batch.clear();
         self.batch_bytes = 0;
+        self.ahead.clear();
         self.pump.metrics.aborts.inc();
     }
 
@@ -369,14 +511,7 @@ impl<S: Source, K: Sink> Running<'_, S, K> {
         }
         loop {
             self.wait_after(&retry)?;
-            let rewound = self
-                .pump
-                .source
-                .rewind()
-                .map_err(|e| SinkError::Unavailable(e.to_string()));
-            self.stored.clear();
-            let assigned = self.assigned.clone();
-            match rewound.and_then(|()| self.reposition(&assigned)) {
+            match self.read_again() {
                 Ok(()) => return Ok(()),
                 Err(e) => tracing::warn!(error = %e, "cannot read the positions again"),
             }
@@ -402,3 +537,6 @@ impl<S: Source, K: Sink> Running<'_, S, K> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
