@@ -73,7 +73,6 @@ impl Operator {
         bootstrap: &str,
         extra: &[&str],
     ) -> Self {
-        let port = free_port();
         let logs = TestEnv::state_dir().join("logs");
         std::fs::create_dir_all(&logs).unwrap();
         let log = logs.join(format!("operator-{ns}-{identity}.log"));
@@ -82,6 +81,8 @@ impl Operator {
             .append(true)
             .open(&log)
             .unwrap();
+        // This start's lines follow what the log holds now.
+        let logged_before = out.metadata().map(|m| m.len()).unwrap_or(0);
         let err = out.try_clone().unwrap();
         let child = Command::new(operator_binary())
             .args([
@@ -101,8 +102,10 @@ impl Operator {
                 &format!("{}s", RESYNC.as_secs()),
                 "--kafka-timeout",
                 "5s",
+                // The operator binds a port of the system's choice and logs it: a port
+                // found free here could be taken before the operator binds it.
                 "--listen",
-                &format!("127.0.0.1:{port}"),
+                "127.0.0.1:0",
             ])
             .args(extra)
             .env("KUBECONFIG", env.var("KUBECONFIG"))
@@ -113,12 +116,39 @@ impl Operator {
             .kill_on_drop(true)
             .spawn()
             .expect("start sluice-operator");
-        Self {
+        let mut operator = Self {
             child,
-            port,
+            port: 0,
             identity: identity.to_string(),
             log,
+        };
+        operator.port = operator.bound_port(logged_before).await;
+        operator
+    }
+
+    /// The port this start's HTTP server bound, read from its log (0 when the operator
+    /// stopped before, or did not bind within a minute).
+    async fn bound_port(&mut self, logged_before: u64) -> u16 {
+        const LISTENING: &str = "HTTP server listening addr=";
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            let text = std::fs::read(&self.log).unwrap_or_default();
+            let start = usize::try_from(logged_before).unwrap_or(0).min(text.len());
+            let port = String::from_utf8_lossy(&text[start..])
+                .lines()
+                .find_map(|line| {
+                    let addr = line.split(LISTENING).nth(1)?.split_whitespace().next()?;
+                    addr.parse::<std::net::SocketAddr>().ok().map(|a| a.port())
+                });
+            if let Some(port) = port {
+                return port;
+            }
+            if self.child.try_wait().ok().flatten().is_some() {
+                return 0;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        0
     }
 
     /// The `/metrics` text (empty while the server is not up).

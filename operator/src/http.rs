@@ -56,6 +56,8 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
 /// Binds `addr` (so a taken port fails the start, not a background task).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    // The bound address: with port 0 the system chose one.
+    let addr = listener.local_addr()?;
     tracing::info!(%addr, "HTTP server listening");
     Ok(listener)
 }
