@@ -70,15 +70,16 @@ impl KafkaSource {
             topics: topics.iter().map(|t| Arc::from(t.as_str())).collect(),
         })
     }
+}
 
-    fn topic_arc(&mut self, topic: &str) -> Arc<str> {
-        if let Some(t) = self.topics.iter().find(|t| ***t == *topic) {
-            return t.clone();
-        }
-        let t: Arc<str> = Arc::from(topic);
-        self.topics.push(t.clone());
-        t
+/// The shared handle of `topic`'s name (made once per topic).
+fn topic_arc(topics: &mut Vec<Arc<str>>, topic: &str) -> Arc<str> {
+    if let Some(t) = topics.iter().find(|t| ***t == *topic) {
+        return t.clone();
     }
+    let t: Arc<str> = Arc::from(topic);
+    topics.push(t.clone());
+    t
 }
 
 /// `offsets` as a list to commit or seek to.
@@ -102,11 +103,11 @@ impl Source for KafkaSource {
         let value = m.payload().map(<[u8]>::to_vec);
         let headers = headers_of(&m);
         let timestamp = m.timestamp().to_millis();
-        let topic = m.topic().to_string();
+        let topic = topic_arc(&mut self.topics, m.topic());
         drop(m);
         Some(Ok(SourceRecord {
             origin: Origin {
-                topic: self.topic_arc(&topic),
+                topic,
                 partition,
                 offset,
             },
@@ -138,7 +139,7 @@ impl Source for KafkaSource {
         Ok(Some(
             names
                 .into_iter()
-                .map(|(t, p)| (self.topic_arc(&t), p))
+                .map(|(t, p)| (topic_arc(&mut self.topics, &t), p))
                 .collect(),
         ))
     }
