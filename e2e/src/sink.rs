@@ -16,22 +16,25 @@ const EXIT_WAIT: Duration = Duration::from_secs(120);
 pub struct SinkProcess {
     child: Child,
     log: PathBuf,
+    /// Where it serves `/metrics` and the probes, when asked to.
+    served: Option<String>,
 }
 
 impl SinkProcess {
     /// Starts a replica of the sink in `manifest`, its credentials read from `credentials`
     /// (one file per key), logging to `<tag>.log`.
     pub fn start(bootstrap: &str, manifest: &Path, credentials: &Path, tag: &str) -> SinkProcess {
-        Self::start_serving(bootstrap, manifest, credentials, tag, None)
+        Self::start_serving(bootstrap, manifest, credentials, tag, false)
     }
 
-    /// [`Self::start`], serving `/metrics` (and the probes) on `listen` when given.
+    /// [`Self::start`], serving `/metrics` (and the probes) on a port of the system's
+    /// choice when `serve` ([`Self::served`] says where).
     pub fn start_serving(
         bootstrap: &str,
         manifest: &Path,
         credentials: &Path,
         tag: &str,
-        listen: Option<std::net::SocketAddr>,
+        serve: bool,
     ) -> SinkProcess {
         let log = log_dir().join(format!("{tag}.log"));
         let out = std::fs::OpenOptions::new()
@@ -39,9 +42,10 @@ impl SinkProcess {
             .append(true)
             .open(&log)
             .unwrap();
+        let logged_before = out.metadata().map(|m| m.len()).unwrap_or(0);
         let mut command = Command::new(processor_bin());
-        if let Some(addr) = listen {
-            command.env(sluice_crds::contract::env::HTTP_ADDR, addr.to_string());
+        if serve {
+            command.env(sluice_crds::contract::env::HTTP_ADDR, "127.0.0.1:0");
         }
         let child = command
             .args(["run", "-f"])
@@ -57,7 +61,13 @@ impl SinkProcess {
             .stderr(out)
             .spawn()
             .unwrap();
-        SinkProcess { child, log }
+        let served = serve.then(|| crate::processor::served_addr(&log, logged_before));
+        SinkProcess { child, log, served }
+    }
+
+    /// Where the sink serves `/metrics` (started with `serve`).
+    pub fn served(&self) -> &str {
+        self.served.as_deref().expect("a sink started to serve")
     }
 
     /// Sends `sig` (`-KILL`, `-TERM`) and waits for the exit.

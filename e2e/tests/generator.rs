@@ -113,21 +113,18 @@ async fn connector_mode_generates_serves_probes_idles_when_paused_and_exits_zero
     };
     let config = log_dir().join(format!("{topic}.json"));
     let start_connector = |tag: &str| {
-        let addr = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().to_string()
-        };
         let log = log_dir().join(format!("{topic}-{tag}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(processor_bin())
             .args(["connector", "--config"])
             .arg(&config)
             .env("SLUICE_KAFKA_BOOTSTRAP", &bootstrap)
-            .env("SLUICE_HTTP_ADDR", &addr)
+            .env("SLUICE_HTTP_ADDR", "127.0.0.1:0")
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
             .unwrap();
+        let addr = served_addr(&log, 0);
         let p = Processor { child, log };
         let start = Instant::now();
         while http_get(&addr, "/readyz").map(|r| r.0) != Some(200) {

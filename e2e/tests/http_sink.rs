@@ -129,20 +129,10 @@ async fn refused_requests_are_retried_and_a_bad_record_is_dead_lettered_with_the
         ),
     );
     produce(&bootstrap, &tag, &records).await;
-    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let mut sink = SinkProcess::start_serving(
-        &bootstrap,
-        &manifest,
-        &credentials,
-        &tag,
-        Some(metrics_addr),
-    );
+    let mut sink = SinkProcess::start_serving(&bootstrap, &manifest, &credentials, &tag, true);
     wait_taken(&seen, 40, &sink).await;
     let dead = kafka::read_all(&bootstrap, &dlq, Duration::from_secs(3), WAIT).unwrap();
-    let metrics = reqwest::get(format!("http://{metrics_addr}/metrics"))
+    let metrics = reqwest::get(format!("http://{}/metrics", sink.served()))
         .await
         .unwrap()
         .text()

@@ -572,23 +572,20 @@ async fn pipeline_mode_serves_readiness_and_metrics_and_exits_zero_on_sigterm() 
             "deadLetter": {"topic": dlq},
         }),
     );
-    let addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().to_string()
-    };
     let log = log_dir().join(format!("{name}.log"));
     let out = std::fs::File::create(&log).unwrap();
     let child = Command::new(processor_bin())
         .args(["pipeline", "--config"])
         .arg(&config)
         .env("SLUICE_KAFKA_BOOTSTRAP", &bootstrap)
-        .env("SLUICE_HTTP_ADDR", &addr)
+        .env("SLUICE_HTTP_ADDR", "127.0.0.1:0")
         .env("SLUICE_LOG_FORMAT", "json")
         .env("POD_NAME", format!("{name}-0"))
         .stdout(out.try_clone().unwrap())
         .stderr(out)
         .spawn()
         .unwrap();
+    let addr = served_addr(&log, 0);
     let mut p = Processor { child, log };
     let start = Instant::now();
     loop {

@@ -203,6 +203,8 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<(), AppError> 
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| AppError::Http { addr, source })?;
+        // The bound address: with port 0 the system chose one.
+        let addr = listener.local_addr().unwrap_or(addr);
         let router = crate::http::router(metrics.clone(), status.clone());
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, router).await {

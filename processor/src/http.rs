@@ -69,6 +69,8 @@ pub async fn serve(
     status: Arc<Status>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    // The bound address: with port 0 the system chose one.
+    let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
     axum::serve(listener, router(metrics, status)).await
 }
