@@ -391,19 +391,14 @@ impl<S: Source, K: Sink> Running<'_, S, K> {
             return Ok(());
         }
         let started = Instant::now();
-        let Pump {
-            source,
-            sink,
-            options,
-            ..
-        } = &mut *self.pump;
+        let pump = &mut *self.pump;
         let refused = self
             .runtime
             .block_on(reading_ahead(
-                sink.write(&self.batch),
+                pump.sink.write(&self.batch),
                 &mut self.ahead,
-                source,
-                options,
+                &mut pump.source,
+                &pump.options,
             ))
             .map_err(Retry::Sink)?;
         if !refused.is_empty() {
@@ -444,18 +439,13 @@ impl<S: Source, K: Sink> Running<'_, S, K> {
             Commit::Nothing => return Ok(()),
             Commit::Transaction(offsets) | Commit::Offsets(offsets) => offsets,
         };
-        let Pump {
-            source,
-            sink,
-            options,
-            ..
-        } = &mut *self.pump;
+        let pump = &mut *self.pump;
         self.runtime
             .block_on(reading_ahead(
-                sink.commit(&offsets),
+                pump.sink.commit(&offsets),
                 &mut self.ahead,
-                source,
-                options,
+                &mut pump.source,
+                &pump.options,
             ))
             .map_err(Retry::Sink)?;
         self.ledger.committed(Instant::now());

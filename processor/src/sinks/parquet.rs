@@ -81,15 +81,19 @@ pub fn encode<'a>(
     }
     let columns: Vec<(String, ColumnType)> = match layout {
         Layout::Configured(columns) => columns.iter().map(|c| (c.name.clone(), c.kind)).collect(),
-        Layout::Inferred => infer(rows.iter().map(|(_, f)| f)),
+        Layout::Inferred => {
+            let inferred = infer(rows.iter().map(|(_, f)| f));
+            if inferred.len() > MAX_INFERRED_COLUMNS {
+                return Err(ParquetError::General(format!(
+                    "the records have {} distinct top-level fields, more than the \
+                     {MAX_INFERRED_COLUMNS} columns an inferred layout takes: name the columns \
+                     in s3.parquet.columns",
+                    inferred.len()
+                )));
+            }
+            inferred
+        }
     };
-    if columns.len() > MAX_INFERRED_COLUMNS {
-        return Err(ParquetError::General(format!(
-            "the records have {} distinct top-level fields, more than the {MAX_INFERRED_COLUMNS} \
-             columns an inferred layout takes: name the columns in s3.parquet.columns",
-            columns.len()
-        )));
-    }
     let mut kept: Vec<&Fields<'a>> = Vec::with_capacity(rows.len());
     for (index, fields) in &rows {
         // An inferred layout fits every row; a configured one may not.
