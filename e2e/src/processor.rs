@@ -347,41 +347,43 @@ pub fn seed_spec(input: &str, output: &str, dlq: &str) -> serde_json::Value {
 }
 
 /// A plain HTTP/1.0 GET: (status code, body).
-/// The address a processor started with `SLUICE_HTTP_ADDR=127.0.0.1:0` serves on, read
-/// from the lines of `log` past `logged_before` bytes (its own start's); fails after a
-/// minute. A port found free beforehand could be taken before the processor binds it.
+/// The address a server logged that it bound, in the lines of `log` past `logged_before`
+/// bytes (its own start's) that hold `marker`: text logs say `addr=127.0.0.1:1234`, JSON
+/// logs `"addr":"127.0.0.1:1234"`. A port of 0 (the address asked for) is not one.
+pub fn logged_addr(log: &Path, logged_before: u64, marker: &str) -> Option<std::net::SocketAddr> {
+    let text = std::fs::read(log).unwrap_or_default();
+    let from = usize::try_from(logged_before).unwrap_or(0).min(text.len());
+    String::from_utf8_lossy(&text[from..])
+        .lines()
+        .filter(|line| line.contains(marker))
+        .find_map(|line| {
+            let rest = line
+                .split("addr=")
+                .nth(1)
+                .or_else(|| line.split("\"addr\":\"").nth(1))?;
+            let addr: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                .collect();
+            addr.parse::<std::net::SocketAddr>()
+                .ok()
+                .filter(|a| a.port() != 0)
+        })
+}
+
+/// The address a processor started with `SLUICE_HTTP_ADDR=127.0.0.1:0` serves on, from
+/// its log ([`logged_addr`]); fails after a minute. A port found free beforehand could
+/// be taken before the processor binds it.
 pub fn served_addr(log: &Path, logged_before: u64) -> String {
-    const SERVING: &str = "serving /metrics";
     let start = Instant::now();
     loop {
-        let text = std::fs::read(log).unwrap_or_default();
-        let from = usize::try_from(logged_before).unwrap_or(0).min(text.len());
-        let found = String::from_utf8_lossy(&text[from..])
-            .lines()
-            .filter(|line| line.contains(SERVING))
-            .find_map(|line| {
-                // Text logs say addr=127.0.0.1:1234, JSON logs "addr":"127.0.0.1:1234".
-                let rest = line
-                    .split("addr=")
-                    .nth(1)
-                    .or_else(|| line.split("\"addr\":\"").nth(1))?;
-                let addr: String = rest
-                    .chars()
-                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-                    .collect();
-                addr.parse::<std::net::SocketAddr>()
-                    .ok()
-                    .filter(|a| a.port() != 0)
-                    .map(|a| a.to_string())
-            });
-        if let Some(addr) = found {
-            return addr;
+        if let Some(addr) = logged_addr(log, logged_before, "serving /metrics") {
+            return addr.to_string();
         }
         assert!(
             start.elapsed() < Duration::from_secs(60),
-            "the processor never said where it serves; log {}:\n{}",
-            log.display(),
-            String::from_utf8_lossy(&text[from..])
+            "the processor never said where it serves; log {}",
+            log.display()
         );
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -129,19 +129,12 @@ impl Operator {
     /// The port this start's HTTP server bound, read from its log (0 when the operator
     /// stopped before, or did not bind within a minute).
     async fn bound_port(&mut self, logged_before: u64) -> u16 {
-        const LISTENING: &str = "HTTP server listening addr=";
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while std::time::Instant::now() < deadline {
-            let text = std::fs::read(&self.log).unwrap_or_default();
-            let start = usize::try_from(logged_before).unwrap_or(0).min(text.len());
-            let port = String::from_utf8_lossy(&text[start..])
-                .lines()
-                .find_map(|line| {
-                    let addr = line.split(LISTENING).nth(1)?.split_whitespace().next()?;
-                    addr.parse::<std::net::SocketAddr>().ok().map(|a| a.port())
-                });
-            if let Some(port) = port {
-                return port;
+            let logged =
+                crate::processor::logged_addr(&self.log, logged_before, "HTTP server listening");
+            if let Some(addr) = logged {
+                return addr.port();
             }
             if self.child.try_wait().ok().flatten().is_some() {
                 return 0;
