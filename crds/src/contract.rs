@@ -56,6 +56,12 @@ pub fn connector_group_id(namespace: &str, name: &str) -> String {
     format!("sluice.connector.{namespace}.{name}")
 }
 
+/// The compacted topic where a native source Connector keeps its positions, written in
+/// the same Kafka transaction as its records.
+pub fn connector_positions_topic(namespace: &str, name: &str) -> String {
+    format!("{}.positions", connector_group_id(namespace, name))
+}
+
 /// The transactional id of one replica of a group: stable per replica, so a restarted
 /// replica fences its predecessor at once.
 pub fn transactional_id(group_id: &str, replica: &str) -> String {

@@ -15,3 +15,4 @@ pub mod logging;
 pub mod pace;
 pub mod runtime;
 pub mod sinks;
+pub mod sources;

@@ -198,13 +198,13 @@ fn main() {
                 let settings = settings(&kafka).unwrap_or_else(|e| fail(2, e));
                 let job = match connector::job(&text, &origin).unwrap_or_else(|e| fail(2, e)) {
                     connector::Job::Generator(job) => *job,
-                    sink @ connector::Job::Sink(_) => {
+                    other => {
                         let listen = listen.unwrap_or_else(|| ([127, 0, 0, 1], 0).into());
                         eprintln!(
-                            "sluice-processor: running sink connector {origin} from {}; Ctrl-C stops it",
+                            "sluice-processor: running connector {origin} with {}; Ctrl-C stops it",
                             settings.bootstrap
                         );
-                        match runtime.block_on(connector::serve(sink, settings, listen)) {
+                        match runtime.block_on(connector::serve(other, settings, listen)) {
                             Ok(()) => eprintln!("sluice-processor: stopped cleanly"),
                             Err(e) => fail(1, e),
                         }

@@ -1,8 +1,10 @@
 //! Native Connector manifests as `sluice-processor connector` and `run -f` take them:
-//! the generator (a source) and the PostgreSQL sink run here; the other native plugins
-//! are refused with a clear message until they exist.
+//! the generator and PostgreSQL change data capture (sources) and the PostgreSQL, S3 and
+//! HTTP sinks run here; the other native plugins are refused with a clear message until
+//! they exist.
 
 pub mod sink;
+pub mod source;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,7 +32,7 @@ pub enum ConnectorError {
     },
     /// A plugin this release does not run natively.
     #[error(
-        "{origin}: the {plugin} plugin does not run natively in this release; the generator (spec.generator) and the PostgreSQL, S3 and HTTP sinks (spec.postgres, spec.s3, spec.http) do, and any Kafka Connect connector runs through spec.kafkaConnect on a Connect cluster"
+        "{origin}: the {plugin} plugin does not run natively in this release; the generator (spec.generator), PostgreSQL change data capture (spec.postgresCdc) and the PostgreSQL, S3 and HTTP sinks (spec.postgres, spec.s3, spec.http) do, and any Kafka Connect connector runs through spec.kafkaConnect on a Connect cluster"
     )]
     NotRunnable {
         /// The file.
@@ -65,12 +67,17 @@ pub enum Job {
     Generator(Box<GeneratorJob>),
     /// A sink loads topics into a target.
     Sink(Box<sink::SinkJob>),
+    /// A source writes a system's changes into topics through the runtime.
+    Source(Box<source::SourceJob>),
 }
 
 /// Reads a `kind: Connector` manifest into the job it asks for.
 pub fn job(text: &str, origin: &str) -> Result<Job, ConnectorError> {
     if let Some(job) = sink::sink_job(text, origin)? {
         return Ok(Job::Sink(Box::new(job)));
+    }
+    if let Some(job) = source::source_job(text, origin)? {
+        return Ok(Job::Source(Box::new(job)));
     }
     generator_job(text, origin).map(|g| Job::Generator(Box::new(g)))
 }
@@ -85,6 +92,7 @@ pub async fn serve(
     match job {
         Job::Generator(job) => serve_generator(*job, settings, listen).await,
         Job::Sink(job) => sink::serve(*job, settings, listen).await,
+        Job::Source(job) => source::serve(*job, settings, listen).await,
     }
 }
 
@@ -203,6 +211,51 @@ pub(crate) fn start_replica(
     crate::app::spawn_signal_handler(status.clone());
     let server = tokio::spawn(crate::http::serve(listen, metrics.clone(), status.clone()));
     (status, metrics, server)
+}
+
+/// Runs a connector's pump (`pump`, on a blocking thread, with the replica's status and
+/// counters) until SIGTERM or a fatal error, serving `/metrics` and the probes on
+/// `listen`; `plugin` names the sink's counters.
+pub(crate) async fn serve_pump(
+    listen: SocketAddr,
+    connector: (&str, &str),
+    plugin: &'static str,
+    pump: impl FnOnce(
+        Arc<Status>,
+        crate::metrics::PipelineMetrics,
+        crate::metrics::SinkMetrics,
+    ) -> Result<(), crate::runtime::pump::PumpError>
+    + Send
+    + 'static,
+) -> Result<(), ConnectorError> {
+    let (namespace, name) = connector;
+    let (status, metrics, server) = start_replica(listen);
+    let origin = format!("connector {namespace}/{name}");
+    let counters = metrics.pipeline(name);
+    let sink_counters = metrics.sink(name, plugin);
+    let pumped = tokio::task::spawn_blocking(move || pump(status, counters, sink_counters)).await;
+    server.abort();
+    match pumped {
+        Ok(Ok(())) => {
+            tracing::info!(connector = %origin, "connector stopped");
+            Ok(())
+        }
+        Ok(Err(source)) => Err(ConnectorError::Sink { origin, source }),
+        Err(join) => Err(ConnectorError::Shape {
+            origin,
+            message: format!("the connector's thread ended abnormally: {join}"),
+        }),
+    }
+}
+
+/// Ready and idle until SIGTERM: a paused or stopped connector.
+pub(crate) fn idle_until_stopped(status: &Status, name: &str) {
+    tracing::info!(connector = %name, "paused: moving nothing");
+    status.ready.store(true, Ordering::Relaxed);
+    while !status.shutdown.load(Ordering::Relaxed) {
+        status.beat();
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Runs the generator until SIGTERM (idle when paused, and after its count).

@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use sluice_crds::connector::{ConnectorState, ConnectorType};
@@ -177,27 +176,15 @@ pub async fn serve(
     settings: KafkaSettings,
     listen: SocketAddr,
 ) -> Result<(), ConnectorError> {
-    let (status, metrics, server) = super::start_replica(listen);
-    let origin = format!("connector {}/{}", job.namespace, job.name);
-    let counters = metrics.pipeline(&job.name);
-    let sink_counters = metrics.sink(&job.name, job.target.name());
-    let pumped = tokio::task::spawn_blocking({
-        let status = status.clone();
-        move || pump(job, &settings, status, counters, sink_counters)
-    })
-    .await;
-    server.abort();
-    match pumped {
-        Ok(Ok(())) => {
-            tracing::info!(connector = %origin, "sink stopped");
-            Ok(())
-        }
-        Ok(Err(source)) => Err(ConnectorError::Sink { origin, source }),
-        Err(join) => Err(ConnectorError::Shape {
-            origin,
-            message: format!("the sink thread ended abnormally: {join}"),
-        }),
-    }
+    let (namespace, name) = (job.namespace.clone(), job.name.clone());
+    let plugin = job.target.name();
+    super::serve_pump(
+        listen,
+        (&namespace, &name),
+        plugin,
+        move |status, counters, sinks| pump(job, &settings, status, counters, sinks),
+    )
+    .await
 }
 
 /// Runs the pump of `job` on this thread until shutdown.
@@ -210,12 +197,7 @@ fn pump(
 ) -> Result<(), PumpError> {
     let fatal = |error: String| fatal(&job.target, error);
     if job.idle {
-        tracing::info!(connector = %job.name, "paused: reading nothing");
-        status.ready.store(true, Ordering::Relaxed);
-        while !status.shutdown.load(Ordering::Relaxed) {
-            status.beat();
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        super::idle_until_stopped(&status, &job.name);
         return Ok(());
     }
     let dir = std::env::var_os(contract::env::CREDENTIALS_DIR)

@@ -9,6 +9,7 @@ mod headers;
 mod lane;
 mod output;
 pub mod restore;
+pub mod sink;
 pub mod source;
 pub mod table;
 pub mod topics;

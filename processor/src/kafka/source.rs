@@ -115,6 +115,8 @@ impl Source for KafkaSource {
             value,
             headers,
             timestamp,
+            destination: None,
+            position: None,
         }))
     }
 

@@ -377,6 +377,11 @@ impl<S: Source, K: Sink> Running<'_, S, K> {
             .source
             .seek(&positions)
             .map_err(|e| SinkError::Unavailable(e.to_string()))?;
+        let own = self.pump.sink.source_positions();
+        self.pump
+            .source
+            .resume(&own)
+            .map_err(|e| SinkError::Unavailable(e.to_string()))?;
         for (t, p, next) in positions {
             self.stored.insert((t, p), next);
         }

@@ -34,6 +34,24 @@ pub struct SourceRecord {
     pub headers: Vec<(String, Vec<u8>)>,
     /// Its timestamp (ms since the epoch).
     pub timestamp: Option<i64>,
+    /// The topic a source names for the record (a CDC table's topic); a sink that writes
+    /// to Kafka writes it there, others ignore it.
+    pub destination: Option<Arc<str>>,
+    /// The source's own position after this record, when its offset alone cannot say it
+    /// (a change stream's LSNs): a sink that stores positions stores the last one beside
+    /// the offset, and gives it back to the source on start ([`Sink::source_positions`]).
+    pub position: Option<Arc<str>>,
+}
+
+/// A source's own position in one of its partitions, as a sink stored it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourcePosition {
+    /// The source partition.
+    pub topic: Arc<str>,
+    /// Its number.
+    pub partition: i32,
+    /// The position after the last committed record ([`SourceRecord::position`]).
+    pub position: Arc<str>,
 }
 
 /// A record of a batch the target refused for what it is: it goes to the dead-letter
@@ -91,6 +109,12 @@ pub trait Sink {
         std::future::ready(Ok(()))
     }
 
+    /// The sources' own positions read back by [`Sink::positions`], for the partitions
+    /// whose last committed record carried one ([`SourceRecord::position`]).
+    fn source_positions(&self) -> Vec<SourcePosition> {
+        Vec::new()
+    }
+
     /// Drops what was written since the last commit (by default nothing: what `write`
     /// wrote stays, and is written again on the replay).
     fn abort(&mut self) -> impl Future<Output = ()> {
@@ -111,5 +135,7 @@ pub fn test_record(topic: &str, partition: i32, offset: i64, value: Option<&str>
         value: value.map(|v| v.as_bytes().to_vec()),
         headers: Vec::new(),
         timestamp: None,
+        destination: None,
+        position: None,
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::ledger::Offsets;
-use super::sink::SourceRecord;
+use super::sink::{SourcePosition, SourceRecord};
 
 /// Partitions of a source: topic and partition.
 pub type Partitions = Vec<(Arc<str>, i32)>;
@@ -25,6 +25,14 @@ pub trait Source {
 
     /// Reads each partition named from the offset given next.
     fn seek(&mut self, positions: &Offsets) -> Result<(), SourceError>;
+
+    /// Continues from the source's own positions as the sink stored them (after
+    /// [`Source::seek`], with what [`crate::runtime::sink::Sink::source_positions`]
+    /// answers, possibly nothing); sources whose offsets say it all ignore it.
+    fn resume(&mut self, positions: &[SourcePosition]) -> Result<(), SourceError> {
+        let _ = positions;
+        Ok(())
+    }
 
     /// Reads every assigned partition again from its last committed offset.
     fn rewind(&mut self) -> Result<(), SourceError>;

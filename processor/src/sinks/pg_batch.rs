@@ -335,6 +335,8 @@ mod tests {
             value: value.map(|v| v.as_bytes().to_vec()),
             headers: vec![],
             timestamp: None,
+            destination: None,
+            position: None,
         }
     }
 

@@ -6,6 +6,7 @@ use std::path::Path;
 use native_tls::{Certificate, TlsConnector};
 use postgres_native_tls::MakeTlsConnector;
 use tokio_postgres::config::SslMode as WireMode;
+use tokio_postgres::{Client, NoTls};
 
 use super::secret::SecretFiles;
 use crate::runtime::sink::SinkError;
@@ -143,6 +144,108 @@ impl Credentials {
             .build()
             .map_err(|e| SinkError::Fatal(format!("cannot set up TLS: {e}")))?;
         Ok(Some(MakeTlsConnector::new(connector)))
+    }
+}
+
+/// Drives a connection until it closes, saying why when it fails.
+async fn watch<C: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: C) {
+    if let Err(e) = connection.await {
+        tracing::warn!(error = %e, "PostgreSQL connection closed");
+    }
+}
+
+/// The database's message for an error, with its code and detail, or the chain of causes
+/// (a TLS handshake: which certificate check failed).
+pub fn message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{} ({}): {detail}", db.message(), db.code().code()),
+            None => format!("{} ({})", db.message(), db.code().code()),
+        },
+        None => {
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                let more = c.to_string();
+                if !text.contains(&more) {
+                    text = format!("{text}: {more}");
+                }
+                cause = c.source();
+            }
+            text
+        }
+    }
+}
+
+impl Credentials {
+    /// Connects as `application_name` (the connection runs on a task of the current
+    /// runtime). A refused login or a certificate `sslmode` does not accept is fatal;
+    /// anything else may pass.
+    pub async fn connect(&self, application_name: &str) -> Result<Client, SinkError> {
+        let pg = self.config(application_name);
+        let refused = |e: tokio_postgres::Error| {
+            let text = format!(
+                "cannot connect to {}:{}/{}: {}",
+                self.host,
+                self.port,
+                self.dbname,
+                message(&e)
+            );
+            if e.code().is_some_and(|c| &c.code()[..2] == "28")
+                || std::error::Error::source(&e).is_some_and(|s| s.is::<native_tls::Error>())
+            {
+                SinkError::Fatal(text)
+            } else {
+                SinkError::Unavailable(text)
+            }
+        };
+        Ok(match self.tls()? {
+            None => {
+                let (client, connection) = pg.connect(NoTls).await.map_err(refused)?;
+                tokio::spawn(watch(connection));
+                client
+            }
+            Some(tls) => {
+                let (client, connection) = pg.connect(tls).await.map_err(refused)?;
+                tokio::spawn(watch(connection));
+                client
+            }
+        })
+    }
+
+    /// libpq's connection string for these settings, with `extra` (`replication=database`)
+    /// appended; `dir` is where the Secret's files are (`sslrootcert` is read from there).
+    pub fn conninfo(&self, application_name: &str, dir: &Path, extra: &str) -> String {
+        let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+        let mut parts = vec![
+            format!("host={}", quote(&self.host)),
+            format!("port={}", self.port),
+            format!("dbname={}", quote(&self.dbname)),
+            format!("user={}", quote(&self.user)),
+            format!("application_name={}", quote(application_name)),
+            "connect_timeout=10".to_string(),
+            format!(
+                "sslmode={}",
+                match self.sslmode {
+                    SslMode::Disable => "disable",
+                    SslMode::Prefer => "prefer",
+                    SslMode::Require => "require",
+                    SslMode::VerifyCa => "verify-ca",
+                    SslMode::VerifyFull => "verify-full",
+                }
+            ),
+        ];
+        if let Some(p) = &self.password {
+            parts.push(format!("password={}", quote(p)));
+        }
+        if self.root_cert.is_some() {
+            parts.push(format!(
+                "sslrootcert={}",
+                quote(&dir.join("sslrootcert").to_string_lossy())
+            ));
+        }
+        parts.push(extra.to_string());
+        parts.join(" ")
     }
 }
 

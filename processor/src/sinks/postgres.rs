@@ -16,10 +16,11 @@ use std::sync::Arc;
 
 use sluice_crds::plugins::{PostgresSink as PostgresSpec, PostgresWriteMode};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
 use super::pg_batch::{Op, last_per_key, run_length, statement};
 pub use super::pg_connect::Credentials;
+use super::pg_connect::message;
 use crate::runtime::ledger::Offsets;
 use crate::runtime::sink::{Promise, Refused, Sink, SinkError, SourceRecord};
 
@@ -97,36 +98,6 @@ fn data_error(e: &tokio_postgres::Error) -> bool {
         .is_some_and(|c| matches!(&c.code()[..2], "22" | "23") || *c == SqlState::DATATYPE_MISMATCH)
 }
 
-/// The database's message for an error.
-/// Drives a connection until it closes, saying why when it fails.
-async fn watch<C: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: C) {
-    if let Err(e) = connection.await {
-        tracing::warn!(error = %e, "PostgreSQL connection closed");
-    }
-}
-
-fn message(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => match db.detail() {
-            Some(detail) => format!("{} ({}): {detail}", db.message(), db.code().code()),
-            None => format!("{} ({})", db.message(), db.code().code()),
-        },
-        None => {
-            // The cause says why (a TLS handshake: which certificate check failed).
-            let mut text = e.to_string();
-            let mut cause = std::error::Error::source(e);
-            while let Some(c) = cause {
-                let more = c.to_string();
-                if !text.contains(&more) {
-                    text = format!("{text}: {more}");
-                }
-                cause = c.source();
-            }
-            text
-        }
-    }
-}
-
 impl PostgresSink {
     /// A sink for `config`; it connects on first use.
     pub fn new(config: PostgresSinkConfig) -> PostgresSink {
@@ -158,37 +129,11 @@ impl PostgresSink {
             return Ok(());
         }
         self.in_transaction = false;
-        let c = self.config.credentials.clone();
-        let pg = c.config(&format!("sluice {}", self.config.connector));
-        let refused = |e: tokio_postgres::Error| {
-            let text = format!(
-                "cannot connect to {}:{}/{}: {}",
-                c.host,
-                c.port,
-                c.dbname,
-                message(&e)
-            );
-            // A refused login, or a server certificate sslmode does not accept.
-            if e.code().is_some_and(|c| &c.code()[..2] == "28")
-                || std::error::Error::source(&e).is_some_and(|s| s.is::<native_tls::Error>())
-            {
-                SinkError::Fatal(text)
-            } else {
-                SinkError::Unavailable(text)
-            }
-        };
-        let client = match c.tls()? {
-            None => {
-                let (client, connection) = pg.connect(NoTls).await.map_err(refused)?;
-                tokio::spawn(watch(connection));
-                client
-            }
-            Some(tls) => {
-                let (client, connection) = pg.connect(tls).await.map_err(refused)?;
-                tokio::spawn(watch(connection));
-                client
-            }
-        };
+        let client = self
+            .config
+            .credentials
+            .connect(&format!("sluice {}", self.config.connector))
+            .await?;
         if self.table.is_none() {
             self.table = Some(read_table(&client, &self.config.spec).await.map_err(
                 |e| match e {
@@ -217,7 +162,7 @@ impl PostgresSink {
                 Err(e) => return Err(self.failure(&format!("cannot create {OFFSETS_TABLE}"), &e)),
             }
         }
-        tracing::info!(host = %c.host, dbname = %c.dbname, table = %self.config.spec.table, "connected to PostgreSQL");
+        tracing::info!(host = %self.config.credentials.host, dbname = %self.config.credentials.dbname, table = %self.config.spec.table, "connected to PostgreSQL");
         self.client = Some(client);
         self.prepared.clear();
         Ok(())
