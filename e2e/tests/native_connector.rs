@@ -292,3 +292,103 @@ async fn a_postgres_sink_with_scaling_scales_out_on_its_backlog_and_loads_each_r
     .await;
     f.finish().await;
 }
+
+/// A PostgreSQL change-data-capture Connector runs as a processor Deployment on the node,
+/// its credentials from a Secret: the table's rows, then its changes, arrive in the
+/// table's topic as Debezium's events.
+#[tokio::test]
+async fn a_postgres_cdc_connector_captures_its_table_from_the_node() {
+    let f = fixture("native-cdc").await;
+    let (pg, orders) = orders_table(&f, None).await;
+    let table = format!("{orders}_cdc");
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (id integer PRIMARY KEY, region text, total numeric);
+         INSERT INTO {table} VALUES (1, 'eu', 10), (2, 'us', 20), (3, 'ap', 30)"
+    ))
+    .await
+    .unwrap();
+    let prefix = f.topic("sales");
+    let topic = format!("{prefix}.public.{table}");
+    let doc = json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "Connector",
+        "metadata": {"name": "orders-cdc"},
+        "spec": {"type": "source", "secretRef": {"name": "analytics-db"},
+                 "postgresCdc": {"tables": [format!("public.{table}")], "slot": table,
+                                 "topicPrefix": prefix, "heartbeat": "2s"}}
+    });
+    cluster::apply(&f.client, &f.ns, &doc).await.unwrap();
+    let connectors: Api<Connector> = Api::namespaced(f.client.clone(), &f.ns);
+    wait_ready(&connectors, "orders-cdc", "Running").await;
+    let bootstrap = f.env.var("KAFKA_BOOTSTRAP");
+    let read = |count: usize| {
+        let (bootstrap, topic) = (bootstrap.clone(), topic.clone());
+        async move {
+            wait_for(
+                Duration::from_secs(120),
+                &format!("{count} events in {topic}"),
+                || {
+                    let (bootstrap, topic) = (bootstrap.clone(), topic.clone());
+                    async move {
+                        let records = sluice_e2e::kafka::read_all(
+                            &bootstrap,
+                            &topic,
+                            Duration::from_secs(2),
+                            Duration::from_secs(30),
+                        )
+                        .ok()?;
+                        (records.len() >= count).then_some(records)
+                    }
+                },
+            )
+            .await
+        }
+    };
+    let snapshot = read(3).await;
+    let ops: Vec<String> = snapshot
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_str(r.value.as_deref().unwrap()).unwrap();
+            format!("{} {}", v["op"].as_str().unwrap(), v["after"]["id"])
+        })
+        .collect();
+    assert_eq!(ops, ["r 1", "r 2", "r 3"]);
+    pg.batch_execute(&format!(
+        "INSERT INTO {table} VALUES (4, 'eu', 40); UPDATE {table} SET total = 11 WHERE id = 1; DELETE FROM {table} WHERE id = 2"
+    ))
+    .await
+    .unwrap();
+    let all = read(7).await;
+    let changes: Vec<String> = all[3..]
+        .iter()
+        .map(|r| match r.value.as_deref() {
+            None => format!("tombstone {}", r.key.as_deref().unwrap_or_default()),
+            Some(v) => {
+                let v: serde_json::Value = serde_json::from_str(v).unwrap();
+                let row = if v["op"] == "d" {
+                    &v["before"]
+                } else {
+                    &v["after"]
+                };
+                format!("{} {}", v["op"].as_str().unwrap(), row["id"])
+            }
+        })
+        .collect();
+    assert_eq!(changes, ["c 4", "u 1", "d 2", "tombstone {\"id\":2}"]);
+    Api::<Connector>::namespaced(f.client.clone(), &f.ns)
+        .delete("orders-cdc", &DeleteParams::default())
+        .await
+        .unwrap();
+    // The slot is kept (slotDeletionPolicy: Retain); the test drops it once it is free.
+    wait_for(Duration::from_secs(120), "the slot released", || async {
+        let n = pg
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+                &[&table],
+            )
+            .await
+            .ok()?;
+        (n == 1).then_some(())
+    })
+    .await;
+    f.finish().await;
+}

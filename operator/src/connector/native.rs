@@ -20,7 +20,11 @@ pub const CONFIG_DIR: &str = "/etc/sluice/connector";
 
 /// Whether this release runs the connector's plugin natively.
 pub fn runs_natively(spec: &ConnectorSpec) -> bool {
-    spec.generator.is_some() || spec.postgres.is_some() || spec.s3.is_some() || spec.http.is_some()
+    spec.generator.is_some()
+        || spec.postgres_cdc.is_some()
+        || spec.postgres.is_some()
+        || spec.s3.is_some()
+        || spec.http.is_some()
 }
 
 /// The workload a native Connector runs as.
@@ -270,6 +274,19 @@ mod tests {
             runs_natively(&sink.spec),
             "the PostgreSQL sink runs natively"
         );
+        let mut cdc = generator("running");
+        cdc.spec.generator = None;
+        cdc.spec.postgres_cdc = Some(
+            serde_json::from_value(
+                json!({"tables": ["public.orders"], "slot": "orders", "topicPrefix": "sales"}),
+            )
+            .unwrap(),
+        );
+        assert!(
+            runs_natively(&cdc.spec),
+            "change data capture runs natively"
+        );
+        assert_eq!(replicas(&cdc), 1, "one replica: a slot has one reader");
     }
 
     #[test]
