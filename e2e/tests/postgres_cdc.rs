@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use sluice_e2e::cluster::unique;
 use sluice_e2e::env::TestEnv;
 use sluice_e2e::kafka::{self, Read};
-use sluice_e2e::processor::log_dir;
+use sluice_e2e::processor::{http_get, log_dir};
 use sluice_e2e::sink::{SinkProcess, connector_manifest};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -78,11 +78,12 @@ impl Captured {
     }
 
     fn start(&self, round: &str) -> SinkProcess {
-        SinkProcess::start(
+        SinkProcess::start_serving(
             &self.bootstrap,
             &self.manifest,
             &self.credentials,
             &format!("{}-{round}", self.tag),
+            true,
         )
     }
 
@@ -334,6 +335,25 @@ async fn a_column_added_while_running_is_in_the_next_events_and_an_idle_slot_adv
     let end = c.wal_end().await;
     c.wait_confirmed(end, &source).await;
     assert_eq!(c.read().len(), 4, "nothing written for the other table");
+    // The metrics show the slot's confirmed LSN and how much WAL it holds back.
+    let confirmed = c.confirmed().await;
+    let metric = |text: &str, name: &str| -> Option<i64> {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    let start = Instant::now();
+    loop {
+        let (_, text) = http_get(source.served(), "/metrics").expect("metrics");
+        let lsn = metric(&text, "sluice_cdc_confirmed_lsn{");
+        let lag = metric(&text, "sluice_cdc_lag_bytes{");
+        if lsn.is_some_and(|l| l >= confirmed) && lag.is_some_and(|l| l >= 0) {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "no CDC metrics: {text}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     source.signal("-TERM");
     c.drop_slot().await;
 }

@@ -35,6 +35,13 @@ pub struct SinkLabels {
     pub sink: String,
 }
 
+/// Labels of a native source's series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// The Connector's name.
+    pub connector: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -69,6 +76,8 @@ pub struct Metrics {
     sink_write_seconds: HistogramFamily<SinkLabels>,
     sink_bytes: Family<SinkLabels, Counter>,
     sink_retries: Family<SinkLabels, Counter>,
+    cdc_confirmed_lsn: Family<SourceLabels, Gauge>,
+    cdc_lag_bytes: Family<SourceLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -99,6 +108,18 @@ impl Metrics {
             HistogramFamily::new_with_constructor(write_histogram as fn() -> Histogram);
         let sink_bytes = Family::default();
         let sink_retries = Family::default();
+        let cdc_confirmed_lsn = Family::default();
+        let cdc_lag_bytes = Family::default();
+        registry.register(
+            "cdc_confirmed_lsn",
+            "The LSN a change-data-capture source last confirmed to PostgreSQL (everything before it is in Kafka)",
+            cdc_confirmed_lsn.clone(),
+        );
+        registry.register(
+            "cdc_lag_bytes",
+            "Bytes of WAL between the server's position and the confirmed LSN (what the slot holds back)",
+            cdc_lag_bytes.clone(),
+        );
         registry.register(
             "sink_write_seconds",
             "Time a native sink takes to write and commit one batch",
@@ -179,6 +200,19 @@ impl Metrics {
             sink_write_seconds,
             sink_bytes,
             sink_retries,
+            cdc_confirmed_lsn,
+            cdc_lag_bytes,
+        }
+    }
+
+    /// Handles for the change-data-capture source of `connector`.
+    pub fn cdc(&self, connector: &str) -> CdcMetrics {
+        let l = SourceLabels {
+            connector: connector.to_string(),
+        };
+        CdcMetrics {
+            confirmed_lsn: self.cdc_confirmed_lsn.get_or_create_owned(&l),
+            lag_bytes: self.cdc_lag_bytes.get_or_create_owned(&l),
         }
     }
 
@@ -297,6 +331,15 @@ impl SinkMetrics {
     pub fn detached(sink: &str) -> Self {
         Metrics::new().sink("detached", sink)
     }
+}
+
+/// A change-data-capture source's handles.
+#[derive(Debug, Clone, Default)]
+pub struct CdcMetrics {
+    /// The LSN last confirmed to the server.
+    pub confirmed_lsn: Gauge,
+    /// WAL bytes between the server's position and the confirmed LSN.
+    pub lag_bytes: Gauge,
 }
 
 /// Per-step metric handles.

@@ -214,26 +214,19 @@ pub(crate) fn start_replica(
 }
 
 /// Runs a connector's pump (`pump`, on a blocking thread, with the replica's status and
-/// counters) until SIGTERM or a fatal error, serving `/metrics` and the probes on
-/// `listen`; `plugin` names the sink's counters.
+/// metrics) until SIGTERM or a fatal error, serving `/metrics` and the probes on
+/// `listen`.
 pub(crate) async fn serve_pump(
     listen: SocketAddr,
     connector: (&str, &str),
-    plugin: &'static str,
-    pump: impl FnOnce(
-        Arc<Status>,
-        crate::metrics::PipelineMetrics,
-        crate::metrics::SinkMetrics,
-    ) -> Result<(), crate::runtime::pump::PumpError>
+    pump: impl FnOnce(Arc<Status>, Arc<Metrics>) -> Result<(), crate::runtime::pump::PumpError>
     + Send
     + 'static,
 ) -> Result<(), ConnectorError> {
     let (namespace, name) = connector;
     let (status, metrics, server) = start_replica(listen);
     let origin = format!("connector {namespace}/{name}");
-    let counters = metrics.pipeline(name);
-    let sink_counters = metrics.sink(name, plugin);
-    let pumped = tokio::task::spawn_blocking(move || pump(status, counters, sink_counters)).await;
+    let pumped = tokio::task::spawn_blocking(move || pump(status, metrics)).await;
     server.abort();
     match pumped {
         Ok(Ok(())) => {

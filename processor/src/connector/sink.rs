@@ -178,12 +178,10 @@ pub async fn serve(
 ) -> Result<(), ConnectorError> {
     let (namespace, name) = (job.namespace.clone(), job.name.clone());
     let plugin = job.target.name();
-    super::serve_pump(
-        listen,
-        (&namespace, &name),
-        plugin,
-        move |status, counters, sinks| pump(job, &settings, status, counters, sinks),
-    )
+    super::serve_pump(listen, (&namespace, &name), move |status, metrics| {
+        let (counters, sinks) = (metrics.pipeline(&job.name), metrics.sink(&job.name, plugin));
+        pump(job, &settings, status, counters, sinks)
+    })
     .await
 }
 

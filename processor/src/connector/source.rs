@@ -76,12 +76,11 @@ pub async fn serve(
 ) -> Result<(), ConnectorError> {
     let (namespace, name) = (job.namespace.clone(), job.name.clone());
     let plugin = "kafka";
-    super::serve_pump(
-        listen,
-        (&namespace, &name),
-        plugin,
-        move |status, counters, sinks| pump(job, &settings, status, counters, sinks),
-    )
+    super::serve_pump(listen, (&namespace, &name), move |status, metrics| {
+        let counters = (metrics.pipeline(&job.name), metrics.sink(&job.name, plugin));
+        let cdc = metrics.cdc(&job.name);
+        pump(job, &settings, status, counters, cdc)
+    })
     .await
 }
 
@@ -115,6 +114,7 @@ pub fn cdc_settings(job: &SourceJob, dir: PathBuf) -> Result<CdcSettings, SinkEr
         heartbeat,
         credentials,
         credentials_dir: dir,
+        metrics: crate::metrics::CdcMetrics::default(),
     })
 }
 
@@ -143,8 +143,8 @@ fn pump(
     job: SourceJob,
     settings: &KafkaSettings,
     status: Arc<Status>,
-    metrics: PipelineMetrics,
-    sink_metrics: SinkMetrics,
+    (metrics, sink_metrics): (PipelineMetrics, SinkMetrics),
+    cdc_metrics: crate::metrics::CdcMetrics,
 ) -> Result<(), PumpError> {
     if job.idle {
         super::idle_until_stopped(&status, &job.name);
@@ -152,7 +152,8 @@ fn pump(
     }
     let dir = std::env::var_os(contract::env::CREDENTIALS_DIR)
         .map_or_else(|| PathBuf::from(DEFAULT_CREDENTIALS_DIR), PathBuf::from);
-    let cdc = cdc_settings(&job, dir).map_err(|e| fatal(e.to_string()))?;
+    let mut cdc = cdc_settings(&job, dir).map_err(|e| fatal(e.to_string()))?;
+    cdc.metrics = cdc_metrics;
     ensure_topics(settings, &cdc)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -58,6 +58,8 @@ pub struct CdcSettings {
     pub credentials: Credentials,
     /// Where the Secret's files are (`sslrootcert`).
     pub credentials_dir: PathBuf,
+    /// The confirmed LSN and the slot's lag.
+    pub metrics: crate::metrics::CdcMetrics,
 }
 
 impl CdcSettings {

@@ -195,8 +195,7 @@ impl Worker {
             }
             stream
         };
-        drop(client);
-        self.stream(stream, skip).await
+        self.stream(stream, skip, &client).await
     }
 
     /// A replication connection; `export`: the slot it creates exports its snapshot.
@@ -286,13 +285,19 @@ impl Worker {
         &mut self,
         mut stream: LogicalReplicationStream,
         mut skip: Skip,
+        client: &tokio_postgres::Client,
     ) -> Result<(), WorkerError> {
         stream.start(skip.start()).await.map_err(replication)?;
         tracing::info!(slot = %self.settings.slot, from = %skip.start().map_or("the slot's position".to_string(), lsn_text), "streaming");
         let cancel = CancellationToken::new();
         let mut tx: Option<Transaction> = None;
         let mut idle_since = Instant::now();
+        let mut measured = Instant::now();
         loop {
+            if measured.elapsed() >= self.settings.heartbeat {
+                self.measure_lag(client).await;
+                measured = Instant::now();
+            }
             if self.shared.stop.load(Ordering::Relaxed) {
                 self.confirm(&mut stream, tx.is_none()).await?;
                 return Err(WorkerError::Stopped);
@@ -619,6 +624,27 @@ impl Worker {
         }
     }
 
+    /// Shows how much WAL the slot holds back: the server's position less the confirmed
+    /// LSN (a failed look is only logged: the stream goes on).
+    async fn measure_lag(&self, client: &tokio_postgres::Client) {
+        match client
+            .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8", &[])
+            .await
+        {
+            Ok(row) => {
+                let end: i64 = row.get(0);
+                let confirmed = i64::try_from(self.confirmed).unwrap_or(i64::MAX);
+                self.settings
+                    .metrics
+                    .lag_bytes
+                    .set(end.saturating_sub(confirmed).max(0));
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::sinks::pg_connect::message(&e), "cannot read the server's WAL position")
+            }
+        }
+    }
+
     /// Confirms to the server the end of every transaction Kafka holds all of; with
     /// `idle` (no transaction open, nothing of it uncommitted), the server's position
     /// too. Answers whether a position was confirmed.
@@ -644,6 +670,10 @@ impl Worker {
             self.confirmed = lsn;
             if lsn > 0 {
                 stream.shared_lsn_feedback.update_applied_lsn(lsn);
+                self.settings
+                    .metrics
+                    .confirmed_lsn
+                    .set(i64::try_from(lsn).unwrap_or(i64::MAX));
             }
             stream.send_feedback().await.map_err(replication)?;
             self.last_feedback = Instant::now();
