@@ -263,6 +263,22 @@ pub struct AggregateStep {
     /// `onWindowClose` emits once per window when it closes.
     #[serde(default)]
     pub emit: Emit,
+    /// `debezium`: the input is a table's change stream in Debezium's envelope, and the
+    /// aggregate is the table's `GROUP BY`: a row read or inserted is added to its group,
+    /// an update takes the old row (`before`) out of its group and adds the new one, a
+    /// delete takes the row out, and a group left with no rows is deleted (a tombstone).
+    /// Unwindowed, with sum, count and avg (min and max cannot take a value back); the
+    /// source table needs `REPLICA IDENTITY FULL` so updates and deletes carry the old row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<ChangeStream>,
+}
+
+/// The envelope of a change stream.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ChangeStream {
+    /// Debezium's `{before, after, op}` (`op` `r`, `c`, `u`, `d`); tombstones are skipped.
+    Debezium,
 }
 
 /// One aggregate of a group.

@@ -104,6 +104,14 @@ impl RecordFormat {
             }
         };
         match (self, value) {
+            (_, Payload::Absent) => Err(EncodeError {
+                format: match self {
+                    Self::Json => "json",
+                    Self::Text => "string",
+                    Self::Bytes => "bytes",
+                },
+                message: "a tombstone has no value to encode".to_string(),
+            }),
             (Self::Json, Payload::Json(v)) => serde_json::to_writer(out, v).map_err(error("json")),
             (_, Payload::JsonObject(o)) => o.write(out).map_err(error("json")),
             (Self::Json, Payload::Text(s)) => serde_json::to_writer(out, s).map_err(error("json")),

@@ -21,6 +21,9 @@ pub enum Payload {
     Text(String),
     /// Raw bytes.
     Bytes(Vec<u8>),
+    /// No value: a tombstone (read from a change stream, or a group an aggregate of
+    /// changes deleted).
+    Absent,
 }
 
 impl Payload {
@@ -37,6 +40,7 @@ impl Payload {
             }
             Payload::Text(s) => Value::String(Arc::new(s.clone())),
             Payload::Bytes(b) => Value::Bytes(Arc::new(b.clone())),
+            Payload::Absent => Value::Null,
         })
     }
 
@@ -97,6 +101,7 @@ impl PartialEq for Payload {
             (Payload::JsonObject(a), Payload::Json(b))
             | (Payload::Json(b), Payload::JsonObject(a)) => a.to_value().is_ok_and(|a| a == *b),
             (Payload::Text(a), Payload::Text(b)) => a == b,
+            (Payload::Absent, Payload::Absent) => true,
             (Payload::Bytes(a), Payload::Bytes(b)) => a == b,
             _ => false,
         }

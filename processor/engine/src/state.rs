@@ -53,6 +53,13 @@ impl<V> Partition<V> {
         self.entries.insert(key, value);
     }
 
+    /// Removes the entry of `key` (a tombstone at the next flush).
+    pub fn remove(&mut self, key: &str) -> Option<V> {
+        let v = self.entries.remove(key)?;
+        self.dirty.insert(key.to_string());
+        Some(v)
+    }
+
     /// The largest record timestamp applied (`i64::MIN` before the first).
     pub fn stream_time(&self) -> i64 {
         self.stream_time

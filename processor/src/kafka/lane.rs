@@ -20,7 +20,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use super::headers::headers_of;
 use super::output::Output;
 use crate::engine::{Emit, Engine, Failure, decode};
-use crate::format::RecordFormat;
+use crate::record::Payload;
 use crate::record::Record;
 
 /// Records in a batch at most: enough to make handing over cheap per record, few enough
@@ -151,7 +151,7 @@ impl Batch {
             let payload = part(&self.bytes, &input.payload);
             let before = self.outputs.len();
             let outcome = record(
-                engine.format(),
+                engine,
                 topics.get(&input.topic),
                 (input.partition, input.offset, input.timestamp),
                 key,
@@ -207,9 +207,10 @@ pub(super) fn keep_buffer(
     }
 }
 
-/// The record the steps see, decoded from what was consumed.
+/// The record the steps see, decoded from what was consumed. A tombstone is an error
+/// (it goes to the dead-letter topic), except in a change stream, whose engine skips it.
 pub(super) fn record(
-    format: RecordFormat,
+    engine: &Engine,
     topic: Arc<str>,
     (partition, offset, timestamp): (i32, i64, Option<i64>),
     key: Option<&[u8]>,
@@ -223,7 +224,10 @@ pub(super) fn record(
         timestamp: timestamp.unwrap_or(0),
         key: key.map(<[u8]>::to_vec),
         headers,
-        value: decode(format, payload)?,
+        value: match payload {
+            None if engine.reads_changes() => Payload::Absent,
+            _ => decode(engine.format(), payload)?,
+        },
     })
 }
 

@@ -16,6 +16,8 @@ pub(crate) struct Output {
     pub topic: std::sync::Arc<str>,
     pub key: Option<Vec<u8>>,
     pub value: Vec<u8>,
+    /// No value at all (`value` is empty and not sent).
+    pub tombstone: bool,
     pub headers: Option<OwnedHeaders>,
     pub timestamp: Option<i64>,
 }
@@ -23,9 +25,14 @@ pub(crate) struct Output {
 impl Output {
     /// Encodes an emitted record, writing text into `buf` (an empty buffer to reuse).
     pub fn encode(format: RecordFormat, e: Emit, buf: Vec<u8>) -> Result<Output, Failure> {
-        let value = format
-            .encode_owned(e.record.value, buf)
-            .map_err(|err| Failure::new("output", err))?;
+        let tombstone = matches!(e.record.value, crate::record::Payload::Absent);
+        let value = if tombstone {
+            buf
+        } else {
+            format
+                .encode_owned(e.record.value, buf)
+                .map_err(|err| Failure::new("output", err))?
+        };
         let headers = (!e.record.headers.is_empty()).then(|| {
             e.record
                 .headers
@@ -42,6 +49,7 @@ impl Output {
             topic: e.topic,
             key: e.record.key,
             value,
+            tombstone,
             headers,
             timestamp,
         })
@@ -55,7 +63,10 @@ impl Output {
         producer: &BaseProducer<DeliveryTracker>,
         opaque: Box<Sent>,
     ) -> Result<(), KafkaError> {
-        let mut rec = BaseRecord::with_opaque_to(&self.topic, opaque).payload(&self.value);
+        let mut rec = BaseRecord::with_opaque_to(&self.topic, opaque);
+        if !self.tombstone {
+            rec = rec.payload(&self.value);
+        }
         if let Some(k) = &self.key {
             rec = rec.key(k);
         }

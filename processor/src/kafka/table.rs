@@ -42,6 +42,7 @@ fn apply(
                 }
             },
             Ok(Payload::Text(s)) => table.apply(key, Some(serde_json::Value::String(s))),
+            Ok(Payload::Absent) => table.apply(key, None),
             Ok(Payload::Bytes(b)) => table.apply(
                 key,
                 Some(serde_json::Value::String(

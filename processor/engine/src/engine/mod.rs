@@ -8,10 +8,13 @@ use cel::{Context, Value};
 use sluice_crds::pipeline::{Delivery, PipelineSpec};
 
 use crate::expr::{Expr, Needs, Scope, root_context, scope};
+
+mod changes;
 use crate::format::RecordFormat;
 use crate::metrics::{PipelineMetrics, StepMetrics};
 use crate::record::{Payload, Record};
 use crate::steps::{ConfigError, Kind, Outcome, StateStep, Step, StepError};
+pub use changes::CHANGE_HEADER;
 
 /// Measure step latency on one record in this many.
 const LATENCY_SAMPLE: u64 = 16;
@@ -95,6 +98,9 @@ pub struct Engine {
     output_needs: Needs,
     aggregate: Option<usize>,
     repartition: Option<Arc<str>>,
+    /// The input is a table's change stream (an aggregate with `changes`): tombstones
+    /// are skipped.
+    reads_changes: bool,
     root: Context<'static, 'static>,
     metrics: PipelineMetrics,
     seen: u64,
@@ -190,6 +196,9 @@ impl Engine {
             }
             segment_needs[i] = needs;
         }
+        let reads_changes = steps
+            .iter()
+            .any(|s| matches!(&s.kind, Kind::Aggregate(a) if a.reads_changes()));
         Ok(Self {
             name: name.to_string(),
             format,
@@ -198,6 +207,7 @@ impl Engine {
             segment_needs,
             outputs,
             output_needs,
+            reads_changes,
             aggregate: aggregates.first().copied(),
             repartition: None,
             root: root_context(),
@@ -215,6 +225,12 @@ impl Engine {
     /// The repartition topic, if one is in use.
     pub fn repartition_topic(&self) -> Option<&str> {
         self.repartition.as_deref()
+    }
+
+    /// Whether the input is a table's change stream: its tombstones (a delete's second
+    /// record) are read as [`Payload::Absent`] and skipped.
+    pub fn reads_changes(&self) -> bool {
+        self.reads_changes
     }
 
     /// The stateful step's name (aggregate or dedupe), if the pipeline has one.
@@ -295,6 +311,9 @@ impl Engine {
     /// On failure nothing is appended and the record goes to the dead-letter topic.
     pub fn process(&mut self, record: Record, out: &mut Vec<Emit>) -> Result<(), Failure> {
         self.seen = self.seen.wrapping_add(1);
+        if self.reads_changes && matches!(record.value, Payload::Absent) {
+            return Ok(());
+        }
         let sample = self.seen.is_multiple_of(LATENCY_SAMPLE);
         let from_repartition = self
             .repartition
@@ -311,6 +330,68 @@ impl Engine {
             out.truncate(before);
         }
         result
+    }
+
+    /// An aggregate of changes at step `i`: each row of the change (Debezium's envelope)
+    /// is put into or taken out of its group. With a repartition topic each row crosses
+    /// it first, keyed by its group, its direction in [`CHANGE_HEADER`].
+    fn run_changes(
+        &mut self,
+        i: usize,
+        record: Record,
+        from_repartition: bool,
+        out: &mut Vec<Emit>,
+    ) -> Result<(), Failure> {
+        let name = self.steps[i].name.clone();
+        let failed = |metrics: &StepMetrics, e: StepError| {
+            metrics.failed.inc();
+            step_failure(&name, e)
+        };
+        let rows = if from_repartition {
+            let retract = record
+                .headers
+                .iter()
+                .any(|(k, v)| k == CHANGE_HEADER && v.as_slice() == b"retract");
+            vec![(retract, record)]
+        } else {
+            changes::rows(record).map_err(|e| failed(&self.step_metrics[i], e))?
+        };
+        for (retract, row) in rows {
+            let scope = scope(&self.root, &row, &self.segment_needs[i])
+                .map_err(|e| failed(&self.step_metrics[i], StepError::Eval(e)))?;
+            let Some(agg) = self.steps[i].kind.state_mut() else {
+                return Err(Failure::new(&name, "not a stateful step"));
+            };
+            if let (Some(topic), false) = (&self.repartition, from_repartition) {
+                let key = agg
+                    .key(&scope)
+                    .map_err(|e| failed(&self.step_metrics[i], e))?;
+                drop(scope);
+                let mut headers = row.headers;
+                let direction: &[u8] = if retract { b"retract" } else { b"add" };
+                headers.push((CHANGE_HEADER.to_string(), direction.to_vec()));
+                out.push(Emit {
+                    topic: topic.clone(),
+                    kind: EmitKind::Repartition,
+                    record: Record {
+                        key: Some(key.into_bytes()),
+                        value: project(row.value, &self.segment_needs[i]),
+                        headers,
+                        ..row
+                    },
+                });
+                continue;
+            }
+            let partition = row.partition;
+            let records = agg
+                .change(partition, row, &scope, retract)
+                .map_err(|e| failed(&self.step_metrics[i], e))?;
+            drop(scope);
+            for r in records {
+                self.run_from(i + 1, r, from_repartition, false, out)?;
+            }
+        }
+        Ok(())
     }
 
     fn run_from(
@@ -339,6 +420,10 @@ impl Engine {
             let keep_scope = !changes_record(&step.kind);
             let is_dedupe = matches!(step.kind, Kind::Dedupe(_));
             let result = match step.kind.state_mut() {
+                Some(agg) if agg.reads_changes() => {
+                    drop(scope);
+                    return self.run_changes(i, record, from_repartition, out);
+                }
                 Some(agg) => {
                     if let (Some(topic), false) = (&self.repartition, from_repartition) {
                         let key = agg.key(&scope);

@@ -415,3 +415,166 @@ outputs: [{topic: out}]
         Vec::<String>::new()
     );
 }
+
+/// The seed's totals per region over a table's change stream.
+const CHANGES: &str = r#"
+inputs: [sales.public.orders]
+steps:
+- name: per-region
+  aggregate:
+    groupBy: {region: value.region}
+    aggregations: [{name: total, op: sum, of: value.amount}, {name: orders, op: count}]
+    changes: debezium
+outputs: [{topic: region-totals}]
+delivery: exactlyOnce
+"#;
+
+fn envelope(op: &str, before: Option<(&str, i64)>, after: Option<(&str, i64)>) -> Record {
+    let row = |r: Option<(&str, i64)>| {
+        r.map_or(
+            serde_json::Value::Null,
+            |(region, amount)| serde_json::json!({"id": 1, "region": region, "amount": amount}),
+        )
+    };
+    rec(
+        "sales.public.orders",
+        0,
+        serde_json::json!({"op": op, "before": row(before), "after": row(after), "source": {}}),
+    )
+}
+
+/// Each emitted record as `key=value` (`key=-` for a tombstone).
+fn emitted(out: &[Emit]) -> Vec<String> {
+    out.iter()
+        .map(|e| {
+            let key = String::from_utf8_lossy(e.record.key.as_deref().unwrap_or_default());
+            match &e.record.value {
+                Payload::Absent => format!("{key}=-"),
+                Payload::Json(v) => format!("{key}={v}"),
+                other => format!("{key}={other:?}"),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn an_aggregate_of_changes_follows_the_tables_group_by() {
+    let mut e = engine(CHANGES);
+    assert!(e.reads_changes());
+    let mut out = Vec::new();
+    for r in [
+        envelope("r", None, Some(("eu", 5))),
+        envelope("c", None, Some(("us", 7))),
+        // An update moves a row from eu to us with a new amount: out of one, into the other.
+        envelope("u", Some(("eu", 5)), Some(("us", 10))),
+        // A tombstone after a delete is skipped.
+        Record::new(
+            "sales.public.orders",
+            0,
+            9,
+            0,
+            Some(b"k".to_vec()),
+            Payload::Absent,
+        ),
+        envelope("d", Some(("us", 7)), None),
+        envelope("c", None, Some(("eu", 1))),
+    ] {
+        e.process(r, &mut out).unwrap();
+    }
+    assert_eq!(
+        emitted(&out),
+        [
+            r#"eu={"orders":1,"region":"eu","total":5}"#,
+            r#"us={"orders":1,"region":"us","total":7}"#,
+            "eu=-",
+            r#"us={"orders":2,"region":"us","total":17}"#,
+            r#"us={"orders":1,"region":"us","total":10}"#,
+            r#"eu={"orders":1,"region":"eu","total":1}"#,
+        ],
+        "the last row out of eu deletes the group; it comes back with the next insert"
+    );
+    let state = e.aggregate_mut().unwrap().take_changes();
+    assert_eq!(state.len(), 2, "one changelog entry per group: {state:?}");
+}
+
+#[test]
+fn changes_that_cannot_be_applied_fail_with_what_to_do() {
+    let mut e = engine(CHANGES);
+    let mut out = Vec::new();
+    let update = rec(
+        "sales.public.orders",
+        0,
+        serde_json::json!({"op": "u", "before": null, "after": {"region": "eu", "amount": 1}}),
+    );
+    let err = e.process(update, &mut out).unwrap_err().to_string();
+    assert!(err.contains("REPLICA IDENTITY FULL"), "{err}");
+    let err = e
+        .process(envelope("d", Some(("ap", 3)), None), &mut out)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("which holds none"), "{err}");
+    assert!(out.is_empty());
+    let min = CHANGES.replace(
+        "op: count}",
+        "op: count}, {name: lo, op: min, of: value.amount}",
+    );
+    let spec: PipelineSpec = serde_saphyr::from_str(&min).unwrap();
+    let err = Engine::new("p", &spec, PipelineMetrics::detached("p")).unwrap_err();
+    assert!(err.to_string().contains("cannot take"), "{err}");
+    let windowed = CHANGES.replace(
+        "changes: debezium",
+        "changes: debezium\n    window: {tumbling: 1m}",
+    );
+    let spec: PipelineSpec = serde_saphyr::from_str(&windowed).unwrap();
+    let err = Engine::new("p", &spec, PipelineMetrics::detached("p")).unwrap_err();
+    assert!(err.to_string().contains("no window"), "{err}");
+}
+
+#[test]
+fn rows_of_a_change_cross_the_repartition_topic_keyed_by_their_group() {
+    let mut e = engine(CHANGES);
+    e.set_repartition_topic(Some("p-per-region-repartition".to_string()));
+    let mut out = Vec::new();
+    e.process(envelope("u", Some(("eu", 5)), Some(("us", 10))), &mut out)
+        .unwrap();
+    let crossing: Vec<(String, String)> = out
+        .iter()
+        .map(|o| {
+            assert_eq!(&*o.topic, "p-per-region-repartition");
+            let direction = o
+                .record
+                .headers
+                .iter()
+                .find(|(k, _)| k == CHANGE_HEADER)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .unwrap();
+            let key = String::from_utf8_lossy(o.record.key.as_deref().unwrap()).into_owned();
+            (key, direction)
+        })
+        .collect();
+    assert_eq!(
+        crossing,
+        [
+            ("[\"eu\"]".to_string(), "retract".to_string()),
+            ("[\"us\"]".to_string(), "add".to_string())
+        ]
+    );
+    // Back from the repartition topic, each row is applied as its header says.
+    let mut applied = Vec::new();
+    e.process(envelope_row(&out[1].record), &mut applied)
+        .unwrap();
+    assert_eq!(
+        emitted(&applied),
+        [r#"us={"orders":1,"region":"us","total":10}"#]
+    );
+    e.process(envelope_row(&out[0].record), &mut applied)
+        .unwrap_err();
+}
+
+/// A record of the repartition topic as the pipeline reads it back.
+fn envelope_row(crossed: &Record) -> Record {
+    Record {
+        topic: std::sync::Arc::from("p-per-region-repartition"),
+        ..crossed.clone()
+    }
+}

@@ -33,6 +33,24 @@ pub trait StateStep: std::fmt::Debug + Send {
         record: Record,
         scope: &Scope<'_>,
     ) -> Result<Vec<Record>, StepError>;
+    /// Whether the input is a table's change stream (an aggregate with `changes`).
+    fn reads_changes(&self) -> bool {
+        false
+    }
+    /// Adds the row `scope` sees to the state of `partition`, or takes it back out
+    /// (`retract`); only steps that read changes take them.
+    fn change(
+        &mut self,
+        partition: i32,
+        record: Record,
+        scope: &Scope<'_>,
+        retract: bool,
+    ) -> Result<Vec<Record>, StepError> {
+        let _ = (partition, record, scope, retract);
+        Err(StepError::Shape(
+            "this step does not read changes".to_string(),
+        ))
+    }
     /// Records held back until the end of the commit interval (`emit: onCommit`), taken.
     fn take_pending(&mut self) -> Vec<Record> {
         Vec::new()

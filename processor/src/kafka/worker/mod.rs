@@ -285,7 +285,7 @@ impl Core {
     fn transform(&mut self, m: &BorrowedMessage<'_>, topic: &Arc<str>) -> Result<(), Failure> {
         self.outputs.clear();
         let record = lane::record(
-            self.engine.format(),
+            &self.engine,
             topic.clone(),
             (m.partition(), m.offset(), m.timestamp().to_millis()),
             m.key(),

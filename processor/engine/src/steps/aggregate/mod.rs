@@ -113,6 +113,20 @@ impl Acc {
         }
     }
 
+    /// Takes `x` back out (an aggregate of changes: a row that left the group). Only
+    /// sum, count and avg can; min and max are refused when the step compiles.
+    fn retract(&mut self, x: Option<Number>) {
+        match (self, x) {
+            (Acc::Count { n }, _) => *n = n.saturating_sub(1),
+            (acc @ Acc::Sum { .. }, Some(x)) => acc.add(Some(negated(x))),
+            (Acc::Avg { sum, n }, Some(x)) => {
+                *sum -= x.as_f64();
+                *n = n.saturating_sub(1);
+            }
+            _ => {}
+        }
+    }
+
     /// Whether adding `x` leaves this accumulator a finite number. JSON has no infinity
     /// or NaN: such a result could be neither emitted nor written to the changelog in a
     /// form that restore reads back, so the record is refused instead.
@@ -168,6 +182,16 @@ impl Acc {
     }
 }
 
+/// `-x`, staying an integer where it can.
+fn negated(x: Number) -> Number {
+    match x {
+        Number::Int(i) => i
+            .checked_neg()
+            .map_or(Number::Float(-(i as f64)), Number::Int),
+        Number::Float(f) => Number::Float(-f),
+    }
+}
+
 fn json_f64(f: f64) -> serde_json::Value {
     serde_json::Number::from_f64(f).map_or(serde_json::Value::Null, serde_json::Value::Number)
 }
@@ -185,6 +209,13 @@ pub struct GroupState {
     /// Largest record timestamp added (ms): restores the partition's stream time.
     #[serde(default)]
     pub max_ts: i64,
+    /// An aggregate of changes: the rows in the group (the group goes at none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rows: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 /// A changelog record that does not decode.
@@ -204,6 +235,8 @@ pub struct Aggregate {
     aggs: Vec<AggSpec>,
     window: Option<Windowing>,
     emit: Emit,
+    /// The input is a table's change stream: rows are added and taken back.
+    changes: bool,
     /// Groups by key (windowed: a group per window), per state partition.
     state: KeyedState<GroupState>,
     /// `emit: onCommit`: per partition, the groups updated since the last emit, with
@@ -270,6 +303,24 @@ impl Aggregate {
             }
         };
         let emit = spec.emit;
+        let changes = spec.changes.is_some();
+        if changes {
+            if window.is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "step {step}: an aggregate of changes (changes: debezium) is a table's GROUP BY over all its rows: it takes no window"
+                )));
+            }
+            if let Some(a) = spec
+                .aggregations
+                .iter()
+                .find(|a| matches!(a.op, AggregateOp::Min | AggregateOp::Max))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "step {step}: aggregation {} ({:?}) cannot take a deleted or updated row's value back out; an aggregate of changes (changes: debezium) has sum, count and avg",
+                    a.name, a.op
+                )));
+            }
+        }
         if emit == Emit::OnWindowClose && window.is_none() {
             return Err(ConfigError::Invalid(format!(
                 "step {step}: emit onWindowClose needs a window"
@@ -307,6 +358,7 @@ impl Aggregate {
             aggs,
             window,
             emit,
+            changes,
             state: KeyedState::default(),
             pending: HashMap::new(),
             clock: wall_clock_ms,
@@ -427,6 +479,7 @@ impl Aggregate {
                     accs: self.aggs.iter().map(|(_, op, _)| Acc::new(*op)).collect(),
                     window_start: span.map(|s| s.start),
                     max_ts: ts,
+                    rows: 0,
                 };
                 let deadline = self.window.zip(span).map(|(w, s)| w.closes_at(s));
                 part.insert(k.clone(), state, deadline);
@@ -492,6 +545,99 @@ impl Aggregate {
         Ok(out)
     }
 
+    /// Whether the input is a table's change stream ([`Aggregate::change`]).
+    pub fn reads_changes(&self) -> bool {
+        self.changes
+    }
+
+    /// An aggregate of changes: adds the row `scope` sees to its group, or takes it back
+    /// out (`retract`). A group left with no rows is deleted: its output is a tombstone
+    /// and its changelog entry goes. Taking a row out of a group that holds none is an
+    /// error (the stream was not read from its start).
+    pub fn change(
+        &mut self,
+        partition: i32,
+        record: Record,
+        scope: &Scope<'_>,
+        retract: bool,
+    ) -> Result<Vec<Record>, StepError> {
+        let (key, group) = self.group_key(scope)?;
+        let mut inputs = Vec::with_capacity(self.aggs.len());
+        for (_, _, of) in &self.aggs {
+            inputs.push(match of {
+                Some(e) => Some(e.eval_number(scope)?),
+                None => None,
+            });
+        }
+        let record = Record {
+            value: Payload::Bytes(Vec::new()),
+            ..record
+        };
+        let part = self.state.partition(partition);
+        let existing = part.get(&key);
+        if retract && existing.is_none() {
+            return Err(StepError::Shape(format!(
+                "a change takes a row out of group {key}, which holds none: the change stream was not read from its start (a connector with snapshot: initial gives every row first)"
+            )));
+        }
+        for (i, ((name, op, _), x)) in self.aggs.iter().zip(&inputs).enumerate() {
+            let x = if retract { x.map(negated) } else { *x };
+            let finite = match existing.and_then(|g| g.accs.get(i)) {
+                Some(acc) => acc.stays_finite(x),
+                None => Acc::new(*op).stays_finite(x),
+            };
+            if !finite {
+                return Err(StepError::Shape(format!(
+                    "aggregation {name} of group {key} would not be a finite number: the change is refused and the group keeps its value"
+                )));
+            }
+        }
+        if existing.is_none() {
+            let state = GroupState {
+                group: group.clone(),
+                accs: self.aggs.iter().map(|(_, op, _)| Acc::new(*op)).collect(),
+                window_start: None,
+                max_ts: record.timestamp,
+                rows: 0,
+            };
+            part.insert(key.clone(), state, None);
+        }
+        let Some(state) = part.get_mut(&key) else {
+            return Err(StepError::Shape(format!("group {key} vanished")));
+        };
+        for (acc, x) in state.accs.iter_mut().zip(&inputs) {
+            if retract {
+                acc.retract(*x);
+            } else {
+                acc.add(*x);
+            }
+        }
+        state.rows += if retract { -1 } else { 1 };
+        state.max_ts = state.max_ts.max(record.timestamp);
+        let out_key = Some(output_key(&key, &group, false).into_bytes());
+        let value = if state.rows > 0 {
+            Payload::Json(output_value(&self.group_by, &self.aggs, None, state))
+        } else {
+            part.remove(&key);
+            Payload::Absent
+        };
+        part.advance(record.timestamp);
+        match self.emit {
+            Emit::OnCommit => {
+                self.pending
+                    .entry(partition)
+                    .or_default()
+                    .insert(key, record);
+                Ok(Vec::new())
+            }
+            _ => Ok(vec![Record {
+                key: out_key,
+                value,
+                ..record
+            }]),
+        }
+    }
+
     /// `emit: onCommit`: the latest value of every group updated since the last call,
     /// taken (in group key order per partition, so the output order is stable).
     pub fn take_pending(&mut self) -> Vec<Record> {
@@ -510,6 +656,15 @@ impl Aggregate {
                             self.window,
                             state,
                         )),
+                        ..last
+                    });
+                } else if self.changes {
+                    // The group's last row was taken out: it is deleted.
+                    let group: Vec<serde_json::Value> =
+                        serde_json::from_str(&key).unwrap_or_default();
+                    out.push(Record {
+                        key: Some(output_key(&key, &group, false).into_bytes()),
+                        value: Payload::Absent,
                         ..last
                     });
                 }
@@ -653,6 +808,20 @@ impl StateStep for Aggregate {
 
     fn take_changes(&mut self) -> Vec<(i32, String, Option<Vec<u8>>)> {
         Aggregate::take_changes(self)
+    }
+
+    fn reads_changes(&self) -> bool {
+        Aggregate::reads_changes(self)
+    }
+
+    fn change(
+        &mut self,
+        partition: i32,
+        record: Record,
+        scope: &Scope<'_>,
+        retract: bool,
+    ) -> Result<Vec<Record>, StepError> {
+        Aggregate::change(self, partition, record, scope, retract)
     }
 
     fn take_pending(&mut self) -> Vec<Record> {
