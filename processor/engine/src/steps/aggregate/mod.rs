@@ -394,6 +394,14 @@ impl Aggregate {
         Ok((key, values))
     }
 
+    /// The number each aggregation takes from the record `scope` sees (`None`: count).
+    fn inputs(&self, scope: &Scope<'_>) -> Result<Vec<Option<Number>>, StepError> {
+        self.aggs
+            .iter()
+            .map(|(_, _, of)| of.as_ref().map(|e| e.eval_number(scope)).transpose())
+            .collect()
+    }
+
     /// Adds a record to its group in `partition` (windowed: to its group in every open
     /// window that holds its timestamp) and returns the records to emit: the updated
     /// aggregates (`onUpdate`), and for windowed aggregates the final value of every
@@ -407,13 +415,7 @@ impl Aggregate {
         scope: &Scope<'_>,
     ) -> Result<Vec<Record>, StepError> {
         let (key, group) = self.group_key(scope)?;
-        let mut inputs = Vec::with_capacity(self.aggs.len());
-        for (_, _, of) in &self.aggs {
-            inputs.push(match of {
-                Some(e) => Some(e.eval_number(scope)?),
-                None => None,
-            });
-        }
+        let inputs = self.inputs(scope)?;
         let ts = record.timestamp;
         // Outputs copy the input's topic, partition, offset, timestamp and headers; its
         // value (already read through `scope`) is not needed and not cloned.
@@ -562,13 +564,7 @@ impl Aggregate {
         retract: bool,
     ) -> Result<Vec<Record>, StepError> {
         let (key, group) = self.group_key(scope)?;
-        let mut inputs = Vec::with_capacity(self.aggs.len());
-        for (_, _, of) in &self.aggs {
-            inputs.push(match of {
-                Some(e) => Some(e.eval_number(scope)?),
-                None => None,
-            });
-        }
+        let inputs = self.inputs(scope)?;
         let record = Record {
             value: Payload::Bytes(Vec::new()),
             ..record
