@@ -398,7 +398,11 @@ impl Aggregate {
     fn inputs(&self, scope: &Scope<'_>) -> Result<Vec<Option<Number>>, StepError> {
         self.aggs
             .iter()
-            .map(|(_, _, of)| of.as_ref().map(|e| e.eval_number(scope)).transpose())
+            .map(|(_, _, of)| {
+                of.as_ref()
+                    .map(|e| e.eval_number(scope).map_err(StepError::from))
+                    .transpose()
+            })
             .collect()
     }
 
