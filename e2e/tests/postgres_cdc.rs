@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use sluice_e2e::cluster::unique;
 use sluice_e2e::env::TestEnv;
 use sluice_e2e::kafka::{self, Read};
-use sluice_e2e::processor::{http_get, log_dir};
+use sluice_e2e::processor::{Processor, create_topics, http_get, log_dir, write_manifest};
 use sluice_e2e::sink::{SinkProcess, connector_manifest};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -373,4 +373,184 @@ async fn a_table_without_a_primary_key_is_refused_with_what_to_do() {
     assert_eq!(code, Some(1), "{log}");
     assert!(log.contains("has no primary key"), "{log}");
     assert!(log.contains("REPLICA IDENTITY USING INDEX"), "{log}");
+}
+
+/// The seed's flow from database to database: `orders` --postgresCdc--> topic --Pipeline
+/// (total and count per region over the change stream, exactly once)--> topic --postgres
+/// sink (upsert, deletes)--> `region_order_totals`. Inserts, updates that move orders
+/// between regions and deletes flow while the source, the pipeline and the sink are each
+/// SIGKILLed once; the totals table ends equal to a GROUP BY over the orders table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_flow_keeps_a_totals_table_equal_to_the_orders_group_by_across_sigkills() {
+    let c = Captured::new("seed-flow", 0).await;
+    let orders = c.table.clone();
+    let totals = format!("{orders}_totals");
+    c.pg.batch_execute(&format!(
+        "ALTER TABLE {orders} REPLICA IDENTITY FULL;
+         INSERT INTO {orders} (id, region, amount) SELECT i, 'r' || (i % 4), i % 50 FROM generate_series(1, 200) i;
+         CREATE TABLE {totals} (region text PRIMARY KEY, total numeric NOT NULL, orders bigint NOT NULL)"
+    ))
+    .await
+    .unwrap();
+    let totals_topic = format!("{}-totals", c.tag);
+    create_topics(&c.bootstrap, &[(&totals_topic, 1)]).await;
+    let mut source = c.start("source-0");
+    c.read_until(200, &source);
+    let pipeline = write_manifest(
+        &format!("{}-pipeline", c.tag),
+        json!({
+            "inputs": [c.topic],
+            "steps": [{"name": "per-region", "aggregate": {
+                "groupBy": {"region": "value.region"},
+                "aggregations": [{"name": "total", "op": "sum", "of": "value.amount"},
+                                 {"name": "orders", "op": "count"}],
+                "changes": "debezium"}}],
+            "outputs": [{"topic": totals_topic}],
+            "delivery": "exactlyOnce",
+            "commitInterval": "200ms",
+        }),
+    );
+    let start_pipeline = |round: &str| {
+        Processor::start(
+            &c.bootstrap,
+            &pipeline,
+            &format!("{}-pipeline-{round}", c.tag),
+        )
+    };
+    let mut transform = start_pipeline("0");
+    let sink_manifest = connector_manifest(
+        &format!("{}-sink", c.tag),
+        json!({
+            "type": "sink",
+            "topics": [totals_topic],
+            "postgres": {"table": totals, "mode": "upsert", "key": ["region"], "deletes": true,
+                         "batch": {"records": 50, "interval": "200ms"}},
+        }),
+    );
+    let start_sink = |round: &str| {
+        SinkProcess::start(
+            &c.bootstrap,
+            &sink_manifest,
+            &c.credentials,
+            &format!("{}-sink-{round}", c.tag),
+        )
+    };
+    let mut sink = start_sink("0");
+
+    // 400 transactions: inserts, updates moving orders between regions, deletes (one
+    // region's orders all go at the end, so its group is deleted).
+    let url = TestEnv::require().var("DATABASE_URL");
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer = tokio::spawn({
+        let (orders, written) = (orders.clone(), written.clone());
+        async move {
+            let (pg, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            for i in 0..400_i64 {
+                let statement = match i % 4 {
+                    0 => format!(
+                        "INSERT INTO {orders} (id, region, amount) VALUES ({}, 'r{}', {})",
+                        1000 + i,
+                        i % 3,
+                        i % 17
+                    ),
+                    1 => format!(
+                        "UPDATE {orders} SET region = 'r{}', amount = amount + {} WHERE id = {}",
+                        i % 3,
+                        i % 5,
+                        i % 200 + 1
+                    ),
+                    2 => format!("DELETE FROM {orders} WHERE id = {}", i % 200 + 1),
+                    _ => format!(
+                        "BEGIN; UPDATE {orders} SET amount = amount * 2 WHERE id = {}; INSERT INTO {orders} (id, region, amount) VALUES ({}, 'r1', 3); COMMIT",
+                        1000 + i - 3,
+                        5000 + i
+                    ),
+                };
+                pg.batch_execute(&statement).await.unwrap();
+                written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            pg.batch_execute(&format!("DELETE FROM {orders} WHERE region = 'r3'"))
+                .await
+                .unwrap();
+        }
+    });
+    let reach = |n: usize| {
+        let written = written.clone();
+        async move {
+            while written.load(std::sync::atomic::Ordering::Relaxed) < n {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    reach(100).await;
+    source.signal("-KILL");
+    source = c.start("source-1");
+    reach(200).await;
+    transform.signal("-KILL");
+    transform.wait();
+    transform = start_pipeline("1");
+    reach(300).await;
+    sink.signal("-KILL");
+    sink = start_sink("1");
+    assert!(
+        !writer.is_finished(),
+        "the kills came after the changes ended"
+    );
+    writer.await.unwrap();
+
+    let expected = format!(
+        "SELECT region, sum(amount)::numeric, count(*) FROM {orders} GROUP BY region ORDER BY region"
+    );
+    let actual = format!("SELECT region, total, orders FROM {totals} ORDER BY region");
+    let rows = |sql: String| {
+        let pg = &c.pg;
+        async move {
+            pg.query(&sql, &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    let region: String = r.get(0);
+                    let total: String = r.get::<_, Option<String>>(1).unwrap_or_default();
+                    let n: i64 = r.get(2);
+                    format!("{region} {total} {n}")
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let (expected, actual) = (
+        expected.replace("sum(amount)::numeric", "sum(amount)::float8::text"),
+        actual.replace("total,", "total::float8::text,"),
+    );
+    let want = rows(expected).await;
+    assert!(
+        !want.iter().any(|r| r.starts_with("r3 ")),
+        "r3 emptied: {want:?}"
+    );
+    let start = Instant::now();
+    loop {
+        let got = rows(actual.clone()).await;
+        if got == want {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "the totals table {got:?} is not the GROUP BY {want:?}; the logs end:\n{}\n{}\n{}",
+            last_lines(&source.log_text()),
+            last_lines(&transform.log_text()),
+            last_lines(&sink.log_text()),
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    c.drop_slot().await;
+}
+
+/// The last lines of a log.
+fn last_lines(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join("\n")
 }
