@@ -51,9 +51,12 @@ pub struct KafkaSink {
     topic: Option<Arc<str>>,
     /// Whether a transaction is open.
     open: bool,
-    /// The source position of the last record written per source partition in the
-    /// open transaction.
+    /// The source position of the last record written (or refused) per source
+    /// partition in the open transaction.
     pending: HashMap<(Arc<str>, i32), Arc<str>>,
+    /// The source positions of the last committed transaction per partition (read back
+    /// on start): a partition whose records in a transaction were all refused keeps it.
+    committed: HashMap<(Arc<str>, i32), Arc<str>>,
     /// The source positions read back by the last [`Sink::positions`].
     read_back: Vec<SourcePosition>,
 }
@@ -85,6 +88,7 @@ impl KafkaSink {
             topic,
             open: false,
             pending: HashMap::new(),
+            committed: HashMap::new(),
             read_back: Vec::new(),
         }
     }
@@ -186,13 +190,19 @@ impl KafkaSink {
     }
 }
 
-/// A failed Kafka call as the pump sees it: a producer fenced by a newer instance stops
-/// this one; anything else is read again from the last commit.
+/// A failed Kafka call as the pump sees it: a producer fenced by a newer instance (or
+/// failed for good) stops this one; anything else is read again from the last commit.
 fn failure(what: &str, e: &KafkaError) -> SinkError {
+    // librdkafka reports a fencing as its own `__FENCED`, and a transactional error it
+    // cannot recover from as fatal.
     let fenced = matches!(
         e.rdkafka_error_code(),
-        Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
-    );
+        Some(
+            RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+        )
+    ) || matches!(e, KafkaError::Transaction(t) if t.is_fatal());
     if fenced {
         SinkError::Fatal(format!(
             "{what}: {e} -- another instance of this connector writes with the same transactional id (the previous replica not gone yet, or a second one); this one stops"
@@ -240,6 +250,7 @@ impl Sink for KafkaSink {
         let stored = self.read_positions()?;
         let mut offsets = Offsets::new();
         self.read_back.clear();
+        self.committed.clear();
         for (topic, partition) in partitions {
             let key = PositionKey {
                 topic: topic.to_string(),
@@ -248,10 +259,13 @@ impl Sink for KafkaSink {
             if let Some(value) = stored.get(&key) {
                 offsets.push((topic.clone(), *partition, value.next));
                 if let Some(position) = &value.position {
+                    let position: Arc<str> = Arc::from(position.as_str());
+                    self.committed
+                        .insert((topic.clone(), *partition), position.clone());
                     self.read_back.push(SourcePosition {
                         topic: topic.clone(),
                         partition: *partition,
-                        position: Arc::from(position.as_str()),
+                        position,
                     });
                 }
             }
@@ -295,13 +309,11 @@ impl Sink for KafkaSink {
             }
             match send(&producer, out) {
                 Ok(()) => {}
-                Err(e) if refuses_the_record(&e) => {
-                    refused.push(Refused {
-                        index,
-                        error: e.to_string(),
-                    });
-                    continue;
-                }
+                // A refused record goes to the dead-letter topic: the source is past it.
+                Err(e) if refuses_the_record(&e) => refused.push(Refused {
+                    index,
+                    error: e.to_string(),
+                }),
                 Err(e) => return Err(failure(&format!("cannot send to {topic}"), &e)),
             }
             if let Some(position) = &record.position {
@@ -327,6 +339,7 @@ impl Sink for KafkaSink {
                 position: self
                     .pending
                     .get(&(source_topic.clone(), *partition))
+                    .or_else(|| self.committed.get(&(source_topic.clone(), *partition)))
                     .map(|p| p.to_string()),
             };
             let key = serde_json::to_vec(&key).map_err(|e| SinkError::Fatal(e.to_string()))?;
@@ -345,7 +358,7 @@ impl Sink for KafkaSink {
             .map_err(|e| SinkError::Unavailable(format!("the commit did not finish: {e}")))?
             .map_err(|e| failure("cannot commit the transaction", &e))?;
         self.open = false;
-        self.pending.clear();
+        self.committed.extend(self.pending.drain());
         Ok(())
     }
 

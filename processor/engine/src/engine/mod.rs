@@ -199,6 +199,20 @@ impl Engine {
         let reads_changes = steps
             .iter()
             .any(|s| matches!(&s.kind, Kind::Aggregate(a) if a.reads_changes()));
+        if reads_changes {
+            // Its outputs include tombstones (groups deleted), which no later step or key
+            // expression could read.
+            if aggregates.first().is_some_and(|&i| i + 1 != steps.len()) {
+                return Err(ConfigError::Invalid(
+                    "an aggregate of changes (changes: debezium) is the last step: its outputs include tombstones of deleted groups, which later steps could not read".to_string(),
+                ));
+            }
+            if outputs.iter().any(|(_, key)| key.is_some()) {
+                return Err(ConfigError::Invalid(
+                    "the outputs of an aggregate of changes (changes: debezium) are keyed by their group: an output key expression could not read a deleted group's tombstone".to_string(),
+                ));
+            }
+        }
         Ok(Self {
             name: name.to_string(),
             format,
@@ -352,20 +366,38 @@ impl Engine {
                 .headers
                 .iter()
                 .any(|(k, v)| k == CHANGE_HEADER && v.as_slice() == b"retract");
+            let mut record = record;
+            record.headers.retain(|(k, _)| k != CHANGE_HEADER);
             vec![(retract, record)]
         } else {
             changes::rows(record).map_err(|e| failed(&self.step_metrics[i], e))?
         };
-        for (retract, row) in rows {
-            let scope = scope(&self.root, &row, &self.segment_needs[i])
+        // Every row is checked before any is applied: a change is applied whole or not
+        // at all (it goes to the dead-letter topic).
+        let mut scopes = Vec::with_capacity(rows.len());
+        let mut keys = Vec::with_capacity(rows.len());
+        for (retract, row) in &rows {
+            let scope = scope(&self.root, row, &self.segment_needs[i])
                 .map_err(|e| failed(&self.step_metrics[i], StepError::Eval(e)))?;
             let Some(agg) = self.steps[i].kind.state_mut() else {
                 return Err(Failure::new(&name, "not a stateful step"));
             };
+            let key = if self.repartition.is_some() && !from_repartition {
+                agg.key(&scope)
+            } else {
+                agg.check_change(row.partition, &scope, *retract)
+            }
+            .map_err(|e| failed(&self.step_metrics[i], e))?;
+            scopes.push(scope);
+            keys.push(key);
+        }
+        let count = rows.len();
+        let mut handed_on = Vec::new();
+        for (n, ((retract, row), scope)) in rows.into_iter().zip(scopes).enumerate() {
+            let Some(agg) = self.steps[i].kind.state_mut() else {
+                return Err(Failure::new(&name, "not a stateful step"));
+            };
             if let (Some(topic), false) = (&self.repartition, from_repartition) {
-                let key = agg
-                    .key(&scope)
-                    .map_err(|e| failed(&self.step_metrics[i], e))?;
                 drop(scope);
                 let mut headers = row.headers;
                 let direction: &[u8] = if retract { b"retract" } else { b"add" };
@@ -374,7 +406,7 @@ impl Engine {
                     topic: topic.clone(),
                     kind: EmitKind::Repartition,
                     record: Record {
-                        key: Some(key.into_bytes()),
+                        key: Some(keys[n].clone().into_bytes()),
                         value: project(row.value, &self.segment_needs[i]),
                         headers,
                         ..row
@@ -382,14 +414,18 @@ impl Engine {
                 });
                 continue;
             }
+            // An update that stays in its group: its old row out and its new row in are
+            // one change of the group.
+            let more = n + 1 < count && keys[n + 1] == keys[n];
             let partition = row.partition;
             let records = agg
-                .change(partition, row, &scope, retract)
+                .change(partition, row, &scope, retract, more)
                 .map_err(|e| failed(&self.step_metrics[i], e))?;
             drop(scope);
-            for r in records {
-                self.run_from(i + 1, r, from_repartition, false, out)?;
-            }
+            handed_on.extend(records);
+        }
+        for r in handed_on {
+            self.run_from(i + 1, r, from_repartition, false, out)?;
         }
         Ok(())
     }

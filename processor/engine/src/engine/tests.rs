@@ -578,3 +578,54 @@ fn envelope_row(crossed: &Record) -> Record {
         ..crossed.clone()
     }
 }
+
+#[test]
+fn an_update_within_a_group_is_one_change_and_a_failing_change_leaves_no_trace() {
+    let mut e = engine(CHANGES);
+    let mut out = Vec::new();
+    e.process(envelope("r", None, Some(("eu", 5))), &mut out)
+        .unwrap();
+    e.process(envelope("u", Some(("eu", 5)), Some(("eu", 8))), &mut out)
+        .unwrap();
+    assert_eq!(
+        emitted(&out),
+        [
+            r#"eu={"orders":1,"region":"eu","total":5}"#,
+            r#"eu={"orders":1,"region":"eu","total":8}"#,
+        ],
+        "no tombstone between the old row out and the new row in"
+    );
+    // The new row's amount is not a number: the whole update fails, the old row stays in.
+    let bad = rec(
+        "sales.public.orders",
+        0,
+        serde_json::json!({"op": "u", "before": {"id": 1, "region": "eu", "amount": 8},
+                           "after": {"id": 1, "region": "us", "amount": "n/a"}}),
+    );
+    e.process(bad, &mut Vec::new()).unwrap_err();
+    out.clear();
+    e.process(envelope("c", None, Some(("eu", 1))), &mut out)
+        .unwrap();
+    assert_eq!(
+        emitted(&out),
+        [r#"eu={"orders":2,"region":"eu","total":9}"#]
+    );
+}
+
+#[test]
+fn an_aggregate_of_changes_is_the_last_step_and_its_outputs_are_keyed_by_group() {
+    let later = CHANGES.replace(
+        "outputs: [{topic: region-totals}]",
+        "- name: big\n  filter: value.total > 10\noutputs: [{topic: region-totals}]",
+    );
+    let spec: PipelineSpec = serde_saphyr::from_str(&later).unwrap();
+    let err = Engine::new("p", &spec, PipelineMetrics::detached("p")).unwrap_err();
+    assert!(err.to_string().contains("is the last step"), "{err}");
+    let keyed = CHANGES.replace(
+        "outputs: [{topic: region-totals}]",
+        "outputs: [{topic: region-totals, key: value.region}]",
+    );
+    let spec: PipelineSpec = serde_saphyr::from_str(&keyed).unwrap();
+    let err = Engine::new("p", &spec, PipelineMetrics::detached("p")).unwrap_err();
+    assert!(err.to_string().contains("keyed by their group"), "{err}");
+}

@@ -37,16 +37,33 @@ pub trait StateStep: std::fmt::Debug + Send {
     fn reads_changes(&self) -> bool {
         false
     }
+    /// Whether the row `scope` sees can be added to (or taken out of, `retract`) the state
+    /// of `partition`, and its group key: nothing changes, so every row of a change is
+    /// checked before any is applied.
+    fn check_change(
+        &mut self,
+        partition: i32,
+        scope: &Scope<'_>,
+        retract: bool,
+    ) -> Result<String, StepError> {
+        let _ = (partition, scope, retract);
+        Err(StepError::Shape(
+            "this step does not read changes".to_string(),
+        ))
+    }
     /// Adds the row `scope` sees to the state of `partition`, or takes it back out
-    /// (`retract`); only steps that read changes take them.
+    /// (`retract`); `more`: another row of the same change follows for the same group
+    /// (an update within it), so the group is neither deleted nor emitted yet. Only
+    /// steps that read changes take them.
     fn change(
         &mut self,
         partition: i32,
         record: Record,
         scope: &Scope<'_>,
         retract: bool,
+        more: bool,
     ) -> Result<Vec<Record>, StepError> {
-        let _ = (partition, record, scope, retract);
+        let _ = (partition, record, scope, retract, more);
         Err(StepError::Shape(
             "this step does not read changes".to_string(),
         ))

@@ -384,16 +384,21 @@ impl Worker {
                         .as_ref()
                         .map(|old| self.row_of(relation_oid, &t, old, None));
                     let after = self.row_of(relation_oid, &t, &new_data, old_data.as_ref());
-                    self.changed(
-                        &t,
-                        tx,
-                        &mut skip,
-                        Op::Update,
-                        before,
-                        Some(after),
-                        event.lsn.0,
-                    )
-                    .await?;
+                    let lsn = event.lsn.0;
+                    let rekeyed = before
+                        .as_ref()
+                        .is_some_and(|b| envelope::key(&t.key, b) != envelope::key(&t.key, &after));
+                    if rekeyed {
+                        // As Debezium: the old key is deleted (with its tombstone) and the
+                        // new one created, so keyed consumers drop the old row.
+                        self.changed(&t, tx, &mut skip, Op::Delete, before, None, lsn)
+                            .await?;
+                        self.changed(&t, tx, &mut skip, Op::Create, None, Some(after), lsn)
+                            .await?;
+                    } else {
+                        self.changed(&t, tx, &mut skip, Op::Update, before, Some(after), lsn)
+                            .await?;
+                    }
                 }
                 EventType::Delete {
                     schema,

@@ -556,25 +556,17 @@ impl Aggregate {
         self.changes
     }
 
-    /// An aggregate of changes: adds the row `scope` sees to its group, or takes it back
-    /// out (`retract`). A group left with no rows is deleted: its output is a tombstone
-    /// and its changelog entry goes. Taking a row out of a group that holds none is an
-    /// error (the stream was not read from its start).
-    pub fn change(
+    /// An aggregate of changes: the group key of the row `scope` sees, once checked that
+    /// adding it (or taking it out, `retract`) leaves its group valid. Nothing changes.
+    pub fn check_change(
         &mut self,
         partition: i32,
-        record: Record,
         scope: &Scope<'_>,
         retract: bool,
-    ) -> Result<Vec<Record>, StepError> {
-        let (key, group) = self.group_key(scope)?;
+    ) -> Result<String, StepError> {
+        let (key, _) = self.group_key(scope)?;
         let inputs = self.inputs(scope)?;
-        let record = Record {
-            value: Payload::Bytes(Vec::new()),
-            ..record
-        };
-        let part = self.state.partition(partition);
-        let existing = part.get(&key);
+        let existing = self.state.partition(partition).get(&key);
         if retract && existing.is_none() {
             return Err(StepError::Shape(format!(
                 "a change takes a row out of group {key}, which holds none: the change stream was not read from its start (a connector with snapshot: initial gives every row first)"
@@ -592,7 +584,31 @@ impl Aggregate {
                 )));
             }
         }
-        if existing.is_none() {
+        Ok(key)
+    }
+
+    /// An aggregate of changes: adds the row `scope` sees to its group, or takes it back
+    /// out (`retract`), once [`Aggregate::check_change`] passed. A group left with no
+    /// rows is deleted: its output is a tombstone and its changelog entry goes. With
+    /// `more`, another row of the same change follows for this group (an update that
+    /// stays in it): the group is neither deleted nor emitted until that row.
+    pub fn change(
+        &mut self,
+        partition: i32,
+        record: Record,
+        scope: &Scope<'_>,
+        retract: bool,
+        more: bool,
+    ) -> Result<Vec<Record>, StepError> {
+        let key = self.check_change(partition, scope, retract)?;
+        let (_, group) = self.group_key(scope)?;
+        let inputs = self.inputs(scope)?;
+        let record = Record {
+            value: Payload::Bytes(Vec::new()),
+            ..record
+        };
+        let part = self.state.partition(partition);
+        if part.get(&key).is_none() {
             let state = GroupState {
                 group: group.clone(),
                 accs: self.aggs.iter().map(|(_, op, _)| Acc::new(*op)).collect(),
@@ -614,6 +630,9 @@ impl Aggregate {
         }
         state.rows += if retract { -1 } else { 1 };
         state.max_ts = state.max_ts.max(record.timestamp);
+        if more {
+            return Ok(Vec::new());
+        }
         let out_key = Some(output_key(&key, &group, false).into_bytes());
         let value = if state.rows > 0 {
             Payload::Json(output_value(&self.group_by, &self.aggs, None, state))
@@ -814,14 +833,24 @@ impl StateStep for Aggregate {
         Aggregate::reads_changes(self)
     }
 
+    fn check_change(
+        &mut self,
+        partition: i32,
+        scope: &Scope<'_>,
+        retract: bool,
+    ) -> Result<String, StepError> {
+        Aggregate::check_change(self, partition, scope, retract)
+    }
+
     fn change(
         &mut self,
         partition: i32,
         record: Record,
         scope: &Scope<'_>,
         retract: bool,
+        more: bool,
     ) -> Result<Vec<Record>, StepError> {
-        Aggregate::change(self, partition, record, scope, retract)
+        Aggregate::change(self, partition, record, scope, retract, more)
     }
 
     fn take_pending(&mut self) -> Vec<Record> {
