@@ -105,6 +105,8 @@ impl KafkaSink {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
+            // Keys land in the partitions Kafka's Java clients (and Debezium) pick.
+            .set("partitioner", "murmur2_random")
             .set("transactional.id", &self.config.transactional_id)
             .set(
                 "transaction.timeout.ms",

@@ -267,12 +267,21 @@ impl Source for CdcSource {
         if !self.assigned {
             return Ok(());
         }
-        let stored = positions
+        let stored = match positions
             .iter()
             .find(|p| p.topic == self.partition && p.partition == 0)
             .map(|p| Position::parse(&p.position))
             .transpose()
-            .map_err(SourceError)?;
+        {
+            Ok(stored) => stored,
+            Err(message) => {
+                // Reading it again would not mend it: the connector stops and says so.
+                self.fatal = Some(format!(
+                    "the stored position cannot be read ({message}): delete the Connector's positions topic to start again with a snapshot"
+                ));
+                return Ok(());
+            }
+        };
         let alive = self
             .running
             .as_ref()
@@ -313,5 +322,56 @@ impl Source for CdcSource {
             running.shared.committed.store(next, Ordering::Release);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source() -> CdcSource {
+        CdcSource::new(CdcSettings {
+            connector: "shop/orders-cdc".into(),
+            tables: vec!["public.orders".into()],
+            slot: "orders".into(),
+            publication: "orders".into(),
+            topic_prefix: "sales".into(),
+            snapshot: true,
+            heartbeat: Duration::from_secs(10),
+            credentials: Credentials {
+                host: "db".into(),
+                port: 5432,
+                dbname: "shop".into(),
+                user: "cdc".into(),
+                password: None,
+                sslmode: crate::sinks::pg_connect::SslMode::Disable,
+                root_cert: None,
+            },
+            credentials_dir: PathBuf::from("/nonexistent"),
+            metrics: crate::metrics::CdcMetrics::default(),
+        })
+    }
+
+    #[test]
+    fn the_slot_is_the_one_partition_and_a_position_that_does_not_read_stops_the_source() {
+        let mut s = source();
+        assert_eq!(
+            s.assignment_changed().unwrap(),
+            Some(vec![(Arc::from("orders"), 0)])
+        );
+        assert_eq!(s.assignment_changed().unwrap(), None);
+        s.seek(&vec![(Arc::from("orders"), 0, 42)]).unwrap();
+        s.resume(&[SourcePosition {
+            topic: Arc::from("orders"),
+            partition: 0,
+            position: Arc::from("{\"phase\":\"sideways\"}"),
+        }])
+        .unwrap();
+        assert!(
+            s.running.is_none(),
+            "no stream starts from a position it cannot read"
+        );
+        let err = s.assignment_changed().unwrap_err().to_string();
+        assert!(err.contains("positions topic"), "{err}");
     }
 }
