@@ -389,7 +389,19 @@ impl Aggregate {
         scope: &Scope<'_>,
         retract: bool,
     ) -> Result<String, StepError> {
-        let (key, _) = self.group_key(scope)?;
+        self.prepare_change(partition, scope, retract)
+            .map(|(key, _, _)| key)
+    }
+
+    /// The group key, group values and inputs of a row of a change, checked as
+    /// [`Aggregate::check_change`] says.
+    fn prepare_change(
+        &mut self,
+        partition: i32,
+        scope: &Scope<'_>,
+        retract: bool,
+    ) -> Result<PreparedRow, StepError> {
+        let (key, group) = self.group_key(scope)?;
         let inputs = self.inputs(scope)?;
         let existing = self.state.partition(partition).get(&key);
         if retract && existing.is_none() {
@@ -409,7 +421,7 @@ impl Aggregate {
                 )));
             }
         }
-        Ok(key)
+        Ok((key, group, inputs))
     }
 
     /// An aggregate of changes: adds the row `scope` sees to its group, or takes it back
@@ -425,9 +437,7 @@ impl Aggregate {
         retract: bool,
         more: bool,
     ) -> Result<Vec<Record>, StepError> {
-        let key = self.check_change(partition, scope, retract)?;
-        let (_, group) = self.group_key(scope)?;
-        let inputs = self.inputs(scope)?;
+        let (key, group, inputs) = self.prepare_change(partition, scope, retract)?;
         let record = Record {
             value: Payload::Bytes(Vec::new()),
             ..record
@@ -592,6 +602,9 @@ impl Aggregate {
 }
 
 type AggSpec = (String, AggregateOp, Option<Expr>);
+
+/// A row of a change, checked: its group key, group values and the aggregations' inputs.
+type PreparedRow = (String, Vec<serde_json::Value>, Vec<Option<Number>>);
 
 fn output_value(
     group_by: &[(String, Expr)],
