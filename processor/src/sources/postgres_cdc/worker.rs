@@ -104,7 +104,10 @@ pub struct Worker {
     out: SyncSender<Message>,
     /// The offset of the next record.
     next: i64,
-    tables: HashMap<(Arc<str>, Arc<str>), Table>,
+    tables: HashMap<(Arc<str>, Arc<str>), Arc<Table>>,
+    /// The connector's logical name and database, for each event's `source` block.
+    name: Arc<str>,
+    db: Arc<str>,
     relations: RelationTypes,
     partition: Arc<str>,
     /// Transactions handed over whose end is not confirmed yet: (the offset after their
@@ -124,11 +127,13 @@ impl Worker {
     ) -> Worker {
         let partition = Arc::from(settings.slot.as_str());
         Worker {
-            settings,
             shared,
             out,
             next,
             tables: HashMap::new(),
+            name: Arc::from(settings.topic_prefix.as_str()),
+            db: Arc::from(settings.credentials.dbname.as_str()),
+            settings,
             relations: RelationTypes::new(),
             partition,
             unconfirmed: VecDeque::new(),
@@ -149,9 +154,9 @@ impl Worker {
             let topic = format!("{}.{schema}.{name}", self.settings.topic_prefix);
             let table = catalog::table(&client, &schema, &name, &topic).await?;
             self.tables
-                .insert((table.schema.clone(), table.name.clone()), table);
+                .insert((table.schema.clone(), table.name.clone()), Arc::new(table));
         }
-        let tables: Vec<Table> = self.tables.values().cloned().collect();
+        let tables: Vec<Table> = self.tables.values().map(|t| Table::clone(t)).collect();
         catalog::ensure_publication(&client, &self.settings.publication, &tables).await?;
         let exists = catalog::slot_exists(&client, &self.settings.slot).await?;
         let streaming = matches!(position, Some(Position::Stream { .. }));
@@ -231,8 +236,8 @@ impl Worker {
         let lsn = reader.consistent_point(&self.settings.slot).await?;
         let started = now_ms();
         // Each row is handed over when the next is read, so the very last can be marked.
-        let mut held: Option<(Map<String, Value>, Table)> = None;
-        let mut tables: Vec<Table> = self.tables.values().cloned().collect();
+        let mut held: Option<(Map<String, Value>, Arc<Table>)> = None;
+        let mut tables: Vec<Arc<Table>> = self.tables.values().cloned().collect();
         tables.sort_by(|a, b| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)));
         let mut rows_read = 0u64;
         for table in &tables {
@@ -438,14 +443,11 @@ impl Worker {
     /// for (a publication shared with others).
     fn captured<'t>(
         &self,
-        schema: &str,
-        table: &str,
+        schema: &Arc<str>,
+        table: &Arc<str>,
         tx: Option<&'t mut Transaction>,
-    ) -> Option<(Table, &'t mut Transaction)> {
-        let t = self
-            .tables
-            .get(&(Arc::from(schema), Arc::from(table)))?
-            .clone();
+    ) -> Option<(Arc<Table>, &'t mut Transaction)> {
+        let t = self.tables.get(&(schema.clone(), table.clone()))?.clone();
         match tx {
             Some(tx) => Some((t, tx)),
             None => {
@@ -539,8 +541,8 @@ impl Worker {
         lsn: u64,
     ) -> Origin {
         Origin {
-            name: Arc::from(self.settings.topic_prefix.as_str()),
-            db: Arc::from(self.settings.credentials.dbname.as_str()),
+            name: self.name.clone(),
+            db: self.db.clone(),
             schema: table.schema.clone(),
             table: table.name.clone(),
             ts_ms,
